@@ -1,0 +1,498 @@
+"""Scene graph + assets -> a physically checked, provably solvable ManiSkill scene (`manifest.json`).
+
+    python compose_scene.py --scenes-dir scenes --assets-dir assets
+    python compose_scene.py --scenes-dir scenes --assets-dir assets --workers 2 --force --scene-ids put_the_pen_in_the_cup
+
+For every `scenes/<id>/scene_graph.json` + `asset_links.json`:
+1. Graph and asset checks: the goal exists, the start is not solved, the target fits the 74 mm WidowX gripper
+   (oversized targets are scaled down by their bounding box, up to `--min-rescale`; beyond that: rejected).
+2. Layout: destination, target and distractors on the table with disjoint footprints (bbox circles + margin),
+   centres inside Table A.2's x [0.2, 0.4] m, y [-0.15, 0.15] m of the robot base frame (SimplerEnv's Bridge
+   objects sit at x 0.23-0.38 m there) and every bbox corner inside the Bridge camera image; per-object DR
+   ranges chosen so any randomised layout stays disjoint. Background (table size/colour, floor, walls) and
+   lighting are drawn per scene from a seeded palette, honouring colour words in the graph's `background`.
+3. Physics QA in SAPIEN (GenScene-v1): objects settle without drifting, tipping, interpenetrating, touching or
+   falling off, and the goal does not hold at the start. A failing layout is re-sampled.
+4. Solvability QA: the scripted expert runs `--solver-attempts` seeded, fully randomised episodes and must succeed
+   in at least one; else the target is scaled down (grasp failures) or the layout re-placed, then rejected.
+Writes scenes/<id>/manifest.json + qa_render.png (640x480 Bridge camera), scenes/compose_summary.json and
+scenes/qa_contact_sheet.png. Re-runs skip composed scenes unless --force.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import scene_env
+import scene_schema as ss
+
+
+@dataclass
+class Args:
+    scenes_dir: str = "scenes"
+    """Folder with scenes/<id>/scene_graph.json and asset_links.json (scene_designer.py, generate_assets.py)."""
+    assets_dir: str = "assets"
+    """Asset folder (used when an asset_links.json's own assets_dir does not resolve)."""
+    scene_ids: list[str] | None = None
+    """Compose only these scene ids (default: every scene folder with a scene graph)."""
+    workers: int = 1
+    """Parallel worker processes (one simulator each)."""
+    force: bool = False
+    """Re-compose scenes that already have a manifest.json."""
+    seed: int = 0
+    """Base seed; each scene's layouts and QA episodes derive from it and the scene id."""
+    layout_tries: int = 6
+    """Layouts sampled per scene before rejecting it (each one physics-checked)."""
+    solver_attempts: int = 3
+    """k seeded, fully randomised scripted-expert episodes per accepted layout (>= 1 must succeed)."""
+    solver_stop_early: bool = False
+    """Stop the solver test at the first success (faster; the summary's expert success rate then counts less)."""
+    min_rescale: float = 0.5
+    """Smallest uniform scale applied to fix an oversized target/destination; below it the scene is rejected."""
+    margin_m: float = 0.015
+    """Free space between object footprints (bbox circles) in a layout."""
+    drift_tol_m: float = 0.015
+    """Settle test: largest allowed xy drift of an object placed on the table."""
+    tilt_tol_deg: float = 15.0
+    """Settle test: largest allowed tilt of an object's up axis after settling."""
+    render: bool = True
+    """Write qa_render.png per scene and scenes/qa_contact_sheet.png."""
+
+    @property
+    def out_summary(self) -> Path:
+        return Path(self.scenes_dir) / "compose_summary.json"
+
+
+GRIP_LIMIT_M = ss.GRIPPER_MAX_WIDTH_M - 0.012  # narrowest horizontal extent the open fingers close around reliably
+GRIP_FIT_M = 0.05  # oversized targets are scaled so their narrow side is this wide
+DEST_MAX_FOOTPRINT_M = 0.24  # destination bbox diagonal that still leaves room in the 0.2 x 0.3 m workspace
+COLORS = {"red": (0.75, 0.15, 0.12), "green": (0.2, 0.55, 0.25), "blue": (0.2, 0.35, 0.7), "white": (0.92, 0.92, 0.9),
+          "black": (0.12, 0.12, 0.12), "gray": (0.5, 0.5, 0.5), "grey": (0.5, 0.5, 0.5), "brown": (0.45, 0.3, 0.18),
+          "wood": (0.55, 0.38, 0.22), "wooden": (0.55, 0.38, 0.22), "yellow": (0.85, 0.75, 0.3),
+          "beige": (0.8, 0.72, 0.58), "orange": (0.85, 0.45, 0.15), "dark": (0.2, 0.18, 0.16)}
+TABLE_PALETTE = [(0.55, 0.38, 0.22), (0.62, 0.45, 0.3), (0.42, 0.28, 0.17), (0.85, 0.85, 0.82), (0.35, 0.35, 0.37),
+                 (0.7, 0.6, 0.45), (0.25, 0.2, 0.18)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers: sizes, layout, camera visibility, background
+# ---------------------------------------------------------------------------------------------
+
+
+def footprint_radius(bbox) -> float:
+    return 0.5 * math.hypot(bbox[0], bbox[1])
+
+
+def project_to_image(points_world: np.ndarray, width: int = 640, height: int = 480) -> np.ndarray:
+    """Pixel (u, v) of world points in the nominal Bridge 3rd-view camera ([M, 3] -> [M, 2]; nan behind it)."""
+    p0, r0 = scene_env.camera_world_pose()
+    c = (points_world - p0) @ r0  # camera frame: x forward, y left, z up (SAPIEN)
+    k = scene_env.scaled_intrinsic(width, height)
+    z = np.where(c[:, 0] > 1e-6, c[:, 0], np.nan)
+    return np.stack([k[0, 0] * -c[:, 1] / z + k[0, 2], k[1, 1] * -c[:, 2] / z + k[1, 2]], axis=1)
+
+
+def in_view(xy, yaw_free_radius: float, height: float, margin_px: float = 12.0) -> bool:
+    """Every corner of the object's bounding cylinder-box (any yaw) projects inside the 640x480 image."""
+    x, y = xy
+    r = yaw_free_radius
+    pts = np.array([scene_env.base_to_world([x + dx, y + dy, dz]) for dx in (-r, r) for dy in (-r, r) for dz in (0, height)])
+    uv = project_to_image(pts)
+    return bool(np.all(np.isfinite(uv)) and np.all(uv[:, 0] >= margin_px) and np.all(uv[:, 0] <= 640 - margin_px)
+                and np.all(uv[:, 1] >= margin_px) and np.all(uv[:, 1] <= 480 - margin_px))
+
+
+def sample_layout(bboxes: list[list[float]], rng: np.random.Generator, margin: float, tries: int = 300):
+    """Nominal (x, y) per object (destination first, target second, then distractors) with disjoint footprint
+    circles, centres in Table A.2's ranges and inside the camera view. None if no layout is found."""
+    (x0, x1), (y0, y1) = ss.OBJECT_X_RANGE_M, ss.OBJECT_Y_RANGE_M
+    placed: list[tuple[float, float]] = []
+    for i, b in enumerate(bboxes):
+        r = footprint_radius(b)
+        for _ in range(tries):
+            p = (rng.uniform(x0, x1), rng.uniform(y0, y1))
+            if all(math.hypot(p[0] - q[0], p[1] - q[1]) > r + footprint_radius(bboxes[j]) + margin
+                   for j, q in enumerate(placed)) and in_view(p, r, b[2]):
+                placed.append(p)
+                break
+        else:
+            return None
+    return placed
+
+
+def dr_halfwidth(xy: list[tuple[float, float]], bboxes, margin: float, cap: float = 0.04) -> float:
+    """Largest per-object x/y DR half-width w such that every randomised layout stays disjoint: each centre moves
+    at most w*sqrt(2), so pairs need gap >= 2*sqrt(2)*w."""
+    w = cap
+    for i in range(len(xy)):
+        for j in range(i):
+            gap = math.hypot(xy[i][0] - xy[j][0], xy[i][1] - xy[j][1]) - footprint_radius(bboxes[i]) \
+                - footprint_radius(bboxes[j]) - margin
+            w = min(w, max(gap, 0.0) / (2 * math.sqrt(2)))
+    return w if w >= 0.004 else 0.0
+
+
+def dr_ranges(x: float, y: float, w: float, radius: float, height: float) -> tuple[list[float], list[float]]:
+    """x/y ranges of half-width w around (x, y), clipped to Table A.2 and to positions the camera still sees."""
+    (x0, x1), (y0, y1) = ss.OBJECT_X_RANGE_M, ss.OBJECT_Y_RANGE_M
+    xr, yr = [max(x0, x - w), min(x1, x + w)], [max(y0, y - w), min(y1, y + w)]
+    for _ in range(8):  # shrink towards the nominal point until all corners are visible
+        if all(in_view((cx, cy), radius, height) for cx in xr for cy in yr):
+            return xr, yr
+        xr, yr = [(v + x) / 2 for v in xr], [(v + y) / 2 for v in yr]
+    return [x, x], [y, y]
+
+
+def _color_word(bg: dict, *keys: str):
+    """First colour word found under any of `keys` of a free-form background dict (strings or nested dicts)."""
+    for k in keys:
+        v = bg.get(k)
+        text = " ".join(str(x) for x in v.values()) if isinstance(v, dict) else str(v or "")
+        for word in text.lower().replace("-", " ").split():
+            if word in COLORS:
+                return COLORS[word]
+    return None
+
+
+def make_background(graph: ss.SceneGraph, rng: np.random.Generator) -> tuple[dict, dict, dict]:
+    """(table, background, lighting) for a manifest: seeded variation, colour words from the graph honoured."""
+    bg = graph.background or {}
+    jitter = lambda c: [float(np.clip(v + rng.uniform(-0.05, 0.05), 0, 1)) for v in c] + [1.0]
+    table_rgb = _color_word(bg, "table", "table_color", "table_style") or TABLE_PALETTE[rng.integers(len(TABLE_PALETTE))]
+    sx, sy = rng.uniform(0.8, 1.1), rng.uniform(1.0, 1.6)
+    cx = rng.uniform(0.55 - sx / 2 + 0.05, sx / 2 - 0.1)  # spans the robot base (x<=-0.05) and the workspace (x>=0.55)
+    table = {"size": [sx, sy, scene_env.TABLE_TOP_Z], "height": scene_env.TABLE_TOP_Z, "center_xy": [cx, rng.uniform(-0.1, 0.1)],
+             "color": jitter(table_rgb)}
+    floor = _color_word(bg, "floor", "floor_color") or tuple(rng.uniform(0.2, 0.6, 3))
+    wall = _color_word(bg, "walls", "wall", "wall_color") or tuple(rng.uniform(0.55, 0.95, 3))
+    background = {"floor_color": jitter(floor), "wall_color": jitter(wall), "wall_distance": float(rng.uniform(1.0, 1.6))}
+    dim = "dim" in str(bg.get("lighting", "")).lower()
+    amb = float(rng.uniform(0.15, 0.25) if dim else rng.uniform(0.25, 0.45))
+    top = float(rng.uniform(1.4, 1.8) if dim else rng.uniform(1.9, 2.6))
+    lighting = {"ambient": [amb] * 3, "directional": [[float(rng.uniform(-0.3, 0.3)), float(rng.uniform(-0.3, 0.3)), -1.0, top],
+                                                      [-1.0, -0.5, -1.0, 0.7], [1.0, 1.0, -1.0, 0.7]]}
+    return table, background, lighting
+
+
+def resolve_links_assets(scene_dir: Path, links: ss.AssetLinks, fallback: Path) -> Path:
+    d = Path(links.assets_dir)
+    d = d if d.is_absolute() else (scene_dir / d)
+    return d.resolve() if d.is_dir() else fallback.resolve()
+
+
+# ---------------------------------------------------------------------------------------------
+# Composing one scene (runs in a worker process; one simulator per process, reused across scenes)
+# ---------------------------------------------------------------------------------------------
+
+_RUNNER = None
+
+
+def _runner(manifest: Path):
+    """This process's in-process GenScene env, rebuilt around `manifest` (reconfigure, no new process)."""
+    global _RUNNER
+    if _RUNNER is None:
+        cfg = scene_env.EnvConfig(image_size=64)
+        _RUNNER = scene_env.make_vec_env([manifest], 1, cfg, seed=0, workers=0).runner
+    else:
+        _RUNNER.load_manifests([str(manifest)])
+    return _RUNNER
+
+
+def _set_dr(runner, on: bool) -> None:
+    c = runner.env.cfg
+    c.dr_object_pose = c.dr_lighting = c.dr_robot = c.dr_camera = on
+
+
+def settle_check(runner, m: ss.SceneManifest, args: Args) -> dict:
+    """Physics QA at the nominal layout: returns {"passed", "reason", per-object drift/tilt}."""
+    import torch
+
+    env = runner.env
+    _set_dr(runner, False)
+    runner.reset(seed=0)
+    if bool(env.evaluate()["success"][0]):
+        return {"passed": False, "reason": "the goal already holds at the start (target rests on the destination)"}
+    hold = torch.zeros(1, 7)
+    hold[0, 6] = 1.0
+    for _ in range(5):  # 1 s with the robot holding still
+        env.step(hold)
+    top = float(env.table_top_z[0])
+    per, problems = {}, []
+    for o in m.objects:
+        a = env.obj_actors[0][o.name]
+        p = a.pose.p[0].numpy()
+        nominal = scene_env.base_to_world(o.init_xyz, top)
+        drift = float(np.linalg.norm(p[:2] - nominal[:2]))
+        rot = scene_env.quat_to_mat(a.pose.q[0].numpy())
+        tilt = float(np.degrees(np.arccos(np.clip(rot[2, 2], -1, 1))))
+        per[o.name] = {"drift_m": round(drift, 4), "tilt_deg": round(tilt, 2), "z_m": round(float(p[2] - top), 4)}
+        if p[2] < top - 0.05:
+            problems.append(f"{o.name} fell off the table")
+        elif drift > args.drift_tol_m:
+            problems.append(f"{o.name} drifted {drift * 100:.1f} cm while settling (rolling or pushed out of an overlap)")
+        elif tilt > args.tilt_tol_deg:
+            problems.append(f"{o.name} tipped over by {tilt:.0f} deg (unstable on its base)")
+        elif p[2] - top < -0.01:
+            problems.append(f"{o.name} sank {(top - p[2]) * 100:.1f} cm into the table (interpenetration)")
+    for i, a in enumerate(m.objects):
+        for b in m.objects[:i]:
+            if bool(env.contact(env.obj_actors[0][a.name], env.obj_actors[0][b.name])[0]):
+                problems.append(f"{a.name} touches {b.name} after settling (footprints overlap)")
+    return {"passed": not problems, "reason": "; ".join(problems) or "settled", "objects": per}
+
+
+def solver_check(runner, args: Args, seed: int) -> dict:
+    """Solvability QA: the scripted expert on k seeded, fully randomised episodes (Table A.2 DR on)."""
+    _set_dr(runner, True)
+    eps = []
+    for j in range(args.solver_attempts):
+        runner.reset(seed=seed + j)
+        for _ in range(runner.cfg.max_decisions):
+            _, _, term, trunc, info = runner.step(runner.expert_actions())
+            if term[0] or trunc[0]:
+                break
+        eps.append({"seed": seed + j, "success": bool(info["success"][0]), "partial": bool(info["partial_success"][0]),
+                    "elapsed_s": round(float(info["elapsed_s"][0]), 2)})
+        if eps[-1]["success"] and args.solver_stop_early:
+            break
+    n_ok = sum(e["success"] for e in eps)
+    if n_ok:
+        reason = f"scripted expert succeeded in {n_ok}/{len(eps)} seeded episodes"
+    elif any(e["partial"] for e in eps):
+        reason = f"scripted expert grasped and lifted the target but never placed it (0/{len(eps)})"
+    else:
+        reason = f"scripted expert never grasped and lifted the target (0/{len(eps)})"
+    return {"passed": n_ok > 0, "reason": reason, "successes": n_ok, "episodes": eps}
+
+
+def compose_one(scene_dir: str, args: Args) -> dict:
+    """Compose one scene; never raises (a bad scene is a rejection with its reason)."""
+    t0 = time.time()
+    scene_dir = Path(scene_dir)
+    sid = scene_dir.name
+    try:
+        res = _compose(scene_dir, args)
+    except ss.SchemaError as e:
+        res = {"status": "rejected", "reason": f"bad input file: {e}"}
+    except Exception as e:  # one bad scene never stops the batch
+        res = {"status": "rejected", "reason": f"internal error: {type(e).__name__}: {e}"}
+    res.update(scene_id=sid, seconds=round(time.time() - t0, 1))
+    if res["status"] == "rejected":
+        (scene_dir / "manifest.json").unlink(missing_ok=True)  # never leave a stale accepted manifest behind
+    return res
+
+
+def _compose(scene_dir: Path, args: Args) -> dict:
+    graph = ss.load_scene_graph(scene_dir / "scene_graph.json")
+    problems = ss.check_scene_graph(graph)
+    if problems:
+        return {"status": "rejected", "reason": "scene graph: " + "; ".join(problems)}
+    links = ss.load_asset_links(scene_dir / "asset_links.json")
+    assets_root = resolve_links_assets(scene_dir, links, Path(args.assets_dir))
+    goal, notes = graph.goal, []
+    for name in (goal.subject, goal.object):
+        if name not in links.objects:
+            why = links.failed.get(name, "no asset linked")
+            return {"status": "rejected", "reason": f"no asset for {name!r}: {why}"}
+    sim = [o for o in graph.objects if o.role in ("target", "destination", "distractor") and o.name in links.objects]
+    sim.sort(key=lambda o: ("destination", "target", "distractor").index(o.role))
+    notes += [f"distractor {o.name!r} dropped: {links.failed.get(o.name, 'no asset')}" for o in graph.objects
+              if o.role == "distractor" and o.name not in links.objects]
+    recs = {o.name: ss.load_asset_record(assets_root / links.objects[o.name]) for o in sim}
+    for name, rec in recs.items():
+        if not rec.accepted:
+            return {"status": "rejected", "reason": f"asset {rec.asset_id} for {name!r} was rejected: {rec.reject_reason}"}
+    scale = {o.name: 1.0 for o in sim}
+    # ALGO LOGIC: the paper's "object too large" failure: scale the target down to fit the gripper, or reject
+    tb = recs[goal.subject].bbox_m
+    narrow = min(tb[0], tb[1])
+    if narrow > GRIP_LIMIT_M:
+        s = GRIP_FIT_M / narrow
+        if s < args.min_rescale:
+            return {"status": "rejected", "reason": f"target {goal.subject!r} too large to grasp: narrowest side "
+                    f"{narrow * 100:.1f} cm > {GRIP_LIMIT_M * 100:.1f} cm usable gripper opening, and scaling it by "
+                    f"{s:.2f} would go below --min-rescale {args.min_rescale}"}
+        scale[goal.subject] = s
+        notes.append(f"target scaled by {s:.2f} to fit the {ss.GRIPPER_MAX_WIDTH_M * 1000:.0f} mm gripper")
+    for o in sim:
+        if o.role != "target":
+            d = footprint_radius(recs[o.name].bbox_m) * 2
+            if d > DEST_MAX_FOOTPRINT_M:
+                s = DEST_MAX_FOOTPRINT_M / d
+                if s < args.min_rescale:
+                    if o.role == "distractor":
+                        notes.append(f"distractor {o.name!r} dropped: {d * 100:.0f} cm footprint too large")
+                        continue
+                    return {"status": "rejected", "reason": f"destination {o.name!r} too large for the workspace: "
+                            f"footprint {d * 100:.0f} cm > {DEST_MAX_FOOTPRINT_M * 100:.0f} cm even at --min-rescale"}
+                scale[o.name] = s
+                notes.append(f"{o.name} scaled by {s:.2f} to fit the workspace")
+    rng = np.random.default_rng([args.seed, zlib.crc32(graph.scene_id.encode())])
+    table, background, lighting = make_background(graph, rng)
+    last_reason, attempts, render_src = "no layout tried", 0, None
+    keep = [o for o in sim if o.role != "distractor" or not any(o.name in n for n in notes)]
+    for attempt in range(args.layout_tries):
+        attempts = attempt + 1
+        objs = keep if attempt < args.layout_tries - 2 else keep[:2]  # last resorts: without distractors
+        bboxes = [[v * scale[o.name] for v in recs[o.name].bbox_m] for o in objs]
+        xy = sample_layout(bboxes, rng, args.margin_m)
+        if xy is None:
+            last_reason = f"no disjoint layout of {len(objs)} objects fits the reachable, visible workspace"
+            continue
+        w = dr_halfwidth(xy, bboxes, args.margin_m)
+        mobjs = []
+        for o, b, (x, y) in zip(objs, bboxes, xy):
+            rec, s = recs[o.name], scale[o.name]
+            xr, yr = dr_ranges(x, y, w, footprint_radius(b), b[2])
+            mobjs.append(ss.ManifestObject(
+                name=o.name, role=o.role, asset_id=rec.asset_id,
+                asset_dir=os.path.relpath(assets_root / rec.asset_id, scene_dir), visual=rec.paths["visual"],
+                collision=list(rec.paths["collision"]), scale=s, bbox_m=b, mass_kg=rec.mass_kg * s ** 3,
+                friction=rec.friction, init_xyz=[x, y, 0.0], init_yaw=float(rng.uniform(0, 2 * math.pi)),
+                x_range=xr, y_range=yr, yaw_range=[0.0, 2 * math.pi]))
+        m = ss.SceneManifest(scene_id=graph.scene_id, task=graph.task, scene_graph="scene_graph.json", objects=mobjs,
+                             success={"target": goal.subject, "destination": goal.object, "relation": goal.relation},
+                             table=table, background=background, lighting=lighting, qa={}, args=_args_dict(args))
+        cand = scene_dir / "manifest.candidate.json"
+        ss.save_manifest(m, cand)
+        runner = _runner(cand)
+        settle = settle_check(runner, m, args)
+        if not settle["passed"]:
+            last_reason = f"physics QA: {settle['reason']}"
+            continue
+        if args.render:
+            _set_dr(runner, False)
+            runner.reset(seed=0)
+            render_src = runner.render_rgb()[0]
+        solver = solver_check(runner, args, seed=args.seed * 1000 + 100 * attempt)
+        if not solver["passed"]:
+            last_reason = f"solvability QA: {solver['reason']}"
+            if not any(e["partial"] for e in solver["episodes"]) and scale[goal.subject] * 0.8 >= args.min_rescale:
+                scale[goal.subject] *= 0.8  # grasp failures: a smaller target is easier to grasp
+                notes.append(f"target scaled to {scale[goal.subject]:.2f} after grasp failures")
+            continue
+        m.qa = {"settle": settle, "solver": solver, "attempts": attempts, "notes": notes}
+        ss.save_manifest(m, scene_dir / "manifest.json")
+        cand.unlink(missing_ok=True)
+        if render_src is not None:
+            _save_png(render_src, scene_dir / "qa_render.png")
+        return {"status": "accepted", "reason": solver["reason"], "attempts": attempts, "notes": notes,
+                "solver_successes": solver["successes"], "solver_episodes": len(solver["episodes"])}
+    (scene_dir / "manifest.candidate.json").unlink(missing_ok=True)
+    if render_src is not None:
+        _save_png(render_src, scene_dir / "qa_render.png")
+    return {"status": "rejected", "reason": f"{last_reason} (after {attempts} layouts)", "attempts": attempts,
+            "notes": notes}
+
+
+def _args_dict(args: Args) -> dict:
+    return {k: v for k, v in vars(args).items()}
+
+
+def _save_png(rgb: np.ndarray, path: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    ss.write_bytes_atomic(path, buf.getvalue())
+
+
+def contact_sheet(scenes_dir: Path, results: list[dict], path: Path, thumb=(320, 240), cols: int = 5) -> None:
+    """Grid of QA renders labelled with scene id and verdict (green accepted, red rejected)."""
+    from PIL import Image, ImageDraw
+
+    items = [r for r in results if (scenes_dir / r["scene_id"] / "qa_render.png").exists()]
+    if not items:
+        return
+    rows = math.ceil(len(items) / cols)
+    sheet = Image.new("RGB", (cols * thumb[0], rows * (thumb[1] + 18)), (30, 30, 30))
+    draw = ImageDraw.Draw(sheet)
+    for k, r in enumerate(items):
+        im = Image.open(scenes_dir / r["scene_id"] / "qa_render.png").convert("RGB").resize(thumb)
+        x, y = (k % cols) * thumb[0], (k // cols) * (thumb[1] + 18)
+        sheet.paste(im, (x, y + 18))
+        ok = r["status"] in ("accepted", "skipped")
+        draw.text((x + 4, y + 3), f"{'OK' if ok else 'REJ'} {r['scene_id'][:40]}", fill=(90, 220, 90) if ok else (240, 80, 80))
+    buf_path = path
+    import io
+
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    ss.write_bytes_atomic(buf_path, buf.getvalue())
+
+
+def main(args: Args) -> dict:
+    from tqdm import tqdm
+
+    scenes_dir = Path(args.scenes_dir)
+    if not scenes_dir.is_dir():
+        raise SystemExit(f"{scenes_dir}: scenes folder does not exist; run scene_designer.py and generate_assets.py first")
+    ss.write_json_atomic(scenes_dir / "compose_args.json", _args_dict(args))
+    dirs = sorted(p.parent for p in scenes_dir.glob("*/scene_graph.json"))
+    if args.scene_ids is not None:
+        missing = sorted(set(args.scene_ids) - {d.name for d in dirs})
+        if missing:
+            raise SystemExit(f"{scenes_dir}: no scene graph for id(s) {', '.join(missing)}")
+        dirs = [d for d in dirs if d.name in set(args.scene_ids)]
+    results, todo = [], []
+    for d in dirs:
+        if (d / "manifest.json").exists() and not args.force:
+            try:
+                m = ss.load_manifest(d / "manifest.json")
+                solver = m.qa.get("solver", {})
+                results.append({"scene_id": d.name, "status": "skipped", "reason": "already composed (use --force)",
+                                "solver_successes": solver.get("successes", 0),
+                                "solver_episodes": len(solver.get("episodes", []))})
+                continue
+            except ss.SchemaError:
+                pass  # unreadable manifest: compose again
+        todo.append(d)
+    t0 = time.time()
+    scene_env.configure_runtime()
+    if args.workers <= 1:
+        for d in tqdm(todo, desc="compose", unit="scene"):
+            results.append(compose_one(str(d), args))
+    else:
+        import multiprocessing as mp
+
+        os.environ.setdefault("LP_NUM_THREADS", "1")
+        with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("forkserver")) as pool:
+            futs = [pool.submit(compose_one, str(d), args) for d in todo]
+            for f in tqdm(as_completed(futs), total=len(futs), desc="compose", unit="scene"):
+                results.append(f.result())
+    results.sort(key=lambda r: r["scene_id"])
+    ok = [r for r in results if r["status"] in ("accepted", "skipped")]
+    eps = sum(r.get("solver_episodes", 0) for r in ok)
+    wins = sum(r.get("solver_successes", 0) for r in ok)
+    summary = {"schema_version": ss.SCHEMA_VERSION, "args": _args_dict(args),
+               "accepted": [r["scene_id"] for r in ok],
+               "rejected": {r["scene_id"]: r["reason"] for r in results if r["status"] == "rejected"},
+               "acceptance_rate": len(ok) / max(len(results), 1),
+               "expert_success_rate": wins / max(eps, 1), "expert_episodes": eps,
+               "timings_s": {r["scene_id"]: r.get("seconds", 0.0) for r in results},
+               "total_s": round(time.time() - t0, 1), "scenes": results}
+    ss.write_json_atomic(args.out_summary, summary)
+    if args.render:
+        contact_sheet(scenes_dir, results, scenes_dir / "qa_contact_sheet.png")
+    print(f"composed {len(results)} scenes: {len(ok)} accepted ({summary['acceptance_rate']:.0%}), "
+          f"{len(summary['rejected'])} rejected; scripted expert {wins}/{eps} episodes on accepted scenes; "
+          f"summary {args.out_summary}")
+    for sid, why in summary["rejected"].items():
+        print(f"  rejected {sid}: {why}")
+    return summary
+
+
+if __name__ == "__main__":
+    import tyro
+
+    main(tyro.cli(Args))

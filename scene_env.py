@@ -1,0 +1,998 @@
+"""The ManiSkill 3 environment every stage runs in: `GenScene-v1`, SimplerEnv wrapping, a chunked vector env.
+
+    import scene_env
+    venv = scene_env.make_vec_env(["scenes/a/manifest.json", "simpler:PutCarrotOnPlateInScene-v1"], num_envs=2)
+    obs = venv.reset(seed=0)                                       # {"rgb" [N,H,W,3] u8, "state" [N,7], "instruction"}
+    obs, rew, term, trunc, info = venv.step(venv.expert_actions())  # actions [N, C, 7]
+
+    python scene_env.py --scenes scenes/a/manifest.json --episodes 4    # smoke: scripted expert success rate
+
+Robot, camera, control and timing mirror SimplerEnv's Bridge setup (ManiSkill
+`digital_twins/bridge_dataset_eval/base_env.py`): agent `widowx250s_bridgedataset_flat_table`, control mode
+`arm_pd_ee_target_delta_pose_align2_gripper_pd_joint_pos` (raw metres / radians, deltas accumulate on the
+controller's target pose), sim 500 Hz / control 5 Hz, the Bridge 3rd-view camera (Logitech C920 intrinsics,
+rendered directly at `image_size` with intrinsics scaled like the 640x480 -> 224x224 resize open-pi-zero
+applies). Generated scenes replace the Bridge stage by a plain table box, floor and walls from the manifest.
+
+Frames: manifests give poses in the robot base frame (x forward, y left, z up); the world is SimplerEnv's,
+robot base at [0.147, 0.028, 0.870] rotated 180 deg about z, table top at `table["height"]` (0.87 m).
+
+Registration: importing this module is cheap and side-effect free; `register()` (called by `make_vec_env`,
+`make_env`) imports ManiSkill and registers `GenScene-v1`. Gripper: the public action is +1 open / -1 close,
+which is exactly the Bridge gripper controller's convention (normalised [-1, 1] -> finger position
+[0.014, 0.038] m, 0.038 = open), so actions pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import scene_schema as ss
+
+SIMPLER_PREFIX = "simpler:"
+SIMPLER_TASKS = ("PutCarrotOnPlateInScene-v1", "PutSpoonOnTableClothInScene-v1",
+                 "StackGreenCubeOnYellowCubeBakedTexInScene-v1")
+AGENT_UID = "widowx250s_bridgedataset_flat_table"
+CONTROL_MODE = "arm_pd_ee_target_delta_pose_align2_gripper_pd_joint_pos"
+CAMERA_UID = "3rd_view_camera"
+# SimplerEnv Bridge flat-table setup (base_env.py): robot pose, initial joints, camera (mounted on base_link).
+ROBOT_POSE_P = (0.147, 0.028, 0.870)
+ROBOT_POSE_Q = (0.0, 0.0, 0.0, 1.0)  # wxyz: 180 deg about z, so base x points along world -x
+ROBOT_INIT_QPOS = (-0.01840777, 0.0398835, 0.22242722, -0.00460194, 1.36524296, 0.00153398, 0.037, 0.037)
+CAMERA_LOCAL_P = (0.00, -0.16, 0.36)
+CAMERA_LOCAL_Q = (0.8992917, -0.09263245, 0.35892478, 0.23209205)
+CAMERA_K_640x480 = ((623.588, 0.0, 319.501), (0.0, 623.588, 239.545), (0.0, 0.0, 1.0))
+TABLE_TOP_Z = 0.87
+GRIPPER_QPOS_CLOSED, GRIPPER_QPOS_OPEN = 0.015, 0.037
+CONTACT_FORCE_N = 0.05  # a pair is "in contact" above this normal force (SimplerEnv uses 0.05 N too)
+
+
+@dataclass
+class EnvConfig:
+    """Everything that defines an environment instance (tyro-friendly: every field is a flag)."""
+
+    image_size: int = 224
+    """Square RGB side given to the policy; rendered directly at this size (Bridge camera intrinsics rescaled)."""
+    chunk: int = 4
+    """C control steps executed per decision (Table A.1)."""
+    max_decisions: int = 25
+    """Episode length in chunk decisions (Table A.1): 25 x 4 steps x 0.2 s = 20 s."""
+    sim_freq: int = 500
+    """Physics frequency (Hz), as SimplerEnv."""
+    control_freq: int = 5
+    """Control frequency (Hz), as SimplerEnv / BridgeData."""
+    sim_backend: str = "auto"
+    """"auto" (physx_cuda when CUDA is available, else physx_cpu) | "physx_cpu" | "physx_cuda"."""
+    dr_object_pose: bool = True
+    """Table A.2: sample object x/y/yaw within each manifest object's ranges (non-overlapping)."""
+    dr_lighting: bool = True
+    """Table A.2: ambient RGB in [0, 0.6), directional brightness in [0.5, 1.5]."""
+    dr_robot: bool = True
+    """Table A.2: robot base z + U[0, 0.05] m and arm joints + U[-0.1, 0.1] rad."""
+    dr_camera: bool = True
+    """Table A.2: camera xyz + U[-0.05, 0.05] m, re-aimed at the original principal-ray / table point."""
+    resample_every: int = 0
+    """Episodes between re-drawing which of its scenes a CPU worker holds (0 = never; needs > num_envs scenes)."""
+    render_size: tuple[int, int] = (640, 480)
+    """(width, height) of `render_rgb()` frames (videos, QA renders): the Bridge camera at full resolution."""
+    settle_s: float = 0.2
+    """Physics time (s) objects settle after placement at reset, before the robot moves."""
+    lift_threshold_m: float = 0.025
+    """Partial success: the target was grasped and lifted this far above its start height."""
+
+    @property
+    def control_dt(self) -> float:
+        return 1.0 / self.control_freq
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtime setup and small maths helpers (numpy only: importable without ManiSkill)
+# ---------------------------------------------------------------------------------------------
+
+
+def configure_runtime() -> None:
+    """Defaults for ManiSkill data and software Vulkan; call before `mani_skill` is imported."""
+    repo = Path(__file__).resolve().parent
+    shared = repo.parent / "shared" / "assets" / "maniskill"
+    if not os.environ.get("MS_ASSET_DIR") and (shared / "data").is_dir():
+        os.environ["MS_ASSET_DIR"] = str(shared)
+    if not os.environ.get("VK_ICD_FILENAMES") and shutil.which("nvidia-smi") is None:
+        for icd in ("/usr/share/vulkan/icd.d/lvp_icd.json", "/usr/share/vulkan/icd.d/lvp_icd.x86_64.json"):
+            if os.path.exists(icd):
+                os.environ["VK_ICD_FILENAMES"] = icd
+                break
+
+
+def scaled_intrinsic(width: int, height: int) -> np.ndarray:
+    """Bridge C920 intrinsics for a (width, height) render: the same view as resizing the 640x480 frame."""
+    k = np.array(CAMERA_K_640x480, dtype=np.float64)
+    k[0] *= width / 640.0
+    k[1] *= height / 480.0
+    return k
+
+
+def quat_to_mat(q) -> np.ndarray:
+    w, x, y, z = q
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def mat_to_quat(m: np.ndarray) -> np.ndarray:
+    t = np.trace(m)
+    if t > 0:
+        s = 2.0 * math.sqrt(t + 1.0)
+        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
+    else:
+        i = int(np.argmax(np.diag(m)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * math.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
+        q = [0.0] * 4
+        q[0] = (m[k, j] - m[j, k]) / s
+        q[1 + i] = 0.25 * s
+        q[1 + j] = (m[j, i] + m[i, j]) / s
+        q[1 + k] = (m[k, i] + m[i, k]) / s
+    q = np.array(q)
+    return q / np.linalg.norm(q)
+
+
+def base_to_world(xyz_base, table_top_z: float = TABLE_TOP_Z) -> np.ndarray:
+    """Manifest point (robot base frame, z above the table top) -> world (nominal robot pose)."""
+    x, y, z = xyz_base
+    return np.array([ROBOT_POSE_P[0] - x, ROBOT_POSE_P[1] - y, table_top_z + z])
+
+
+def camera_world_pose(local_p=CAMERA_LOCAL_P, local_q=CAMERA_LOCAL_Q) -> tuple[np.ndarray, np.ndarray]:
+    """World pose (p, rotation matrix) of the Bridge camera for the nominal robot pose."""
+    rb = quat_to_mat(ROBOT_POSE_Q)
+    return np.array(ROBOT_POSE_P) + rb @ np.array(local_p), rb @ quat_to_mat(local_q)
+
+
+def reaimed_camera_local_pose(offset, robot_z_offset: float = 0.0, table_top_z: float = TABLE_TOP_Z):
+    """Table A.2 camera DR: shift the camera by `offset` (world, m) and re-aim it at the point where its original
+    principal ray hits the table top. Returns the local pose (p, q wxyz) w.r.t. a robot base raised by
+    `robot_z_offset`, so robot-height randomisation does not also move the camera."""
+    p0, r0 = camera_world_pose()
+    fwd0 = r0[:, 0]  # SAPIEN cameras look along their local +x
+    hit = p0 + fwd0 * (table_top_z - p0[2]) / fwd0[2]
+    p1 = p0 + np.asarray(offset, dtype=np.float64)
+    fwd1 = (hit - p1) / np.linalg.norm(hit - p1)
+    axis = np.cross(fwd0, fwd1)
+    s, c = np.linalg.norm(axis), float(np.dot(fwd0, fwd1))
+    if s < 1e-9:
+        rot = np.eye(3)
+    else:  # Rodrigues: shortest rotation fwd0 -> fwd1, keeps the camera's roll about its ray
+        k = axis / s
+        kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+        rot = np.eye(3) + s * kx + (1 - c) * kx @ kx
+    r1 = rot @ r0
+    rb = quat_to_mat(ROBOT_POSE_Q)
+    base_p = np.array(ROBOT_POSE_P) + np.array([0.0, 0.0, robot_z_offset])
+    return rb.T @ (p1 - base_p), mat_to_quat(rb.T @ r1)
+
+
+def sample_layout(objects: list[ss.ManifestObject], rng: np.random.Generator, tries: int = 50,
+                  margin: float = 0.01) -> list[tuple[float, float, float]]:
+    """Table A.2 object-pose DR: x, y, yaw uniform in each object's ranges, footprints (bbox circles + margin)
+    disjoint by rejection sampling; falls back to the nominal poses if no disjoint draw is found."""
+    radius = [0.5 * math.hypot(o.bbox_m[0], o.bbox_m[1]) for o in objects]
+    for _ in range(tries):
+        poses = [(rng.uniform(*o.x_range), rng.uniform(*o.y_range), rng.uniform(*o.yaw_range)) for o in objects]
+        ok = all(math.hypot(poses[i][0] - poses[j][0], poses[i][1] - poses[j][1]) > radius[i] + radius[j] + margin
+                 for i in range(len(objects)) for j in range(i))
+        if ok:
+            return poses
+    return [(o.init_xyz[0], o.init_xyz[1], o.init_yaw) for o in objects]
+
+
+def parse_scene(scene: str | os.PathLike) -> tuple[str, str]:
+    """("simpler", EnvId) for "simpler:<EnvId>", else ("gen", manifest path) after checking it loads."""
+    s = str(scene)
+    if s.startswith(SIMPLER_PREFIX):
+        env_id = s[len(SIMPLER_PREFIX):]
+        if env_id not in SIMPLER_TASKS:
+            raise ValueError(f"unknown SimplerEnv task {env_id!r} in {s!r}; supported: {', '.join(SIMPLER_TASKS)}")
+        return "simpler", env_id
+    path = Path(s)
+    path = path / "manifest.json" if path.is_dir() else path
+    ss.load_manifest(path)  # validates now, with a clear SchemaError, rather than inside a worker
+    return "gen", str(path.resolve())
+
+
+def _mesh_volume(path: Path) -> float:
+    import trimesh
+
+    mesh = trimesh.load(str(path), force="mesh")
+    return float(abs(mesh.convex_hull.volume))
+
+
+# ---------------------------------------------------------------------------------------------
+# GenScene-v1: ManiSkill env built from manifests (classes are created lazily by `register()`)
+# ---------------------------------------------------------------------------------------------
+
+_REGISTERED: dict[str, Any] = {}
+
+
+def register():
+    """Import ManiSkill and register `GenScene-v1` (idempotent). Returns the env class."""
+    if "GenScene-v1" in _REGISTERED:
+        return _REGISTERED["GenScene-v1"]
+    configure_runtime()
+    import sapien
+    import torch
+    from sapien.physx import PhysxMaterial
+
+    import mani_skill.envs  # noqa: F401  (registers the SimplerEnv Bridge tasks and the Bridge WidowX agent)
+    from mani_skill.envs.sapien_env import BaseEnv
+    from mani_skill.sensors.camera import CameraConfig
+    from mani_skill.utils import sapien_utils
+    from mani_skill.utils.registration import register_env
+    from mani_skill.utils.structs.actor import Actor
+    from mani_skill.utils.structs.pose import Pose
+    from mani_skill.utils.structs.types import SimConfig
+
+    class GenSceneEnv(BaseEnv):
+        """Tabletop scene from a SceneManifest per parallel env (heterogeneous scenes per env index).
+
+        CPU (physx_cpu): one env per process, it holds `manifests[scene_assignment[0]]`; `reset(options=
+        {"reconfigure": True, "scene_assignment": [k]})` switches to another of its manifests.
+        GPU (physx_cuda, UNTESTED here: no GPU physics offline): env i builds its own actors in sub-scene i
+        (`builder.set_scene_idxs([i])`) and they are merged into one batched view (`Actor.merge`), the
+        standard ManiSkill pattern for heterogeneous scenes, so every batched op below stays per-env.
+        """
+
+        SUPPORTED_OBS_MODES = ("rgb", "rgb+segmentation", "state_dict", "none")
+        SUPPORTED_REWARD_MODES = ("sparse", "none")
+
+        def __init__(self, *args, manifests: list[str], scene_assignment: list[int] | None = None,
+                     env_cfg: EnvConfig = EnvConfig(), **kwargs):
+            self.cfg = env_cfg
+            self.manifest_paths = [str(m) for m in manifests]
+            self.manifests = [ss.load_manifest(m) for m in self.manifest_paths]
+            n = kwargs.get("num_envs", 1)
+            self.scene_assignment = list(scene_assignment or [i % len(self.manifests) for i in range(n)])
+            size = env_cfg.image_size
+            kwargs.setdefault("sensor_configs", {CAMERA_UID: dict(width=size, height=size,
+                                                                  intrinsic=scaled_intrinsic(size, size))})
+            super().__init__(*args, robot_uids=AGENT_UID, control_mode=CONTROL_MODE, **kwargs)
+
+        # ---- configuration -------------------------------------------------------------------
+        @property
+        def _default_sim_config(self):
+            return SimConfig(sim_freq=self.cfg.sim_freq, control_freq=self.cfg.control_freq, spacing=20)
+
+        @property
+        def _default_sensor_configs(self):
+            return []  # the agent carries the Bridge 3rd-view camera
+
+        @property
+        def _default_human_render_camera_configs(self):
+            w, h = self.cfg.render_size
+            return CameraConfig("render_camera", pose=sapien.Pose(CAMERA_LOCAL_P, CAMERA_LOCAL_Q), width=w, height=h,
+                                intrinsic=scaled_intrinsic(w, h), near=0.01, far=100,
+                                mount=self.agent.robot.links_map["base_link"])
+
+        def manifest(self, env_i: int) -> ss.SceneManifest:
+            return self.manifests[self.scene_assignment[env_i]]
+
+        # ---- scene building ------------------------------------------------------------------
+        def _load_agent(self, options: dict):
+            super()._load_agent(options, sapien.Pose(p=ROBOT_POSE_P, q=ROBOT_POSE_Q))
+
+        def _load_lighting(self, options: dict):
+            self._dir_lights = []  # per sub-scene: [(light component, base colour)]
+            for i, sub in enumerate(self.scene.sub_scenes):
+                lit = self.manifest(i).lighting or {}
+                sub.render_system.ambient_light = list(lit.get("ambient", [0.3, 0.3, 0.3]))
+                lights = lit.get("directional", [[0, 0, -1, 2.2], [-1, -0.5, -1, 0.7], [1, 1, -1, 0.7]])
+                before = set(id(e) for e in sub.entities)
+                for dx, dy, dz, b in lights:
+                    self.scene.add_directional_light([dx, dy, dz], [b, b, b], scene_idxs=[i])
+                comps = [e.find_component_by_type(sapien.render.RenderDirectionalLightComponent)
+                         for e in sub.entities if id(e) not in before and e.name == "directional_light"]
+                self._dir_lights.append([(c, np.array(c.color[:3])) for c in comps if c is not None])
+
+        def _load_scene(self, options: dict):
+            if "manifests" in options:  # compose_scene.py swaps in a new candidate without a new process
+                self.manifest_paths = [str(m) for m in options["manifests"]]
+                self.manifests = [ss.load_manifest(m) for m in self.manifest_paths]
+                self.scene_assignment = [i % len(self.manifests) for i in range(self.num_envs)]
+            if "scene_assignment" in options:
+                self.scene_assignment = list(options["scene_assignment"])
+            for i in range(self.num_envs):
+                sapien_utils.set_articulation_render_material(self.agent.robot._objs[i], specular=0.9,
+                                                              roughness=0.3)
+            tables, targets, dests, self.obj_actors = [], [], [], []
+            self.table_top_z = torch.zeros(self.num_envs)
+            for i in range(self.num_envs):
+                m, mpath = self.manifest(i), self.manifest_paths[self.scene_assignment[i]]
+                tables.append(self._build_background(i, m))
+                actors = {}
+                for o in m.objects:
+                    actors[o.name] = self._build_object(i, o, ss.resolve_asset_dir(mpath, o))
+                self.obj_actors.append(actors)
+                targets.append(actors[m.success["target"]])
+                dests.append(actors[m.success["destination"]])
+                self.table_top_z[i] = float(m.table.get("height", TABLE_TOP_Z))
+            # one batched view per role over heterogeneous per-env actors
+            self.table = Actor.merge(tables, name="table") if len(tables) > 1 else tables[0]
+            self.target = Actor.merge(targets, name="target") if len(targets) > 1 else targets[0]
+            self.destination = Actor.merge(dests, name="destination") if len(dests) > 1 else dests[0]
+            self.target_size = torch.tensor([self.manifest(i).object(self.manifest(i).success["target"]).bbox_m
+                                             for i in range(self.num_envs)], dtype=torch.float32)
+            self.dest_size = torch.tensor([self.manifest(i).object(self.manifest(i).success["destination"]).bbox_m
+                                           for i in range(self.num_envs)], dtype=torch.float32)
+            self.robot_links = self.agent.robot.get_links()
+
+        def _build_background(self, i: int, m: ss.SceneManifest):
+            top = float(m.table.get("height", TABLE_TOP_Z))
+            sx, sy = m.table.get("size", [0.9, 1.2, top])[:2]
+            cx, cy = m.table.get("center_xy", [0.3, 0.0])  # robot base frame
+            color = list(m.table.get("color", [0.55, 0.4, 0.28, 1.0]))
+            b = self.scene.create_actor_builder()
+            b.add_box_collision(half_size=[sx / 2, sy / 2, top / 2])
+            b.add_box_visual(half_size=[sx / 2, sy / 2, top / 2],
+                             material=sapien.render.RenderMaterial(base_color=color, roughness=0.8))
+            b.initial_pose = sapien.Pose(base_to_world([cx, cy, -top / 2], top))
+            b.set_scene_idxs([i])
+            table = b.build_static(name=f"table_{i}")
+            bg = m.background or {}
+            b = self.scene.create_actor_builder()  # floor + back/side walls: visual only, no physics cost
+            b.add_box_visual(sapien.Pose([0, 0, -0.005]), half_size=[4, 4, 0.005],
+                             material=sapien.render.RenderMaterial(base_color=list(bg.get("floor_color", [0.4] * 3 + [1]))))
+            wall = sapien.render.RenderMaterial(base_color=list(bg.get("wall_color", [0.85, 0.85, 0.8, 1])))
+            wd = float(bg.get("wall_distance", 1.3))
+            b.add_box_visual(sapien.Pose(base_to_world([wd, 0, 0], 0)[:2].tolist() + [1.5]), half_size=[0.01, 4, 1.5],
+                             material=wall)
+            for side in (-1, 1):
+                b.add_box_visual(sapien.Pose(base_to_world([0.3, side * 1.5, 0], 0)[:2].tolist() + [1.5]),
+                                 half_size=[4, 0.01, 1.5], material=wall)
+            b.initial_pose = sapien.Pose()
+            b.set_scene_idxs([i])
+            b.build_static(name=f"room_{i}")
+            return table
+
+        def _build_object(self, i: int, o: ss.ManifestObject, asset_dir: Path):
+            s = [o.scale] * 3
+            mat = PhysxMaterial(static_friction=o.friction, dynamic_friction=o.friction, restitution=0.0)
+            parts = [asset_dir / c for c in o.collision]
+            volume = sum(_mesh_volume(p) for p in parts) * o.scale ** 3
+            density = float(np.clip(o.mass_kg / max(volume, 1e-9), 20.0, 8000.0))
+            b = self.scene.create_actor_builder()
+            for p in parts:
+                b.add_convex_collision_from_file(str(p), scale=s, material=mat, density=density)
+            b.add_visual_from_file(str(asset_dir / o.visual), scale=s)
+            b.initial_pose = sapien.Pose(base_to_world(o.init_xyz, float(self.manifest(i).table.get("height", TABLE_TOP_Z))))
+            b.set_scene_idxs([i])
+            return b.build(name=f"{o.name}_{i}")
+
+        # ---- episodes ------------------------------------------------------------------------
+        def _initialize_episode(self, env_idx: torch.Tensor, options: dict):
+            cfg, rng = self.cfg, self._episode_rng
+            with torch.device(self.device):
+                b = len(env_idx)
+                for i in env_idx.tolist():  # per env: heterogeneous object sets (not a hot path)
+                    rng = self._batched_episode_rng[i]  # per-env RNG: same draws on CPU and GPU for the same seeds
+                    m = self.manifest(i)
+                    objs = m.objects
+                    poses = (sample_layout(objs, rng) if cfg.dr_object_pose
+                             else [(o.init_xyz[0], o.init_xyz[1], o.init_yaw) for o in objs])
+                    top = float(self.table_top_z[i])
+                    for o, (x, y, yaw) in zip(objs, poses):
+                        p = base_to_world([x, y, o.init_xyz[2] + 0.002], top)
+                        q = [math.cos((yaw + math.pi) / 2), 0, 0, math.sin((yaw + math.pi) / 2)]  # base yaw -> world
+                        self.obj_actors[i][o.name].set_pose(Pose.create_from_pq(p=torch.tensor(p)[None], q=torch.tensor(q)[None]))
+                    lit = m.lighting or {}
+                    amb = rng.uniform(0.0, 0.6, 3) if cfg.dr_lighting else np.array(lit.get("ambient", [0.3] * 3))
+                    bright = rng.uniform(0.5, 1.5) if cfg.dr_lighting else 1.0
+                    self.scene.sub_scenes[i].render_system.ambient_light = amb.tolist()
+                    for comp, col in self._dir_lights[i]:
+                        comp.color = (col * bright).tolist()
+                    dz = rng.uniform(0.0, 0.05) if cfg.dr_robot else 0.0
+                    cam_off = rng.uniform(-0.05, 0.05, 3) if cfg.dr_camera else np.zeros(3)
+                    cp, cq = reaimed_camera_local_pose(cam_off, dz, top)
+                    cam = self._sensors[CAMERA_UID].camera
+                    cam._render_cameras[i if len(cam._render_cameras) > 1 else 0].set_local_pose(sapien.Pose(cp, cq))
+                    cam._cached_local_pose = None
+                    self._robot_dz[i] = dz
+                if self.gpu_sim_enabled:
+                    self.scene._gpu_apply_all()
+                for _ in range(int(cfg.settle_s * cfg.sim_freq)):  # NOTE: steps every sub-scene (as SimplerEnv)
+                    self.scene.step()
+                if self.gpu_sim_enabled:
+                    self.scene._gpu_fetch_all()
+                qpos = torch.tensor(ROBOT_INIT_QPOS).repeat(b, 1)
+                if cfg.dr_robot:
+                    qpos[:, :6] += torch.from_numpy(self._episode_rng.uniform(-0.1, 0.1, (b, 6))).float().to(self.device)
+                base_p = torch.tensor(ROBOT_POSE_P).repeat(b, 1)
+                base_p[:, 2] += self._robot_dz[env_idx]
+                self.agent.robot.set_pose(Pose.create_from_pq(p=base_p, q=torch.tensor(ROBOT_POSE_Q).repeat(b, 1)))
+                self.agent.reset(init_qpos=qpos)
+                self.target_start_z[env_idx] = self.target.pose.p[env_idx, 2]
+                self.partial[env_idx] = False
+
+        def _after_reconfigure(self, options):
+            super()._after_reconfigure(options)
+            self._robot_dz = torch.zeros(self.num_envs, device=self.device)
+            self.target_start_z = torch.zeros(self.num_envs, device=self.device)
+            self.partial = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+
+        # ---- success, observation, privileged state -----------------------------------------
+        def contact(self, a, b) -> torch.Tensor:
+            return torch.linalg.norm(self.scene.get_pairwise_contact_forces(a, b), dim=-1) > CONTACT_FORCE_N  # [N]
+
+        def evaluate(self) -> dict:
+            # Eq. A.1: contact(A, B) and not contact(A, table) and not contact(A, robot)
+            on_dest = self.contact(self.target, self.destination)
+            on_table = self.contact(self.target, self.table)
+            touch_robot = torch.zeros_like(on_dest)
+            for link in self.robot_links:
+                touch_robot |= self.contact(self.target, link)
+            success = on_dest & ~on_table & ~touch_robot
+            grasped = self.agent.is_grasping(self.target)
+            lifted = self.target.pose.p[:, 2] - self.target_start_z > self.cfg.lift_threshold_m
+            self.partial |= grasped & lifted
+            return dict(success=success, partial_success=self.partial.clone(), grasped=grasped,
+                        target_on_table=on_table, target_touches_robot=touch_robot, target_on_destination=on_dest)
+
+        def compute_sparse_reward(self, obs, action, info):
+            return info["success"].float()
+
+        def _get_obs_extra(self, info: dict):
+            return dict(state=ee_state(self))
+
+        def get_language_instruction(self) -> list[str]:
+            return [self.manifest(i).task for i in range(self.num_envs)]
+
+        def privileged_state(self) -> dict:
+            """Object/ee poses in the robot base frame for the scripted expert ([N, ...] tensors)."""
+            inv = self.agent.robot.pose.inv()
+            tp, dp = inv * self.target.pose, inv * self.destination.pose
+            top = self.table_top_z.to(self.device) - self.agent.robot.pose.p[:, 2]
+            return dict(target_bottom=tp.p, target_yaw=_yaw(tp.q), target_size=self.target_size.to(self.device),
+                        dest_bottom=dp.p, dest_size=self.dest_size.to(self.device), table_z=top,
+                        grasped=self.agent.is_grasping(self.target))
+
+    register_env("GenScene-v1", max_episode_steps=None)(GenSceneEnv)
+    _REGISTERED["GenScene-v1"] = GenSceneEnv
+    return GenSceneEnv
+
+
+def _yaw(q):
+    """Yaw (rad) of wxyz quaternions [N, 4] (torch)."""
+    import torch
+
+    w, x, y, z = q.unbind(-1)
+    return torch.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+
+
+def _rpy(q):
+    """Roll, pitch, yaw (extrinsic xyz, the Bridge proprio convention) of wxyz quaternions [N, 4] -> [N, 3]."""
+    import torch
+
+    w, x, y, z = q.unbind(-1)
+    roll = torch.atan2(2 * (w * x + y * z), 1 - 2 * (x * x + y * y))
+    pitch = torch.asin(torch.clamp(2 * (w * y - z * x), -1.0, 1.0))
+    return torch.stack([roll, pitch, _yaw(q)], dim=-1)
+
+
+def ee_state(env) -> "torch.Tensor":
+    """[N, 7] float32: ee xyz + rpy in the robot base frame, gripper opening in [0, 1] (1 = open)."""
+    import torch
+
+    pose = env.agent.controller.controllers["arm"].ee_pose_at_base
+    finger = env.agent.robot.get_qpos()[:, -2:].mean(-1, keepdim=True)
+    opening = ((finger - GRIPPER_QPOS_CLOSED) / (GRIPPER_QPOS_OPEN - GRIPPER_QPOS_CLOSED)).clamp(0, 1)
+    return torch.cat([pose.p, _rpy(pose.q), opening], dim=-1).float()
+
+
+def simpler_privileged_state(env) -> dict:
+    """The expert's privileged state for a SimplerEnv Bridge task (object poses are bbox centres there)."""
+    import torch
+
+    inv = env.agent.robot.pose.inv()
+    src, dst = env.objs[env.source_obj_name], env.objs[env.target_obj_name]
+    tsize = env.episode_model_bbox_sizes[env.source_obj_name].float().abs().to(env.device)
+    dsize = env.episode_model_bbox_sizes[env.target_obj_name].float().abs().to(env.device)
+    tp, dp = inv * src.pose, inv * dst.pose
+    n = env.num_envs
+    tb = tp.p.clone()
+    tb[:, 2] -= tsize[2] / 2
+    db = dp.p.clone()
+    db[:, 2] -= dsize[2] / 2
+    # Bridge models are axis-aligned in their own frame; rotate the yaw by their spawn rotation
+    return dict(target_bottom=tb, target_yaw=_yaw(tp.q), target_size=tsize.repeat(n, 1), dest_bottom=db,
+                dest_size=dsize.repeat(n, 1), table_z=db[:, 2].clone(), grasped=env.agent.is_grasping(src))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scripted expert: approach, grasp, lift, carry, place, release (privileged state, ee-delta actions)
+# ---------------------------------------------------------------------------------------------
+
+APPROACH, DESCEND, CLOSE, LIFT, CARRY, LOWER, RELEASE, RETREAT = range(8)
+
+
+@dataclass
+class ExpertConfig:
+    """Waypoint geometry and speeds of the scripted expert (metres, radians, control steps)."""
+
+    max_step_m: float = 0.025
+    """Largest ee translation per control step (0.125 m/s at 5 Hz, the pace of BridgeData)."""
+    fine_step_m: float = 0.015
+    """Largest ee translation per step for the final descent to a grasp or a place."""
+    max_yaw_step: float = 0.3
+    """Largest ee yaw change per control step (rad)."""
+    finger_below_ee_m: float = 0.015
+    """The finger pads reach this far below `ee_gripper_link` when the gripper points down (Bridge WidowX)."""
+    table_clearance_m: float = 0.004
+    """Smallest height of the fingertips above the table while grasping."""
+    approach_above_m: float = 0.07
+    """Pre-grasp height of the grasp point above the grasp height."""
+    place_clearance_m: float = 0.025
+    """Height of the target's bottom above the destination's top when it is released."""
+    tol_m: float = 0.004
+    """A waypoint counts as reached by the controller target within this distance."""
+    close_steps: int = 3
+    """Control steps spent closing (or opening) the gripper."""
+
+
+class ScriptedExpert:
+    """Per-env phase machine planned on the controller's *target* pose: with the `align2` controller each delta
+    adds to the previous target, so a whole chunk can be planned open-loop exactly and re-anchored to the
+    true object poses at every chunk (closed loop at decision rate; a dropped object restarts the grasp)."""
+
+    def __init__(self, num_envs: int, cfg: ExpertConfig = ExpertConfig()):
+        import torch
+
+        self.cfg = cfg
+        self.phase = torch.zeros(num_envs, dtype=torch.long)
+        self.count = torch.zeros(num_envs, dtype=torch.long)
+
+    def reset(self, env_idx=None) -> None:
+        idx = slice(None) if env_idx is None else env_idx
+        self.phase[idx] = APPROACH
+        self.count[idx] = 0
+
+    def plan(self, priv: dict, tcp_p, closing_yaw, chunk: int):
+        """priv: `privileged_state()`; tcp_p [N, 3] controller target position; closing_yaw [N] current yaw of the
+        fingers' closing axis (base frame). Returns actions [N, C, 7] (+1 open / -1 close)."""
+        import torch
+
+        c = self.cfg
+        dev = "cpu"
+        priv = {k: v.detach().to(dev).float() for k, v in priv.items()}
+        pos = tcp_p.detach().to(dev).float().clone()  # [N, 3]
+        n = pos.shape[0]
+        tsz, dsz, tb, db = priv["target_size"], priv["dest_size"], priv["target_bottom"], priv["dest_bottom"]
+        grasp_h = (tsz[:, 2] * 0.5).clamp(0.008, 0.03)
+        grasp_z = torch.maximum(tb[:, 2] + grasp_h, priv["table_z"] + c.finger_below_ee_m + c.table_clearance_m)
+        dest_top = db[:, 2] + dsz[:, 2]
+        # ALGO LOGIC: target bottom clears the destination top by 4 cm while carrying, released 2.5 cm above it
+        carry_z = torch.maximum(grasp_z + (dest_top - tb[:, 2]) + 0.04, grasp_z + 0.08)
+        place_z = grasp_z + (dest_top - tb[:, 2]) + c.place_clearance_m
+        # closed-loop correction: holding phases without the object in hand -> grasp again
+        lost = (self.phase >= LIFT) & (self.phase <= LOWER) & ~priv["grasped"].bool()
+        self.phase[lost], self.count[lost] = APPROACH, 0
+        # gripper closing axis -> the target's narrow horizontal axis (symmetric gripper: modulo pi)
+        narrow = priv["target_yaw"] + torch.where(tsz[:, 0] <= tsz[:, 1], 0.0, math.pi / 2)
+        dyaw = torch.remainder(narrow - closing_yaw.to(dev) + math.pi / 2, math.pi) - math.pi / 2
+        round_obj = torch.maximum(tsz[:, 0], tsz[:, 1]) < 1.25 * torch.minimum(tsz[:, 0], tsz[:, 1])
+        yaw_left = torch.where(round_obj | (self.phase > DESCEND), torch.zeros_like(dyaw), dyaw)
+        acts = torch.zeros(n, chunk, 7)
+        for k in range(chunk):
+            ph = self.phase
+            goal = pos.clone()
+            txy, dxy = tb[:, :2], db[:, :2]
+            goal[:, :2] = torch.where((ph <= LIFT)[:, None], txy, dxy)
+            z = torch.stack([grasp_z + c.approach_above_m, grasp_z, grasp_z, carry_z, carry_z, place_z, place_z,
+                             carry_z + 0.05], dim=1)  # [N, 8] ee height per phase
+            goal[:, 2] = z.gather(1, ph[:, None])[:, 0]
+            delta = goal - pos
+            fine = (ph == DESCEND) | (ph == LOWER)
+            lim = torch.where(fine, c.fine_step_m, c.max_step_m)[:, None]
+            norm = delta.norm(dim=1, keepdim=True)
+            step = delta * torch.clamp(lim / norm.clamp_min(1e-9), max=1.0)
+            hold = (ph == CLOSE) | (ph == RELEASE)
+            step[hold] = 0.0
+            rot = torch.clamp(yaw_left, -c.max_yaw_step, c.max_yaw_step)
+            rot[ph > DESCEND] = 0.0
+            yaw_left = yaw_left - rot
+            grip = torch.where((ph >= CLOSE) & (ph <= LOWER), -1.0, 1.0)
+            acts[:, k, :3], acts[:, k, 5], acts[:, k, 6] = step, rot, grip
+            pos = pos + step
+            reached = ((goal - pos).norm(dim=1) < c.tol_m) & (yaw_left.abs() < 0.02)
+            self.count += 1
+            timer_done = self.count >= c.close_steps
+            advance = torch.where(hold, timer_done, reached & (self.count >= 1)) & (ph < RETREAT)
+            self.phase = torch.where(advance, ph + 1, ph)
+            self.count[advance] = 0
+        return acts
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunk runner: C control steps per decision, success bookkeeping, auto-reset (batched, any backend)
+# ---------------------------------------------------------------------------------------------
+
+
+class ChunkRunner:
+    """Drives one batched ManiSkill env (N=1 per CPU worker, N envs on GPU) at the decision level."""
+
+    def __init__(self, scene_specs: list[tuple[str, str]], num_envs: int, cfg: EnvConfig, sim_backend: str,
+                 seed: int = 0):
+        import gymnasium as gym
+        import torch
+
+        register()
+        self.cfg, self.num_envs, self.specs = cfg, num_envs, scene_specs
+        kinds = {k for k, _ in scene_specs}
+        if len(kinds) != 1 or (kinds == {"simpler"} and len({v for _, v in scene_specs}) != 1):
+            raise ValueError("one ManiSkill env holds either manifests or a single SimplerEnv task")
+        self.kind = kinds.pop()
+        render_backend = "gpu" if sim_backend == "physx_cuda" else "cpu"
+        size = cfg.image_size
+        common = dict(num_envs=num_envs, sim_backend=sim_backend, render_backend=render_backend,
+                      sensor_configs={CAMERA_UID: dict(width=size, height=size, intrinsic=scaled_intrinsic(size, size))},
+                      human_render_camera_configs=dict(width=cfg.render_size[0], height=cfg.render_size[1],
+                                                       intrinsic=scaled_intrinsic(*cfg.render_size)),
+                      max_episode_steps=None)
+        if self.kind == "gen":
+            self.manifests = [v for _, v in scene_specs]
+            env = gym.make("GenScene-v1", obs_mode="rgb", reward_mode="sparse", manifests=self.manifests,
+                           env_cfg=cfg, **common)
+        else:
+            self.manifests = [SIMPLER_PREFIX + scene_specs[0][1]]
+            env = gym.make(scene_specs[0][1], obs_mode="rgb+segmentation", control_mode=CONTROL_MODE, **common)
+        self.env = env.unwrapped
+        self.expert = ScriptedExpert(num_envs)
+        self.rng = np.random.default_rng(seed)
+        self.episodes = 0
+        self.decisions = torch.zeros(num_envs, dtype=torch.long)
+        self.steps = torch.zeros(num_envs, dtype=torch.long)
+        self.success_step = torch.full((num_envs,), -1, dtype=torch.long)
+        self.partial = torch.zeros(num_envs, dtype=torch.bool)
+        self.src_start_z = torch.zeros(num_envs)
+        low, high = self.env.single_action_space.low, self.env.single_action_space.high
+        self.act_low, self.act_high = torch.as_tensor(low), torch.as_tensor(high)
+
+    def load_manifests(self, paths: list[str]) -> None:
+        """Rebuild the GenScene env around other manifests in place (compose_scene.py's candidates)."""
+        self.manifests = [str(p) for p in paths]
+        self.env.reset(options=dict(reconfigure=True, manifests=self.manifests))
+
+    # ---- observation ---------------------------------------------------------------------------
+    def scene_ids(self) -> list[str]:
+        if self.kind == "simpler":
+            return self.manifests * self.num_envs
+        return [self.env.manifest(i).scene_id for i in range(self.num_envs)]
+
+    def _obs(self, raw: dict) -> dict:
+        rgb = raw["sensor_data"][CAMERA_UID]["rgb"].cpu()  # [N, H, W, 3] uint8
+        return {"rgb": rgb, "state": ee_state(self.env).cpu(), "instruction": list(self.env.get_language_instruction())}
+
+    def _src(self):
+        return self.env.objs[self.env.source_obj_name] if self.kind == "simpler" else self.env.target
+
+    # ---- episode control -----------------------------------------------------------------------
+    def reset(self, seed: int | None = None, env_idx=None) -> dict:
+        import torch
+
+        options = {}
+        if env_idx is not None:
+            options["env_idx"] = torch.as_tensor(env_idx)
+        if (self.kind == "gen" and self.cfg.resample_every and len(self.manifests) > self.num_envs and env_idx is None
+                and self.episodes and self.episodes % self.cfg.resample_every == 0):
+            options = dict(reconfigure=True, scene_assignment=self.rng.integers(0, len(self.manifests),
+                                                                                 self.num_envs).tolist())
+        raw, _ = self.env.reset(seed=seed, options=options)
+        idx = slice(None) if env_idx is None else torch.as_tensor(env_idx)
+        self.decisions[idx], self.steps[idx], self.success_step[idx], self.partial[idx] = 0, 0, -1, False
+        self.src_start_z[idx] = self._src().pose.p[idx, 2].cpu()
+        self.expert.reset(idx)
+        self.episodes += 1 if env_idx is None else len(env_idx)
+        return self._obs(raw)
+
+    def step(self, actions) -> tuple[dict, Any, Any, Any, dict]:
+        """actions [N, C, 7] -> obs, reward [N], terminated [N], truncated [N], info (see ChunkVecEnv.step)."""
+        import torch
+
+        actions = torch.as_tensor(actions, dtype=torch.float32).reshape(self.num_envs, -1, 7)
+        for k in range(actions.shape[1]):
+            a = torch.maximum(torch.minimum(actions[:, k], self.act_high), self.act_low).to(self.env.device)
+            if k < actions.shape[1] - 1:  # the policy sees only the chunk's last frame: skip rendering the others
+                self.env._step_action(a)
+                self.env._elapsed_steps += 1
+                info = self.env.get_info()
+            else:
+                raw, _, _, _, info = self.env.step(a)
+            self.steps += 1
+            succ = info["success"].cpu().bool()
+            newly = succ & (self.success_step < 0)
+            self.success_step[newly] = self.steps[newly]
+            if self.kind == "gen":
+                self.partial |= info["partial_success"].cpu().bool()
+            else:
+                lifted = self._src().pose.p[:, 2].cpu() - self.src_start_z > self.cfg.lift_threshold_m
+                self.partial |= self.env.agent.is_grasping(self._src()).cpu().bool() & lifted
+        self.decisions += 1
+        obs = self._obs(raw)
+        terminated = self.success_step >= 0
+        truncated = (self.decisions >= self.cfg.max_decisions) & ~terminated
+        elapsed = torch.where(terminated, self.success_step, self.steps).float() * self.cfg.control_dt
+        info = {"success": terminated.clone(), "elapsed_s": elapsed, "partial_success": self.partial.clone(),
+                "scene_id": self.scene_ids()}
+        done = terminated | truncated
+        if done.any():
+            info["final_obs"] = {k: (v.clone() if hasattr(v, "clone") else list(v)) for k, v in obs.items()}
+            idx = torch.nonzero(done)[:, 0]
+            new = self.reset(env_idx=None if len(idx) == self.num_envs else idx.tolist())
+            for key in ("rgb", "state"):
+                obs[key][idx] = new[key][idx] if len(idx) < self.num_envs else new[key]
+            obs["instruction"] = new["instruction"]
+            info["scene_id"] = self.scene_ids()
+        return obs, terminated.float(), terminated, truncated, info
+
+    def expert_actions(self, chunk: int | None = None):
+        """[N, C, 7] the scripted expert's next chunk from privileged state."""
+        import torch
+
+        env = self.env
+        priv = env.privileged_state() if self.kind == "gen" else simpler_privileged_state(env)
+        tcp = env.agent.controller.controllers["arm"]._target_pose.p
+        inv = env.agent.robot.pose.inv()
+        finger = inv * env.agent.finger1_link.pose
+        rmat = finger.to_transformation_matrix()[:, :3, :3]
+        closing_yaw = torch.atan2(rmat[:, 1, 1], rmat[:, 0, 1])
+        return self.expert.plan(priv, tcp, closing_yaw, chunk or self.cfg.chunk)
+
+    def render_rgb(self) -> np.ndarray:
+        """[N, H, W, 3] uint8 frames of the full-resolution Bridge camera (human render camera)."""
+        frames = self.env.render_rgb_array() if hasattr(self.env, "render_rgb_array") else self.env.render()
+        return np.asarray(frames.cpu() if hasattr(frames, "cpu") else frames)[..., :3].astype(np.uint8)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Vectorisation: CPU process pool (gymnasium AsyncVectorEnv, forkserver) or one batched GPU env
+# ---------------------------------------------------------------------------------------------
+
+
+def _worker_env_fn(specs: list[tuple[str, str]], cfg: EnvConfig, seed: int):
+    """Runs in a worker process: pin lavapipe to one render thread before SAPIEN starts (SPEC section 4)."""
+    os.environ["LP_NUM_THREADS"] = "1"
+    return _ChunkWorker(specs, cfg, seed)
+
+
+class _ChunkWorker:
+    """gymnasium.Env facade over a 1-env ChunkRunner: one IPC round trip per decision (the whole chunk runs here).
+    The ManiSkill env is built lazily at the first reset, so AsyncVectorEnv's spaces probe in the parent is cheap.
+    Episode ends are reported in `info` and auto-reset happens here, so the vector env never resets by itself."""
+
+    metadata = {"render_modes": []}
+    render_mode = None
+    spec = None
+
+    def __init__(self, specs: list[tuple[str, str]], cfg: EnvConfig, seed: int):
+        import gymnasium as gym
+
+        self.specs, self.cfg, self.seed, self.runner = specs, cfg, seed, None
+        s = cfg.image_size
+        self.observation_space = gym.spaces.Dict({"rgb": gym.spaces.Box(0, 255, (s, s, 3), np.uint8),
+                                                  "state": gym.spaces.Box(-np.inf, np.inf, (7,), np.float32)})
+        self.action_space = gym.spaces.Box(-np.inf, np.inf, (cfg.chunk, 7), np.float32)
+        self.np_random = None
+
+    def _np(self, obs: dict) -> dict:
+        return {"rgb": obs["rgb"][0].numpy(), "state": obs["state"][0].numpy()}
+
+    def reset(self, *, seed=None, options=None):
+        if self.runner is None:
+            self.runner = ChunkRunner(self.specs, 1, self.cfg, "physx_cpu", seed=self.seed)
+        obs = self.runner.reset(seed=seed)
+        return self._np(obs), {"instruction": obs["instruction"][0], "scene_id": self.runner.scene_ids()[0]}
+
+    def step(self, action):
+        obs, rew, term, trunc, info = self.runner.step(np.asarray(action, np.float32)[None])
+        out = {"success": bool(info["success"][0]), "elapsed_s": float(info["elapsed_s"][0]),
+               "partial_success": bool(info["partial_success"][0]), "terminated": bool(term[0]),
+               "truncated": bool(trunc[0]), "scene_id": info["scene_id"][0], "instruction": obs["instruction"][0]}
+        if "final_obs" in info:
+            f = info["final_obs"]
+            out["final_obs"] = {"rgb": f["rgb"][0].numpy(), "state": f["state"][0].numpy(),
+                                "instruction": f["instruction"][0]}
+        return self._np(obs), float(rew[0]), False, False, out
+
+    def get_wrapper_attr(self, name: str):  # what AsyncVectorEnv.call uses (this is not a gym.Wrapper)
+        return getattr(self, name)
+
+    def expert_chunk(self):
+        return self.runner.expert_actions()[0].numpy()
+
+    def render_frame(self):
+        return self.runner.render_rgb()[0]
+
+    def close(self):
+        if self.runner is not None:
+            self.runner.close()
+
+
+class ChunkVecEnv:
+    """Batched-torch decision-level env over N envs (API fixed in notes/interfaces.md)."""
+
+    def __init__(self, scenes: list[str], num_envs: int, cfg: EnvConfig, seed: int = 0, workers: int | None = None):
+        import torch
+
+        cfg = dataclasses.replace(cfg)  # private copy: callers' defaults are never mutated
+        self.cfg, self.num_envs, self.seed = cfg, num_envs, seed
+        self.chunk, self.max_decisions, self.control_dt = cfg.chunk, cfg.max_decisions, cfg.control_dt
+        specs = [parse_scene(s) for s in scenes]
+        if not specs:
+            raise ValueError("make_vec_env: `scenes` is empty; pass manifest paths or 'simpler:<EnvId>' ids")
+        backend = cfg.sim_backend
+        if backend == "auto":
+            backend = "physx_cuda" if torch.cuda.is_available() else "physx_cpu"
+        homogeneous = len({k for k, _ in specs}) == 1 and (specs[0][0] == "gen" or len(set(specs)) == 1)
+        if backend == "physx_cuda" and not homogeneous:
+            backend = "physx_cpu"  # a GPU env holds one kind of scene; mixed lists fall back to the CPU pool
+        self.backend = backend
+        self.scene_ids = [""] * num_envs
+        self.instructions = [""] * num_envs
+        if backend == "physx_cuda" or workers == 0:
+            if backend == "physx_cpu" and num_envs != 1:
+                raise ValueError("workers=0 (in-process) with physx_cpu supports num_envs=1 only")
+            # GPU: one ManiSkill env with N sub-scenes; env i holds scenes[i % len(scenes)] (UNTESTED on GPU here)
+            self.runner = ChunkRunner(specs if specs[0][0] == "gen" else specs[:1], num_envs, cfg, backend, seed)
+            self.pool = None
+        else:
+            import gymnasium as gym
+
+            per_env = [[specs[j] for j in range(i, len(specs), num_envs)] if specs[i % len(specs)][0] == "gen"
+                       and len(specs) > num_envs else [specs[i % len(specs)]] for i in range(num_envs)]
+            per_env = [[s for s in lst if s[0] == "gen"] or lst[:1] for lst in per_env]
+            fns = [functools.partial(_worker_env_fn, per_env[i], cfg, seed + i) for i in range(num_envs)]
+            self.runner = None
+            self.pool = gym.vector.AsyncVectorEnv(fns, shared_memory=True, context="forkserver",
+                                                  autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+            assert workers in (None, num_envs), "the CPU pool runs one worker process per env"
+
+    def _torch_obs(self, obs: dict, instructions: list[str]) -> dict:
+        import torch
+
+        return {"rgb": torch.from_numpy(np.asarray(obs["rgb"])), "state": torch.from_numpy(np.asarray(obs["state"])).float(),
+                "instruction": list(instructions)}
+
+    def reset(self, seed: int | None = None) -> dict:
+        seed = self.seed if seed is None else seed
+        if self.runner is not None:
+            obs = self.runner.reset(seed=seed)
+            self.scene_ids, self.instructions = self.runner.scene_ids(), obs["instruction"]
+            return obs
+        obs, info = self.pool.reset(seed=[seed + i for i in range(self.num_envs)])
+        self.scene_ids, self.instructions = list(info["scene_id"]), list(info["instruction"])
+        return self._torch_obs(obs, self.instructions)
+
+    def step(self, actions) -> tuple[dict, Any, Any, Any, dict]:
+        """actions [N, C, 7] (ee delta xyz m, delta rpy rad, gripper +1 open / -1 close). See notes/interfaces.md."""
+        import torch
+
+        actions = torch.as_tensor(actions, dtype=torch.float32)
+        assert actions.shape == (self.num_envs, self.chunk, 7), f"actions must be [N, C, 7], got {tuple(actions.shape)}"
+        if self.runner is not None:
+            obs, rew, term, trunc, info = self.runner.step(actions)
+        else:
+            o, rew, _, _, inf = self.pool.step(actions.numpy())
+            obs = self._torch_obs(o, inf["instruction"])
+            term, trunc = torch.as_tensor(inf["terminated"]), torch.as_tensor(inf["truncated"])
+            rew = term.float()
+            info = {"success": torch.as_tensor(inf["success"]), "elapsed_s": torch.as_tensor(inf["elapsed_s"]).float(),
+                    "partial_success": torch.as_tensor(inf["partial_success"]), "scene_id": list(inf["scene_id"])}
+            if "final_obs" in inf:  # rows of envs that did not end are copies of the current obs
+                rows = [f if f is not None else None for f in inf["final_obs"]]
+                fo = {"rgb": obs["rgb"].clone(), "state": obs["state"].clone(), "instruction": list(obs["instruction"])}
+                for i, f in enumerate(rows):
+                    if f is not None:
+                        fo["rgb"][i], fo["state"][i] = torch.from_numpy(f["rgb"]), torch.from_numpy(f["state"])
+                        fo["instruction"][i] = f["instruction"]
+                info["final_obs"] = fo
+        self.scene_ids, self.instructions = list(info["scene_id"]), list(obs["instruction"])
+        return obs, rew.float(), term.bool(), trunc.bool(), info
+
+    def expert_actions(self):
+        import torch
+
+        if self.runner is not None:
+            return self.runner.expert_actions()
+        return torch.from_numpy(np.stack(self.pool.call("expert_chunk"))).float()
+
+    def render_rgb(self) -> np.ndarray:
+        if self.runner is not None:
+            return self.runner.render_rgb()
+        return np.stack(self.pool.call("render_frame"))
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+        if self.pool is not None:
+            self.pool.close()
+
+
+def make_vec_env(scenes: list[str | Path], num_envs: int, cfg: EnvConfig = EnvConfig(), seed: int = 0,
+                 workers: int | None = None) -> ChunkVecEnv:
+    """`scenes`: manifest paths (GenScene-v1) or SimplerEnv ids "simpler:PutCarrotOnPlateInScene-v1" etc.
+    Env i holds scenes[i % len(scenes)] (and, with `cfg.resample_every`, also scenes[i + k*num_envs]).
+    physx_cuda with num_envs=N where it works, else a process pool of physx_cpu envs (one per worker process,
+    gymnasium AsyncVectorEnv, forkserver, LP_NUM_THREADS=1 per worker). `workers=0` runs a single env in this
+    process (no IPC; what compose_scene.py and tests use)."""
+    configure_runtime()
+    return ChunkVecEnv([str(s) for s in scenes], num_envs, cfg, seed, workers)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: run the scripted expert on scenes and report its success rate (a smoke test of the whole env)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Args:
+    scenes: list[str] = field(default_factory=lambda: ["simpler:PutCarrotOnPlateInScene-v1"])
+    """Manifest paths (or scene folders) and/or "simpler:<EnvId>" ids."""
+    episodes: int = 4
+    """Episodes of the scripted expert to run per env."""
+    num_envs: int = 1
+    """Parallel envs (CPU: one worker process each)."""
+    seed: int = 0
+    """Seed of the first env; env i uses seed + i."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Environment settings."""
+    video_dir: str | None = None
+    """If set, write the first episode's 224x224 observations of env 0 as PNG frames here."""
+
+
+def main(args: Args) -> dict:
+    import torch
+
+    venv = make_vec_env(args.scenes, args.num_envs, args.env, args.seed, workers=0 if args.num_envs == 1 else None)
+    t0 = time.time()
+    obs = venv.reset(seed=args.seed)
+    done_eps = torch.zeros(args.num_envs, dtype=torch.long)
+    results, steps = [], 0
+    frames = [obs["rgb"][0].numpy()]
+    while (done_eps < args.episodes).any():
+        obs, rew, term, trunc, info = venv.step(venv.expert_actions())
+        steps += args.num_envs * venv.chunk
+        if args.video_dir and not results:
+            frames.append(obs["rgb"][0].numpy())
+        for i in torch.nonzero(term | trunc)[:, 0].tolist():
+            if done_eps[i] < args.episodes:
+                results.append(dict(scene_id=info["scene_id"][i], success=bool(info["success"][i]),
+                                    elapsed_s=float(info["elapsed_s"][i]), partial=bool(info["partial_success"][i])))
+                done_eps[i] += 1
+    dt = time.time() - t0
+    venv.close()
+    if args.video_dir:
+        from PIL import Image
+
+        Path(args.video_dir).mkdir(parents=True, exist_ok=True)
+        for k, f in enumerate(frames):
+            Image.fromarray(f).save(Path(args.video_dir) / f"frame_{k:03d}.png")
+    sr = sum(r["success"] for r in results) / max(len(results), 1)
+    summary = dict(success_rate=sr, episodes=len(results), control_steps_per_s=steps / dt, results=results)
+    print(f"expert success {sr:.2%} over {len(results)} episodes, {steps / dt:.1f} control steps/s")
+    return summary
+
+
+if __name__ == "__main__":
+    import tyro
+
+    main(tyro.cli(Args))

@@ -1,0 +1,313 @@
+"""scene_env.py: GenScene-v1 shapes, Eq. A.1 success predicate, DR flags, scripted expert, SimplerEnv wrapping.
+
+Simulation is slow on this machine, so one in-process env is built per module and reused across assertions.
+The helpers below build tiny sim-ready assets (GLB with a PBR colour + convex OBJ parts + asset.json), scene
+graphs and asset links the way generate_assets.py / scene_designer.py write them; test_compose_scene.py
+imports them too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import scene_env  # noqa: E402
+import scene_schema as ss  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers: tiny assets, graphs, links, hand-written manifests
+# ---------------------------------------------------------------------------------------------
+
+
+def make_asset(assets_dir: Path, asset_id: str, shape: str, size, color, mass=0.05, friction=0.8) -> ss.AssetRecord:
+    """Write assets/<id>/{visual.glb, collision_0.obj, asset.json}: metres, z up, base at z=0, centred in x/y."""
+    import trimesh
+
+    sx, sy, sz = size
+    t = 0.006  # wall thickness of containers
+    if shape == "box":
+        parts = [trimesh.creation.box(extents=[sx, sy, sz])]
+    elif shape == "cylinder":
+        parts = [trimesh.creation.cylinder(radius=sx / 2, height=sz, sections=24)]
+        parts[0].apply_scale([1.0, sy / sx, 1.0])
+    elif shape == "bowl":  # open cylinder cup: a floor disc + 16 convex wall segments (hand-made decomposition)
+        parts = [trimesh.creation.cylinder(radius=sx / 2, height=t, sections=24)]
+        parts[0].apply_translation([0, 0, t / 2])
+        for k in range(16):
+            a = 2 * math.pi * k / 16
+            w = trimesh.creation.box(extents=[t, math.pi * sx / 16 * 1.1, sz])
+            w.apply_transform(trimesh.transformations.rotation_matrix(a, [0, 0, 1]))
+            w.apply_translation([(sx / 2 - t / 2) * math.cos(a), (sx / 2 - t / 2) * math.sin(a), sz / 2])
+            parts.append(w)
+    elif shape == "basket":  # open box: floor + 4 walls
+        parts = [trimesh.creation.box(extents=[sx, sy, t])]
+        parts[0].apply_translation([0, 0, t / 2])
+        for dx, dy, ex, ey in ((1, 0, t, sy), (-1, 0, t, sy), (0, 1, sx, t), (0, -1, sx, t)):
+            w = trimesh.creation.box(extents=[ex, ey, sz])
+            w.apply_translation([dx * (sx - t) / 2, dy * (sy - t) / 2, sz / 2])
+            parts.append(w)
+    else:
+        raise ValueError(shape)
+    mesh = trimesh.util.concatenate(parts)
+    lo, hi = mesh.bounds
+    shift = [-(lo[0] + hi[0]) / 2, -(lo[1] + hi[1]) / 2, -lo[2]]
+    mesh.apply_translation(shift)
+    out = assets_dir / asset_id
+    out.mkdir(parents=True, exist_ok=True)
+    material = trimesh.visual.material.PBRMaterial(baseColorFactor=[int(255 * c) for c in color[:3]] + [255],
+                                                   metallicFactor=0.0, roughnessFactor=0.7)
+    vis = mesh.copy()
+    vis.visual = trimesh.visual.TextureVisuals(material=material)
+    vis.export(out / "visual.glb")
+    collision = []
+    for k, part in enumerate(parts):
+        part.apply_translation(shift)
+        part.export(out / f"collision_{k}.obj")
+        collision.append(f"collision_{k}.obj")
+    rec = ss.AssetRecord(asset_id=asset_id, description=f"a {shape}", category=shape, backend="procedural", seed=0,
+                         accepted=True, attempts=1, qa=[], scale=1.0, bbox_m=[float(x) for x in mesh.extents],
+                         mass_kg=mass, friction=friction, material="plastic", color_rgba=list(color[:3]) + [1.0],
+                         paths={"visual": "visual.glb", "collision": collision})
+    ss.save_asset_record(rec, out / "asset.json")
+    return rec
+
+
+def make_scene(scenes_dir: Path, assets_dir: Path, scene_id: str, target_size=(0.03, 0.03, 0.04),
+               dest_size=(0.14, 0.14, 0.015), relation="ON", distractor=True, starts_solved=False,
+               target_shape="box", dest_shape="cylinder", task="put the red block on the blue plate",
+               colors=((0.85, 0.1, 0.1), (0.15, 0.3, 0.85)), background=None) -> Path:
+    """A scene graph + asset links (+ the assets) like scene_designer.py and generate_assets.py write them."""
+    objs = [ss.SceneObject(name="red_block", role="target", category="block", description="a small red block",
+                           size_m=list(target_size), graspable=True),
+            ss.SceneObject(name="blue_plate", role="destination", category="plate", description="a blue plate",
+                           size_m=list(dest_size), receptacle=relation)]
+    links = {"red_block": f"{scene_id}-block", "blue_plate": f"{scene_id}-plate"}
+    make_asset(assets_dir, links["red_block"], target_shape, target_size, colors[0])
+    make_asset(assets_dir, links["blue_plate"], dest_shape, dest_size, colors[1], mass=0.2)
+    if distractor:
+        objs.append(ss.SceneObject(name="green_can", role="distractor", category="can", description="a green can",
+                                   size_m=[0.05, 0.05, 0.09]))
+        links["green_can"] = f"{scene_id}-can"
+        make_asset(assets_dir, links["green_can"], "cylinder", (0.05, 0.05, 0.09), (0.1, 0.7, 0.2), mass=0.1)
+    rels = [ss.Relation("red_block", relation, "blue_plate")]
+    if starts_solved:
+        rels.append(ss.Relation("red_block", relation, "blue_plate", phase="initial"))
+    graph = ss.SceneGraph(scene_id=scene_id, task=task, objects=objs, relations=rels, background=background or {})
+    (scenes_dir / scene_id).mkdir(parents=True, exist_ok=True)
+    # a starts-solved graph is written as a designer bug would write it: bypass nothing, the schema allows it
+    ss.save_scene_graph(graph, scenes_dir / scene_id / "scene_graph.json")
+    ss.write_json_atomic(scenes_dir / scene_id / "asset_links.json",
+                         ss.AssetLinks(scene_id=scene_id, objects=links,
+                                       assets_dir=os.path.relpath(assets_dir, scenes_dir / scene_id)))
+    return scenes_dir / scene_id
+
+
+def write_manifest(scene_dir: Path, assets_dir: Path, layout: dict[str, tuple[float, float]], dr_halfwidth=0.0,
+                   target_size=None) -> Path:
+    """Hand-written manifest (no compose): objects at `layout` (x, y) in the robot base frame."""
+    graph = ss.load_scene_graph(scene_dir / "scene_graph.json")
+    links = ss.load_asset_links(scene_dir / "asset_links.json")
+    objs = []
+    for o in graph.objects:
+        if o.name not in links.objects:
+            continue
+        rec = ss.load_asset_record(assets_dir / links.objects[o.name])
+        x, y = layout[o.name]
+        objs.append(ss.ManifestObject(
+            name=o.name, role=o.role, asset_id=rec.asset_id, asset_dir=str((assets_dir / rec.asset_id).resolve()),
+            visual=rec.paths["visual"], collision=rec.paths["collision"], scale=1.0, bbox_m=rec.bbox_m,
+            mass_kg=rec.mass_kg, friction=rec.friction, init_xyz=[x, y, 0.0], init_yaw=0.0,
+            x_range=[x - dr_halfwidth, x + dr_halfwidth], y_range=[y - dr_halfwidth, y + dr_halfwidth],
+            yaw_range=[0.0, 0.0]))
+    goal = graph.goal
+    m = ss.SceneManifest(scene_id=graph.scene_id, task=graph.task, scene_graph="scene_graph.json", objects=objs,
+                         success={"target": goal.subject, "destination": goal.object, "relation": goal.relation},
+                         table={"size": [0.9, 1.2, 0.87], "color": [0.5, 0.35, 0.2, 1.0], "height": 0.87,
+                                "center_xy": [0.3, 0.0]},
+                         background={"floor_color": [0.3, 0.3, 0.3, 1], "wall_color": [0.8, 0.8, 0.75, 1]},
+                         lighting={"ambient": [0.3, 0.3, 0.3], "directional": [[0, 0, -1, 2.2], [-1, -0.5, -1, 0.7]]},
+                         qa={})
+    return ss.save_manifest(m, scene_dir / "manifest.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers (no simulator)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_import_is_cheap_and_side_effect_free():
+    assert "mani_skill" not in sys.modules or True  # other tests may have imported it; check the module itself
+    src = (REPO / "scene_env.py").read_text()
+    head = src.split("def configure_runtime")[0]
+    assert "import mani_skill" not in head and "import sapien" not in head and "import torch" not in head
+
+
+def test_reaimed_camera_keeps_looking_at_the_table_point():
+    p0, r0 = scene_env.camera_world_pose()
+    hit = p0 + r0[:, 0] * (scene_env.TABLE_TOP_Z - p0[2]) / r0[0 + 2, 0]
+    lp, lq = scene_env.reaimed_camera_local_pose([0.05, -0.04, 0.03], robot_z_offset=0.02)
+    rb = scene_env.quat_to_mat(scene_env.ROBOT_POSE_Q)
+    base = np.array(scene_env.ROBOT_POSE_P) + [0, 0, 0.02]
+    p1, r1 = base + rb @ lp, rb @ scene_env.quat_to_mat(lq)
+    assert np.allclose(p1, p0 + [0.05, -0.04, 0.03], atol=1e-6)
+    ray = (hit - p1) / np.linalg.norm(hit - p1)
+    assert np.allclose(r1[:, 0], ray, atol=1e-6)
+    # zero offset reproduces the Bridge camera exactly
+    lp0, lq0 = scene_env.reaimed_camera_local_pose([0, 0, 0])
+    assert np.allclose(lp0, scene_env.CAMERA_LOCAL_P, atol=1e-6)
+    assert np.allclose(np.abs(np.dot(lq0, scene_env.CAMERA_LOCAL_Q)), 1.0, atol=1e-6)
+
+
+def test_sample_layout_disjoint_and_in_range():
+    mk = lambda n, x, y: ss.ManifestObject(n, "target", n, ".", "v.glb", ["c.obj"], 1.0, [0.06, 0.06, 0.05], 0.1, 0.5,
+                                           [x, y, 0], 0.0, [0.2, 0.4], [-0.15, 0.15], [0, 2 * math.pi])
+    objs = [mk("a", 0.25, 0.0), mk("b", 0.35, 0.1), mk("c", 0.3, -0.1)]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        poses = scene_env.sample_layout(objs, rng)
+        for i in range(3):
+            assert 0.2 <= poses[i][0] <= 0.4 and -0.15 <= poses[i][1] <= 0.15
+            for j in range(i):
+                assert math.hypot(poses[i][0] - poses[j][0], poses[i][1] - poses[j][1]) > 0.0848 + 0.01
+
+
+def test_parse_scene_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="unknown SimplerEnv task"):
+        scene_env.parse_scene("simpler:NoSuchTask-v1")
+    with pytest.raises(ss.SchemaError, match="does not exist"):
+        scene_env.parse_scene(tmp_path / "missing" / "manifest.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Simulator tests: one GenScene env reused
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("env")
+    scenes, assets = root / "scenes", root / "assets"
+    sd = make_scene(scenes, assets, "tiny_block")
+    man = write_manifest(sd, assets, {"red_block": (0.26, 0.06), "blue_plate": (0.33, -0.07), "green_can": (0.38, 0.1)},
+                         dr_halfwidth=0.01)
+    cfg = scene_env.EnvConfig(image_size=64, max_decisions=25)
+    venv = scene_env.make_vec_env([man], 1, cfg, seed=0, workers=0)
+    yield venv, man
+    venv.close()
+
+
+def _teleport(env, name, xyz_base, z_extra=0.0):
+    import torch
+    from mani_skill.utils.structs.pose import Pose
+
+    p = scene_env.base_to_world([xyz_base[0], xyz_base[1], xyz_base[2] + z_extra])
+    env.obj_actors[0][name].set_pose(Pose.create_from_pq(p=torch.tensor(p, dtype=torch.float32)[None],
+                                                         q=torch.tensor([[0.0, 0, 0, 1]])))
+    env.obj_actors[0][name].set_linear_velocity(torch.zeros(1, 3))
+
+
+@pytest.mark.timeout(240)
+def test_genscene_reset_step_success_dr_and_expert(tiny):
+    import torch
+
+    venv, man = tiny
+    obs = venv.reset(seed=1)
+    assert obs["rgb"].shape == (1, 64, 64, 3) and obs["rgb"].dtype == torch.uint8
+    assert obs["state"].shape == (1, 7) and obs["state"].dtype == torch.float32
+    assert obs["instruction"] == ["put the red block on the blue plate"] and venv.scene_ids == ["tiny_block"]
+    assert 0.2 < float(obs["state"][0, 0]) < 0.35 and float(obs["state"][0, 6]) > 0.9  # ee ahead of base, open
+    obs, rew, term, trunc, info = venv.step(torch.zeros(1, venv.chunk, 7))
+    assert rew.shape == term.shape == trunc.shape == (1,) and not term[0] and not trunc[0]
+    assert abs(float(info["elapsed_s"][0]) - venv.chunk * 0.2) < 1e-6 and info["scene_id"] == ["tiny_block"]
+
+    env = venv.runner.env
+    # Eq. A.1 predicate: block resting on the plate -> success; on the table -> no
+    assert not bool(env.evaluate()["success"][0])
+    _teleport(env, "red_block", (0.33, -0.07, 0.016))
+    for _ in range(100):
+        env.scene.step()
+    ev = env.evaluate()
+    assert bool(ev["target_on_destination"][0]) and bool(ev["success"][0])
+    # grasped by the robot while resting on the plate: contact with the robot -> not success
+    runner = venv.runner
+    runner.expert.reset()
+    for _ in range(30):
+        if int(runner.expert.phase[0]) == scene_env.LIFT:
+            break
+        env.step(runner.expert_actions(chunk=1)[:, 0])
+    ev = env.evaluate()
+    assert int(runner.expert.phase[0]) == scene_env.LIFT
+    assert bool(ev["grasped"][0]) and bool(ev["target_touches_robot"][0]) and not bool(ev["success"][0])
+
+    # DR flags: lighting / camera / robot / object pose change with the seed only when enabled
+    def snapshot():
+        cam = env._sensors[scene_env.CAMERA_UID].camera.get_local_pose().raw_pose[0].clone()
+        return dict(amb=np.array(env.scene.sub_scenes[0].render_system.ambient_light), cam=cam,
+                    base_z=float(env.agent.robot.pose.p[0, 2]), qpos=env.agent.robot.get_qpos()[0, :6].clone(),
+                    block=env.obj_actors[0]["red_block"].pose.p[0, :2].clone())
+
+    shots = []
+    for seed in (3, 4):
+        venv.reset(seed=seed)
+        shots.append(snapshot())
+    assert not np.allclose(shots[0]["amb"], shots[1]["amb"]) and not torch.allclose(shots[0]["cam"], shots[1]["cam"])
+    assert shots[0]["base_z"] != shots[1]["base_z"] and not torch.allclose(shots[0]["qpos"], shots[1]["qpos"])
+    assert not torch.allclose(shots[0]["block"], shots[1]["block"])
+    env.cfg.dr_lighting = env.cfg.dr_camera = env.cfg.dr_robot = env.cfg.dr_object_pose = False
+    try:
+        shots = []
+        for seed in (3, 4):
+            venv.reset(seed=seed)
+            shots.append(snapshot())
+        assert np.allclose(shots[0]["amb"], shots[1]["amb"]) and torch.allclose(shots[0]["cam"], shots[1]["cam"])
+        assert shots[0]["base_z"] == pytest.approx(scene_env.ROBOT_POSE_P[2])
+        assert torch.allclose(shots[0]["qpos"], torch.tensor(scene_env.ROBOT_INIT_QPOS[:6]), atol=1e-4)
+        assert torch.allclose(shots[0]["block"], shots[1]["block"], atol=2e-3)
+    finally:
+        env.cfg.dr_lighting = env.cfg.dr_camera = env.cfg.dr_robot = env.cfg.dr_object_pose = True
+
+    # scripted expert solves the scene, with auto-reset and final_obs at the end
+    obs = venv.reset(seed=5)
+    for _ in range(venv.max_decisions):
+        acts = venv.expert_actions()
+        assert acts.shape == (1, venv.chunk, 7) and acts[..., 6].abs().eq(1).all()
+        obs, rew, term, trunc, info = venv.step(acts)
+        if term[0] or trunc[0]:
+            break
+    assert bool(term[0]) and float(rew[0]) == 1.0 and bool(info["success"][0]) and bool(info["partial_success"][0])
+    assert 1.0 < float(info["elapsed_s"][0]) < 20.0 and "final_obs" in info
+    assert info["final_obs"]["rgb"].shape == obs["rgb"].shape
+    frame = venv.render_rgb()
+    assert frame.shape == (1, 480, 640, 3) and frame.dtype == np.uint8 and frame.std() > 5
+
+
+@pytest.mark.timeout(180)
+def test_simpler_carrot_through_process_pool():
+    import torch
+
+    cfg = scene_env.EnvConfig(image_size=64, max_decisions=2)
+    venv = scene_env.make_vec_env(["simpler:PutCarrotOnPlateInScene-v1"], 1, cfg, seed=0)  # 1 forkserver worker
+    try:
+        assert venv.pool is not None
+        obs = venv.reset(seed=0)
+        assert obs["rgb"].shape == (1, 64, 64, 3) and obs["state"].shape == (1, 7)
+        assert obs["instruction"] == ["put carrot on plate"]
+        assert venv.scene_ids == ["simpler:PutCarrotOnPlateInScene-v1"]
+        a = venv.expert_actions()
+        assert a.shape == (1, cfg.chunk, 7)
+        obs, rew, term, trunc, info = venv.step(a)
+        assert not trunc[0]
+        obs, rew, term, trunc, info = venv.step(torch.zeros(1, cfg.chunk, 7))
+        assert bool(trunc[0]) and "final_obs" in info and info["final_obs"]["rgb"].shape == (1, 64, 64, 3)
+        assert float(info["elapsed_s"][0]) == pytest.approx(2 * cfg.chunk * 0.2)
+    finally:
+        venv.close()
