@@ -1,0 +1,1328 @@
+"""Text -> sim-ready 3D assets with automatic QA and retries (paper Sec. 3, Appendix C).
+
+Every target / destination / distractor named in `scenes/<id>/scene_graph.json` becomes
+`assets/<asset_id>/{visual.glb, collision_*.obj, thumb.png, asset.json}` and each scene gets
+`scenes/<id>/asset_links.json` (object name -> asset id). Pipeline per asset and attempt:
+
+    backend mesh -> repair + simplify -> auto-scale (size_m, 74 mm gripper) -> geometry QA
+    -> collision (one convex hull, or coacd parts for concave templates) -> SAPIEN drop test
+    -> thumbnail render -> colour QA -> optional VLM semantic + text-to-3D alignment QA
+
+A failed check resamples the seed and retries (`--max-attempts`). Backends:
+  procedural  parametric trimesh templates (offline default, ~70 templates, keyword rules + fallbacks)
+  library     reuse meshes from `<library-dir>/<folder>/*.{glb,obj,ply,stl}` (the paper's fast path): the folder
+              is the category slug (`coffee_mug/`) or else the longest folder name found in the category or
+              description (`mug/`); files are ranked by word overlap with the description and attempt k takes
+              the k-th. Meshes must be z up (any scale: auto-scaled); no match -> procedural (recorded)
+  command     any text-to-3D CLI: `--command-template "trellis-cli --prompt {prompt} --seed {seed} --out {out}"`
+              (placeholders {prompt} {seed} {out} {category}; `{out}` must receive a mesh file). External
+              meshes are repaired, simplified and coacd-decomposed; their colours/textures become one PBR colour.
+
+Stability check (documented choice): the collision parts are dropped 3 mm onto a plane in SAPIEN
+(physx_cpu, ManiSkill's default physics settings at the env's 500 Hz), tilted 4 deg (so a balanced-but-unstable pose falls as it would for real), and simulated
+for `--settle-s` without extra damping; it must end tilted < 15 deg, within 2 cm of where it landed,
+and at rest = its position stays within 5 mm over the last 0.5 s (a residual wobble on a round base
+is fine; sliding, rolling away or tipping over is not). Templates marked `rolls` (balls, round fruit,
+lying cylinders) may roll on PhysX's plane (no rolling resistance): tilt is not checked, they may
+drift 10 cm and must stay within 2 cm over the last 0.5 s.
+
+    python generate_assets.py --scenes-dir scenes --assets-dir assets
+    python generate_assets.py --scenes-dir scenes --assets-dir assets --workers 2 --shard 0/4 \
+        --vlm-base-url http://localhost:8000/v1 --vlm-model gpt-4o
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import trimesh
+import tyro
+
+import scene_schema as ss
+
+
+@dataclass
+class Args:
+    scenes_dir: str = "scenes"
+    """Folder of `<scene_id>/scene_graph.json` files (scene_designer.py output)."""
+    assets_dir: str = "assets"
+    """Output folder: one `<asset_id>/` folder per asset, plus `contact_sheet.png` and `summary.json`."""
+    scene_ids: list[str] | None = None
+    """Only these scenes (default: every scene graph under --scenes-dir)."""
+    backend: Literal["procedural", "library", "command"] = "procedural"
+    """Where raw meshes come from (the rest of the stage is the same for all)."""
+    library_dir: str | None = None
+    """Asset library for `--backend library`: `<dir>/<category>/<name>.{glb,obj,ply,stl}`, z up."""
+    library_fallback: bool = True
+    """With `--backend library`: use the procedural template when the library has no match."""
+    command_template: str | None = None
+    """With `--backend command`: shell-free command line with {prompt} {seed} {out} {category}."""
+    command_out_ext: str = "glb"
+    """File extension of `{out}` (what the external tool writes: glb, obj, ply, stl)."""
+    command_timeout_s: float = 900.0
+    """Kill the external text-to-3D command after this many seconds (counts as a failed attempt)."""
+    seed: int = 0
+    """First seed; attempt k uses seed + k. The asset id hashes this seed (scene_schema.asset_id_for)."""
+    max_attempts: int = 4
+    """Generation attempts per asset before it is rejected (paper: 1.37 on average)."""
+    workers: int = 1
+    """Process-pool size (each worker keeps one SAPIEN scene; LP_NUM_THREADS=1 per worker)."""
+    shard: str = "0/1"
+    """`i/n`: generate only the assets whose id hashes to shard i of n (one process per machine)."""
+    overwrite: bool = False
+    """Regenerate even when `assets/<id>/asset.json` exists (default: reuse, a cache hit costs nothing)."""
+    retry_rejected: bool = False
+    """Regenerate cached assets that were rejected before (accepted ones stay cached)."""
+    face_budget: int = 4000
+    """Visual meshes with more faces are simplified (fast_simplification) to this many."""
+    grip_max_m: float = 0.06
+    """Graspable objects are scaled down until their smallest horizontal extent is <= this (74 mm gripper)."""
+    coacd_threshold: float = 0.1
+    """coacd concavity threshold (only concave templates and external meshes are decomposed)."""
+    coacd_max_hulls: int = 10
+    """Upper bound on convex parts per concave object."""
+    coacd_resolution: int = 30
+    """coacd preprocess voxel resolution, used only for non-watertight (external) meshes; manifold ones skip it."""
+    coacd_input_faces: int = 500
+    """Mesh given to coacd is first simplified to about this many faces (speed)."""
+    stability_check: bool = True
+    """Drop-test every asset in SAPIEN (physx_cpu) and render its thumbnail; off = geometry QA only."""
+    settle_s: float = 1.0
+    """Simulated seconds of the drop test."""
+    thumb_size: int = 192
+    """Thumbnail side in pixels."""
+    hue_tol_deg: float = 35.0
+    """Colour QA: largest hue distance between the rendered dominant colour and the requested one."""
+    vlm_base_url: str | None = None
+    """OpenAI-compatible endpoint for the semantic-appearance and text-to-3D-alignment checks (off when unset)."""
+    vlm_model: str = "gpt-4o"
+    """Model name sent to the VLM endpoint."""
+    vlm_api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the VLM API key ("EMPTY" when unset, fine for local servers)."""
+    contact_sheet_max: int = 240
+    """At most this many thumbnails on `contact_sheet.png`."""
+
+    @property
+    def shard_index(self) -> tuple[int, int]:
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", self.shard)
+        if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+            raise ValueError(f"--shard {self.shard!r}: expected i/n with 0 <= i < n, e.g. 0/4")
+        return int(m.group(1)), int(m.group(2))
+
+    @property
+    def generator(self) -> str:
+        """Name hashed into asset ids: same description + category + generator + seed = same asset
+        (a different text-to-3D command template is a different generator)."""
+        if self.backend == "command":
+            return f"command-{ss.content_hash(self.command_template or '', 8)}"
+        return self.backend
+
+
+SIM_ROLES = ("target", "destination", "distractor")
+
+# ---------------------------------------------------------------------------------------------
+# Tables: colours (sRGB 0-1), materials (density kg/m^3, friction, PBR metallic, roughness)
+# ---------------------------------------------------------------------------------------------
+
+COLORS = {
+    "red": (0.80, 0.10, 0.10), "dark red": (0.50, 0.05, 0.05), "maroon": (0.45, 0.05, 0.10),
+    "orange": (0.95, 0.50, 0.08), "yellow": (0.95, 0.85, 0.15), "gold": (0.85, 0.68, 0.20),
+    "green": (0.15, 0.60, 0.20), "dark green": (0.07, 0.35, 0.12), "light green": (0.55, 0.85, 0.45),
+    "lime": (0.60, 0.85, 0.15), "olive": (0.45, 0.45, 0.12), "mint": (0.60, 0.90, 0.75),
+    "blue": (0.12, 0.30, 0.85), "dark blue": (0.06, 0.12, 0.45), "navy": (0.05, 0.08, 0.35),
+    "light blue": (0.55, 0.75, 0.95), "sky blue": (0.45, 0.70, 0.95), "cyan": (0.10, 0.80, 0.85),
+    "teal": (0.05, 0.50, 0.50), "turquoise": (0.20, 0.80, 0.75), "purple": (0.50, 0.15, 0.65),
+    "violet": (0.55, 0.30, 0.80), "lavender": (0.70, 0.60, 0.90), "magenta": (0.85, 0.10, 0.70),
+    "pink": (0.95, 0.50, 0.65), "coral": (0.95, 0.45, 0.35), "brown": (0.45, 0.26, 0.10),
+    "dark brown": (0.28, 0.16, 0.07), "tan": (0.80, 0.65, 0.45), "beige": (0.90, 0.82, 0.65),
+    "cream": (0.95, 0.92, 0.78), "khaki": (0.75, 0.70, 0.45), "white": (0.93, 0.93, 0.93),
+    "ivory": (0.95, 0.94, 0.85), "silver": (0.75, 0.75, 0.78), "grey": (0.50, 0.50, 0.52),
+    "gray": (0.50, 0.50, 0.52), "dark grey": (0.25, 0.25, 0.27), "dark gray": (0.25, 0.25, 0.27),
+    "light grey": (0.75, 0.75, 0.77), "light gray": (0.75, 0.75, 0.77), "black": (0.06, 0.06, 0.06),
+}
+MATERIALS = {  # ALGO LOGIC: density, friction, metallic, roughness
+    "plastic": (950, 0.5, 0.0, 0.5), "wood": (700, 0.6, 0.0, 0.8), "metal": (7800, 0.4, 0.9, 0.35),
+    "aluminum": (2700, 0.4, 0.9, 0.35), "ceramic": (2300, 0.5, 0.0, 0.25), "glass": (2500, 0.35, 0.0, 0.05),
+    "rubber": (1100, 0.9, 0.0, 0.9), "fabric": (300, 0.8, 0.0, 1.0), "paper": (800, 0.5, 0.0, 0.9),
+    "cardboard": (690, 0.55, 0.0, 0.9), "foam": (50, 0.9, 0.0, 1.0), "food": (950, 0.6, 0.0, 0.7),
+    "leather": (900, 0.7, 0.0, 0.7), "stone": (2600, 0.6, 0.0, 0.8), "silicone": (1200, 0.8, 0.0, 0.6),
+    "wax": (900, 0.5, 0.0, 0.6), "plush": (150, 0.8, 0.0, 1.0),
+}
+MATERIAL_ALIASES = {"steel": "metal", "stainless": "metal", "iron": "metal", "tin": "metal", "copper": "metal",
+                    "aluminium": "aluminum", "porcelain": "ceramic", "clay": "ceramic", "terracotta": "ceramic",
+                    "cloth": "fabric", "cotton": "fabric", "wool": "fabric", "felt": "fabric", "linen": "fabric",
+                    "sponge": "foam", "bamboo": "wood", "wooden": "wood", "marble": "stone", "granite": "stone",
+                    "card": "cardboard", "polymer": "plastic", "acrylic": "plastic", "vinyl": "plastic"}
+MASS_RANGE_KG = (0.005, 5.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry helpers (all meshes watertight, metres, z up)
+# ---------------------------------------------------------------------------------------------
+
+
+def _fix(m: trimesh.Trimesh) -> trimesh.Trimesh:
+    """Outward normals (positive volume) for a closed mesh."""
+    if m.is_watertight and m.volume < 0:
+        m.invert()
+    return m
+
+
+def _rev(profile, sections: int = 32) -> trimesh.Trimesh:
+    """Surface of revolution about z of a (radius, z) polyline that starts and ends on the axis."""
+    return _fix(trimesh.creation.revolve(np.asarray(profile, float), sections=sections))
+
+
+def _solid(r, z, sections: int = 32) -> trimesh.Trimesh:
+    """Closed solid of revolution through radii r at heights z (axis points added at both ends)."""
+    r, z = np.asarray(r, float), np.asarray(z, float)
+    keep = r > 1e-4  # points on the axis are the end caps themselves
+    return _rev(np.vstack([[0, z[0]], np.c_[r, z][keep], [0, z[-1]]]), sections)
+
+
+def _hollow(r_bot, r_top, h, wall, base, bulge=0.0, n=8, round_bottom=0.0, sections=32):
+    """Open container (cup, bowl, pot): outer wall up, rim, inner wall down to the inner floor."""
+    z = np.linspace(0, h, n)
+    r = r_bot + (r_top - r_bot) * z / h + bulge * np.sin(np.pi * z / h)
+    if round_bottom > 0:  # bowl: the wall curves in toward a flat foot
+        r = r_top * np.sqrt(np.clip(1 - (1 - z / h) ** 2, 0, 1)) * (1 - round_bottom) + r * round_bottom
+        r[0] = max(r[0], 0.45 * r_top)
+    zi = np.linspace(h, base, n)
+    ri = np.interp(zi, z, r) - wall
+    outer, inner = np.c_[r, z], np.c_[np.maximum(ri, 0.2 * wall), zi]
+    return _rev(np.vstack([[0, 0], outer, inner, [0, base]]), sections)
+
+
+def _tube(path, radii, sides: int = 12) -> trimesh.Trimesh:
+    """Closed tube (capped) of varying radius along a 3-D polyline: handles, bananas, spouts."""
+    p = np.asarray(path, float)
+    n, rad = len(p), np.broadcast_to(np.asarray(radii, float), (len(p),))
+    t = np.gradient(p, axis=0)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    ref = np.eye(3)[np.argmin(np.abs(t).max(0))]  # normal of the curve's plane
+    nr = ref - (t @ ref)[:, None] * t
+    nr /= np.linalg.norm(nr, axis=1, keepdims=True)
+    b = np.cross(t, nr)
+    a = np.linspace(0, 2 * np.pi, sides, endpoint=False)
+    ring = p[:, None] + rad[:, None, None] * (np.cos(a)[None, :, None] * nr[:, None] + np.sin(a)[None, :, None] * b[:, None])
+    v = np.vstack([ring.reshape(-1, 3), p[0], p[-1]])
+    f = []
+    for i in range(n - 1):
+        for j in range(sides):
+            a0, a1, b0, b1 = i * sides + j, i * sides + (j + 1) % sides, (i + 1) * sides + j, (i + 1) * sides + (j + 1) % sides
+            f += [[a0, a1, b1], [a0, b1, b0]]
+    for j in range(sides):
+        f += [[n * sides, (j + 1) % sides, j], [n * sides + 1, (n - 1) * sides + j, (n - 1) * sides + (j + 1) % sides]]
+    return _fix(trimesh.Trimesh(v, np.array(f), process=True))
+
+
+def _box(ext, c=(0, 0, 0), base=True) -> trimesh.Trimesh:
+    """Box of extents `ext`; `c` is the centre of its bottom face (base=True) or of the box."""
+    m = trimesh.creation.box(extents=ext)
+    m.apply_translation(np.asarray(c, float) + [0, 0, ext[2] / 2 if base else 0])
+    return m
+
+
+def _cyl(r, h, c=(0, 0, 0), axis="z", sections=24) -> trimesh.Trimesh:
+    """Cylinder with its axis along x/y/z; `c` is its centre."""
+    m = trimesh.creation.cylinder(radius=r, height=h, sections=sections)
+    if sections == 6:  # hexagonal prisms (pencils, handles) rest on a face, not an edge, once laid down
+        m.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 6, [0, 0, 1]))
+    if axis != "z":
+        m.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [0, 1, 0] if axis == "x" else [1, 0, 0]))
+    m.apply_translation(c)
+    return m
+
+
+def _sphere(r, c=(0, 0, 0), sub=2) -> trimesh.Trimesh:
+    m = trimesh.creation.icosphere(subdivisions=sub, radius=r)
+    m.apply_translation(c)
+    return m
+
+
+def _superellipsoid(ext, p=2.0, c=(0, 0, 0), sub=3, flat=None) -> trimesh.Trimesh:
+    """Rounded box (p large) ... ellipsoid (p=2) with extents `ext`, centred at `c`. Top and bottom are cut
+    flat at `flat` x half height (default 0.97 for box-like p >= 4): a shallow dome base rocks and "walks" in PhysX."""
+    s = trimesh.creation.icosphere(subdivisions=sub)
+    v = np.sign(s.vertices) * np.abs(s.vertices) ** (2.0 / p)
+    flat = flat if flat is not None else (0.97 if p >= 4 else 1.0)
+    v[:, 2] = np.clip(v[:, 2], -flat, flat)
+    return trimesh.Trimesh(v * np.asarray(ext, float) / 2 / [1, 1, flat] + c, s.faces)
+
+
+def _prism(poly, h, axis="z") -> trimesh.Trimesh:
+    """Extrude a convex 2-D polygon (counter-clockwise) by h along z (or y: polygon in the xz plane)."""
+    poly = np.asarray(poly, float)
+    n = len(poly)
+    v = np.vstack([np.c_[poly, np.zeros(n)], np.c_[poly, np.full(n, h)]])
+    f = [[0, i + 1, i] for i in range(1, n - 1)] + [[n, n + i, n + i + 1] for i in range(1, n - 1)]
+    f += [[i, (i + 1) % n, n + (i + 1) % n] for i in range(n)] + [[i, n + (i + 1) % n, n + i] for i in range(n)]
+    m = _fix(trimesh.Trimesh(v, np.array(f)))
+    if axis == "y":  # polygon (x, z) extruded along y, centred
+        m.vertices[:] = m.vertices[:, [0, 2, 1]] - [0, h / 2, 0]
+        m = _fix(trimesh.Trimesh(m.vertices, m.faces[:, ::-1]))
+    return m
+
+
+def _flat_bottom(m: trimesh.Trimesh, k: float = 0.06) -> trimesh.Trimesh:
+    """Squash the part below z = 0 to a nearly flat base (a dome that rests on its bottom)."""
+    v = m.vertices.copy()
+    v[v[:, 2] < 0, 2] *= k
+    return trimesh.Trimesh(v, m.faces)
+
+
+def _lay(m: trimesh.Trimesh) -> trimesh.Trimesh:
+    """Rotate an upright (z) solid to lie along x."""
+    m.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [0, 1, 0]))
+    return m
+
+
+def _union(*parts) -> trimesh.Trimesh:
+    return trimesh.boolean.union(list(parts), engine="manifold")
+
+
+def _diff(a, b) -> trimesh.Trimesh:
+    return trimesh.boolean.difference([a, b], engine="manifold")
+
+
+def to_frame(m: trimesh.Trimesh) -> trimesh.Trimesh:
+    """Asset frame: bbox centred at x = y = 0, lowest point at z = 0."""
+    lo, hi = m.bounds
+    m.apply_translation([-(lo[0] + hi[0]) / 2, -(lo[1] + hi[1]) / 2, -lo[2]])
+    return m
+
+
+# ---------------------------------------------------------------------------------------------
+# Procedural templates: build(rng, size) -> mesh in its resting pose. `size` is size_m or the default.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Template:
+    build: Callable
+    size: tuple = (0.08, 0.08, 0.08)
+    """Default extents (m) when the scene graph gives none; the category's bbox range is 0.25x - 4x its longest side."""
+    color: str = "grey"
+    material: str = "plastic"
+    keywords: tuple = ()
+    concave: bool = False
+    """coacd decomposition (containers must hold things) instead of one convex hull."""
+    rolls: bool = False
+    """May roll when dropped: the stability check allows drift and skips tilt."""
+    fill: float = 1.0
+    """Effective density factor (closed shells modelled as solids: bottles, boxes, cans)."""
+
+
+def _mug(u, s, handle=True, taper=1.05, hr=1.0, wall=0.08):
+    R = 0.04 * u(0.9, 1.1)
+    H = 2 * R * hr * u(0.9, 1.15)
+    body = _hollow(R, R * taper, H, R * wall, R * 0.15)
+    if not handle:
+        return body
+    ph = np.linspace(-np.pi / 2, np.pi / 2, 9)
+    path = np.c_[R * taper * 0.9 + 0.45 * R * np.cos(ph), np.zeros(9), H / 2 + 0.32 * H * np.sin(ph)]
+    return _union(body, _tube(path, 0.1 * R, 10))
+
+
+def _banana(u, s):
+    a, Rc = u(0.5, 0.7), 0.12 * u(0.9, 1.1)
+    t = np.linspace(0, 1, 16)
+    ph = (t - 0.5) * 2 * a
+    rad = 0.018 * np.clip(np.sin(np.pi * t) ** 0.5, 0.3, 1)
+    return _tube(np.c_[Rc * np.sin(ph), Rc * np.cos(ph), rad], rad, 10)  # ring bottoms on z = 0: lies flat
+
+
+def _grapes(u, s):
+    """Overlapping berries on a tapering grid (bottom layer) with a second layer on top, and a stem."""
+    g, d, pts = 0.011, 0.017, []
+    for i in range(5):
+        n = max(1, 4 - i * 3 // 4)
+        pts += [(i * d, (j - (n - 1) / 2) * d, g) for j in range(n)]
+        pts += [(i * d + d / 2, (j - (n - 2) / 2) * d, g + 0.8 * d) for j in range(n - 1)]
+    jitter = [(u(-1, 1) * 1e-3, u(-1, 1) * 1e-3, 0) for _ in pts]  # also avoids sliver faces at triple points
+    return _union(*[_sphere(g * u(.92, 1.05), np.add(c, j), 1) for c, j in zip(pts, jitter)], _cyl(0.002, 0.03, (-0.01, 0, g), "x", 6))
+
+
+def _pepper(u, s):
+    m = _solid(0.035 * np.array([0.6, 0.95, 1, 0.9, 0.5, 0.15, 0.15]), 0.09 * np.array([0, .1, .4, .8, .95, .96, 1.1]), 36)
+    phi = np.arctan2(m.vertices[:, 1], m.vertices[:, 0])
+    m.vertices[:, :2] *= (1 + 0.08 * np.cos(4 * phi))[:, None]
+    return m
+
+
+def _pencil(u, s):
+    L = 0.15 * u(.9, 1.1)
+    tip = trimesh.creation.cone(0.0045, 0.02, sections=6)
+    tip.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 6, [0, 0, 1]))  # faces line up with the prism
+    return _union(_cyl(0.0045, L, (0, 0, 0.0039), "x", 6), _lay(tip).apply_translation([L / 2 - 1e-4, 0, 0.0039]))
+
+
+def _carton(u, s):
+    w, h = 0.07 * u(0.9, 1.1), 0.16 * u(0.9, 1.1)
+    return _union(_box((w, w, h)), _prism([(-w / 2, h - 1e-3), (w / 2, h - 1e-3), (0, h + 0.35 * w)], w * 0.98, "y"))
+
+
+def _scissors(u, s):
+    L = 0.16 * u(0.9, 1.1)
+    loops = [_rev([[0.011, 0], [0.018, 0], [0.018, 0.006], [0.011, 0.006], [0.011, 0]], 16) for _ in range(2)]
+    loops[0].apply_translation([-0.4 * L, 0.017, 0])
+    loops[1].apply_translation([-0.4 * L, -0.017, 0])
+    blade = _prism([(-0.3 * L, -0.012), (0.6 * L, -0.002), (0.6 * L, 0.002), (-0.3 * L, 0.012)], 0.005)
+    return _union(*loops, blade, _cyl(0.006, 0.008, (-0.05 * L, 0, 0.004)))
+
+
+def _figure(u, s):
+    h = 0.1 * u(0.9, 1.1)
+    return _union(_cyl(0.022, 0.008, (0, 0, 0.004)), _cyl(0.014, 0.6 * h, (0, 0, 0.3 * h + 0.007)),
+                  _sphere(0.013, (0, 0, 0.72 * h)), _cyl(0.006, 0.05, (0, 0, 0.5 * h), "y", 8))
+
+
+def _wrench(u, s):
+    L = 0.18 * u(0.9, 1.1)
+    ring = _rev([[0.008, 0], [0.015, 0], [0.015, 0.006], [0.008, 0.006], [0.008, 0]], 16)
+    ring.apply_translation([L / 2, 0, 0])
+    jaw = _diff(_box((0.035, 0.035, 0.006), (-L / 2, 0, 0)), _box((0.02, 0.014, 0.02), (-L / 2 - 0.01, 0, -0.005)))
+    return _union(_box((L, 0.012, 0.006)), ring, jaw)
+
+
+def _open_box(ext, wall=None, base=None):
+    x, y, z = ext
+    wall = wall or max(0.06 * min(x, y), 0.003)
+    return _diff(_box((x, y, z)), _box((x - 2 * wall, y - 2 * wall, z), (0, 0, base or wall)))
+
+
+def _generic(u, s, kind):
+    x, y, z = s
+    if kind == "rounded_box":
+        return _superellipsoid((x, y, z), 6, (0, 0, z / 2))
+    if kind == "capsule":  # along the longest horizontal axis
+        L, r = max(x, y), max(min(x, y), z) / 2
+        m = _lay(trimesh.creation.capsule(height=max(L - 2 * r, 1e-3), radius=r, count=[16, 16]))
+        return m if x >= y else m.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [0, 0, 1]))
+    if kind == "slab":
+        return _superellipsoid((x, y, z), 8, (0, 0, z / 2))
+    if kind == "open_container":
+        return _open_box((x, y, z))
+    return _hollow(x / 2, x / 2, max(z, 0.01), 0.004, 0.004)  # "open_round"
+
+
+T = Template
+TEMPLATES: dict[str, Template] = {  # ALGO LOGIC: category templates (keywords matched on whole words)
+    # ---- produce and food ----
+    "apple": T(lambda u, s: _union(_solid(0.04 * np.sin(th := np.linspace(.25, np.pi - .25, 12)) * u(.95, 1.05), 0.075 * (1 - np.cos(th)) / 2 + 0.004),
+                                   _cyl(0.003, 0.018, (0, 0, 0.075)), ), (0.08, 0.08, 0.08), "red", "food", ("apple", "peach", "plum", "nectarine", "pomegranate", "fruit")),
+    "orange": T(lambda u, s: _superellipsoid((d := 0.075 * u(.9, 1.1), d, d * u(.85, .95)), 2), (0.075, 0.075, 0.07), "orange", "food",
+                ("orange", "tangerine", "mandarin", "clementine", "grapefruit", "lime"), rolls=True),
+    "lemon": T(lambda u, s: _lay(_solid(0.028 * np.sin(th := np.linspace(0, np.pi, 13)) ** 1.3 * u(.9, 1.1), 0.085 * (1 - np.cos(th)) / 2)),
+               (0.085, 0.056, 0.056), "yellow", "food", ("lemon",), rolls=True),
+    "banana": T(_banana, (0.18, 0.08, 0.04), "yellow", "food", ("banana", "plantain")),
+    "carrot": T(lambda u, s: _lay(_solid(0.015 * u(.9, 1.2) * (1 - (z := np.linspace(0, 1, 8))) ** 0.7, 0.15 * z)),
+                (0.15, 0.03, 0.03), "orange", "food", ("carrot", "parsnip"), rolls=True),
+    "eggplant": T(lambda u, s: _lay(_solid(0.035 * (0.5 + 0.5 * np.sin(np.pi * (z := np.linspace(0, 1, 12)) * 0.9 + .2) ** 2) * (1 - 0.4 * z) * u(.9, 1.1),
+                                           0.18 * z)), (0.18, 0.07, 0.07), "purple", "food", ("eggplant", "aubergine"), rolls=True),
+    "grapes": T(_grapes, (0.13, 0.07, 0.05), "purple", "food", ("grape", "grapes", "berries", "blueberries", "cherries")),
+    "pear": T(lambda u, s: _union(_solid(0.038 * np.maximum(np.sin(np.pi * (z := np.linspace(0, 0.97, 14))) ** 0.8, 0.45) * (1.1 - 0.55 * z) * u(.95, 1.05), 0.1 * z),
+                                  _cyl(0.003, 0.02, (0, 0, 0.1))), (0.07, 0.07, 0.11), "green", "food", ("pear", "avocado", "gourd")),
+    "tomato": T(lambda u, s: _union(_superellipsoid((d := 0.065 * u(.9, 1.1), d, 0.75 * d), 2.3, (0, 0, 0.375 * d)), _cyl(0.006, 0.01, (0, 0, 0.75 * d))),
+                (0.065, 0.065, 0.05), "red", "food", ("tomato",)),
+    "onion": T(lambda u, s: _solid(0.035 * np.r_[np.sin(th := np.linspace(.3, np.pi * 0.85, 10)), 0.08] * u(.9, 1.1), 0.07 * np.r_[(1 - np.cos(th)) / 2, 1.3]),
+               (0.07, 0.07, 0.09), "tan", "food", ("onion", "garlic", "shallot")),
+    "potato": T(lambda u, s: _superellipsoid((0.09 * u(.85, 1.15), 0.06 * u(.85, 1.15), 0.045), 2.2, (0, 0, 0.0225)),
+                (0.09, 0.06, 0.045), "brown", "food", ("potato", "sweet potato", "ginger", "kiwi", "rock", "stone", "pebble")),
+    "mushroom": T(lambda u, s: _rev(np.array([[0, 0], [.32, 0], [.28, .5], [1, .5], [.95, .66], [.7, .86], [.35, .97], [0, 1]]) * [0.03 * u(.9, 1.1), 0.05]),
+                  (0.06, 0.06, 0.05), "beige", "food", ("mushroom",)),
+    "broccoli": T(lambda u, s: _union(_cyl(0.02, 0.05, (0, 0, 0.025)), *[_sphere(0.02 * u(.9, 1.1), (0.02 * np.cos(a), 0.02 * np.sin(a), 0.055), 2)
+                                                                           for a in np.linspace(0, 2 * np.pi, 6)[:-1]], _sphere(0.022, (0, 0, 0.065))),
+                  (0.08, 0.08, 0.09), "green", "food", ("broccoli", "cauliflower", "tree")),
+    "cucumber": T(lambda u, s: _lay(trimesh.creation.capsule(height=0.16 * u(.9, 1.1), radius=0.02, count=[16, 16])), (0.2, 0.04, 0.04), "green", "food",
+                  ("cucumber", "zucchini", "corn", "sausage", "hot dog", "baguette", "leek"), rolls=True),
+    "strawberry": T(lambda u, s: _lay(_solid(0.022 * np.sin(np.pi / 2 * (z := np.linspace(0.05, 1, 9))) ** 0.8 * u(.9, 1.1), 0.045 * z)),
+                    (0.045, 0.044, 0.044), "red", "food", ("strawberry", "raspberry", "chili", "radish"), rolls=True),
+    "pepper": T(_pepper, (0.07, 0.07, 0.1), "red", "food", ("pepper", "bell pepper", "capsicum", "paprika")),
+    "egg": T(lambda u, s: _lay(_solid(0.022 * np.sin(th := np.linspace(0, np.pi, 14)) * (1 - 0.12 * np.cos(th)), 0.06 * (1 - np.cos(th)) / 2)),
+             (0.06, 0.045, 0.045), "cream", "food", ("egg",), rolls=True),
+    "bread": T(lambda u, s: _superellipsoid((0.2 * u(.9, 1.1), 0.1, 0.08), 3, (0, 0, 0.04), flat=0.9), (0.2, 0.1, 0.08), "tan", "food",
+               ("bread", "loaf", "bun", "croissant", "muffin", "cake", "pastry")),
+    "donut": T(lambda u, s: trimesh.creation.torus(0.03 * u(.9, 1.1), 0.014, 24, 12), (0.088, 0.088, 0.028), "brown", "food", ("donut", "doughnut", "bagel", "ring")),
+    "cookie": T(lambda u, s: _cyl(0.035 * u(.9, 1.1), 0.01, (0, 0, 0.005), sections=32), (0.07, 0.07, 0.01), "tan", "food",
+                ("cookie", "biscuit", "cracker", "coaster", "pancake", "pizza", "coin", "puck", "disc", "disk", "lid", "frisbee")),
+    "cheese": T(lambda u, s: _prism([(0, -0.03), (0.1 * u(.9, 1.1), 0), (0, 0.03)], 0.04), (0.1, 0.06, 0.04), "yellow", "food",
+                ("cheese", "wedge", "cake slice", "pie", "sandwich", "triangle")),
+    # ---- kitchen containers and tableware ----
+    "mug": T(lambda u, s: _mug(u, s), (0.12, 0.085, 0.095), "white", "ceramic", ("mug", "coffee mug", "coffee cup", "stein"), concave=True),
+    "teacup": T(lambda u, s: _mug(u, s, taper=1.3, hr=0.6, wall=0.07), (0.12, 0.1, 0.06), "white", "ceramic", ("teacup", "tea cup", "espresso cup"), concave=True),
+    "cup": T(lambda u, s: _mug(u, s, False, taper=1.3, hr=1.25), (0.08, 0.08, 0.1), "white", "plastic", ("cup", "paper cup", "beaker", "shot glass"), concave=True),
+    "glass": T(lambda u, s: _mug(u, s, False, taper=1.1, hr=1.5, wall=0.05), (0.07, 0.07, 0.12), "light blue", "glass", ("glass", "tumbler", "drinking glass"), concave=True),
+    "bowl": T(lambda u, s: _hollow(0.04, 0.08 * u(.9, 1.1), 0.06 * u(.85, 1.1), 0.006, 0.006, round_bottom=0.3, n=9), (0.16, 0.16, 0.06), "white", "ceramic",
+              ("bowl", "salad bowl", "basin"), concave=True),
+    "plate": T(lambda u, s: _rev(np.array([[0, 0], [.6, 0], [1, .9], [1, 1.1], [.96, 1.1], [.58, .45], [0, .45]]) * [0.11 * u(.9, 1.1), 0.02], 40),
+               (0.22, 0.22, 0.022), "white", "ceramic", ("plate", "dish", "saucer", "platter", "dinner plate"), concave=True),
+    "pot": T(lambda u, s: _union(_hollow(0.09, 0.09, 0.11 * u(.85, 1.15), 0.005, 0.006), _box((0.03, 0.02, 0.012), (0.1, 0, 0.085)),
+                                 _box((0.03, 0.02, 0.012), (-0.1, 0, 0.085))), (0.24, 0.18, 0.11), "silver", "metal",
+             ("pot", "saucepan", "stockpot", "soup pot", "cooking pot", "casserole", "cauldron"), concave=True, fill=0.3),
+    "pan": T(lambda u, s: _union(_hollow(0.09, 0.1, 0.04, 0.005, 0.005), _cyl(0.009, 0.16, (0.17, 0, 0.03), "x", 12)),
+             (0.36, 0.2, 0.04), "black", "metal", ("pan", "frying pan", "skillet", "wok"), concave=True, fill=0.3),
+    "planter": T(lambda u, s: _union(_hollow(0.045, 0.06, (h := 0.1 * u(.9, 1.1)), 0.006, 0.01),
+                                     _rev([[0.052, h - .016], [0.066, h - .016], [0.066, h], [0.052, h], [0.052, h - .016]])),
+                 (0.13, 0.13, 0.1), "brown", "ceramic",
+                 ("flower pot", "plant pot", "planter", "pot plant"), concave=True),
+    "teapot": T(lambda u, s: _union(_solid(0.06 * np.sin(th := np.linspace(.5, np.pi - .6, 10)) * u(.9, 1.1), 0.1 * (1 - np.cos(th)) / 2),
+                                    _tube([[0.04, 0, 0.03], [0.07, 0, 0.05], [0.09, 0, 0.08]], [0.012, 0.008, 0.006], 8),
+                                    _tube(np.c_[-0.03 - 0.05 * np.cos(a := np.linspace(-1.4, 1.4, 7)), 0 * a, 0.05 + 0.03 * np.sin(a)], 0.006, 8),
+                                    _sphere(0.01, (0, 0, 0.088))), (0.2, 0.12, 0.11), "white", "ceramic", ("teapot", "kettle", "watering can"), fill=0.2),
+    "bottle": T(lambda u, s: _solid(0.035 * np.array([.95, 1, 1, .8, .35, .35, .38, .38]) * u(.85, 1.15),
+                                    0.22 * np.array([0, .02, .6 * u(.9, 1.1), .72, .82, .95, .96, 1])), (0.07, 0.07, 0.22), "blue", "plastic",
+                ("bottle", "water bottle", "wine bottle", "ketchup", "shampoo", "spray bottle", "flask", "sauce", "lotion"), fill=0.25),
+    "can": T(lambda u, s: _solid(0.033 * np.array([.85, 1, 1, .85]), 0.12 * u(.9, 1.1) * np.array([0, .05, .95, 1])), (0.066, 0.066, 0.12), "red", "metal",
+             ("can", "soda can", "tin", "canister", "thermos", "battery", "candle", "cylinder", "tube"), fill=0.08),
+    "jar": T(lambda u, s: _solid(0.04 * np.array([.9, 1, 1, .85, .9, .9]) * u(.9, 1.1), 0.11 * np.array([0, .05, .8, .85, .86, 1])),
+             (0.08, 0.08, 0.11), "white", "glass", ("jar", "salt shaker", "pepper shaker", "shaker", "spice", "honey", "pill bottle", "jam"), fill=0.4),
+    "vase": T(lambda u, s: _hollow(0.03, 0.025, 0.16 * u(.9, 1.1), 0.004, 0.006, bulge=0.025, n=10), (0.09, 0.09, 0.16), "blue", "ceramic",
+              ("vase", "pitcher", "jug", "urn"), concave=True),
+    "holder": T(lambda u, s: _hollow(0.035, 0.035, 0.1 * u(.9, 1.1), 0.004, 0.006), (0.07, 0.07, 0.1), "black", "plastic",
+                ("pen holder", "pencil holder", "pencil cup", "pen cup", "utensil holder", "cup holder", "brush holder", "toothbrush holder"), concave=True),
+    "bin": T(lambda u, s: _hollow(0.1, 0.12, 0.25 * u(.9, 1.1), 0.005, 0.006), (0.24, 0.24, 0.25), "grey", "plastic",
+             ("bin", "trash can", "garbage can", "wastebasket", "bucket", "pail", "recycling bin"), concave=True),
+    "basket": T(lambda u, s: _open_box((0.28 * u(.9, 1.1), 0.2, 0.1)), (0.28, 0.2, 0.1), "tan", "wood", ("basket", "crate", "hamper", "box basket"), concave=True),
+    "tray": T(lambda u, s: _open_box((0.3 * u(.9, 1.1), 0.22, 0.025), 0.006, 0.005), (0.3, 0.22, 0.025), "black", "plastic",
+              ("tray", "baking sheet", "baking tray", "serving tray", "dish rack"), concave=True),
+    "open_box": T(lambda u, s: _open_box(s), (0.2, 0.15, 0.1), "tan", "cardboard", ("container", "tote", "drawer", "organizer", "storage box", "open box", "bin box"),
+                  concave=True),
+    "box": T(lambda u, s: _superellipsoid((s[0] * u(.9, 1.1), s[1], s[2]), 14, (0, 0, s[2] / 2)), (0.2, 0.15, 0.1), "brown", "cardboard",
+             ("box", "cereal box", "package", "parcel", "chest", "case", "gift", "tissue box"), fill=0.15),
+    "milk_carton": T(_carton, (0.07, 0.07, 0.2), "white", "cardboard", ("milk carton", "juice box", "juice carton", "carton", "milk"), fill=0.3),
+    # ---- office and household ----
+    "book": T(lambda u, s: _union(_box((0.22, 0.15 * u(.9, 1.1), (t := 0.03 * u(.8, 1.3)))), _cyl(t / 2, 0.15, (-0.11, 0, t / 2), "y", 12)),
+              (0.23, 0.15, 0.03), "blue", "paper", ("book", "textbook", "novel", "dictionary", "bible")),
+    "notebook": T(lambda u, s: _union(_box((0.21, 0.15 * u(.9, 1.1), 0.012)), *[_cyl(0.005, 0.006, (-0.1, y, 0.006), "x", 10) for y in np.linspace(-0.06, 0.06, 7)]),
+                  (0.21, 0.15, 0.012), "red", "paper", ("notebook", "notepad", "diary", "journal", "magazine", "folder", "envelope", "card", "paper")),
+    "towel": T(lambda u, s: _superellipsoid((0.2 * u(.9, 1.1), 0.15, 0.015), 6, (0, 0, 0.0075)), (0.2, 0.15, 0.015), "blue", "fabric",
+               ("towel", "cloth", "napkin", "rag", "tablecloth", "handkerchief", "dishcloth", "mat", "placemat", "tissue", "sheet", "blanket")),
+    "sponge": T(lambda u, s: _union(_box((0.1, 0.07, 0.025)), _box((0.1, 0.07, 0.008), (0, 0, 0.024))), (0.1, 0.07, 0.033), "yellow", "foam",
+                ("sponge", "scrubber", "scourer")),
+    "soap": T(lambda u, s: _superellipsoid((0.09 * u(.9, 1.1), 0.06, 0.03), 2.6, (0, 0, 0.015), flat=0.85), (0.09, 0.06, 0.03), "white", "wax", ("soap", "bar of soap", "eraser")),
+    "phone": T(lambda u, s: _union(_superellipsoid((0.15, 0.072 * u(.95, 1.05), 0.009), 8, (0, 0, 0.0045)), _box((0.025, 0.025, 0.003), (0.05, 0.02, 0.008))),
+               (0.15, 0.072, 0.011), "black", "plastic", ("phone", "smartphone", "cellphone", "cell phone", "tablet", "calculator", "ipad")),
+    "remote": T(lambda u, s: _union(_superellipsoid((0.18, 0.048 * u(.9, 1.1), 0.022), 5, (0, 0, 0.011)),
+                                    *[_cyl(0.005, 0.006, (x, 0, 0.021), sections=10) for x in (-0.05, -0.02, 0.01, 0.04)]),
+                (0.18, 0.048, 0.025), "black", "plastic", ("remote", "remote control", "controller", "tv remote")),
+    "screwdriver": T(lambda u, s: _union(_cyl(0.014, 0.1, (-0.05, 0, 0.014), "x", 6), _cyl(0.004, (L := 0.1 * u(.8, 1.2)), (L / 2 - 0.005, 0, 0.014), "x", 10)),
+                     (0.2, 0.032, 0.028), "yellow", "plastic", ("screwdriver", "awl")),
+    "hammer": T(lambda u, s: _union(_box((0.28 * u(.9, 1.1), 0.025, 0.025)), _box((0.035, 0.11, 0.035), (0.13, 0, 0))),
+                (0.3, 0.11, 0.035), "brown", "wood", ("hammer", "mallet")),
+    "scissors": T(_scissors, (0.16, 0.07, 0.008), "red", "metal", ("scissors", "shears")),
+    "pen": T(lambda u, s: _union(_cyl(0.0055, 0.13 * u(.9, 1.1), (0, 0, 0.0055), "x", 16), _box((0.04, 0.003, 0.004), (-0.035, 0, 0.009))),
+             (0.14, 0.012, 0.014), "blue", "plastic", ("pen", "ballpoint", "chopstick", "stick", "straw", "skewer", "wand", "stylus"), rolls=True),
+    "pencil": T(_pencil, (0.18, 0.009, 0.008), "yellow", "wood", ("pencil", "crayon")),
+    "marker": T(lambda u, s: _union(_cyl(0.008, 0.11 * u(.9, 1.1), (0, 0, 0.009), "x", 16), _cyl(0.009, 0.04, (0.05, 0, 0.009), "x", 16)),
+                (0.14, 0.018, 0.018), "black", "plastic", ("marker", "highlighter", "glue stick", "lipstick", "flashlight", "torch", "sharpie"), rolls=True),
+    "knife": T(lambda u, s: _union(_box((0.1, 0.02, 0.012), (-0.05, 0, 0)), _prism([(0, -0.01), (0.12 * u(.9, 1.1), -0.01), (0.13, 0.0), (0, 0.012)], 0.003)),
+               (0.23, 0.024, 0.012), "silver", "metal", ("knife", "butter knife", "cleaver", "dagger", "blade")),
+    "fork": T(lambda u, s: _union(_box((0.12, 0.012, 0.004), (-0.06, 0, 0)), _box((0.02, 0.024, 0.004), (0.01, 0, 0)),
+                                  *[_box((0.045, 0.004, 0.004), (0.04, y, 0)) for y in (-0.01, -0.0033, 0.0033, 0.01)]),
+              (0.18, 0.025, 0.004), "silver", "metal", ("fork",)),
+    "spoon": T(lambda u, s: _union(_box((0.12, 0.012, 0.004), (-0.06, 0, 0)), _superellipsoid((0.06, 0.04 * u(.9, 1.1), 0.01), 2, (0.025, 0, 0.005))),
+               (0.18, 0.04, 0.01), "silver", "metal", ("spoon", "ladle", "scoop", "teaspoon", "tablespoon")),
+    "spatula": T(lambda u, s: _union(_box((0.16, 0.016, 0.01), (-0.08, 0, 0)), _box((0.09, 0.07 * u(.9, 1.1), 0.004), (0.04, 0, 0))),
+                 (0.25, 0.07, 0.01), "black", "plastic", ("spatula", "turner", "paddle", "scraper", "putty knife")),
+    "cutting_board": T(lambda u, s: _union(_superellipsoid((0.3 * u(.9, 1.1), 0.2, 0.02), 8, (0, 0, 0.01)), _box((0.05, 0.05, 0.02), (0.16, 0, 0))),
+                       (0.35, 0.2, 0.02), "tan", "wood", ("cutting board", "chopping board", "board", "clipboard", "tablet board")),
+    "block": T(lambda u, s: _superellipsoid((b := 0.04 * u(.95, 1.05), b, b), 16, (0, 0, b / 2)), (0.04, 0.04, 0.04), "red", "wood",
+               ("block", "cube", "brick", "dice", "die", "lego", "building block", "toy block")),
+    "ball": T(lambda u, s: _sphere(0.03, sub=3), (0.06, 0.06, 0.06), "green", "rubber", ("ball", "tennis ball", "baseball", "marble", "orb", "sphere", "globe"), rolls=True),
+    "toy_car": T(lambda u, s: _union(_box((0.1, 0.045, 0.02), (0, 0, 0.01)), _box((0.05, 0.04, 0.018), (-0.005, 0, 0.028)),
+                                     *[_cyl(0.01, 0.01, (x, y, 0.01), "y", 12) for x in (-0.033, 0.033) for y in (-0.024, 0.024)]),
+                 (0.1, 0.058, 0.046), "red", "plastic", ("toy car", "car", "truck", "vehicle", "bus", "train", "tractor")),
+    "figure": T(_figure, (0.05, 0.044, 0.11), "blue", "plastic", ("figure", "doll", "action figure", "figurine", "toy figure", "toy", "chess piece", "pawn", "teddy bear", "robot")),
+    "duck": T(lambda u, s: _union(_flat_bottom(_superellipsoid((0.08 * u(.9, 1.1), 0.06, 0.05), 2), 0.3), _sphere(0.02, (0.02, 0, 0.035)), _box((0.02, 0.012, 0.006), (0.045, 0, 0.032))),
+              (0.09, 0.06, 0.08), "yellow", "rubber", ("rubber duck", "duck", "bird", "chick")),
+    "stapler": T(lambda u, s: _union(_box((0.15, 0.035, 0.012)), _box((0.14 * u(.9, 1.1), 0.03, 0.02), (0.005, 0, 0.011))),
+                 (0.15, 0.035, 0.034), "black", "metal", ("stapler", "hole punch"), fill=0.3),
+    "tape": T(lambda u, s: _rev(np.array([[0.6, 0], [1, 0], [1, 1], [0.6, 1], [0.6, 0]]) * [0.04 * u(.9, 1.1), 0.025], 28),
+              (0.08, 0.08, 0.025), "grey", "plastic", ("tape", "tape roll", "roll of tape", "duct tape", "bracelet")),
+    "mouse": T(lambda u, s: _flat_bottom(_superellipsoid((0.11, 0.06 * u(.9, 1.1), 0.07), 2.2)),
+               (0.11, 0.06, 0.035), "grey", "plastic", ("mouse", "computer mouse")),
+    "toothbrush": T(lambda u, s: _union(_box((0.17, 0.012, 0.008)), _box((0.025, 0.011, 0.012), (0.07, 0, 0.007))), (0.17, 0.012, 0.019), "blue", "plastic",
+                    ("toothbrush", "brush", "comb", "razor")),
+    "wrench": T(_wrench, (0.2, 0.035, 0.006), "silver", "metal", ("wrench", "spanner", "pliers", "key", "keys")),
+    "cone": T(lambda u, s: _union(_box((0.07, 0.07, 0.006)), trimesh.creation.cone(0.028, 0.1 * u(.9, 1.1), sections=24)), (0.07, 0.07, 0.1), "orange", "rubber",
+              ("cone", "traffic cone", "pyramid")),
+    "rolling_pin": T(lambda u, s: _union(_cyl(0.025, 0.25 * u(.9, 1.1), axis="x"), _cyl(0.01, 0.36, axis="x", sections=12)), (0.36, 0.05, 0.05), "tan", "wood",
+                     ("rolling pin", "dowel", "rod", "pipe", "baton", "log"), rolls=True),
+    "pouch": T(lambda u, s: _superellipsoid((0.2 * u(.9, 1.1), 0.12, 0.05), 2.6, (0, 0, 0.025)), (0.2, 0.12, 0.05), "black", "fabric",
+               ("pouch", "bag", "wallet", "purse", "pencil case", "chips", "glasses case", "pillow", "cushion", "bean bag")),
+    # ---- generic fallbacks (no keywords: chosen by receptacle and aspect ratio) ----
+    "rounded_box": T(lambda u, s: _generic(u, s, "rounded_box"), (0.08, 0.06, 0.05)),
+    "capsule": T(lambda u, s: _generic(u, s, "capsule"), (0.15, 0.03, 0.03), rolls=True),
+    "slab": T(lambda u, s: _generic(u, s, "slab"), (0.15, 0.1, 0.015)),
+    "open_container": T(lambda u, s: _generic(u, s, "open_container"), (0.2, 0.15, 0.08), concave=True),
+    "open_round": T(lambda u, s: _generic(u, s, "open_round"), (0.15, 0.15, 0.05), concave=True),
+}
+del T
+
+
+def _words(text: str) -> str:
+    return " " + re.sub(r"[^a-z0-9]+", " ", text.lower()).strip() + " "
+
+
+def _find(keyword: str, words: str) -> bool:
+    """Whole-word match, tolerant of plurals ("grapes", "boxes", "knives")."""
+    kw = re.escape(keyword).replace(r"\ ", " ")
+    kw = re.sub(r"fe?$", "(?:fe?|ves)", kw) if keyword.endswith(("fe", "f")) else kw
+    return re.search(rf" {kw}(?:e?s)? ", words) is not None
+
+
+def choose_template(category: str, description: str = "", size_m=None, receptacle: str | None = None) -> tuple[str, str]:
+    """Category -> (template name, why). Longest keyword in the category wins, then in the description
+    (colour words removed), then a generic shape from receptacle + aspect ratio: every category gets one."""
+    desc = description.lower()
+    for c in sorted(COLORS, key=len, reverse=True):
+        desc = re.sub(rf"\b{c}\b", " ", desc)
+    for where, text in (("category", category), ("description", desc)):
+        words = _words(text)
+        hits = [(len(k), name, k) for name, t in TEMPLATES.items() for k in t.keywords if _find(k, words)]
+        if hits:
+            _, name, k = max(hits)
+            return name, f"keyword {k!r} in {where} {text.strip()!r}"
+    x, y, z = size_m or (0.08, 0.06, 0.05)
+    lo, hi = sorted((x, y))
+    if receptacle == "IN":
+        name = "open_round" if hi / lo < 1.2 else "open_container"
+    elif receptacle == "ON" or z < 0.3 * lo:
+        name = "cookie" if hi / lo < 1.2 and receptacle == "ON" else "slab"
+    elif hi / max(lo, z) > 2.5:
+        name = "capsule"
+    else:
+        name = "rounded_box"
+    return name, (f"unknown category {category!r}: no template keyword matched; generic {name!r} "
+                  f"from receptacle={receptacle} and size {[round(v, 3) for v in (x, y, z)]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers: words -> colour / material, scale, mass, colour check
+# ---------------------------------------------------------------------------------------------
+
+
+def find_word(text: str | None, table) -> str | None:
+    """Longest table key that appears as whole words in `text` (None if none)."""
+    words = _words(text or "")
+    hits = [k for k in table if f" {k} " in words]
+    return max(hits, key=len) if hits else None
+
+
+def resolve_material(text: str | None) -> str | None:
+    """Material word(s) ("stainless steel", "wooden") -> a key of MATERIALS, or None."""
+    w = find_word(text, {**MATERIALS, **MATERIAL_ALIASES})
+    return MATERIAL_ALIASES.get(w, w)
+
+
+def auto_scale(extents, size_m, graspable: bool, grip_max_m: float) -> tuple[float, str]:
+    """Uniform scale: longest side -> longest side of size_m, then shrink graspable objects until the
+    smallest horizontal extent fits the gripper (paper App. C: scale by mesh bounding box)."""
+    ext = np.asarray(extents, float)
+    s = float(max(size_m) / ext.max())  # ALGO LOGIC
+    why = f"longest side -> {max(size_m):.3f} m"
+    min_h = s * ext[:2].min()
+    if graspable and min_h > grip_max_m:
+        s *= grip_max_m / min_h
+        why += f"; shrunk so its smallest horizontal extent is {grip_max_m * 1000:.0f} mm (74 mm gripper)"
+    return s, why
+
+
+def mass_from(volume_m3: float, material: str, fill: float = 1.0) -> float:
+    """Mass = volume x material density x fill (fill < 1 for shells modelled as solids), clamped."""
+    return float(np.clip(volume_m3 * MATERIALS[material][0] * fill, *MASS_RANGE_KG))
+
+
+def rgb_to_hsv(rgb) -> np.ndarray:
+    import colorsys
+
+    return np.array(colorsys.rgb_to_hsv(*np.clip(np.asarray(rgb, float), 0, 1)))
+
+
+def dominant_color(pixels: np.ndarray) -> np.ndarray:
+    """Mean colour of the most populated cell of a coarse 6x6x6 RGB histogram ([N, 3] floats in 0-1)."""
+    q = np.clip((pixels * 6).astype(int), 0, 5)
+    key = q[:, 0] * 36 + q[:, 1] * 6 + q[:, 2]
+    return pixels[key == np.bincount(key).argmax()].mean(0)
+
+
+def color_matches(rendered_rgb, requested: str, hue_tol_deg: float = 35.0) -> tuple[bool, str]:
+    """Chromatic colours: hue distance <= tol and enough saturation; white/grey/black: low saturation + value band."""
+    want = np.asarray(COLORS[requested])
+    hw, hr = rgb_to_hsv(want), rgb_to_hsv(rendered_rgb)
+    got = f"rendered dominant colour rgb={np.round(rendered_rgb, 2).tolist()} (h={hr[0] * 360:.0f} s={hr[1]:.2f} v={hr[2]:.2f})"
+    if hw[1] < 0.2:  # achromatic request
+        v_lo, v_hi = (0.0, 0.3) if hw[2] < 0.2 else (0.45, 1.01) if hw[2] > 0.85 else (0.12, 0.95)
+        ok = hr[1] < 0.3 and v_lo <= hr[2] <= v_hi
+        return ok, f"{got} vs {requested!r}: needs saturation < 0.3 and value in [{v_lo}, {v_hi:.2f}]"
+    dh = abs(hr[0] - hw[0]) * 360
+    dh = min(dh, 360 - dh)
+    ok = dh <= hue_tol_deg and hr[1] >= 0.25 * hw[1] and hr[2] > 0.05
+    return ok, f"{got} vs {requested!r} (h={hw[0] * 360:.0f}): hue distance {dh:.0f} deg (tol {hue_tol_deg:.0f})"
+
+
+def in_shard(asset_id: str, shard: tuple[int, int]) -> bool:
+    """Stable partition of asset ids over n shards (sha256, independent of run order)."""
+    i, n = shard
+    return int(ss.content_hash(asset_id), 16) % n == i
+
+
+def parse_vlm_answer(text: str) -> tuple[bool, str]:
+    """`{"pass": bool, "reason": str}` anywhere in the reply (code fences tolerated)."""
+    m = re.search(r"\{.*\}", text or "", re.S)
+    if not m:
+        raise ValueError(f"VLM reply has no JSON object: {text[:200]!r}")
+    d = json.loads(m.group(0))
+    if not isinstance(d.get("pass"), bool):
+        raise ValueError(f"VLM reply lacks a boolean 'pass': {text[:200]!r}")
+    return d["pass"], str(d.get("reason", ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends: request + attempt seed -> raw trimesh (any frame, any scale) + provenance
+# ---------------------------------------------------------------------------------------------
+
+
+def generate_procedural(req: dict, seed: int) -> tuple[trimesh.Trimesh, dict]:
+    t = TEMPLATES[req["template"]]
+    rng = np.random.default_rng([seed, int(ss.content_hash(ss.normalize_text(req["description"])), 16) % 2**32])
+    size = tuple(req["size_m"] or t.size)
+    return t.build(rng.uniform, size), {"backend": "procedural", "template": req["template"]}
+
+
+def _load_mesh(path: Path) -> trimesh.Trimesh:
+    m = trimesh.load(str(path), force="mesh", process=True)
+    if not isinstance(m, trimesh.Trimesh) or len(m.faces) == 0:
+        raise ValueError(f"{path.name}: no triangles could be read")
+    return m
+
+
+def generate_library(req: dict, seed: int, library_dir: str) -> tuple[trimesh.Trimesh, dict]:
+    """`<lib>/<category slug>/*.{glb,obj,ply,stl}`; otherwise the folder named by the longest word match
+    in category/description. Files are ranked by word overlap with the description; attempt k takes the k-th."""
+    lib = Path(library_dir)
+    folders = {p.name: p for p in lib.iterdir() if p.is_dir()} if lib.is_dir() else {}
+    slug = ss.slugify(req["category"])
+    name = slug if slug in folders else None
+    if name is None:
+        text = _words(req["category"] + " " + req["description"])
+        hits = [k for k in folders if f" {k.replace('_', ' ')} " in text]
+        name = max(hits, key=len) if hits else None
+    if name is None:
+        raise LookupError(f"library {lib} has no folder for category {req['category']!r} ({len(folders)} folders)")
+    files = sorted(p for p in folders[name].iterdir() if p.suffix.lower() in (".glb", ".gltf", ".obj", ".ply", ".stl"))
+    if not files:
+        raise LookupError(f"library folder {folders[name]} holds no mesh files")
+    desc = set(_words(req["description"]).split())
+    files.sort(key=lambda p: -len(desc & set(_words(p.stem).split())))
+    pick = files[seed % len(files)]
+    return _load_mesh(pick), {"backend": "library", "source": str(pick)}
+
+
+def generate_command(req: dict, seed: int, template: str, out: Path, timeout_s: float, ext: str) -> tuple[trimesh.Trimesh, dict]:
+    """Run the external text-to-3D command (no shell); a non-zero exit, timeout, missing or unreadable
+    output raises with the command's stderr tail."""
+    out = out / f"raw_{seed}.{ext}"
+    subs = {"{prompt}": req["description"], "{seed}": str(seed), "{out}": str(out), "{category}": req["category"]}
+    argv = [re.sub("|".join(map(re.escape, subs)), lambda m: subs[m.group(0)], tok) for tok in shlex.split(template)]
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"command timed out after {timeout_s:.0f} s: {argv[0]}") from None
+    if p.returncode != 0:
+        raise RuntimeError(f"command exited with {p.returncode}: {(p.stderr or p.stdout).strip()[-300:]}")
+    if not out.exists() or out.stat().st_size == 0:
+        raise RuntimeError(f"command wrote no mesh at {{out}} ({out.name}); stderr: {p.stderr.strip()[-200:]}")
+    try:
+        mesh = _load_mesh(out)
+    except Exception as e:  # noqa: BLE001 - any parser error means a corrupt file
+        raise RuntimeError(f"corrupt mesh from command ({out.name}): {type(e).__name__}: {e}") from None
+    return mesh, {"backend": "command", "argv": argv}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sim-ready processing and geometry QA
+# ---------------------------------------------------------------------------------------------
+
+
+def repair(m: trimesh.Trimesh, face_budget: int) -> tuple[trimesh.Trimesh, list[str]]:
+    """Merge vertices, drop debris components, simplify to the face budget, drop degenerate/duplicate
+    faces, fill holes, fix normals. Returns the mesh and notes on what was done."""
+    notes = []
+    m = trimesh.Trimesh(m.vertices, m.faces, visual=m.visual, process=True)
+    m.merge_vertices(digits_vertex=7)  # 0.1 um: collapses the needle slivers booleans leave behind
+    parts = m.split(only_watertight=False)
+    if len(parts) > 1:
+        area = np.array([p.area for p in parts])
+        keep = [p for p, a in zip(parts, area) if a >= 0.02 * area.sum()]
+        if len(keep) < len(parts):
+            notes.append(f"dropped {len(parts) - len(keep)} debris/void component(s)")
+            m = trimesh.util.concatenate(keep) if len(keep) > 1 else keep[0]
+    if len(m.faces) > face_budget:
+        import fast_simplification
+
+        v, f = fast_simplification.simplify(m.vertices, m.faces, target_reduction=1 - face_budget / len(m.faces))
+        notes.append(f"simplified {len(m.faces)} -> {len(f)} faces")
+        m = trimesh.Trimesh(v, f, process=True)  # UVs do not survive decimation: uniform colour below
+    bad = ~(m.nondegenerate_faces() & m.unique_faces())
+    if bad.any():
+        m.update_faces(~bad)
+        m.remove_unreferenced_vertices()
+        notes.append(f"removed {int(bad.sum())} degenerate/duplicate faces")
+    if not m.is_watertight:
+        trimesh.repair.fill_holes(m)
+        notes.append("filled holes" + ("" if m.is_watertight else " (still open)"))
+    trimesh.repair.fix_normals(m)
+    return m, notes
+
+
+def check_geometry(m: trimesh.Trimesh, tmpl: Template, graspable: bool, grip_max_m: float) -> tuple[bool, str]:
+    """Non-empty, finite, one main component, watertight (or only tiny holes), no degenerate faces,
+    bbox within the category range, graspable objects fit the gripper."""
+    if len(m.faces) == 0 or not np.isfinite(m.vertices).all():
+        return False, "empty or non-finite mesh"
+    problems, notes = [], []
+    areas = np.array([c.area for c in m.split(only_watertight=False)])
+    n_comp = int((areas >= 0.02 * areas.sum()).sum())  # internal voids / specks do not count as parts
+    if n_comp > 1:
+        problems.append(f"{n_comp} disconnected components (expected one object)")
+    if not m.is_watertight:
+        open_frac = len(trimesh.grouping.group_rows(m.edges_sorted, require_count=1)) / max(len(m.edges), 1)
+        (notes if open_frac < 0.02 else problems).append(f"not watertight ({open_frac:.1%} boundary edges)")
+    n_deg = int((~m.nondegenerate_faces()).sum())
+    if n_deg:
+        problems.append(f"{n_deg} degenerate faces")
+    ext = m.extents
+    lo, hi = 0.25 * max(tmpl.size), 4.0 * max(tmpl.size)
+    if not lo <= ext.max() <= hi:
+        problems.append(f"longest side {ext.max():.3f} m outside the category range [{lo:.3f}, {hi:.3f}] m")
+    if ext.min() < 0.002 or ext.max() > ss.MAX_OBJECT_EXTENT_M:
+        problems.append(f"extents {np.round(ext, 4).tolist()} m outside [0.002, {ss.MAX_OBJECT_EXTENT_M}] m")
+    if graspable and ext[:2].min() > grip_max_m + 1e-6:
+        problems.append(f"graspable but smallest horizontal extent {ext[:2].min() * 1000:.0f} mm > {grip_max_m * 1000:.0f} mm")
+    msg = f"{len(m.faces)} faces, extents {np.round(ext, 3).tolist()} m, {n_comp} component(s)" + "".join(f"; {n}" for n in notes)
+    return not problems, ("; ".join(problems) + f" ({msg})") if problems else msg
+
+
+def limit_hull(h: trimesh.Trimesh, max_faces: int = 120) -> trimesh.Trimesh:
+    """Convex hull with at most ~max_faces/2 vertices: PhysX reduces larger hulls itself when cooking, and
+    the reduced hull can rock and "walk" on a table forever (measured on a thin 640-vertex slab)."""
+    h = h.convex_hull
+    if len(h.faces) > max_faces:
+        import fast_simplification
+
+        v, f = fast_simplification.simplify(h.vertices, h.faces, target_reduction=1 - max_faces / len(h.faces))
+        h = trimesh.Trimesh(v, f).convex_hull
+    return h
+
+
+def collision_parts(m: trimesh.Trimesh, concave: bool, args: Args, seed: int) -> list[trimesh.Trimesh]:
+    """One convex hull for convex-ish objects (fast); coacd parts for concave ones (containers keep walls)."""
+    if not concave:
+        return [limit_hull(m)]
+    import coacd
+
+    coacd.set_log_level("error")
+    src = m
+    if len(m.faces) > args.coacd_input_faces:
+        import fast_simplification
+
+        v, f = fast_simplification.simplify(m.vertices, m.faces, target_reduction=1 - args.coacd_input_faces / len(m.faces))
+        src = trimesh.Trimesh(v, f, process=True)
+    parts = coacd.run_coacd(coacd.Mesh(src.vertices, src.faces), threshold=args.coacd_threshold,  # ALGO LOGIC
+                            max_convex_hull=args.coacd_max_hulls, preprocess_resolution=args.coacd_resolution,
+                            preprocess_mode="off" if m.is_watertight else "auto",  # manifold input needs no remesh
+                            resolution=300, mcts_nodes=4, mcts_iterations=10, mcts_max_depth=2, max_ch_vertex=64, seed=seed)
+    hulls = [limit_hull(trimesh.Trimesh(v, f)) for v, f in parts]
+    return [h for h in hulls if h.volume > 1e-10] or [limit_hull(m)]
+
+
+def visual_color(m: trimesh.Trimesh) -> np.ndarray | None:
+    """Mean RGBA (0-1) of a mesh's own vertex/face colours or texture, or None when it has none."""
+    v = m.visual
+    try:
+        if v.kind == "texture":
+            v = v.to_color()  # samples the texture (or the material colour) at the vertices
+        if v.kind in ("vertex", "face"):
+            return np.asarray(v.vertex_colors, float)[:, :4].mean(0) / 255
+    except Exception:  # noqa: BLE001 - odd visuals: fall back to the requested colour
+        return None
+    return None
+
+
+def export_visual(m: trimesh.Trimesh, rgba, material: str, path: Path) -> None:
+    """GLB with a PBR material (SAPIEN ignores vertex colours)."""
+    _, _, metal, rough = MATERIALS[material]
+    mat = trimesh.visual.material.PBRMaterial(baseColorFactor=(np.asarray(rgba) * 255).astype(np.uint8),
+                                              metallicFactor=metal, roughnessFactor=rough)
+    v = m.smooth_shaded  # split vertices at sharp edges: flat box faces, smooth round ones
+    v.visual = trimesh.visual.TextureVisuals(material=mat)
+    path.write_bytes(v.export(file_type="glb"))
+
+
+# ---------------------------------------------------------------------------------------------
+# SAPIEN drop test + renderer (one scene per process, objects added and removed)
+# ---------------------------------------------------------------------------------------------
+
+
+class SimChecker:
+    """Drop test on a plane (physx_cpu) and thumbnail rendering (SAPIEN renderer, lavapipe on CPU)."""
+
+    def __init__(self, size: int = 192):
+        import sapien
+        from sapien import physx
+
+        # ManiSkill 3's default physics (SceneConfig) and the env's 500 Hz, so the verdict carries over to scenes
+        physx.set_shape_config(contact_offset=0.02, rest_offset=0.0)
+        physx.set_body_config(solver_position_iterations=15, solver_velocity_iterations=1, sleep_threshold=0.005)
+        physx.set_scene_config(gravity=[0, 0, -9.81], bounce_threshold=2.0, enable_pcm=True, enable_tgs=True,
+                               enable_ccd=False, enable_enhanced_determinism=False, enable_friction_every_iteration=True,
+                               cpu_workers=0)
+        self.sapien, self.hz = sapien, 500
+        self.scene = sapien.Scene()
+        self.scene.set_timestep(1 / self.hz)
+        ground = sapien.render.RenderMaterial(base_color=[0.82, 0.82, 0.84, 1.0], roughness=0.9)
+        self.scene.add_ground(0.0, render_material=ground)
+        self.scene.set_ambient_light([0.45, 0.45, 0.45])
+        self.scene.add_directional_light([0.3, 0.5, -1.0], [0.75, 0.75, 0.75])
+        self.cam = self.scene.add_camera("thumb", size, size, np.deg2rad(35), 0.005, 10.0)
+
+    def drop_test(self, collision_files: list[Path], visual_file: Path, mass: float, friction: float,
+                  rolls: bool, settle_s: float) -> tuple[bool, str, object]:
+        sapien = self.sapien
+        mat = sapien.physx.PhysxMaterial(friction, friction, 0.0)
+        b = self.scene.create_actor_builder()
+        for f in collision_files:
+            b.add_convex_collision_from_file(str(f), material=mat)
+        b.add_visual_from_file(str(visual_file))
+        actor = b.build(name="asset")
+        body = actor.find_component_by_type(sapien.physx.PhysxRigidDynamicComponent)
+        body.set_mass(mass)
+        tip = np.radians(4.0) / 2  # ALGO LOGIC: a 4 deg nudge, so balanced-but-unstable poses fall as they would for real
+        actor.set_pose(sapien.Pose([0, 0, 0.003], [np.cos(tip), np.sin(tip) * 0.6, np.sin(tip) * 0.8, 0]))
+        for _ in range(int(0.15 * self.hz)):  # land, then measure drift from the landing point
+            self.scene.step()
+        p0, n = actor.pose.p.copy(), int(settle_s * self.hz)
+        window = []  # positions over the last 0.5 s: "at rest" = stays within a small radius (no damping needed)
+        for i in range(n):
+            self.scene.step()
+            if i >= n - self.hz // 2:
+                window.append(actor.pose.p.copy())
+        p, q = actor.pose.p, actor.pose.q
+        up = 2 * (q[0] ** 2 + q[3] ** 2) - 1  # z of the body's z axis (wxyz quaternion)
+        tilt = float(np.degrees(np.arccos(np.clip(up, -1, 1))))
+        drift = float(np.linalg.norm(p[:2] - p0[:2]))
+        moving = float(np.linalg.norm(np.asarray(window) - p, axis=1).max())
+        max_drift, max_moving = (0.10, 0.02) if rolls else (0.02, 0.005)  # ALGO LOGIC: rest thresholds
+        ok = moving < max_moving and drift < max_drift and p[2] > -0.01 and (rolls or tilt < 15.0)
+        why = (f"after {settle_s:.1f} s: moved {moving * 100:.2f} cm in the last 0.5 s (< {max_moving * 100:.1f}), "
+               f"drift {drift * 100:.1f} cm (< {max_drift * 100:.0f}), tilt {tilt:.1f} deg"
+               + (" (rolls: not checked)" if rolls else " (< 15)"))
+        return ok, why, actor
+
+    def render(self, actor, azimuth_deg: float = -50.0, elevation_deg: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
+        """RGB uint8 [S, S, 3] and object mask [S, S] bool, camera framing the actor's bounding box."""
+        sapien = self.sapien
+        lo, hi = actor.find_component_by_type(sapien.render.RenderBodyComponent).compute_global_aabb_tight()
+        c, r = (lo + hi) / 2, max(np.linalg.norm(hi - lo) / 2, 0.01)
+        az, el = np.radians(azimuth_deg), np.radians(elevation_deg)
+        fwd = -np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+        eye = c - fwd * r / np.sin(np.radians(35) / 2) * 1.05
+        left = np.cross([0, 0, 1.0], fwd)
+        left /= np.linalg.norm(left)
+        pose = np.eye(4)
+        pose[:3, :3], pose[:3, 3] = np.c_[fwd, left, np.cross(fwd, left)], eye
+        self.cam.entity.set_pose(sapien.Pose(pose))
+        self.scene.update_render()
+        self.cam.take_picture()
+        rgb = (np.clip(self.cam.get_picture("Color")[..., :3], 0, 1) * 255).astype(np.uint8)
+        mask = self.cam.get_picture("Segmentation")[..., 1] == actor.per_scene_id
+        return rgb, mask
+
+    def remove(self, actor) -> None:
+        self.scene.remove_entity(actor)
+
+
+_SIM: SimChecker | None = None
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def vlm_check(cfg: dict, prompt: str, png: bytes) -> tuple[bool, str]:
+    """One chat request with the rendered view as a base64 PNG; expects {"pass": bool, "reason": str}."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=cfg["vlm_base_url"], api_key=os.environ.get(cfg["vlm_api_key_env"]) or "EMPTY",
+                    timeout=120, max_retries=1)
+    url = "data:image/png;base64," + base64.b64encode(png).decode()
+    r = client.chat.completions.create(model=cfg["vlm_model"], temperature=0.0, max_tokens=300, messages=[
+        {"role": "user", "content": [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]}])
+    return parse_vlm_answer(r.choices[0].message.content)
+
+
+# ---------------------------------------------------------------------------------------------
+# One asset: attempts with QA, built in a temporary folder and renamed into place
+# ---------------------------------------------------------------------------------------------
+
+
+def _attempt(req: dict, seed: int, attempt: int, args: Args, work: Path, qa: list) -> dict | None:
+    """One generation attempt; appends verdicts to `qa`; returns the asset's physical facts or None on failure."""
+    def verdict(check, ok, reason):
+        qa.append(ss.QAVerdict(check=check, passed=bool(ok), reason=reason, attempt=attempt, seed=seed))
+        return ok
+
+    tmpl = TEMPLATES[req["template"]]
+    try:
+        if args.backend == "command":
+            raw, prov = generate_command(req, seed, args.command_template, work, args.command_timeout_s, args.command_out_ext)
+        elif args.backend == "library":
+            try:
+                raw, prov = generate_library(req, seed - args.seed, args.library_dir or "")
+            except LookupError as e:
+                if not args.library_fallback:
+                    raise
+                raw, prov = generate_procedural(req, seed)
+                prov["library_miss"] = str(e)
+        else:
+            raw, prov = generate_procedural(req, seed)
+    except Exception as e:  # noqa: BLE001 - any backend error is a recorded failed attempt
+        verdict("generate", False, f"{type(e).__name__}: {e}")
+        return None
+    own = visual_color(raw) if prov["backend"] != "procedural" else None
+    mesh, notes = repair(raw, args.face_budget)
+    to_frame(mesh)
+    size = req["size_m"] or list(tmpl.size)
+    scale, why = auto_scale(mesh.extents, size, req["graspable"], args.grip_max_m)
+    mesh.apply_scale(scale)
+    to_frame(mesh)
+    ok, reason = check_geometry(mesh, tmpl, req["graspable"], args.grip_max_m)
+    if not verdict("geometry", ok, f"{reason}; scale x{scale:.3g} ({why})" + "".join(f"; {n}" for n in notes)):
+        return None
+    rgba = list(own) if own is not None else [*COLORS[req["color"]], 1.0]
+    volume = mesh.volume if mesh.is_watertight else 0.6 * mesh.convex_hull.volume
+    facts = dict(scale=scale, bbox_m=mesh.extents.tolist(), mass_kg=mass_from(abs(volume), req["material"], tmpl.fill),
+                 friction=MATERIALS[req["material"]][1], color_rgba=[float(c) for c in rgba], provenance=prov)
+    for f in work.glob("collision_*.obj"):
+        f.unlink()
+    export_visual(mesh, rgba, req["material"], work / "visual.glb")
+    parts = collision_parts(mesh, tmpl.concave or prov["backend"] != "procedural", args, seed)
+    facts["collision"] = []
+    for i, p in enumerate(parts):
+        (work / f"collision_{i}.obj").write_text(trimesh.exchange.obj.export_obj(p, include_normals=False, include_color=False,
+                                                                                 include_texture=False))
+        facts["collision"].append(f"collision_{i}.obj")
+    if not args.stability_check:
+        return facts
+    global _SIM
+    if _SIM is None:
+        _SIM = SimChecker(args.thumb_size)
+    ok, why, actor = _SIM.drop_test([work / c for c in facts["collision"]], work / "visual.glb", facts["mass_kg"],
+                                    facts["friction"], tmpl.rolls, args.settle_s)
+    try:
+        rgb, mask = _SIM.render(actor)
+        (work / "thumb.png").write_bytes(_png(rgb))
+        if not verdict("stability", ok, f"{len(parts)} convex part(s), {facts['mass_kg']:.3f} kg; {why}"):
+            return None
+        if mask.sum() < 20:
+            verdict("appearance", False, f"object covers only {mask.sum()} pixels of the thumbnail")
+            return None
+        col = req["color"]
+        ok, why = color_matches(dominant_color(rgb[mask].astype(float) / 255), col, args.hue_tol_deg)
+        if not verdict("appearance", ok, why + req["color_note"]):
+            return None
+        if args.vlm_base_url:
+            side, _ = _SIM.render(actor, azimuth_deg=-140.0, elevation_deg=60.0)
+            cfg = {"vlm_base_url": args.vlm_base_url, "vlm_model": args.vlm_model, "vlm_api_key_env": args.vlm_api_key_env}
+            checks = [("semantic", f"This is a rendered 3D object for a robot simulation. Is it recognisably a "
+                                   f"{req['category'].replace('_', ' ')} whose main colour is {col}? ", rgb),
+                      ("alignment", f"Two views of a 3D asset generated from the description '{req['description']}'. "
+                                    f"Does the 3D object match the description (shape, parts, colour, proportions)? ",
+                       np.concatenate([rgb, side], axis=1))]
+            for check, prompt, img in checks:
+                try:
+                    ok, why = vlm_check(cfg, prompt + 'Answer only JSON: {"pass": true or false, "reason": "<short reason>"}', _png(img))
+                except Exception as e:  # noqa: BLE001 - an unreachable or confused VLM fails the check, clearly
+                    ok, why = False, f"VLM request failed: {type(e).__name__}: {str(e)[:200]}"
+                if not verdict(check, ok, why):
+                    return None
+    finally:
+        _SIM.remove(actor)
+    return facts
+
+
+def build_asset(req: dict, args: Args) -> dict:
+    """Generate, QA and write one asset folder atomically. Returns a small summary for the run report."""
+    t0, c0 = time.time(), time.process_time()
+    root, aid = Path(args.assets_dir), req["asset_id"]
+    work = root / ".tmp" / f"{aid}-{uuid.uuid4().hex[:8]}"
+    work.mkdir(parents=True)
+    qa: list[ss.QAVerdict] = []
+    facts, seed = None, args.seed
+    try:
+        for k in range(args.max_attempts):
+            seed = args.seed + k
+            facts = _attempt(req, seed, k + 1, args, work, qa)
+            if facts is not None:
+                break
+        attempts = k + 1
+        accepted = facts is not None
+        last = [q for q in qa if not q.passed]
+        paths = {"visual": "visual.glb", "collision": facts["collision"]} if accepted else {}
+        if (work / "thumb.png").exists():
+            paths["thumb"] = "thumb.png"
+        junk = set(work.glob("raw_*")) | (set() if accepted else set(work.glob("*.obj")) | set(work.glob("*.glb")))
+        for f in junk:  # rejected: keep the last thumbnail for people, drop meshes so nothing looks valid
+            f.unlink(missing_ok=True)
+        facts = facts or {}
+        rec = ss.AssetRecord(
+            asset_id=aid, description=req["description"], category=req["category"], backend=args.backend, seed=seed,
+            accepted=accepted, attempts=attempts, qa=qa, scale=float(facts.get("scale", 1.0)),
+            bbox_m=facts.get("bbox_m", [0.0, 0.0, 0.0]), mass_kg=facts.get("mass_kg", 0.0), friction=facts.get("friction", 0.0),
+            material=req["material"], color_rgba=facts.get("color_rgba", [*COLORS[req["color"]], 1.0]), paths=paths,
+            args={"template": req["template"], "template_rule": req["template_rule"], "color": req["color"],
+                  "rolls": TEMPLATES[req["template"]].rolls, "concave": TEMPLATES[req["template"]].concave,
+                  "size_m_requested": req["size_m"], "graspable": req["graspable"], "receptacle": req["receptacle"],
+                  "provenance": facts.get("provenance"), "seconds": round(time.time() - t0, 3),
+                  "cpu_seconds": round(time.process_time() - c0, 3), "scenes": req["scenes"],
+                  "run": {k: v for k, v in vars(args).items() if k not in ("scene_ids",)}},
+            reject_reason=None if accepted else f"failed QA in all {attempts} attempt(s); last: {last[-1].check}: {last[-1].reason}")
+        ss.save_asset_record(rec, work / "asset.json")
+        dest = root / aid
+        if dest.exists():  # replacing a cached (rejected / overwritten) asset: swap, then delete the old one
+            trash = root / ".tmp" / f"old-{aid}-{uuid.uuid4().hex[:8]}"
+            os.rename(dest, trash)
+            os.rename(work, dest)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(work, dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    first = {}
+    for q in qa:
+        if q.attempt == 1:
+            first[q.check] = q.passed
+    return {"asset_id": aid, "accepted": accepted, "attempts": attempts, "seconds": time.time() - t0,
+            "cpu_seconds": time.process_time() - c0,
+            "first_attempt": first, "reject_reason": rec.reject_reason, "category": req["category"]}
+
+
+def _worker_init() -> None:
+    os.environ.setdefault("LP_NUM_THREADS", "1")
+
+
+def _run_one(req: dict, args: Args) -> dict:
+    try:
+        return build_asset(req, args)
+    except Exception as e:  # noqa: BLE001 - one broken asset never stops the batch
+        return {"asset_id": req["asset_id"], "accepted": False, "attempts": 0, "seconds": 0.0, "first_attempt": {},
+                "reject_reason": f"internal error: {type(e).__name__}: {e}", "category": req["category"], "error": True}
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch: scene graphs -> requests -> assets -> links, contact sheet, summary
+# ---------------------------------------------------------------------------------------------
+
+
+def collect_requests(graphs: list[ss.SceneGraph], args: Args) -> dict[str, dict]:
+    """Unique asset requests (by asset id) over all scenes; shared objects across scenes merge."""
+    reqs: dict[str, dict] = {}
+    for g in graphs:
+        for o in g.objects:
+            if o.role not in SIM_ROLES:
+                continue
+            aid = ss.asset_id_for(o.description, o.category, args.generator, args.seed)
+            if aid in reqs:
+                reqs[aid]["graspable"] |= o.graspable
+                reqs[aid]["scenes"].append(g.scene_id)
+                continue
+            name, rule = choose_template(o.category, o.description, o.size_m, o.receptacle)
+            tmpl = TEMPLATES[name]
+            word = (o.attributes.color or "").lower().strip()
+            color = word if word in COLORS else find_word(word, COLORS) or find_word(o.description, COLORS)
+            note = f" (colour word {word!r} is not in the colour table: template default)" if word and not color else ""
+            material = resolve_material(o.attributes.material) or resolve_material(o.description)
+            reqs[aid] = dict(asset_id=aid, description=o.description, category=o.category, template=name, template_rule=rule,
+                             color=color or tmpl.color, color_requested=color is not None,
+                             color_note=note or ("" if color else " (no colour requested: template default)"), material=material or tmpl.material,
+                             size_m=list(o.size_m) if o.size_m else None, graspable=o.graspable, receptacle=o.receptacle,
+                             scenes=[g.scene_id])
+    return reqs
+
+
+def write_links(graphs: list[ss.SceneGraph], scenes_dir: Path, assets_dir: Path, args: Args) -> int:
+    """`scenes/<id>/asset_links.json` from what is on disk now (objects of other shards show as pending)."""
+    n_complete = 0
+    for g in graphs:
+        objects, failed = {}, {}
+        for o in g.objects:
+            if o.role not in SIM_ROLES:
+                continue
+            aid = ss.asset_id_for(o.description, o.category, args.generator, args.seed)
+            try:
+                rec = ss.load_asset_record(assets_dir / aid)
+            except FileNotFoundError:
+                n = args.shard_index[1]
+                owner = next(j for j in range(n) if in_shard(aid, (j, n)))
+                failed[o.name] = f"asset {aid} not generated yet (shard {owner}/{n}); re-run once all shards are done"
+                continue
+            except (ss.SchemaError, OSError, ValueError) as e:
+                failed[o.name] = f"asset {aid}: unreadable record ({e}); re-run with --overwrite"
+                continue
+            if rec.accepted:
+                objects[o.name] = aid
+            else:
+                failed[o.name] = f"asset {aid} rejected: {rec.reject_reason}"
+        scene_dir = scenes_dir / g.scene_id
+        ss.write_json_atomic(scene_dir / "asset_links.json", ss.AssetLinks(
+            scene_id=g.scene_id, assets_dir=os.path.relpath(assets_dir.resolve(), scene_dir.resolve()), objects=objects, failed=failed))
+        n_complete += not failed
+    return n_complete
+
+
+def contact_sheet(asset_ids: list[str], assets_dir: Path, path: Path, max_n: int, cell: int = 160) -> None:
+    """Grid of thumbnails with labels (category, attempts; rejected in red) for people to look at."""
+    from PIL import Image, ImageDraw
+
+    recs = []
+    for aid in asset_ids:
+        try:
+            recs.append(ss.load_asset_record(assets_dir / aid))
+        except Exception:  # noqa: BLE001
+            continue
+    recs = sorted(recs, key=lambda r: (r.accepted, r.category))[:max_n]
+    if not recs:
+        return
+    cols = min(8, len(recs))
+    rows = -(-len(recs) // cols)
+    sheet = Image.new("RGB", (cols * cell, rows * (cell + 28)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, r in enumerate(recs):
+        x, y = (i % cols) * cell, (i // cols) * (cell + 28)
+        thumb = assets_dir / r.asset_id / r.paths.get("thumb", "thumb.png")
+        if thumb.exists():
+            sheet.paste(Image.open(thumb).convert("RGB").resize((cell, cell)), (x, y))
+        color = (0, 0, 0) if r.accepted else (200, 0, 0)
+        label = f"{r.category[:20]} ({r.args.get('template', '?')[:10]})"
+        draw.text((x + 3, y + cell + 1), label, fill=color)
+        draw.text((x + 3, y + cell + 13), ("ok" if r.accepted else "REJECTED") + f" x{r.attempts} {r.args.get('color', '')}", fill=color)
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    ss.write_bytes_atomic(path, buf.getvalue())
+
+
+def load_graphs(scenes_dir: Path, scene_ids: list[str] | None) -> tuple[list[ss.SceneGraph], list[str]]:
+    if not scenes_dir.is_dir():
+        raise SystemExit(f"--scenes-dir {scenes_dir}: folder does not exist; run scene_designer.py first")
+    paths = sorted(scenes_dir.glob("*/scene_graph.json"))
+    if scene_ids is not None:
+        paths = [p for p in paths if p.parent.name in set(scene_ids)]
+        missing = set(scene_ids) - {p.parent.name for p in paths}
+        if missing:
+            raise SystemExit(f"--scene-ids: no scene_graph.json for {', '.join(sorted(missing))} under {scenes_dir}")
+    graphs, errors = [], []
+    for p in paths:
+        try:
+            graphs.append(ss.load_scene_graph(p))
+        except (ss.SchemaError, OSError, ValueError) as e:
+            errors.append(str(e))
+    return graphs, errors
+
+
+def main(args: Args) -> dict:
+    try:
+        shard = args.shard_index
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    if args.max_attempts < 1:
+        raise SystemExit(f"--max-attempts must be >= 1 (got {args.max_attempts})")
+    if args.backend == "command" and not args.command_template:
+        raise SystemExit("--backend command needs --command-template, e.g. 'my-t23d --prompt {prompt} --seed {seed} --out {out}'")
+    if args.backend == "library" and not (args.library_dir and Path(args.library_dir).is_dir()) and not args.library_fallback:
+        raise SystemExit(f"--backend library needs an existing --library-dir (got {args.library_dir!r})")
+    scenes_dir, assets_dir = Path(args.scenes_dir), Path(args.assets_dir)
+    assets_dir.mkdir(parents=True, exist_ok=True)
+    tag = "" if shard[1] == 1 else f"_shard{shard[0]}of{shard[1]}"
+    ss.write_json_atomic(assets_dir / f"args{tag}.json", {"schema_version": ss.SCHEMA_VERSION, "stage": "generate_assets", "args": vars(args)})
+    graphs, graph_errors = load_graphs(scenes_dir, args.scene_ids)
+    for e in graph_errors:
+        print(f"[generate_assets] skipping scene graph: {e}")
+    reqs = collect_requests(graphs, args)
+    mine = {aid: r for aid, r in reqs.items() if in_shard(aid, shard)}
+    todo, cached = [], []
+    for aid, r in mine.items():
+        try:
+            rec = ss.load_asset_record(assets_dir / aid)
+            hit = not args.overwrite and (rec.accepted or not args.retry_rejected)
+        except (FileNotFoundError, ss.SchemaError, OSError):
+            hit = False
+        (cached if hit else todo).append(r)
+    print(f"[generate_assets] {len(graphs)} scene(s), {len(reqs)} unique asset(s), {len(mine)} in shard {shard[0]}/{shard[1]}: "
+          f"{len(cached)} cached, {len(todo)} to generate with backend={args.backend}")
+    from tqdm import tqdm
+
+    t0, results = time.time(), []
+    if args.workers <= 1 or len(todo) <= 1:
+        for r in tqdm(todo, desc="assets", unit="asset"):
+            results.append(_run_one(r, args))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("forkserver"), initializer=_worker_init) as pool:
+            futs = [pool.submit(_run_one, r, args) for r in todo]
+            for f in tqdm(as_completed(futs), total=len(futs), desc="assets", unit="asset"):
+                results.append(f.result())
+    wall = time.time() - t0
+    if (assets_dir / ".tmp").is_dir() and not any((assets_dir / ".tmp").iterdir()):
+        (assets_dir / ".tmp").rmdir()  # other shards may still be building in it otherwise
+    n_links = write_links(graphs, scenes_dir, assets_dir, args)
+    contact_sheet(list(mine), assets_dir, assets_dir / f"contact_sheet{tag}.png", args.contact_sheet_max)
+    acc = [r for r in results if r["accepted"]]
+    checks = sorted({c for r in results for c in r["first_attempt"]})
+    summary = {
+        "schema_version": ss.SCHEMA_VERSION, "backend": args.backend, "shard": args.shard, "scenes": len(graphs),
+        "scene_graph_errors": graph_errors, "unique_assets": len(reqs), "in_shard": len(mine), "cached": len(cached),
+        "generated": len(results), "accepted": len(acc),
+        "acceptance_rate": len(acc) / len(results) if results else None,
+        "mean_attempts_per_accepted": float(np.mean([r["attempts"] for r in acc])) if acc else None,
+        "seconds_per_asset": float(np.mean([r["seconds"] for r in results])) if results else None,
+        "cpu_seconds_per_asset": float(np.mean([r.get("cpu_seconds", 0.0) for r in results])) if results else None,
+        "wall_seconds": wall, "workers": args.workers,
+        "first_attempt_pass_rate": {c: float(np.mean([r["first_attempt"][c] for r in results if c in r["first_attempt"]])) for c in checks},
+        "scenes_fully_linked": n_links,
+        "rejected": {r["asset_id"]: r["reject_reason"] for r in results if not r["accepted"]},
+    }
+    ss.write_json_atomic(assets_dir / f"summary{tag}.json", summary)
+    rate = "n/a" if summary["acceptance_rate"] is None else f"{summary['acceptance_rate']:.1%}"
+    att = "n/a" if summary["mean_attempts_per_accepted"] is None else f"{summary['mean_attempts_per_accepted']:.2f}"
+    sec = "n/a" if summary["seconds_per_asset"] is None else f"{summary['seconds_per_asset']:.2f}"
+    print(f"[generate_assets] generated {len(results)} ({len(acc)} accepted, acceptance {rate}, mean attempts {att}, "
+          f"{sec} s/asset, wall {wall:.1f} s), cached {len(cached)}; {n_links}/{len(graphs)} scenes fully linked; "
+          f"contact sheet: {assets_dir / f'contact_sheet{tag}.png'}")
+    for aid, why in summary["rejected"].items():
+        print(f"[generate_assets] REJECTED {aid}: {why}")
+    return summary
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
