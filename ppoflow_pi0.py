@@ -1,0 +1,1059 @@
+"""PPOFlow RL fine-tuning of pi0 across generated scenes (paper Sec. 3, Appendix A-B), in one file.
+
+    python ppoflow_pi0.py --scenes-dir scenes --init runs/il/ckpt_final.pt --preset tiny
+    torchrun --nproc-per-node 8 ppoflow_pi0.py --scenes-dir scenes --splits-file splits.json --num-train-scenes 50 \
+        --init open_pi_zero_bridge.pt --tokenizer-path paligemma-3b-pt-224 --track
+
+The policy (`PI0Policy`) wraps transformers' `PI0ForConditionalGeneration`: a PaliGemma VLM encodes image + instruction
+ONCE per decision into a KV cache (the prefix); a Gemma action expert reads it to predict the flow velocity of a
+C x 7 action chunk. PPOFlow turns the K Euler steps of the flow into a Gaussian chain (Eq. 3-4) with a learned std
+`sigma_phi(A_tau, z_t, tau)`, so the chain has a log-probability (Eq. 5) and PPO applies, with a power-scaled ratio
+(Eq. 6-7). `z_t` is the stop-gradient pooled VLM feature; the value head `V(z_t)` sits on it too.
+
+Time convention: this file uses the paper's (tau = 0 noise -> 1 action, v = A - eps). transformers' PI0 uses the
+opposite (t = 1 noise -> 0 action, v = eps - A); `PolicyConfig.flow_time` says which one the network was trained in.
+
+Other stages use: `load_policy(path)`, `PI0Policy.act(obs, deterministic=True)`, `PolicyConfig`, `Normalizer`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+import scene_schema as ss
+from scene_env import EnvConfig
+
+DEFAULT_STATS = str(Path(__file__).resolve().parent.parent / "shared/assets/open_pi_zero/bridge_statistics.json")
+CKPT_SCHEMA_VERSION = 1
+
+
+@dataclass
+class Args:
+    # ---- scenes and run ----
+    scenes_dir: str = "scenes"
+    """Folder of composed scenes (`<id>/manifest.json`)."""
+    scene_ids: list[str] | None = None
+    """Train on these scene ids (default: every manifest); "simpler:<EnvId>" entries use SimplerEnv scenes."""
+    splits_file: str | None = None
+    """A SceneSplits JSON (evaluate.py): train on the ID set H_i of `--split-index` instead of `--scene-ids`."""
+    split_index: int = 0
+    """Which split H_i of `--splits-file`."""
+    num_train_scenes: int | None = None
+    """Train on the first N scenes of the chosen list (paper Sec. 4: N in {1, 5, 10, 25, 50})."""
+    out: str | None = None
+    """Run folder (default runs/<exp_name>_s<seed>)."""
+    exp_name: str = "ppoflow"
+    """Run name (W&B and the default run folder)."""
+    init: str | None = None
+    """Start from this policy: our checkpoint (train_imitation.py), a transformers/lerobot pi0 folder or an
+    open-pi-zero `.pt`. Without it the `--preset` model starts from random weights."""
+    resume: str | None = None
+    """Resume exactly from one of this run's `ckpt_<iter>.pt` (model, optimizer, scheduler, RNG, iteration)."""
+    preset: str = "tiny"
+    """Model size when not given by `--init`/`--resume`: tiny (CPU tests), small, pi0-3b (the paper's)."""
+    stats_file: str = DEFAULT_STATS
+    """Normalisation statistics (open-pi-zero format) for models that do not carry their own."""
+    tokenizer_path: str | None = None
+    """Folder with a PaliGemma tokenizer for real checkpoints (offline presets use a byte-level tokenizer)."""
+    seed: int = 1
+    """Seed of everything; env resets of iteration i on rank r are seeded from (seed, i, r)."""
+    device: str = "auto"
+    """"auto" (cuda:<local rank> when available, else cpu), "cpu" or "cuda"."""
+    track: bool = False
+    """Log to Weights & Biases (WANDB_MODE=offline works); metrics.jsonl is always written."""
+    wandb_project: str = "genscene-rl"
+    """W&B project."""
+    wandb_entity: str | None = None
+    """W&B entity (team)."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Environment settings (scene_env.EnvConfig: image size, chunk C, episode length, domain randomisation)."""
+    env_workers: int | None = None
+    """CPU env worker processes per rank (default: scene_env's choice)."""
+    # ---- PPOFlow (Table A.1) ----
+    num_envs: int = 192
+    """Parallel environments in total (split across ranks)."""
+    num_steps: int = 100
+    """Chunk decisions per env per iteration (batch = num_envs x num_steps = 19200)."""
+    minibatch_size: int = 1920
+    """Transitions per gradient step (global across ranks)."""
+    micro_batch_size: int | None = None
+    """Split each minibatch into micro-batches of this size per rank (gradient accumulation, saves memory)."""
+    update_epochs: int = 1
+    """Passes over the batch per iteration (UTD ratio)."""
+    num_iterations: int = 100
+    """Rollout + update iterations."""
+    learning_rate: float = 2e-5
+    """Adam learning rate of the policy (LoRA VLM, action expert, noise head)."""
+    critic_learning_rate: float = 1e-4
+    """Adam learning rate of the value head (not in Table A.1: the value head starts from scratch)."""
+    warmup_iterations: int = 0
+    """Linear learning-rate warm-up (iterations)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip_coef: float = 0.2
+    """PPO clipping range epsilon."""
+    ratio_power: float = 0.2
+    """Importance ratio scale s (Eq. 6)."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    ent_coef: float = 0.0
+    """Entropy bonus of the Gaussian chain (off by default)."""
+    bc_coef: float = 0.0
+    """Flow-matching (Eq. 1) loss on executed chunks with positive advantage (self-imitation; off by default)."""
+    norm_adv: bool = True
+    """Normalise advantages per minibatch."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+    num_inference_steps: int = 1
+    """K, the number of integration (Gaussian chain) steps."""
+    log_sigma_min: float = -2.5
+    """Lower bound of the noise head's log std."""
+    log_sigma_max: float = -2.0
+    """Upper bound of the noise head's log std."""
+    lora_rank: int = 32
+    """LoRA rank on the VLM (0 = fine-tune the VLM fully)."""
+    freeze_vlm: bool = False
+    """Appendix A (a, b): freeze the whole VLM (no LoRA)."""
+    freeze_siglip: bool = False
+    """Appendix A (c): freeze the SigLIP vision encoder (LoRA only on Gemma)."""
+    lora_expert: bool = False
+    """Appendix A (a, c, d): LoRA on the action expert instead of fully training it."""
+    # ---- bookkeeping ----
+    save_every: int = 10
+    """Checkpoint every N iterations (plus ckpt_final.pt)."""
+    eval_every: int = 10
+    """Deterministic evaluation (sigma = 0), one episode per env, every N iterations (0 = never)."""
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+
+@dataclass
+class PolicyConfig:
+    """Everything needed to rebuild a policy; stored in every checkpoint as `model_config`."""
+
+    preset: str = "tiny"
+    pi0: dict = field(default_factory=dict)
+    """transformers PI0Config.to_dict()."""
+    chunk: int = 4
+    action_dim: int = 7
+    state_dim: int = 7
+    num_steps: int = 1
+    """K integration steps of the flow / Gaussian chain."""
+    image_size: int = 224
+    max_text_tokens: int = 48
+    flow_time: str = "transformers"
+    """Time convention the network was trained in: "transformers" (t=1 noise) or "paper" (open-pi-zero, tau=0 noise)."""
+    positions: str = "transformers"
+    """RoPE positions: "transformers" (suffix continues after the prefix) or "open_pi_zero" (suffix restarts at 1)."""
+    attn_softcap: float | None = None
+    """tanh soft-capping of attention logits (open-pi-zero uses 50)."""
+    action_clip: float = 1.0
+    head_width: int = 256
+    log_sigma_min: float = -2.5
+    log_sigma_max: float = -2.0
+    lora_rank: int = 0
+    lora_alpha: float = 32.0
+    lora_expert: bool = False
+    freeze_vlm: bool = False
+    freeze_siglip: bool = False
+
+
+# =============================================================================================
+# Pure helpers: maths of PPOFlow (unit-tested at tiny sizes)
+# =============================================================================================
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(x; mean, exp(log_std)^2)."""
+    return -0.5 * ((x - mean) / log_std.exp()) ** 2 - log_std - LOG_SQRT_2PI
+
+
+def bounded_log_std(raw: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Squash an unbounded head output into [lo, hi] (Table A.1: log sigma in [-2.5, -2.0])."""
+    return lo + (hi - lo) * torch.sigmoid(raw)
+
+
+def compute_gae(rewards, values, dones, last_value, gamma: float, lam: float):
+    """GAE (Schulman et al.). rewards/values/dones [T, N] (dones[t]: the episode ended at step t, truncation
+    already bootstrapped into rewards[t]); last_value [N] = V(obs after step T-1). Returns advantages, returns."""
+    T = rewards.shape[0]
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(last_value)
+    for t in reversed(range(T)):
+        next_value = last_value if t == T - 1 else values[t + 1]
+        nonterminal = 1.0 - dones[t].float()
+        delta = rewards[t] + gamma * next_value * nonterminal - values[t]
+        last = delta + gamma * lam * nonterminal * last  # ALGO LOGIC
+        adv[t] = last
+    return adv, adv + values
+
+
+def ppo_loss(logp_new, logp_old, adv, ratio_power: float, clip_coef: float):
+    """Eq. 6-7: r = (pi / pi_old)^s, clipped surrogate. Returns (loss, stats) with the scaled ratio."""
+    logratio = logp_new - logp_old
+    ratio = torch.exp(ratio_power * logratio)  # Eq. 6  # ALGO LOGIC
+    pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_coef, 1 + clip_coef)).mean()  # Eq. 7
+    with torch.no_grad():
+        lr = logratio.clamp(-20, 20)
+        stats = {"approx_kl": ((lr.exp() - 1) - lr).mean(), "clipfrac": ((ratio - 1).abs() > clip_coef).float().mean(),
+                 "ratio_mean": ratio.mean(), "ratio_min": ratio.min(), "ratio_max": ratio.max()}
+    return pg, stats
+
+
+def explained_variance(y_pred: torch.Tensor, y: torch.Tensor) -> float:
+    var = y.var()
+    return float("nan") if var == 0 else float(1 - (y - y_pred).var() / var)
+
+
+def merge_lora(sd: dict, scaling: float) -> dict:
+    """Fold peft LoRA adapters into their base weights: W + scaling * B @ A (plain, adapter-free keys)."""
+    out = {}
+    for k, v in sd.items():
+        if ".lora_" in k:
+            continue
+        if ".base_layer." in k:
+            pre, leaf = k.split(".base_layer.")
+            if leaf == "weight" and f"{pre}.lora_A.default.weight" in sd:
+                v = v + scaling * (sd[f"{pre}.lora_B.default.weight"].float() @ sd[f"{pre}.lora_A.default.weight"].float()).to(v.dtype)
+            k = f"{pre}.{leaf}"
+        out[k] = v
+    return out
+
+
+def env_seed(seed: int, iteration: int, rank: int, salt: int = 0) -> int:
+    """Reset seed of iteration i on rank r: a pure function of (seed, i, r) so a resumed run sees the same envs."""
+    return int(np.random.SeedSequence([seed, iteration, rank, salt]).generate_state(1)[0]) % 2**30  # env i adds i
+
+
+# =============================================================================================
+# Tokenizer, normaliser, presets
+# =============================================================================================
+
+
+class ByteTokenizer:
+    """Offline byte-level tokenizer (PaliGemma's is not available offline): 0 pad, 1 eos, 2 bos, 3 + byte."""
+
+    pad_id, bos_id, vocab_size = 0, 2, 259
+
+    def encode(self, text: str) -> list[int]:
+        return [self.bos_id] + [b + 3 for b in (text + "\n").encode("utf-8")]  # PaliGemma prompt: bos text \n
+
+
+class HFTokenizer:
+    """A real checkpoint's tokenizer (e.g. PaliGemma's) read from a folder; same prompt format."""
+
+    def __init__(self, path: str):
+        from transformers import AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(path)
+        self.pad_id = self.tok.pad_token_id or 0
+
+    def encode(self, text: str) -> list[int]:
+        return [self.tok.bos_token_id] + self.tok(text + "\n", add_special_tokens=False)["input_ids"]
+
+
+def make_tokenizer(spec: dict):
+    if spec.get("kind") == "bytes":
+        return ByteTokenizer()
+    if spec.get("kind") == "hf":
+        if not Path(spec["path"]).exists():
+            raise FileNotFoundError(f"tokenizer folder {spec['path']} does not exist: pass --tokenizer-path")
+        return HFTokenizer(spec["path"])
+    raise ValueError(f"unknown tokenizer spec {spec}: expected kind 'bytes' or 'hf'")
+
+
+@dataclass
+class Normalizer:
+    """State/action normalisation. "bound" (open-pi-zero): p01/p99 -> [-1, 1], clipped; "gaussian": mean/std.
+    The gripper action dim is not normalised: the model predicts openness in [0, 1], the env gets +1 open if > 0.5
+    else -1 close (open-pi-zero's Bridge convention)."""
+
+    kind: str
+    state_lo: list[float]
+    state_hi: list[float]
+    action_lo: list[float]
+    action_hi: list[float]
+
+    @classmethod
+    def from_stats_file(cls, path: str, kind: str = "bound") -> "Normalizer":
+        d = ss.read_json(path)
+        try:
+            a, p = d["action"], d["proprio"]
+            keys = ("p01", "p99") if kind == "bound" else ("mean", "std")
+            return cls(kind, p[keys[0]][:7], p[keys[1]][:7], a[keys[0]][:6], a[keys[1]][:6])
+        except (KeyError, TypeError) as e:
+            raise ss.SchemaError(path, "action/proprio", f"missing {e} (expected open-pi-zero statistics)") from None
+
+    @classmethod
+    def from_data(cls, states: np.ndarray, actions: np.ndarray) -> "Normalizer":
+        """p01/p99 bounds of demo states [M, 7] and env-space actions [M, 7] (train_imitation.py)."""
+        s_lo, s_hi = np.percentile(states, 1, 0), np.percentile(states, 99, 0)
+        a_lo, a_hi = np.percentile(actions[:, :6], 1, 0), np.percentile(actions[:, :6], 99, 0)
+        return cls("bound", s_lo.tolist(), s_hi.tolist(), a_lo.tolist(), a_hi.tolist())
+
+    def _fwd(self, x, lo, hi):
+        lo, hi = x.new_tensor(lo), x.new_tensor(hi)
+        if self.kind == "bound":
+            return (2 * (x - lo) / (hi - lo).clamp_min(1e-6) - 1).clamp(-1, 1)
+        return (x - lo) / hi.clamp_min(1e-6)
+
+    def _inv(self, x, lo, hi):
+        lo, hi = x.new_tensor(lo), x.new_tensor(hi)
+        return (x + 1) / 2 * (hi - lo) + lo if self.kind == "bound" else x * hi + lo
+
+    def state(self, s: torch.Tensor) -> torch.Tensor:  # [N, 7] -> [N, 7]
+        return self._fwd(s.float(), self.state_lo, self.state_hi)
+
+    def action(self, a: torch.Tensor) -> torch.Tensor:  # env [.., 7] -> model [.., 7] (flow-matching targets)
+        return torch.cat([self._fwd(a[..., :6].float(), self.action_lo, self.action_hi), (a[..., 6:] + 1) / 2], -1)
+
+    def env_action(self, a: torch.Tensor, clip: float = 1.0) -> torch.Tensor:  # model [.., 7] -> env [.., 7]
+        a = a.float().clamp(-clip, clip)
+        grip = torch.where(a[..., 6:] > 0.5, 1.0, -1.0)
+        return torch.cat([self._inv(a[..., :6], self.action_lo, self.action_hi), grip], -1)
+
+
+def _gemma(hidden, layers, inter, heads, head_dim, **kw):
+    return dict(model_type="gemma", hidden_size=hidden, num_hidden_layers=layers, intermediate_size=inter,
+                num_attention_heads=heads, num_key_value_heads=1, head_dim=head_dim, **kw)
+
+
+def _siglip(hidden, layers, inter, heads, image, patch):
+    return dict(model_type="siglip_vision_model", hidden_size=hidden, num_hidden_layers=layers, intermediate_size=inter,
+                num_attention_heads=heads, image_size=image, patch_size=patch, vision_use_head=False)
+
+
+def preset_config(preset: str, chunk: int = 4, **overrides) -> PolicyConfig:
+    """tiny: CPU tests (2 layers, width 64); small: a few hundred M params; pi0-3b: PaliGemma-3B + 300M expert."""
+    v = ByteTokenizer.vocab_size
+    if preset == "tiny":
+        text, vis, dit = _gemma(64, 2, 128, 2, 32, vocab_size=v), _siglip(32, 1, 64, 2, 64, 16), _gemma(64, 2, 128, 2, 32)
+    elif preset == "small":
+        text, vis, dit = _gemma(512, 4, 2048, 4, 128, vocab_size=v), _siglip(384, 6, 1536, 6, 224, 16), _gemma(256, 4, 1024, 4, 128)
+    elif preset == "pi0-3b":  # paper: PaliGemma-3B (SigLIP so400m/14 + Gemma 2B) + Gemma 300M action expert
+        text, vis, dit = _gemma(2048, 18, 16384, 8, 256, vocab_size=257152), _siglip(1152, 27, 4304, 16, 224, 14), _gemma(1024, 18, 4096, 8, 256)
+    else:
+        raise ValueError(f"unknown preset {preset!r}: use tiny, small or pi0-3b")
+    pi0 = dict(vlm_config=dict(model_type="paligemma", text_config=text, vision_config=vis, projection_dim=text["hidden_size"],
+                               image_token_id=text["vocab_size"]),
+               dit_config=dit, chunk_size=chunk, max_state_dim=7, max_action_dim=7)
+    return PolicyConfig(preset=preset, pi0=pi0, chunk=chunk, image_size=vis["image_size"],
+                        max_text_tokens=48, **overrides)
+
+
+# =============================================================================================
+# The policy
+# =============================================================================================
+
+
+def _softcap_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, softcap=None, **kwargs):
+    """Eager attention with tanh logit soft-capping (open-pi-zero's joint model caps at 50)."""
+    from transformers.models.gemma.modeling_gemma import repeat_kv
+
+    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
+    w = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        w = torch.tanh(w / softcap) * softcap
+    if attention_mask is not None:
+        w = w + attention_mask
+    w = F.softmax(w, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(w, value).transpose(1, 2).contiguous(), w
+
+
+@dataclass
+class Prefix:
+    """The VLM's output for one decision, reused by all K expert steps and the value head."""
+
+    cache: Any  # transformers DynamicCache with the prefix keys/values of every layer
+    valid: torch.Tensor  # [B, L] bool, non-padding prefix tokens
+    state: torch.Tensor  # [B, max_state_dim] normalised, padded robot state
+    z: torch.Tensor  # [B, Hv] stop-gradient pooled VLM feature z_t
+
+
+def _mlp(i: int, w: int, o: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(i, w), nn.GELU(), nn.Linear(w, w), nn.GELU(), nn.Linear(w, o))
+
+
+class PI0Policy(nn.Module):
+    """pi0 (transformers PI0ForConditionalGeneration) + noise head sigma_phi + value head V (paper Fig. 3, right)."""
+
+    def __init__(self, config: PolicyConfig, normalizer: Normalizer, tokenizer_spec: dict, pi0: nn.Module | None = None):
+        super().__init__()
+        from transformers import PI0Config, PI0ForConditionalGeneration
+
+        self.config, self.normalizer, self.tokenizer_spec = config, normalizer, tokenizer_spec
+        self.tokenizer = make_tokenizer(tokenizer_spec)
+        if pi0 is None:
+            pcfg = PI0Config.from_dict(config.pi0)
+            if config.attn_softcap:
+                from transformers import AttentionInterface
+
+                AttentionInterface.register("eager_softcap", _softcap_attention)
+                pcfg.vlm_config.text_config._attn_implementation = pcfg.dit_config._attn_implementation = "eager_softcap"
+            pi0 = PI0ForConditionalGeneration(pcfg)
+        pi0.model.dit.embed_tokens = None  # the expert never reads token ids (saves 263M params at pi0-3b)
+        self.pi0 = pi0
+        self._attn_kw = {"softcap": config.attn_softcap} if config.attn_softcap else {}
+        hv = pi0.config.vlm_config.text_config.hidden_size
+        n = config.chunk * config.action_dim
+        self.noise_head = _mlp(n + hv + 1, config.head_width, n)  # sigma_phi(A_tau, z_t, tau)
+        self.value_head = _mlp(hv, config.head_width, 1)  # V(z_t)
+        nn.init.zeros_(self.noise_head[-1].weight)  # start at the middle of [log_min, log_max]
+        nn.init.zeros_(self.noise_head[-1].bias)
+        self._token_cache: dict[str, list[int]] = {}
+        self._apply_finetune_mode()
+
+    # ---- fine-tuning mode (Appendix A) ----
+    def _apply_finetune_mode(self):
+        c, vlm = self.config, self.pi0.model.vlm
+        for p in self.parameters():
+            p.requires_grad_(True)
+        vlm.language_model.embed_tokens.weight.requires_grad_(False)
+        if c.freeze_vlm or c.lora_rank > 0:
+            vlm.requires_grad_(False)
+        if c.lora_rank > 0 and not c.freeze_vlm:
+            from peft import LoraConfig, inject_adapter_in_model
+
+            names = r"(q|k|v|o|gate|up|down)_proj" + ("" if c.freeze_siglip else r"|out_proj|fc1|fc2|linear")
+            scope = r"language_model\..*" if c.freeze_siglip else r".*"
+            lcfg = LoraConfig(r=c.lora_rank, lora_alpha=c.lora_alpha, lora_dropout=0.0,
+                              target_modules=rf"{scope}\.({names})")
+            inject_adapter_in_model(lcfg, vlm)
+            if c.lora_expert:
+                inject_adapter_in_model(LoraConfig(r=c.lora_rank, lora_alpha=c.lora_alpha,
+                                                   target_modules=r".*\.(q|k|v|o|gate|up|down)_proj"), self.pi0.model.dit)
+        elif c.freeze_siglip:
+            vlm.vision_tower.requires_grad_(False)
+        for name, p in self.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(True)
+            elif c.lora_expert and ".dit." in name:
+                p.requires_grad_(False)
+
+    def lora_scaling(self) -> float:
+        return self.config.lora_alpha / self.config.lora_rank if self.config.lora_rank else 0.0
+
+    def load_weights(self, sd: dict, scaling: float = 0.0, allow_missing: tuple[str, ...] = ("noise_head.", "value_head.")):
+        """Load weights of any layout (with or without LoRA adapters) into this policy's layout: identical keys load
+        as-is (exact resume); otherwise adapters are merged and base weights mapped (fresh adapters, B = 0)."""
+        own = self.state_dict()
+        if set(sd) == set(own):
+            self.load_state_dict(sd)
+            return
+        plain, new, missing = merge_lora(sd, scaling), {}, []
+        for k, v in own.items():
+            src = k.replace(".base_layer.", ".")
+            if ".lora_" in k:
+                new[k] = v
+            elif src in plain:
+                new[k] = plain[src]
+            elif k.startswith(allow_missing):
+                new[k] = v
+            else:
+                missing.append(k)
+        extra = sorted(set(plain) - {k.replace(".base_layer.", ".") for k in own} - {"pi0.model.dit.embed_tokens.weight"})
+        if missing or extra:
+            raise KeyError(f"checkpoint does not match the model: missing {missing[:5]} (of {len(missing)}), "
+                           f"unexpected {extra[:5]} (of {len(extra)}); was it made with another preset?")
+        self.load_state_dict(new)
+
+    # ---- observation -> model inputs ----
+    def obs_to_inputs(self, obs: dict) -> dict:
+        """env obs {"rgb" u8 [N,H,W,3], "state" [N,7], "instruction"} -> stored rollout inputs (CPU tensors):
+        rgb resized to the model's image size (u8 [N,3,S,S]), raw state, token ids [N,T] and mask [N,T]."""
+        rgb = torch.as_tensor(obs["rgb"]).cpu().permute(0, 3, 1, 2)  # [N, 3, H, W]
+        s = self.config.image_size
+        if rgb.shape[-2:] != (s, s):
+            rgb = F.interpolate(rgb.float(), size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+            rgb = rgb.round().clamp(0, 255).to(torch.uint8)
+        T = self.config.max_text_tokens
+        ids = torch.full((rgb.shape[0], T), self.tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros(rgb.shape[0], T, dtype=torch.bool)
+        for i, text in enumerate(obs["instruction"]):
+            toks = self._token_cache.get(text) or self._token_cache.setdefault(text, self.tokenizer.encode(text)[:T])
+            ids[i, : len(toks)], mask[i, : len(toks)] = torch.tensor(toks), True
+        return {"rgb": rgb.contiguous(), "state": torch.as_tensor(obs["state"]).float().cpu(), "ids": ids, "mask": mask}
+
+    def _additive_mask(self, allowed: torch.Tensor, dtype) -> torch.Tensor:  # bool [B, Q, KV] -> [B, 1, Q, KV]
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+    def encode(self, inp: dict) -> Prefix:
+        """Run SigLIP + Gemma over [image tokens, bos, instruction, \\n] once; keep the KV cache (the prefix)."""
+        vlm, dev = self.pi0.model.vlm, self.pi0.action_out_proj.weight.device
+        dtype = self.pi0.action_out_proj.weight.dtype
+        pix = inp["rgb"].to(dev).to(dtype) / 127.5 - 1.0  # [B, 3, S, S] in [-1, 1] (PaliGemma)
+        img = vlm.get_image_features(pix).pooler_output  # [B, Ni, Hv]
+        txt = vlm.get_input_embeddings()(inp["ids"].to(dev))  # [B, T, Hv] (Gemma scales by sqrt(Hv))
+        emb = torch.cat([img, txt.to(img.dtype)], 1)  # [B, L, Hv]
+        B, L = emb.shape[:2]
+        valid = torch.cat([torch.ones(B, img.shape[1], dtype=torch.bool, device=dev), inp["mask"].to(dev)], 1)  # [B, L]
+        if self.config.positions == "open_pi_zero":
+            pos = torch.arange(1, L + 1, device=dev).expand(B, L)
+        else:
+            pos = (valid.long().cumsum(1) - 1).clamp_min(0)
+        out = vlm.language_model(inputs_embeds=emb, attention_mask=self._additive_mask(valid[:, None, :].expand(B, L, L), emb.dtype),
+                                 position_ids=pos, use_cache=True, **self._attn_kw)
+        h = out.last_hidden_state.float()
+        z = (h * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)  # [B, Hv] masked mean
+        state = self.normalizer.state(inp["state"].to(dev))
+        state = F.pad(state, (0, self.pi0.config.max_state_dim - state.shape[-1])).to(dtype)
+        return Prefix(cache=out.past_key_values, valid=valid, state=state, z=z.detach())  # z_t = sg(E(o_t))
+
+    def velocity(self, prefix: Prefix, a: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """Flow velocity dA/dtau (paper convention) of the action expert at (A^tau [B,C,A], tau [B]) -> [B, C, A]."""
+        pi0, c = self.pi0, self.config
+        B, C, A = a.shape
+        L = prefix.valid.shape[1]
+        t_net = tau if c.flow_time == "paper" else 1.0 - tau
+        a_pad = F.pad(a, (0, pi0.config.max_action_dim - A)).to(prefix.state.dtype)
+        emb = pi0.embed_action_time(prefix.state, a_pad, t_net)  # [B, 1 + C, He]: state token, then action tokens
+        dev = a.device
+        suffix = torch.ones(B, 1 + C, 1 + C, dtype=torch.bool, device=dev)
+        suffix[:, 0, 1:] = False  # the state token does not see the actions (pi0 block attention)
+        allowed = torch.cat([prefix.valid[:, None, :].expand(B, 1 + C, L), suffix], 2)  # [B, 1 + C, L + 1 + C]
+        if c.positions == "open_pi_zero":  # proprio 1, actions 2..C+1 (open-pi-zero restarts the expert's positions)
+            pos = torch.arange(1, C + 2, device=dev).expand(B, C + 1)
+        else:
+            pos = prefix.valid.sum(1, keepdim=True) + torch.arange(C + 1, device=dev)
+        out = pi0.model.dit(inputs_embeds=emb, attention_mask=self._additive_mask(allowed, emb.dtype), position_ids=pos,
+                            past_key_values=prefix.cache, use_cache=True, **self._attn_kw)
+        prefix.cache.crop(L - prefix.cache.get_seq_length())  # drop this step's suffix keys/values: the prefix is reused by the next step
+        v = pi0.action_out_proj(out.last_hidden_state[:, 1:])[..., :A].float()  # [B, C, A]
+        return v if c.flow_time == "paper" else -v
+
+    def log_sigma(self, a: torch.Tensor, z: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """Noise head sigma_phi(A^tau, z_t, tau) (Eq. 4), log std bounded to [log_sigma_min, log_sigma_max]."""
+        raw = self.noise_head(torch.cat([a.flatten(1), z, tau[:, None]], -1)).view_as(a)
+        return bounded_log_std(raw, self.config.log_sigma_min, self.config.log_sigma_max)
+
+    def chain(self, prefix: Prefix, chain: torch.Tensor | None = None, deterministic: bool = False):
+        """The K-step Gaussian chain (Eq. 3-4) and its joint log-probability (Eq. 5).
+        chain None: sample A^0 ~ N(0, I) and A^{k+1} ~ N(A^k + v(A^k) dtau, sigma^2) (sigma = 0 if deterministic);
+        else score the given chain [B, K+1, C, A]. Returns chain, logp [B], log_std [B, K, C, A]."""
+        K, B = self.config.num_steps, prefix.z.shape[0]
+        C, A, dt = self.config.chunk, self.config.action_dim, 1.0 / self.config.num_steps
+        a = chain[:, 0] if chain is not None else torch.randn(B, C, A, device=prefix.z.device)
+        logp = gaussian_log_prob(a, torch.zeros_like(a), torch.zeros_like(a)).sum((1, 2))  # log N(A^0; 0, I)
+        samples, log_stds = [a], []
+        for k in range(K):
+            tau = torch.full((B,), k * dt, device=a.device)
+            mean = a + self.velocity(prefix, a, tau) * dt  # Eq. 3
+            log_std = self.log_sigma(a, prefix.z, tau)
+            if chain is not None:
+                nxt = chain[:, k + 1]
+            else:
+                nxt = (mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)).detach()  # Eq. 4
+            logp = logp + gaussian_log_prob(nxt, mean, log_std).sum((1, 2))  # Eq. 5
+            samples.append(nxt)
+            log_stds.append(log_std)
+            a = nxt
+        return torch.stack(samples, 1), logp, torch.stack(log_stds, 1)
+
+    def value(self, prefix: Prefix) -> torch.Tensor:
+        return self.value_head(prefix.z).squeeze(-1)  # [B]
+
+    def flow_matching_loss(self, inp: dict, actions: torch.Tensor) -> torch.Tensor:
+        """Eq. 1 on normalised action chunks [B, C, A]: || v(A^tau, tau) - (A - eps) ||^2, A^tau = tau A + (1-tau) eps."""
+        prefix = self.encode(inp)
+        B = actions.shape[0]
+        t = torch.distributions.Beta(1.5, 1.0).sample((B,)).to(actions.device) * 0.999 + 0.001  # pi0: more noisy t
+        tau = 1.0 - t  # paper time: 0 noise -> 1 action
+        eps = torch.randn_like(actions)
+        a_tau = tau[:, None, None] * actions + (1 - tau[:, None, None]) * eps
+        return F.mse_loss(self.velocity(prefix, a_tau, tau), actions - eps)
+
+    @torch.no_grad()
+    def act(self, obs: dict, deterministic: bool = True) -> torch.Tensor:
+        """env obs -> env action chunk [N, C, 7] (ee delta xyz, delta rpy, gripper +1 open / -1 close)."""
+        chain, _, _ = self.chain(self.encode(self.obs_to_inputs(obs)), deterministic=deterministic)
+        return self.normalizer.env_action(chain[:, -1], self.config.action_clip).cpu()
+
+
+# =============================================================================================
+# Loading: our checkpoints, transformers/lerobot pi0 folders, open-pi-zero .pt
+# =============================================================================================
+
+
+def convert_open_pi_zero(sd: dict, num_heads: int = 8, num_kv_heads: int = 1, vision_heads: int = 16,
+                         time_max_period: float = 10000.0, action_expert_rope_theta: float = 10000.0,
+                         vlm_rope_theta: float = 10000.0, max_text_tokens: int = 20, softcap: float = 50.0,
+                         chunk: int | None = None) -> tuple[PolicyConfig, dict]:
+    """Map an open-pi-zero state dict (`torch.load(p)["model"]`) onto transformers' PI0 layout, exactly:
+    time embedding periods (2pi, 2pi * max_period), action encoder cat order [time, action] -> [action, time],
+    expert embeddings x sqrt(He) (open-pi-zero scales every mixture's input), paper flow time, restarted
+    expert RoPE positions, attention soft-capping. Defaults fit the released Bridge checkpoints."""
+    sd = {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in sd.items()}
+    if any("lora_" in k for k in sd):
+        raise ValueError("open-pi-zero checkpoint holds LoRA adapters: merge them into the base weights first")
+    g = lambda k: sd[k]  # noqa: E731
+    mix = lambda name, i: {k.split(f"mixtures.{name}.layers.{i}.")[1]: v for k, v in sd.items() if f"mixtures.{name}.layers.{i}." in k}  # noqa: E731
+    nl = 1 + max(int(m.group(1)) for k in sd if (m := re.search(r"mixtures\.vlm\.layers\.(\d+)\.", k)))
+    for i in range(nl):
+        a, p = mix("action", i), mix("proprio", i)
+        if p and any(not torch.equal(a[k], p[k]) for k in a):
+            raise ValueError("proprio and action mixtures differ: only checkpoints with tied proprio/action weights "
+                             "(the released ones) map onto pi0's single action expert")
+    V, hv = g("embed_tokens.weight").shape
+    he = g("action_decoder.weight").shape[1]
+    hd = g("joint_model.mixtures.vlm.layers.0.self_attn.k_proj.weight").shape[0] // num_kv_heads
+    vis = {k.replace("vision_tower.", "").replace("vision_model.", ""): v for k, v in sd.items()
+           if k.startswith("vision_tower.") and ".head." not in k}  # SigLIP's pooling head is unused by PaliGemma
+    dv, _, patch, _ = vis["embeddings.patch_embedding.weight"].shape
+    image = int(round(vis["embeddings.position_embedding.weight"].shape[0] ** 0.5)) * patch
+    nvl = 1 + max(int(m.group(1)) for k in vis if (m := re.search(r"encoder\.layers\.(\d+)\.", k)))
+    adim, pdim = g("action_decoder.weight").shape[0], g("proprio_encoder.weight").shape[1]
+    text = dict(_gemma(hv, nl, mix("vlm", 0)["mlp.gate_proj.weight"].shape[0], num_heads, hd, vocab_size=V),
+                num_key_value_heads=num_kv_heads, rope_theta=vlm_rope_theta)
+    dit = dict(_gemma(he, nl, mix("action", 0)["mlp.gate_proj.weight"].shape[0], num_heads, hd),
+               num_key_value_heads=num_kv_heads, rope_theta=action_expert_rope_theta)
+    pi0 = dict(vlm_config=dict(model_type="paligemma", text_config=text, projection_dim=hv, image_token_id=V,
+                               vision_config=_siglip(dv, nvl, vis["encoder.layers.0.mlp.fc1.weight"].shape[0], vision_heads, image, patch)),
+               dit_config=dit, chunk_size=chunk or 4, max_state_dim=pdim, max_action_dim=adim,
+               min_period=2 * math.pi, max_period=2 * math.pi * time_max_period)  # freq_i = max_period^(-i/(d/2-1))
+    cfg = PolicyConfig(preset="open-pi-zero", pi0=pi0, chunk=chunk or 4, image_size=image, max_text_tokens=max_text_tokens,
+                       flow_time="paper", positions="open_pi_zero", attn_softcap=softcap)
+    out = {"pi0.model.vlm.language_model.embed_tokens.weight": g("embed_tokens.weight")}
+    out.update({f"pi0.model.vlm.vision_tower.{k}": v for k, v in vis.items()})
+    for k in ("weight", "bias"):
+        out[f"pi0.model.vlm.multi_modal_projector.linear.{k}"] = g(f"multi_modal_projector.linear.{k}")
+    for i in range(nl):
+        out.update({f"pi0.model.vlm.language_model.layers.{i}.{k}": v for k, v in mix("vlm", i).items()})
+        out.update({f"pi0.model.dit.layers.{i}.{k}": v for k, v in mix("action", i).items()})
+    out["pi0.model.vlm.language_model.norm.weight"] = sd.get("joint_model.mixtures.vlm.norm.weight", torch.zeros(hv))  # unused by actions
+    out["pi0.model.dit.norm.weight"] = g("joint_model.mixtures.action.norm.weight")
+    scale = he ** 0.5  # open-pi-zero multiplies expert inputs by sqrt(He); transformers' Gemma does not
+    w2 = g("action_encoder.linear_2.weight")
+    et = "pi0.embed_action_time."
+    out.update({et + "action_in_proj.weight": g("action_encoder.linear_1.weight"), et + "action_in_proj.bias": g("action_encoder.linear_1.bias"),
+                et + "action_time_mlp_in.weight": torch.cat([w2[:, he:], w2[:, :he]], 1), et + "action_time_mlp_in.bias": g("action_encoder.linear_2.bias"),
+                et + "action_time_mlp_out.weight": g("action_encoder.linear_3.weight") * scale,
+                et + "action_time_mlp_out.bias": g("action_encoder.linear_3.bias") * scale,
+                et + "state_proj.weight": g("proprio_encoder.weight") * scale, et + "state_proj.bias": g("proprio_encoder.bias") * scale,
+                "pi0.action_out_proj.weight": g("action_decoder.weight"), "pi0.action_out_proj.bias": g("action_decoder.bias")})
+    return cfg, out
+
+
+def load_policy(path: str | os.PathLike, device: str = "cpu", stats_file: str = DEFAULT_STATS,
+                tokenizer_path: str | None = None, open_pi_zero: dict | None = None, **overrides) -> PI0Policy:
+    """Load a policy from our checkpoint (.pt with kind "pi0_policy"), a transformers/lerobot pi0 folder or an
+    open-pi-zero .pt (`open_pi_zero`: convert_open_pi_zero keyword arguments). `overrides` replace PolicyConfig
+    fields (e.g. num_steps=10, lora_rank=0)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint (expected a ckpt_*.pt, a pi0 folder or an open-pi-zero .pt)")
+    tok = {"kind": "hf", "path": str(tokenizer_path)} if tokenizer_path else {"kind": "bytes"}
+    if path.is_dir():  # transformers / lerobot format
+        from transformers import PI0ForConditionalGeneration
+
+        pi0 = PI0ForConditionalGeneration.from_pretrained(path)
+        if tokenizer_path is None and any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model")):
+            tok = {"kind": "hf", "path": str(path)}
+        cfg = PolicyConfig(preset="pretrained", pi0=pi0.config.to_dict(), chunk=pi0.config.chunk_size,
+                           image_size=pi0.config.vlm_config.vision_config.image_size)
+        cfg = PolicyConfig(**{**asdict(cfg), **overrides})
+        policy = PI0Policy(cfg, Normalizer.from_stats_file(stats_file), tok)
+        policy.load_weights({f"pi0.{k}": v for k, v in pi0.state_dict().items()})
+        return policy.to(device)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ValueError(f"{path}: not a policy checkpoint (no 'model' entry)")
+    if ckpt.get("kind") == "pi0_policy":
+        cfg = PolicyConfig(**ckpt["model_config"])
+        scaling = cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else 0.0
+        cfg = PolicyConfig(**{**asdict(cfg), **overrides})
+        policy = PI0Policy(cfg, Normalizer(**ckpt["normalizer"]), ckpt["tokenizer"])
+        policy.load_weights(ckpt["model"], scaling)
+    else:  # open-pi-zero: {"model": state_dict, ...}
+        cfg, sd = convert_open_pi_zero(ckpt["model"], **(open_pi_zero or {}))
+        cfg = PolicyConfig(**{**asdict(cfg), **overrides})
+        policy = PI0Policy(cfg, Normalizer.from_stats_file(stats_file), tok)
+        policy.load_weights(sd)
+    return policy.to(device)
+
+
+def torch_save_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def policy_checkpoint(policy: PI0Policy, **extra) -> dict:
+    """The checkpoint contract (interfaces.md); `extra` adds optimizer, scheduler, rng, iteration, args."""
+    return {"schema_version": CKPT_SCHEMA_VERSION, "kind": "pi0_policy", "model_config": asdict(policy.config),
+            "normalizer": asdict(policy.normalizer), "tokenizer": policy.tokenizer_spec,
+            "model": {k: v.detach().cpu() for k, v in policy.state_dict().items()}, **extra}
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                      "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+            "python": random.getstate()}
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    if s["cuda"]:
+        torch.cuda.set_rng_state_all(s["cuda"])
+    n = s["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    random.setstate(s["python"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# =============================================================================================
+# Rollout, update, evaluation
+# =============================================================================================
+
+
+def _to(inp: dict, device) -> dict:
+    return {k: v.to(device) for k, v in inp.items()}
+
+
+def _rows(obs: dict, idx: list[int]) -> dict:
+    return {k: (v[idx] if hasattr(v, "shape") else [v[i] for i in idx]) for k, v in obs.items()}
+
+
+@torch.no_grad()
+def rollout(policy: PI0Policy, envs, num_steps: int, gamma: float, seed: int, device) -> tuple[dict, dict]:
+    """Collect num_steps decisions from every env (reset with `seed`). Stores the whole chain A^0..A^K, old
+    log-probs and values; truncated episodes get gamma * V(final obs) added to their last reward."""
+    policy.eval()
+    obs = envs.reset(seed=seed)
+    N = envs.num_envs
+    keys = ("rgb", "state", "ids", "mask", "chain", "logp", "value", "reward", "done")
+    buf: dict[str, list] = {k: [] for k in keys}
+    ep_ret, ep_stats, sigmas = torch.zeros(N), {"return": [], "success": [], "time_to_finish": [], "length": []}, []
+    ep_len = torch.zeros(N)
+    for _ in range(num_steps):
+        inp = policy.obs_to_inputs(obs)
+        prefix = policy.encode(_to(inp, device))
+        chain, logp, log_std = policy.chain(prefix)  # [N, K+1, C, A], [N]
+        value = policy.value(prefix)
+        obs, reward, term, trunc, info = envs.step(policy.normalizer.env_action(chain[:, -1], policy.config.action_clip).cpu())
+        reward, term, trunc = torch.as_tensor(reward).float().cpu(), torch.as_tensor(term).bool().cpu(), torch.as_tensor(trunc).bool().cpu()
+        ep_ret += reward
+        ep_len += 1
+        boot = (trunc & ~term).nonzero().flatten().tolist()
+        if boot:  # time limit, not a failure: bootstrap from the pre-reset observation  # ALGO LOGIC
+            final = policy.obs_to_inputs(_rows(info["final_obs"], boot))
+            reward[boot] += gamma * policy.value(policy.encode(_to(final, device))).float().cpu()
+        done = term | trunc
+        for i in done.nonzero().flatten().tolist():
+            succ = bool(torch.as_tensor(info["success"])[i])
+            ep_stats["return"].append(float(ep_ret[i]))
+            ep_stats["success"].append(float(succ))
+            ep_stats["length"].append(float(ep_len[i]))
+            if succ:
+                ep_stats["time_to_finish"].append(float(torch.as_tensor(info["elapsed_s"])[i]))
+        ep_ret[done], ep_len[done] = 0.0, 0.0
+        for k, v in (*inp.items(), ("chain", chain.cpu()), ("logp", logp.cpu()), ("value", value.cpu()),
+                     ("reward", reward), ("done", done)):
+            buf[k].append(v)
+        sigmas.append(log_std.exp().cpu())
+    batch = {k: torch.stack(v) for k, v in buf.items()}  # [T, N, ...]
+    batch["last_value"] = policy.value(policy.encode(_to(policy.obs_to_inputs(obs), device))).cpu()
+    sig = torch.stack(sigmas)
+    ep_stats.update(sigma_mean=[float(sig.mean())], sigma_min=[float(sig.min())], sigma_max=[float(sig.max())])
+    return batch, ep_stats
+
+
+def allreduce_grads(params: list[torch.Tensor], world: int) -> None:
+    """DDP by hand: the gradient all-reduce (mean) is the only sync between ranks."""
+    if world == 1:
+        return
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= world
+    for p, g in zip(params, _unflatten_dense_tensors(flat, grads)):
+        p.grad = g
+
+
+def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret: torch.Tensor, args: Args,
+               world: int, device) -> dict:
+    """Eq. 6-7 over minibatches for `update_epochs` epochs; returns averaged statistics."""
+    policy.train()
+    flat = {k: batch[k].flatten(0, 1) for k in ("rgb", "state", "ids", "mask", "chain", "logp", "value")}
+    adv, ret = adv.flatten(), ret.flatten()
+    B = adv.shape[0]
+    mb = max(1, min(B, args.minibatch_size // world))
+    micro = args.micro_batch_size or mb
+    params = [p for p in policy.parameters() if p.requires_grad]
+    stats: dict[str, list] = {}
+    for _ in range(args.update_epochs):
+        perm = torch.randperm(B)
+        for start in range(0, B - mb + 1, mb):
+            idx = perm[start : start + mb]
+            mb_adv = adv[idx]
+            if args.norm_adv and len(idx) > 1:
+                mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+            optimizer.zero_grad(set_to_none=True)
+            for m0 in range(0, mb, micro):
+                sub = idx[m0 : m0 + micro]
+                inp = _to({k: flat[k][sub] for k in ("rgb", "state", "ids", "mask")}, device)
+                prefix = policy.encode(inp)
+                chain = flat["chain"][sub].to(device)
+                _, logp, log_std = policy.chain(prefix, chain=chain)
+                value = policy.value(prefix)
+                pg, s = ppo_loss(logp, flat["logp"][sub].to(device), mb_adv[m0 : m0 + micro].to(device),
+                                 args.ratio_power, args.clip_coef)
+                v_loss = 0.5 * (value - ret[sub].to(device)).pow(2).mean()
+                entropy = (log_std + 0.5 + LOG_SQRT_2PI).sum((1, 2, 3)).mean()  # Gaussian entropy of the chain
+                loss = pg + args.vf_coef * v_loss - args.ent_coef * entropy  # ALGO LOGIC
+                if args.bc_coef > 0 and (pos := mb_adv[m0 : m0 + micro] > 0).any():  # self-imitation on good chunks
+                    loss = loss + args.bc_coef * policy.flow_matching_loss(_to({k: v[pos] for k, v in inp.items()}, device),
+                                                                           chain[pos.to(device), -1].clamp(-1, 1))
+                (loss * len(sub) / mb).backward()
+                s.update(pg_loss=pg, v_loss=v_loss, entropy=entropy, loss=loss)
+                for k, v in s.items():
+                    stats.setdefault(k, []).append(float(v.detach()))
+            allreduce_grads(params, world)
+            gn = nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+            optimizer.step()
+            stats.setdefault("grad_norm", []).append(float(gn))
+    out = {k: float(np.mean(v)) for k, v in stats.items()}
+    out["explained_variance"] = explained_variance(flat["value"], ret)
+    return out
+
+
+@torch.no_grad()
+def evaluate(policy: PI0Policy, envs, seed: int, max_decisions: int) -> dict:
+    """One deterministic (sigma = 0) episode per env: success rate and time to finish of successes. Runs on a
+    forked, seeded RNG so evaluating never changes the training run's random stream."""
+    policy.eval()
+    dev = policy.pi0.action_out_proj.weight.device
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        obs = envs.reset(seed=seed)
+        N = envs.num_envs
+        ended, success, tf = torch.zeros(N, dtype=torch.bool), torch.zeros(N), torch.zeros(N)
+        for _ in range(max_decisions):
+            obs, _, term, trunc, info = envs.step(policy.act(obs, deterministic=True))
+            new = (torch.as_tensor(term) | torch.as_tensor(trunc)).cpu() & ~ended
+            success[new] = torch.as_tensor(info["success"]).float().cpu()[new]
+            tf[new] = torch.as_tensor(info["elapsed_s"]).float().cpu()[new]
+            ended |= new
+            if ended.all():
+                break
+    return {"success": success.tolist(), "time_to_finish": tf[success > 0].tolist()}
+
+
+# =============================================================================================
+# main
+# =============================================================================================
+
+
+def resolve_scenes(args: Args) -> list[str]:
+    """Training scenes: --splits-file H_i, else --scene-ids, else every manifest; then the first N."""
+    if args.splits_file:
+        sp = ss.load_splits(args.splits_file)
+        match = [s for s in sp.splits if s.get("index") == args.split_index]
+        if not match:
+            raise ss.SchemaError(args.splits_file, "splits", f"no split with index {args.split_index}")
+        ids = list(match[0]["id"])
+    else:
+        ids = list(args.scene_ids) if args.scene_ids else None
+    if ids is None:
+        scenes = [str(p) for p in ss.find_manifests(args.scenes_dir)]
+    else:
+        gen = [i for i in ids if not i.startswith("simpler:")]
+        found = {Path(p).parent.name: str(p) for p in ss.find_manifests(args.scenes_dir, gen)} if gen else {}
+        scenes = [i if i.startswith("simpler:") else found[i] for i in ids]
+    scenes = scenes[: args.num_train_scenes] if args.num_train_scenes else scenes
+    if not scenes:
+        raise ss.SchemaError(args.scenes_dir, "", "no training scenes: compose scenes first or pass --scene-ids")
+    return scenes
+
+
+def setup_distributed(device_flag: str) -> tuple[int, int, torch.device]:
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    cuda = torch.cuda.is_available() and device_flag != "cpu"
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if world > 1:
+        import torch.distributed as dist
+
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
+        if not cuda:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    return rank, world, device
+
+
+def build_policy(args: Args) -> PI0Policy:
+    """--init checkpoint (weights merged, then this run's fine-tuning mode) or a random --preset model."""
+    ft = dict(num_steps=args.num_inference_steps, log_sigma_min=args.log_sigma_min, log_sigma_max=args.log_sigma_max,
+              lora_rank=args.lora_rank, lora_alpha=float(max(args.lora_rank, 1)), lora_expert=args.lora_expert,
+              freeze_vlm=args.freeze_vlm, freeze_siglip=args.freeze_siglip)
+    if args.init is None:
+        print(f"[ppoflow] no --init: random {args.preset} weights (use train_imitation.py for a starting point)")
+        return PI0Policy(preset_config(args.preset, args.env.chunk, **ft), Normalizer.from_stats_file(args.stats_file),
+                         {"kind": "hf", "path": args.tokenizer_path} if args.tokenizer_path else {"kind": "bytes"})
+    base = load_policy(args.init, stats_file=args.stats_file, tokenizer_path=args.tokenizer_path)
+    if base.config.preset != args.preset:
+        print(f"[ppoflow] --init is a {base.config.preset!r} model: using it (ignoring --preset {args.preset})")
+    if base.config.chunk != args.env.chunk:
+        raise ValueError(f"--init predicts chunks of {base.config.chunk} but --env.chunk is {args.env.chunk}")
+    policy = PI0Policy(PolicyConfig(**{**asdict(base.config), **ft}), base.normalizer, base.tokenizer_spec)
+    policy.load_weights(base.state_dict(), base.lora_scaling())
+    return policy
+
+
+def main(args: Args, env_fn: Callable | None = None) -> Path:
+    """`env_fn(scenes, num_envs, cfg, seed, workers)` builds the vector env (default scene_env.make_vec_env)."""
+    rank, world, device = setup_distributed(args.device)
+    out = Path(args.out or f"runs/{args.exp_name}_s{args.seed}")
+    if rank == 0:
+        ss.write_json_atomic(out / "args.json", {"schema_version": ss.SCHEMA_VERSION, "args": ss.to_dict(args),
+                                                 "batch_size": args.batch_size, "world_size": world})
+    if args.num_envs % world:
+        raise ValueError(f"--num-envs {args.num_envs} must be divisible by the {world} ranks")
+    seed_everything(args.seed)  # identical model init on every rank
+    ckpt = torch.load(args.resume, map_location="cpu", weights_only=True) if args.resume else None
+    if ckpt is not None:
+        policy = PI0Policy(PolicyConfig(**ckpt["model_config"]), Normalizer(**ckpt["normalizer"]), ckpt["tokenizer"])
+        policy.load_weights(ckpt["model"])
+    else:
+        policy = build_policy(args)
+    policy.to(device)
+    if world > 1:
+        import torch.distributed as dist
+
+        for t in policy.state_dict().values():
+            dist.broadcast(t, 0)
+    heads = [p for n, p in policy.named_parameters() if n.startswith("value_head.")]
+    rest = [p for n, p in policy.named_parameters() if p.requires_grad and not n.startswith("value_head.")]
+    optimizer = torch.optim.AdamW([{"params": rest, "lr": args.learning_rate},
+                                   {"params": heads, "lr": args.critic_learning_rate}], eps=1e-5, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: min(1.0, (it + 1) / max(1, args.warmup_iterations)))
+    start = 0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start = int(ckpt["iteration"])
+    scenes = resolve_scenes(args)
+    if env_fn is None:
+        import scene_env
+
+        env_fn = scene_env.make_vec_env
+    envs = env_fn(scenes, args.num_envs // world, args.env, env_seed(args.seed, 0, rank, 1), args.env_workers)
+    wb = None
+    if args.track and rank == 0:
+        import wandb
+
+        wb = wandb.init(project=args.wandb_project, entity=args.wandb_entity, name=out.name, dir=str(out),
+                        config=ss.to_dict(args), resume="allow")
+    if rank == 0:
+        print(f"[ppoflow] {len(scenes)} scene(s), {args.num_envs} envs x {args.num_steps} steps on {world} rank(s), "
+              f"{sum(p.numel() for p in rest + heads) / 1e6:.2f}M trainable params -> {out}")
+    if ckpt is not None:  # restore RNG last: nothing may draw random numbers between here and the loop
+        set_rng_state(ckpt["rng"][rank] if len(ckpt["rng"]) == world else ckpt["rng"][0])
+    else:
+        seed_everything(args.seed + rank)
+    try:
+        for it in range(start, args.num_iterations):
+            t0 = time.time()
+            batch, ep = rollout(policy, envs, args.num_steps, args.gamma, env_seed(args.seed, it, rank), device)
+            t1 = time.time()
+            adv, ret = compute_gae(batch["reward"], batch["value"], batch["done"], batch["last_value"], args.gamma, args.gae_lambda)
+            upd = ppo_update(policy, optimizer, batch, adv, ret, args, world, device)
+            scheduler.step()
+            t2 = time.time()
+            m = {"charts/success_rate": ep["success"], "charts/episode_return": ep["return"],
+                 "charts/time_to_finish": ep["time_to_finish"], "charts/episode_length": ep["length"],
+                 "charts/sigma_mean": ep["sigma_mean"], "charts/sigma_min": ep["sigma_min"], "charts/sigma_max": ep["sigma_max"],
+                 "charts/reward_mean": [float(batch["reward"].mean())]}
+            if args.eval_every and ((it + 1) % args.eval_every == 0 or it + 1 == args.num_iterations):
+                ev = evaluate(policy, envs, env_seed(args.seed, it, rank, 2), args.env.max_decisions)
+                m.update({"eval/success_rate": ev["success"], "eval/time_to_finish": ev["time_to_finish"]})
+            m = gather_metrics(m, world)
+            m.update({f"losses/{k}": v for k, v in upd.items()})
+            steps = (it + 1) * args.batch_size
+            m.update({"time/rollout_s": t1 - t0, "time/update_s": t2 - t1, "perf/decisions_per_s": args.batch_size / (t1 - t0),
+                      "perf/control_steps_per_s": args.batch_size * args.env.chunk / (t1 - t0),
+                      "perf/update_samples_per_s": args.batch_size * args.update_epochs / (t2 - t1),
+                      "charts/learning_rate": scheduler.get_last_lr()[0]})
+            rngs = gather_objects(rng_state(), world)
+            if rank == 0:
+                ss.append_jsonl(out / "metrics.jsonl", {"iteration": it + 1, "global_step": steps,
+                                                        **{k: None if v != v else v for k, v in m.items()}})  # NaN -> null
+                if wb is not None:
+                    wb.log(m, step=steps)
+                print(f"[ppoflow] it {it + 1}/{args.num_iterations} SR {m.get('charts/success_rate', float('nan')):.3f} "
+                      f"ret {m.get('charts/episode_return', float('nan')):.3f} kl {upd['approx_kl']:.4f} "
+                      f"clip {upd['clipfrac']:.3f} rollout {t1 - t0:.1f}s update {t2 - t1:.1f}s")
+                last = it + 1 == args.num_iterations
+                if (it + 1) % args.save_every == 0 or last:
+                    ck = policy_checkpoint(policy, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                           rng=rngs, iteration=it + 1, args=ss.to_dict(args))
+                    torch_save_atomic(ck, out / f"ckpt_{it + 1}.pt")
+                    if last:
+                        torch_save_atomic(ck, out / "ckpt_final.pt")
+    finally:
+        envs.close()
+        if wb is not None:
+            wb.finish()
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return out
+
+
+def gather_objects(obj, world: int) -> list:
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_metrics(m: dict[str, list], world: int) -> dict[str, float]:
+    """Per-episode lists from every rank -> global means (NaN when no episode ended)."""
+    merged = gather_objects(m, world)
+    return {k: float(np.mean(v)) if (v := [x for r in merged for x in r[k]]) else float("nan") for k in m}
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

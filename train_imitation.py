@@ -1,0 +1,214 @@
+"""Imitation starting point for PPOFlow: scripted-expert demos across scenes -> flow-matching SFT (Eq. 1) of pi0.
+
+    python train_imitation.py --scenes-dir scenes --preset tiny --out runs/il
+    python train_imitation.py --scene-ids simpler:PutCarrotOnPlateInScene-v1 --num-envs 8 --episodes 400 \
+        --preset small --steps 20000 --out runs/il_small
+
+It stands in for the BridgeV2-pretrained pi0 that cannot be downloaded here (and is useful on its own for a new
+embodiment): the scripted expert (`ChunkVecEnv.expert_actions`, privileged state) runs in parallel env workers,
+successful episodes become (image, instruction, state) -> action-chunk pairs, normalisation statistics are computed
+from them, and the same `PI0Policy` class that `ppoflow_pi0.py` fine-tunes is trained with the rectified-flow loss.
+The result, `<out>/ckpt_final.pt`, is what `ppoflow_pi0.py --init` and `load_policy` read.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+import scene_schema as ss
+from scene_env import EnvConfig
+
+
+@dataclass
+class Args:
+    scenes_dir: str = "scenes"
+    """Folder of composed scenes (`<id>/manifest.json`)."""
+    scene_ids: list[str] | None = None
+    """Collect demos on these scene ids (default: every manifest); "simpler:<EnvId>" entries use SimplerEnv."""
+    out: str = "runs/il"
+    """Output folder: args.json, demos.pt, metrics.jsonl, ckpt_<step>.pt, ckpt_final.pt."""
+    preset: str = "tiny"
+    """Model size: tiny (CPU tests), small, pi0-3b."""
+    init: str | None = None
+    """Start from this policy instead of random weights (our checkpoint, a pi0 folder, an open-pi-zero .pt)."""
+    tokenizer_path: str | None = None
+    """Folder with a real tokenizer (default: the offline byte-level tokenizer)."""
+    seed: int = 0
+    """Seed of model init, env resets and batches."""
+    device: str = "auto"
+    """"auto" (cuda when available), "cpu" or "cuda"."""
+    track: bool = False
+    """Log to Weights & Biases (metrics.jsonl is always written)."""
+    wandb_project: str = "genscene-rl"
+    """W&B project."""
+    # ---- demonstrations ----
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Environment settings (scene_env.EnvConfig)."""
+    num_envs: int = 4
+    """Parallel env workers collecting demos (env i holds scene i mod #scenes)."""
+    env_workers: int | None = None
+    """Worker processes (scene_env default; 0 = one env in this process)."""
+    episodes: int = 64
+    """Expert episodes to keep."""
+    max_collect_decisions: int | None = None
+    """Stop collecting after this many decisions per env (default 4 x episodes x max_decisions / num_envs)."""
+    success_only: bool = True
+    """Keep only episodes the scripted expert solved."""
+    demos: str | None = None
+    """Reuse a demos.pt written by an earlier run instead of collecting."""
+    stats_from_demos: bool = True
+    """Compute the normalisation statistics from the demos (else `--stats-file`)."""
+    stats_file: str | None = None
+    """open-pi-zero-format statistics used when `--no-stats-from-demos` (default: the Bridge statistics)."""
+    # ---- flow-matching SFT ----
+    steps: int = 2000
+    """Gradient steps."""
+    batch_size: int = 32
+    """Transitions per gradient step."""
+    learning_rate: float = 1e-4
+    """AdamW learning rate (cosine decay after warm-up)."""
+    warmup_steps: int = 100
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip."""
+    lora_rank: int = 0
+    """LoRA rank on the VLM (0 = train everything, the default for a from-scratch imitation policy)."""
+    num_inference_steps: int = 10
+    """K stored in the checkpoint for deterministic flow inference (PPOFlow sets its own)."""
+    log_every: int = 50
+    """Steps between metric lines."""
+    save_every: int = 1000
+    """Steps between checkpoints (plus ckpt_final.pt)."""
+    eval_episodes: int = 0
+    """Deterministic evaluation episodes per env after training (0 = skip)."""
+
+
+def collect_demos(envs, policy, episodes: int, max_decisions: int, success_only: bool, seed: int) -> dict:
+    """Run the scripted expert in every env until `episodes` episodes are kept. Returns the policy's stored
+    inputs (rgb u8 resized to the model, raw state, tokens) and env-space action chunks [M, C, 7]."""
+    obs = envs.reset(seed=seed)
+    N = envs.num_envs
+    pending: list[list[dict]] = [[] for _ in range(N)]
+    kept: list[dict] = []
+    n_ep = n_succ = 0
+    for _ in range(max_decisions):
+        action = torch.as_tensor(envs.expert_actions()).float()  # [N, C, 7] privileged scripted expert
+        inp = policy.obs_to_inputs(obs)
+        for i in range(N):
+            pending[i].append({**{k: v[i] for k, v in inp.items()}, "action": action[i]})
+        obs, _, term, trunc, info = envs.step(action)
+        for i in (torch.as_tensor(term) | torch.as_tensor(trunc)).nonzero().flatten().tolist():
+            succ = bool(torch.as_tensor(info["success"])[i])
+            n_ep, n_succ = n_ep + 1, n_succ + succ
+            if succ or not success_only:
+                kept.extend(pending[i])
+            pending[i] = []
+        if n_succ >= episodes if success_only else n_ep >= episodes:
+            break
+    if not kept:
+        raise RuntimeError(f"the scripted expert solved 0 of {n_ep} episodes: check the scenes (compose_scene.py QA) "
+                           "or pass --no-success-only")
+    demos = {k: torch.stack([t[k] for t in kept]) for k in kept[0]}
+    demos["episodes"], demos["expert_success_rate"] = torch.tensor(n_ep), torch.tensor(n_succ / max(n_ep, 1))
+    return demos
+
+
+def main(args: Args, env_fn: Callable | None = None) -> Path:
+    """`env_fn(scenes, num_envs, cfg, seed, workers)` builds the vector env (default scene_env.make_vec_env)."""
+    import ppoflow_pi0 as pp
+
+    out = Path(args.out)
+    ss.write_json_atomic(out / "args.json", {"schema_version": ss.SCHEMA_VERSION, "args": ss.to_dict(args)})
+    device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
+    pp.seed_everything(args.seed)
+    tok = {"kind": "hf", "path": args.tokenizer_path} if args.tokenizer_path else {"kind": "bytes"}
+    ft = dict(lora_rank=args.lora_rank, lora_alpha=float(max(args.lora_rank, 1)), num_steps=args.num_inference_steps)
+    if args.init:
+        policy = pp.load_policy(args.init, tokenizer_path=args.tokenizer_path, **ft)
+    else:
+        policy = pp.PI0Policy(pp.preset_config(args.preset, args.env.chunk, **ft),
+                              pp.Normalizer.from_stats_file(args.stats_file or pp.DEFAULT_STATS), tok)
+    envs = None
+    if args.demos:
+        demos = torch.load(args.demos, weights_only=True)
+    else:
+        scenes = pp.resolve_scenes(pp.Args(scenes_dir=args.scenes_dir, scene_ids=args.scene_ids))
+        envs = (env_fn or _make_vec_env)(scenes, args.num_envs, args.env, args.seed, args.env_workers)
+        t0 = time.time()
+        budget = args.max_collect_decisions or 4 * args.episodes * args.env.max_decisions // args.num_envs + 1
+        demos = collect_demos(envs, policy, args.episodes, budget, args.success_only, args.seed)
+        print(f"[imitation] {len(demos['action'])} transitions from {int(demos['episodes'])} expert episodes "
+              f"(expert success {float(demos['expert_success_rate']):.2f}) in {time.time() - t0:.0f}s")
+        pp.torch_save_atomic(demos, out / "demos.pt")
+    if args.stats_from_demos:  # normalisation from the demos (stored in the checkpoint)
+        policy.normalizer = pp.Normalizer.from_data(demos["state"].numpy(), demos["action"].flatten(0, 1).numpy())
+    policy.to(device).train()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps))
+                                              * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, args.steps)))))
+    target = policy.normalizer.action(demos["action"])  # [M, C, 7] model-space chunks
+    wb = None
+    if args.track:
+        import wandb
+
+        wb = wandb.init(project=args.wandb_project, name=out.name, dir=str(out), config=ss.to_dict(args))
+    g = torch.Generator().manual_seed(args.seed)
+    M, t0, losses = len(target), time.time(), []
+    for step in range(1, args.steps + 1):
+        idx = torch.randint(0, M, (min(args.batch_size, M),), generator=g)
+        inp = {k: demos[k][idx].to(device) for k in ("rgb", "state", "ids", "mask")}
+        loss = policy.flow_matching_loss(inp, target[idx].to(device))  # Eq. 1  # ALGO LOGIC
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+        optimizer.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if step % args.log_every == 0 or step == args.steps:
+            m = {"losses/flow_matching": float(np.mean(losses)), "losses/grad_norm": float(gn),
+                 "charts/learning_rate": sched.get_last_lr()[0], "perf/samples_per_s": step * len(idx) / (time.time() - t0)}
+            ss.append_jsonl(out / "metrics.jsonl", {"step": step, **m})
+            if wb is not None:
+                wb.log(m, step=step)
+            print(f"[imitation] step {step}/{args.steps} loss {m['losses/flow_matching']:.4f}")
+            losses = []
+        if step % args.save_every == 0 or step == args.steps:
+            ck = pp.policy_checkpoint(policy, optimizer=optimizer.state_dict(), scheduler=sched.state_dict(),
+                                      rng=[pp.rng_state()], iteration=step, args=ss.to_dict(args),
+                                      demos={"transitions": M, "episodes": int(demos["episodes"])})
+            pp.torch_save_atomic(ck, out / f"ckpt_{step}.pt")
+            if step == args.steps:
+                pp.torch_save_atomic(ck, out / "ckpt_final.pt")
+    if args.eval_episodes and envs is not None:
+        succ = []
+        for e in range(args.eval_episodes):
+            succ += pp.evaluate(policy, envs, args.seed + 1000 + e, args.env.max_decisions)["success"]
+        ss.append_jsonl(out / "metrics.jsonl", {"step": args.steps, "eval/success_rate": float(np.mean(succ))})
+        print(f"[imitation] deterministic success rate {np.mean(succ):.3f} over {len(succ)} episodes")
+    if envs is not None:
+        envs.close()
+    if wb is not None:
+        wb.finish()
+    return out
+
+
+def _make_vec_env(*a):
+    import scene_env
+
+    return scene_env.make_vec_env(*a)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
