@@ -4,8 +4,10 @@
     python compose_scene.py --scenes-dir scenes --assets-dir assets --workers 2 --force --scene-ids put_the_pen_in_the_cup
 
 For every `scenes/<id>/scene_graph.json` + `asset_links.json`:
-1. Graph and asset checks: the goal exists, the start is not solved, the target fits the 74 mm WidowX gripper
-   (oversized targets are scaled down by their bounding box, up to `--min-rescale`; beyond that: rejected).
+1. Graph and asset checks: the goal exists, the start is not solved, the target fits between the open fingers
+   (52 mm between the Bridge WidowX's finger pads; oversized targets are scaled down by their bounding box, up to
+   `--min-rescale`, beyond that: rejected), targets too thin or flat to hold (pens, forks) are scaled up within
+   `--max-upscale`, and oversized destinations (40-50 cm trays, towels) are scaled into the workspace.
 2. Layout: destination, target and distractors on the table with disjoint footprints (bbox circles + margin),
    centres inside Table A.2's x [0.2, 0.4] m, y [-0.15, 0.15] m of the robot base frame (SimplerEnv's Bridge
    objects sit at x 0.23-0.38 m there) and every bbox corner inside the Bridge camera image; per-object DR
@@ -14,7 +16,9 @@ For every `scenes/<id>/scene_graph.json` + `asset_links.json`:
 3. Physics QA in SAPIEN (GenScene-v1): objects settle without drifting, tipping, interpenetrating, touching or
    falling off, and the goal does not hold at the start. A failing layout is re-sampled.
 4. Solvability QA: the scripted expert runs `--solver-attempts` seeded, fully randomised episodes and must succeed
-   in at least one; else the target is scaled down (grasp failures) or the layout re-placed, then rejected.
+   in at least one; else the target is re-scaled (grasp failures: thin ones up, wide ones down) or the layout
+   re-placed, then rejected. A crowded table first loses its largest distractors, then the destination (and a long
+   target) shrink to make room.
 Writes scenes/<id>/manifest.json + qa_render.png (640x480 Bridge camera), scenes/compose_summary.json and
 scenes/qa_contact_sheet.png. Re-runs skip composed scenes unless --force.
 """
@@ -56,13 +60,22 @@ class Args:
     solver_stop_early: bool = False
     """Stop the solver test at the first success (faster; the summary's expert success rate then counts less)."""
     min_rescale: float = 0.5
-    """Smallest uniform scale applied to fix an oversized target/destination; below it the scene is rejected."""
+    """Smallest uniform scale applied to fix an oversized target; below it the scene is rejected."""
+    max_upscale: float = 1.8
+    """Largest uniform scale applied to fix a target too thin or flat for the fingers to hold."""
+    dest_min_rescale: float = 0.35
+    """Smallest uniform scale that shrinks an oversized destination (trays, towels, boards are often 40-50 cm)
+    into the 0.2 x 0.3 m workspace; below it the scene is rejected."""
     margin_m: float = 0.015
     """Free space between object footprints (bbox circles) in a layout."""
     drift_tol_m: float = 0.015
     """Settle test: largest allowed xy drift of an object placed on the table."""
     tilt_tol_deg: float = 15.0
-    """Settle test: largest allowed tilt of an object's up axis after settling."""
+    """Settle test: largest allowed tilt of an object's up axis after settling, for objects whose height changes
+    when they tilt (a lemon or pen rolling in place keeps its height and is fine; a bottle falling over is not)."""
+    height_tol: float = 0.2
+    """Settle test: an object "tipped over" when its height above the table changed by more than this fraction
+    (and more than 8 mm) while settling."""
     render: bool = True
     """Write qa_render.png per scene and scenes/qa_contact_sheet.png."""
 
@@ -71,8 +84,17 @@ class Args:
         return Path(self.scenes_dir) / "compose_summary.json"
 
 
-GRIP_LIMIT_M = ss.GRIPPER_MAX_WIDTH_M - 0.012  # narrowest horizontal extent the open fingers close around reliably
-GRIP_FIT_M = 0.05  # oversized targets are scaled so their narrow side is this wide
+# The WidowX's 74 mm is its outer opening: the collision hulls of the open Bridge fingers leave a 52 mm gap between
+# their inner faces (measured in SAPIEN at qpos 0.037). A 6 cm tomato does not fit between them at all.
+FINGER_GAP_OPEN_M = 0.052
+GRIP_LIMIT_M = FINGER_GAP_OPEN_M - 0.006  # narrowest horizontal extent the open fingers close around reliably
+GRIP_FIT_M = 0.042  # oversized targets are scaled so their narrow side is this wide
+MAX_TARGET_LENGTH_M = 0.2  # up-scaling a thin target stops at this longest side (a fork must stay fork-sized)
+# The Bridge WidowX fingers close to a ~6 mm gap and their hulls taper at the tips: thinner or flatter targets (pens,
+# keys, cookies) slip out when lifted. Measured with the scripted expert: a 11 x 13 mm pen fails 0/2, scaled to
+# 14 x 17 mm it succeeds 2/2. Such targets are scaled up (the paper's "re-scale" fix) within --max-upscale.
+MIN_GRASP_WIDTH_M = 0.014
+MIN_GRASP_HEIGHT_M = 0.016
 DEST_MAX_FOOTPRINT_M = 0.24  # destination bbox diagonal that still leaves room in the 0.2 x 0.3 m workspace
 COLORS = {"red": (0.75, 0.15, 0.12), "green": (0.2, 0.55, 0.25), "blue": (0.2, 0.35, 0.7), "white": (0.92, 0.92, 0.9),
           "black": (0.12, 0.12, 0.12), "gray": (0.5, 0.5, 0.5), "grey": (0.5, 0.5, 0.5), "brown": (0.45, 0.3, 0.18),
@@ -100,25 +122,38 @@ def project_to_image(points_world: np.ndarray, width: int = 640, height: int = 4
     return np.stack([k[0, 0] * -c[:, 1] / z + k[0, 2], k[1, 1] * -c[:, 2] / z + k[1, 2]], axis=1)
 
 
-def in_view(xy, yaw_free_radius: float, height: float, margin_px: float = 12.0) -> bool:
-    """Every corner of the object's bounding cylinder-box (any yaw) projects inside the 640x480 image."""
+def in_view(xy, yaw_free_radius: float, height: float, margin_px: float = 6.0) -> bool:
+    """The object's bounding cylinder (footprint circle at any yaw, bottom and top rims) projects inside the
+    640x480 image."""
     x, y = xy
     r = yaw_free_radius
-    pts = np.array([scene_env.base_to_world([x + dx, y + dy, dz]) for dx in (-r, r) for dy in (-r, r) for dz in (0, height)])
+    ang = np.linspace(0, 2 * math.pi, 12, endpoint=False)
+    pts = np.array([scene_env.base_to_world([x + r * math.cos(a), y + r * math.sin(a), dz]) for a in ang
+                    for dz in (0, height)])
     uv = project_to_image(pts)
     return bool(np.all(np.isfinite(uv)) and np.all(uv[:, 0] >= margin_px) and np.all(uv[:, 0] <= 640 - margin_px)
                 and np.all(uv[:, 1] >= margin_px) and np.all(uv[:, 1] <= 480 - margin_px))
 
 
+# The gripper starts 13.5 cm above the table at this (x, y) of the robot base frame (fingertips ~12 cm; lower with
+# Table A.2's joint noise): a tall bucket or bin placed under it is hit by the robot at reset and pushed away.
+EE_START_XY = (0.29, -0.006)
+TALL_M = 0.08  # objects at least this tall keep their footprint out of ...
+EE_KEEPOUT_M = 0.05  # ... this radius around EE_START_XY
+
+
 def sample_layout(bboxes: list[list[float]], rng: np.random.Generator, margin: float, tries: int = 300):
     """Nominal (x, y) per object (destination first, target second, then distractors) with disjoint footprint
-    circles, centres in Table A.2's ranges and inside the camera view. None if no layout is found."""
+    circles, centres in Table A.2's ranges and inside the camera view, tall objects clear of the gripper's start.
+    None if no layout is found."""
     (x0, x1), (y0, y1) = ss.OBJECT_X_RANGE_M, ss.OBJECT_Y_RANGE_M
     placed: list[tuple[float, float]] = []
     for i, b in enumerate(bboxes):
         r = footprint_radius(b)
         for _ in range(tries):
             p = (rng.uniform(x0, x1), rng.uniform(y0, y1))
+            if b[2] >= TALL_M and math.hypot(p[0] - EE_START_XY[0], p[1] - EE_START_XY[1]) < r + EE_KEEPOUT_M:
+                continue
             if all(math.hypot(p[0] - q[0], p[1] - q[1]) > r + footprint_radius(bboxes[j]) + margin
                    for j, q in enumerate(placed)) and in_view(p, r, b[2]):
                 placed.append(p)
@@ -126,6 +161,28 @@ def sample_layout(bboxes: list[list[float]], rng: np.random.Generator, margin: f
         else:
             return None
     return placed
+
+
+def target_rescale(bbox, args: Args) -> tuple[float, str | None, str | None]:
+    """(scale, note, reject reason) that makes a target graspable: the paper's "object too large" case (narrow side
+    wider than the usable opening: scale down, or reject below --min-rescale) and its converse (too thin or flat for
+    the fingers to hold: scale up within --max-upscale, never past the usable opening)."""
+    narrow, height = min(bbox[0], bbox[1]), bbox[2]
+    if narrow > GRIP_LIMIT_M:
+        s = GRIP_FIT_M / narrow
+        if s < args.min_rescale:
+            return 1.0, None, (f"too large to grasp: narrowest side {narrow * 100:.1f} cm > {GRIP_LIMIT_M * 100:.1f} cm "
+                               f"usable gripper opening, and scaling it by {s:.2f} would go below --min-rescale "
+                               f"{args.min_rescale}")
+        return s, f"target scaled by {s:.2f} to fit the {FINGER_GAP_OPEN_M * 1000:.0f} mm gap of the open fingers", None
+    if narrow < MIN_GRASP_WIDTH_M or height < MIN_GRASP_HEIGHT_M:
+        # ALGO LOGIC: too thin / flat for the fingers: scale up, never past the usable opening or --max-upscale
+        s = min(max(MIN_GRASP_WIDTH_M / narrow, MIN_GRASP_HEIGHT_M / height), args.max_upscale, GRIP_FIT_M / narrow,
+                MAX_TARGET_LENGTH_M / max(bbox[0], bbox[1]))
+        if s > 1.0:
+            return s, (f"target scaled by {s:.2f}: {narrow * 1000:.0f} x {height * 1000:.0f} mm (width x height) is too "
+                       f"thin for the fingers to hold"), None
+    return 1.0, None, None
 
 
 def dr_halfwidth(xy: list[tuple[float, float]], bboxes, margin: float, cap: float = 0.04) -> float:
@@ -211,6 +268,26 @@ def _set_dr(runner, on: bool) -> None:
     c.dr_object_pose = c.dr_lighting = c.dr_robot = c.dr_camera = on
 
 
+def tipped_over(tilt_deg: float, height_before: float, height_after: float, args: Args) -> bool:
+    """An object tipped over when its up axis tilted AND its height changed: a ball, lemon or pen rolling in place
+    keeps its height (harmless), a bottle or mug falling on its side does not."""
+    return tilt_deg > args.tilt_tol_deg and abs(height_after - height_before) > max(args.height_tol * height_before, 0.008)
+
+
+_HULLS: dict[tuple[str, str, float], np.ndarray] = {}
+
+
+def _hull_points(manifest_path: str, o: ss.ManifestObject) -> np.ndarray:
+    """Vertices of an object's collision parts in its own frame, scaled ([M, 3]; cached per asset)."""
+    import trimesh
+
+    key = (str(ss.resolve_asset_dir(manifest_path, o)), ",".join(o.collision), o.scale)
+    if key not in _HULLS:
+        d = ss.resolve_asset_dir(manifest_path, o)
+        _HULLS[key] = np.concatenate([trimesh.load(str(d / c), force="mesh").vertices for c in o.collision]) * o.scale
+    return _HULLS[key]
+
+
 def settle_check(runner, m: ss.SceneManifest, args: Args) -> dict:
     """Physics QA at the nominal layout: returns {"passed", "reason", per-object drift/tilt}."""
     import torch
@@ -233,13 +310,18 @@ def settle_check(runner, m: ss.SceneManifest, args: Args) -> dict:
         drift = float(np.linalg.norm(p[:2] - nominal[:2]))
         rot = scene_env.quat_to_mat(a.pose.q[0].numpy())
         tilt = float(np.degrees(np.arccos(np.clip(rot[2, 2], -1, 1))))
-        per[o.name] = {"drift_m": round(drift, 4), "tilt_deg": round(tilt, 2), "z_m": round(float(p[2] - top), 4)}
+        pts = _hull_points(runner.manifests[0], o)  # [M, 3] collision vertices in the object frame (scaled)
+        height = float(np.ptp(pts @ rot[2]))  # world-z extent now
+        dh = height - o.bbox_m[2]
+        per[o.name] = {"drift_m": round(drift, 4), "tilt_deg": round(tilt, 2), "z_m": round(float(p[2] - top), 4),
+                       "height_change_m": round(dh, 4)}
         if p[2] < top - 0.05:
             problems.append(f"{o.name} fell off the table")
         elif drift > args.drift_tol_m:
             problems.append(f"{o.name} drifted {drift * 100:.1f} cm while settling (rolling or pushed out of an overlap)")
-        elif tilt > args.tilt_tol_deg:
-            problems.append(f"{o.name} tipped over by {tilt:.0f} deg (unstable on its base)")
+        elif tipped_over(tilt, o.bbox_m[2], height, args):
+            problems.append(f"{o.name} tipped over by {tilt:.0f} deg, its height changed {o.bbox_m[2] * 100:.1f} -> "
+                            f"{height * 100:.1f} cm (unstable on its base)")
         elif p[2] - top < -0.01:
             problems.append(f"{o.name} sank {(top - p[2]) * 100:.1f} cm into the table (interpenetration)")
     for i, a in enumerate(m.objects):
@@ -314,25 +396,24 @@ def _compose(scene_dir: Path, args: Args) -> dict:
     # ALGO LOGIC: the paper's "object too large" failure: scale the target down to fit the gripper, or reject
     tb = recs[goal.subject].bbox_m
     narrow = min(tb[0], tb[1])
-    if narrow > GRIP_LIMIT_M:
-        s = GRIP_FIT_M / narrow
-        if s < args.min_rescale:
-            return {"status": "rejected", "reason": f"target {goal.subject!r} too large to grasp: narrowest side "
-                    f"{narrow * 100:.1f} cm > {GRIP_LIMIT_M * 100:.1f} cm usable gripper opening, and scaling it by "
-                    f"{s:.2f} would go below --min-rescale {args.min_rescale}"}
+    s, note, why = target_rescale(tb, args)
+    if why:
+        return {"status": "rejected", "reason": f"target {goal.subject!r} {why}"}
+    if note:
         scale[goal.subject] = s
-        notes.append(f"target scaled by {s:.2f} to fit the {ss.GRIPPER_MAX_WIDTH_M * 1000:.0f} mm gripper")
+        notes.append(note)
     for o in sim:
         if o.role != "target":
             d = footprint_radius(recs[o.name].bbox_m) * 2
             if d > DEST_MAX_FOOTPRINT_M:
                 s = DEST_MAX_FOOTPRINT_M / d
-                if s < args.min_rescale:
+                if s < args.dest_min_rescale:
                     if o.role == "distractor":
                         notes.append(f"distractor {o.name!r} dropped: {d * 100:.0f} cm footprint too large")
                         continue
                     return {"status": "rejected", "reason": f"destination {o.name!r} too large for the workspace: "
-                            f"footprint {d * 100:.0f} cm > {DEST_MAX_FOOTPRINT_M * 100:.0f} cm even at --min-rescale"}
+                            f"footprint {d * 100:.0f} cm > {DEST_MAX_FOOTPRINT_M * 100:.0f} cm even at --dest-min-rescale "
+                            f"{args.dest_min_rescale}"}
                 scale[o.name] = s
                 notes.append(f"{o.name} scaled by {s:.2f} to fit the workspace")
     rng = np.random.default_rng([args.seed, zlib.crc32(graph.scene_id.encode())])
@@ -346,6 +427,21 @@ def _compose(scene_dir: Path, args: Args) -> dict:
         xy = sample_layout(bboxes, rng, args.margin_m)
         if xy is None:
             last_reason = f"no disjoint layout of {len(objs)} objects fits the reachable, visible workspace"
+            dists = [o for o in objs if o.role == "distractor"]
+            if dists:  # crowded: drop the largest distractor first
+                big = max(dists, key=lambda o: footprint_radius(recs[o.name].bbox_m) * scale[o.name])
+                keep = [o for o in keep if o.name != big.name]
+                notes.append(f"distractor {big.name!r} dropped: no room in the workspace")
+                continue
+            # ALGO LOGIC: the paper's "re-place / re-scale" fix: shrink the destination and a long target a little
+            dest = goal.object
+            if scale[dest] * 0.85 >= args.dest_min_rescale:
+                scale[dest] *= 0.85
+                notes.append(f"{dest} scaled to {scale[dest]:.2f} to make room")
+            tbs = [v * scale[goal.subject] for v in tb]
+            if max(tbs[:2]) > 0.12 and min(tbs[:2]) * 0.9 >= MIN_GRASP_WIDTH_M and scale[goal.subject] * 0.9 >= args.min_rescale:
+                scale[goal.subject] *= 0.9
+                notes.append(f"target scaled to {scale[goal.subject]:.2f} to make room")
             continue
         w = dr_halfwidth(xy, bboxes, args.margin_m)
         mobjs = []
@@ -375,9 +471,13 @@ def _compose(scene_dir: Path, args: Args) -> dict:
         solver = solver_check(runner, args, seed=args.seed * 1000 + 100 * attempt)
         if not solver["passed"]:
             last_reason = f"solvability QA: {solver['reason']}"
-            if not any(e["partial"] for e in solver["episodes"]) and scale[goal.subject] * 0.8 >= args.min_rescale:
-                scale[goal.subject] *= 0.8  # grasp failures: a smaller target is easier to grasp
-                notes.append(f"target scaled to {scale[goal.subject]:.2f} after grasp failures")
+            if not any(e["partial"] for e in solver["episodes"]):  # grasp failures: re-scale the target
+                w = narrow * scale[goal.subject]
+                up = w < 0.03 and scale[goal.subject] * 1.25 <= args.max_upscale and w * 1.25 <= GRIP_FIT_M
+                f = 1.25 if up else 0.8  # thin targets slip out of the fingers, wide ones do not fit between them
+                if up or scale[goal.subject] * f >= args.min_rescale:
+                    scale[goal.subject] *= f
+                    notes.append(f"target scaled to {scale[goal.subject]:.2f} after grasp failures")
             continue
         m.qa = {"settle": settle, "solver": solver, "attempts": attempts, "notes": notes}
         ss.save_manifest(m, scene_dir / "manifest.json")

@@ -899,6 +899,10 @@ class SimChecker:
         self.scene.add_ground(0.0, render_material=ground)
         self.scene.set_ambient_light([0.45, 0.45, 0.45])
         self.scene.add_directional_light([0.3, 0.5, -1.0], [0.75, 0.75, 0.75])
+        # Camera settings are process-global in SAPIEN and ManiSkill switches them to its "minimal" shader (no
+        # "Segmentation" picture, 8-bit colour): pin what this checker reads, so it works in any process.
+        sapien.render.set_camera_shader_dir("default")
+        sapien.render.set_picture_format("Color", "r32g32b32a32sfloat")
         self.cam = self.scene.add_camera("thumb", size, size, np.deg2rad(35), 0.005, 10.0)
 
     def drop_test(self, collision_files: list[Path], visual_file: Path, mass: float, friction: float,
@@ -1151,8 +1155,11 @@ def collect_requests(graphs: list[ss.SceneGraph], args: Args) -> dict[str, dict]
             if o.role not in SIM_ROLES:
                 continue
             aid = ss.asset_id_for(o.description, o.category, args.generator, args.seed)
+            # only a goal's target must fit the 74 mm gripper: a graspable bowl that is a destination or a
+            # distractor keeps its real size (shrinking it to 7 cm made "put the banana in the bowl" impossible)
+            grasp_fit = o.graspable and o.role == "target"
             if aid in reqs:
-                reqs[aid]["graspable"] |= o.graspable
+                reqs[aid]["graspable"] |= grasp_fit
                 reqs[aid]["scenes"].append(g.scene_id)
                 continue
             name, rule = choose_template(o.category, o.description, o.size_m, o.receptacle)
@@ -1164,7 +1171,7 @@ def collect_requests(graphs: list[ss.SceneGraph], args: Args) -> dict[str, dict]
             reqs[aid] = dict(asset_id=aid, description=o.description, category=o.category, template=name, template_rule=rule,
                              color=color or tmpl.color, color_requested=color is not None,
                              color_note=note or ("" if color else " (no colour requested: template default)"), material=material or tmpl.material,
-                             size_m=list(o.size_m) if o.size_m else None, graspable=o.graspable, receptacle=o.receptacle,
+                             size_m=list(o.size_m) if o.size_m else None, graspable=grasp_fit, receptacle=o.receptacle,
                              scenes=[g.scene_id])
     return reqs
 

@@ -532,14 +532,17 @@ class ExpertConfig:
     """Largest ee translation per step for the final descent to a grasp or a place."""
     max_yaw_step: float = 0.3
     """Largest ee yaw change per control step (rad)."""
-    finger_below_ee_m: float = 0.015
-    """The finger pads reach this far below `ee_gripper_link` when the gripper points down (Bridge WidowX)."""
-    table_clearance_m: float = 0.004
-    """Smallest height of the fingertips above the table while grasping."""
+    finger_below_ee_m: float = 0.016
+    """The finger pads reach this far below `ee_gripper_link` when the gripper points down (Bridge WidowX: the
+    finger collision hulls end 16.3 mm below it, measured in SAPIEN)."""
+    table_clearance_m: float = 0.001
+    """Smallest height of the fingertips above the table while grasping (low: flat targets such as forks, cookies
+    and sticky notes are only held when the pads close below their mid-height)."""
     approach_above_m: float = 0.07
     """Pre-grasp height of the grasp point above the grasp height."""
-    place_clearance_m: float = 0.025
-    """Height of the target's bottom above the destination's top when it is released."""
+    place_clearance_m: float = 0.012
+    """Height of the target's bottom above the destination's top when it is released (low, so round produce
+    does not bounce or roll off a flat plate / board)."""
     tol_m: float = 0.004
     """A waypoint counts as reached by the controller target within this distance."""
     close_steps: int = 3
@@ -594,8 +597,10 @@ class ScriptedExpert:
             goal = pos.clone()
             txy, dxy = tb[:, :2], db[:, :2]
             goal[:, :2] = torch.where((ph <= LIFT)[:, None], txy, dxy)
+            # retreat above the destination in absolute terms (carry_z follows the held target's height)
+            retreat_z = dest_top + tsz[:, 2] + c.finger_below_ee_m + 0.06
             z = torch.stack([grasp_z + c.approach_above_m, grasp_z, grasp_z, carry_z, carry_z, place_z, place_z,
-                             carry_z + 0.05], dim=1)  # [N, 8] ee height per phase
+                             retreat_z], dim=1)  # [N, 8] ee height per phase
             goal[:, 2] = z.gather(1, ph[:, None])[:, 0]
             delta = goal - pos
             fine = (ph == DESCEND) | (ph == LOWER)

@@ -5,10 +5,16 @@ pens, cans, cups, erasers/sponges onto plates, trays, into bowls and baskets; va
 table styles) with the test helpers, then runs compose_scene.py on them.
 
     python benchmarks/bench_compose.py --out /tmp/suite --num-scenes 40 --workers 2
+
+With `--tasks` it runs the REAL pipeline instead (scene_designer.py -> generate_assets.py -> compose_scene.py) on
+commands written as users would, e.g. the broad list in examples/tasks_broad.txt:
+
+    python benchmarks/bench_compose.py --out /tmp/pipe --tasks examples/tasks_broad.txt --workers 2
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +57,9 @@ class Args:
     """compose_scene.py worker processes."""
     solver_attempts: int = 3
     """Scripted-expert episodes per accepted scene (the success-rate sample)."""
+    tasks: str | None = None
+    """A task file (one command per line): run scene_designer.py and generate_assets.py on it instead of building
+    the synthetic suite."""
 
 
 def build_suite(args: Args) -> Path:
@@ -71,8 +80,19 @@ def build_suite(args: Args) -> Path:
     return scenes
 
 
+def run_designer_and_assets(args: Args) -> Path:
+    """The real upstream stages through their CLIs (no stage imports another stage)."""
+    scenes, assets = Path(args.out) / "scenes", Path(args.out) / "assets"
+    for cmd in ([sys.executable, str(ROOT / "scene_designer.py"), "--tasks", args.tasks, "--out-dir", str(scenes)],
+                [sys.executable, str(ROOT / "generate_assets.py"), "--scenes-dir", str(scenes), "--assets-dir",
+                 str(assets), "--workers", str(args.workers)]):
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+    return scenes
+
+
 def main(args: Args) -> dict:
-    scenes = build_suite(args)
+    scenes = run_designer_and_assets(args) if args.tasks else build_suite(args)
     return compose_scene.main(compose_scene.Args(scenes_dir=str(scenes), assets_dir=str(Path(args.out) / "assets"),
                                                  workers=args.workers, solver_attempts=args.solver_attempts))
 

@@ -82,3 +82,37 @@ def test_compose_cli_accepts_and_rejects_with_reasons(tmp_path):
     assert out.returncode == 0
     again = ss.read_json(scenes / "compose_summary.json")
     assert [s["status"] for s in again["scenes"] if s["scene_id"] == "ok_block"] == ["skipped"]
+
+
+def test_target_rescale_fixes_thin_and_oversized_targets():
+    args = cs.Args()
+    s, note, why = cs.target_rescale([0.14, 0.011, 0.013], args)  # a ballpoint pen: too thin for the fingers
+    assert why is None and 1.2 < s <= args.max_upscale and "too thin" in note
+    assert min(0.14, 0.011) * s >= cs.MIN_GRASP_WIDTH_M - 1e-9 and 0.013 * s >= cs.MIN_GRASP_HEIGHT_M - 1e-9
+    s, note, why = cs.target_rescale([0.09, 0.08, 0.05], args)  # a wide apple: scaled down into the opening
+    assert why is None and abs(0.08 * s - cs.GRIP_FIT_M) < 1e-9
+    s, note, why = cs.target_rescale([0.2, 0.2, 0.1], args)  # the paper's "object too large": rejected
+    assert "too large to grasp" in why
+    assert cs.target_rescale([0.03, 0.03, 0.04], args) == (1.0, None, None)  # a block: untouched
+    s, note, why = cs.target_rescale([0.06, 0.06, 0.009], args)  # a 6 cm cookie does not fit the 52 mm finger gap
+    assert why is None and abs(0.06 * s - cs.GRIP_FIT_M) < 1e-9
+    s, note, why = cs.target_rescale([0.16, 0.025, 0.004], args)  # a fork: up-scaled, but stays fork-sized
+    assert why is None and 0.16 * s <= cs.MAX_TARGET_LENGTH_M + 1e-9
+
+
+def test_tipping_needs_a_height_change_and_views_use_the_footprint_circle():
+    args = cs.Args()
+    assert not cs.tipped_over(60.0, 0.056, 0.058, args)  # a lemon rolled in place
+    assert cs.tipped_over(90.0, 0.18, 0.06, args)  # a bottle fell over
+    assert not cs.tipped_over(5.0, 0.18, 0.17, args)
+    # a 24 cm tray fits the view at the workspace centre but not hanging over its near corner
+    assert cs.in_view((0.33, 0.0), 0.12, 0.02) and not cs.in_view((0.2, -0.15), 0.12, 0.02)
+
+
+def test_tall_objects_stay_clear_of_the_gripper_start():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        xy = cs.sample_layout([[0.1, 0.1, 0.12], [0.03, 0.03, 0.03]], rng, margin=0.015)
+        assert xy is not None
+        d = math.hypot(xy[0][0] - cs.EE_START_XY[0], xy[0][1] - cs.EE_START_XY[1])
+        assert d >= cs.footprint_radius([0.1, 0.1]) + cs.EE_KEEPOUT_M
