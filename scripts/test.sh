@@ -8,4 +8,7 @@ cd "$REPO"
 bash scripts/setup.sh
 # shellcheck source=/dev/null
 source scripts/env.sh
+# One torch thread per process: env worker processes already own the cores, and OpenMP threads
+# spinning beside them made CPU training 14-25x slower here (benchmarks/RESULTS.md).
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec python -m pytest tests "$@"
