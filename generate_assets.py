@@ -499,7 +499,8 @@ TEMPLATES: dict[str, Template] = {  # ALGO LOGIC: category templates (keywords m
     "basket": T(lambda u, s: _open_box((0.28 * u(.9, 1.1), 0.2, 0.1)), (0.28, 0.2, 0.1), "tan", "wood", ("basket", "crate", "hamper", "box basket"), concave=True),
     "tray": T(lambda u, s: _open_box((0.3 * u(.9, 1.1), 0.22, 0.025), 0.006, 0.005), (0.3, 0.22, 0.025), "black", "plastic",
               ("tray", "baking sheet", "baking tray", "serving tray", "dish rack"), concave=True),
-    "open_box": T(lambda u, s: _open_box(s), (0.2, 0.15, 0.1), "tan", "cardboard", ("container", "tote", "drawer", "organizer", "storage box", "open box", "bin box"),
+    "open_box": T(lambda u, s: _open_box(s), (0.2, 0.15, 0.1), "tan", "cardboard", ("container", "tote", "drawer", "organizer", "storage box", "open box", "bin box",
+                                                                                    "toy box", "toybox", "toy chest", "shoe box", "tool box", "toolbox"),
                   concave=True),
     "box": T(lambda u, s: _superellipsoid((s[0] * u(.9, 1.1), s[1], s[2]), 14, (0, 0, s[2] / 2)), (0.2, 0.15, 0.1), "brown", "cardboard",
              ("box", "cereal box", "package", "parcel", "chest", "case", "gift", "tissue box"), fill=0.15),
@@ -541,7 +542,11 @@ TEMPLATES: dict[str, Template] = {  # ALGO LOGIC: category templates (keywords m
     "cutting_board": T(lambda u, s: _union(_superellipsoid((0.3 * u(.9, 1.1), 0.2, 0.02), 8, (0, 0, 0.01)), _box((0.05, 0.05, 0.02), (0.16, 0, 0))),
                        (0.35, 0.2, 0.02), "tan", "wood", ("cutting board", "chopping board", "board", "clipboard", "tablet board")),
     "block": T(lambda u, s: _superellipsoid((b := 0.04 * u(.95, 1.05), b, b), 16, (0, 0, b / 2)), (0.04, 0.04, 0.04), "red", "wood",
-               ("block", "cube", "brick", "dice", "die", "lego", "building block", "toy block")),
+               ("block", "cube", "dice", "die", "lego", "lego brick", "toy brick", "building block", "toy block")),
+    "brick": T(lambda u, s: _superellipsoid((0.2 * u(.95, 1.05), 0.09, 0.06), 16, (0, 0, 0.03)), (0.2, 0.09, 0.06), "red", "stone",
+               ("brick", "paver", "cinder block")),
+    "clip": T(lambda u, s: _superellipsoid((0.033 * u(.9, 1.1), 0.01, 0.003), 8, (0, 0, 0.0015)), (0.033, 0.01, 0.003), "silver", "metal",
+              ("paper clip", "paperclip", "binder clip", "clip", "safety pin", "bobby pin", "hair clip")),
     "ball": T(lambda u, s: _sphere(0.03, sub=3), (0.06, 0.06, 0.06), "green", "rubber", ("ball", "tennis ball", "baseball", "marble", "orb", "sphere", "globe"), rolls=True),
     "toy_car": T(lambda u, s: _union(_box((0.1, 0.045, 0.02), (0, 0, 0.01)), _box((0.05, 0.04, 0.018), (-0.005, 0, 0.028)),
                                      *[_cyl(0.01, 0.01, (x, y, 0.01), "y", 12) for x in (-0.033, 0.033) for y in (-0.024, 0.024)]),
@@ -585,6 +590,13 @@ def _find(keyword: str, words: str) -> bool:
     return re.search(rf" {kw}(?:e?s)? ", words) is not None
 
 
+def _find_end(keyword: str, words: str) -> int:
+    """Where the last whole-word match of `keyword` ends in `words` (-1 if none)."""
+    kw = re.escape(keyword).replace(r"\ ", " ")
+    kw = re.sub(r"fe?$", "(?:fe?|ves)", kw) if keyword.endswith(("fe", "f")) else kw
+    return max((m.end() for m in re.finditer(rf" {kw}(?:e?s)?(?= )", words)), default=-1)
+
+
 def choose_template(category: str, description: str = "", size_m=None, receptacle: str | None = None) -> tuple[str, str]:
     """Category -> (template name, why). Longest keyword in the category wins, then in the description
     (colour words removed), then a generic shape from receptacle + aspect ratio: every category gets one."""
@@ -593,9 +605,11 @@ def choose_template(category: str, description: str = "", size_m=None, receptacl
         desc = re.sub(rf"\b{c}\b", " ", desc)
     for where, text in (("category", category), ("description", desc)):
         words = _words(text)
-        hits = [(len(k), name, k) for name, t in TEMPLATES.items() for k in t.keywords if _find(k, words)]
+        # longest keyword wins; ties go to the keyword that ends last (the head noun: "toy box" is a box)
+        hits = [(len(k), _find_end(k, words), name, k) for name, t in TEMPLATES.items() for k in t.keywords
+                if _find(k, words)]
         if hits:
-            _, name, k = max(hits)
+            *_, name, k = max(hits)
             return name, f"keyword {k!r} in {where} {text.strip()!r}"
     x, y, z = size_m or (0.08, 0.06, 0.05)
     lo, hi = sorted((x, y))
@@ -790,6 +804,11 @@ def repair(m: trimesh.Trimesh, face_budget: int) -> tuple[trimesh.Trimesh, list[
     return m, notes
 
 
+def category_range(tmpl: Template) -> tuple[float, float]:
+    """Allowed longest side (m) of a template's meshes: 0.25x - 4x its default longest side."""
+    return 0.25 * max(tmpl.size), 4.0 * max(tmpl.size)
+
+
 def check_geometry(m: trimesh.Trimesh, tmpl: Template, graspable: bool, grip_max_m: float) -> tuple[bool, str]:
     """Non-empty, finite, one main component, watertight (or only tiny holes), no degenerate faces,
     bbox within the category range, graspable objects fit the gripper."""
@@ -807,7 +826,7 @@ def check_geometry(m: trimesh.Trimesh, tmpl: Template, graspable: bool, grip_max
     if n_deg:
         problems.append(f"{n_deg} degenerate faces")
     ext = m.extents
-    lo, hi = 0.25 * max(tmpl.size), 4.0 * max(tmpl.size)
+    lo, hi = category_range(tmpl)
     if not lo <= ext.max() <= hi:
         problems.append(f"longest side {ext.max():.3f} m outside the category range [{lo:.3f}, {hi:.3f}] m")
     if ext.min() < 0.002 or ext.max() > ss.MAX_OBJECT_EXTENT_M:
@@ -879,6 +898,17 @@ def export_visual(m: trimesh.Trimesh, rgba, material: str, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def render_device():
+    """The GPU when there is one, else the CPU (lavapipe): the same choice as scene_env, because SAPIEN allows
+    one render device per process and tests run both in one process."""
+    import sapien
+
+    try:
+        return sapien.Device("cuda")
+    except Exception:  # noqa: BLE001 - no CUDA device
+        return sapien.Device("cpu")
+
+
 class SimChecker:
     """Drop test on a plane (physx_cpu) and thumbnail rendering (SAPIEN renderer, lavapipe on CPU)."""
 
@@ -893,7 +923,7 @@ class SimChecker:
                                enable_ccd=False, enable_enhanced_determinism=False, enable_friction_every_iteration=True,
                                cpu_workers=0)
         self.sapien, self.hz = sapien, 500
-        self.scene = sapien.Scene()
+        self.scene = sapien.Scene([physx.PhysxCpuSystem(), sapien.render.RenderSystem(render_device())])
         self.scene.set_timestep(1 / self.hz)
         ground = sapien.render.RenderMaterial(base_color=[0.82, 0.82, 0.84, 1.0], roughness=0.9)
         self.scene.add_ground(0.0, render_material=ground)

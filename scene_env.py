@@ -535,9 +535,11 @@ class ExpertConfig:
     finger_below_ee_m: float = 0.016
     """The finger pads reach this far below `ee_gripper_link` when the gripper points down (Bridge WidowX: the
     finger collision hulls end 16.3 mm below it, measured in SAPIEN)."""
-    table_clearance_m: float = 0.001
-    """Smallest height of the fingertips above the table while grasping (low: flat targets such as forks, cookies
-    and sticky notes are only held when the pads close below their mid-height)."""
+    table_clearance_m: float = -0.004
+    """Height of the fingertips above the table at the grasp (controller target). Negative: the target is set 4 mm
+    *into* the table so the arm stops with the pads pressed on it, as Bridge demonstrators scrape flat things off
+    the table. With +1 mm the tracking error of the PD arm left the pads above a 4-6 mm fork, wrench or cookie
+    (fork: 1/4 grasps at +1 mm, 4/4 at -4 mm, measured with DR on)."""
     approach_above_m: float = 0.07
     """Pre-grasp height of the grasp point above the grasp height."""
     place_clearance_m: float = 0.012
@@ -643,7 +645,9 @@ class ChunkRunner:
         if len(kinds) != 1 or (kinds == {"simpler"} and len({v for _, v in scene_specs}) != 1):
             raise ValueError("one ManiSkill env holds either manifests or a single SimplerEnv task")
         self.kind = kinds.pop()
-        render_backend = "gpu" if sim_backend == "physx_cuda" else "cpu"
+        # render on the GPU whenever there is one (also under CPU physics, ManiSkill's default); else lavapipe.
+        # SAPIEN allows one render device per process, so every renderer here must make the same choice.
+        render_backend = "gpu" if torch.cuda.is_available() else "cpu"
         size = cfg.image_size
         common = dict(num_envs=num_envs, sim_backend=sim_backend, render_backend=render_backend,
                       sensor_configs={CAMERA_UID: dict(width=size, height=size, intrinsic=scaled_intrinsic(size, size))},

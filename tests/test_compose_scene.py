@@ -95,9 +95,18 @@ def test_target_rescale_fixes_thin_and_oversized_targets():
     assert "too large to grasp" in why
     assert cs.target_rescale([0.03, 0.03, 0.04], args) == (1.0, None, None)  # a block: untouched
     s, note, why = cs.target_rescale([0.06, 0.06, 0.009], args)  # a 6 cm cookie does not fit the 52 mm finger gap
-    assert why is None and abs(0.06 * s - cs.GRIP_FIT_M) < 1e-9
+    assert why is None and abs(0.06 * s - cs.GRIP_FIT_FLAT_M) < 1e-9  # flat: extra play for a finger landing on it
+    s, note, why = cs.target_rescale([0.05, 0.05, 0.05], args)  # a 5 cm cube: room to open around it after stacking
+    assert why is None and 0.05 * s * (math.cos(0.3) + math.sin(0.3)) < cs.FINGER_GAP_OPEN_M
     s, note, why = cs.target_rescale([0.16, 0.025, 0.004], args)  # a fork: up-scaled, but stays fork-sized
     assert why is None and 0.16 * s <= cs.MAX_TARGET_LENGTH_M + 1e-9
+
+
+def test_solvability_bar_is_a_majority_by_default():
+    args = cs.Args()  # 3 episodes, 2 must succeed
+    assert not cs.solver_passed(0, args) and not cs.solver_passed(1, args) and cs.solver_passed(2, args)
+    assert cs.solver_passed(1, cs.Args(solver_attempts=1)) and not cs.solver_passed(0, cs.Args(solver_attempts=1))
+    assert cs.solver_passed(1, cs.Args(solver_min_successes=1))
 
 
 def test_tipping_needs_a_height_change_and_views_use_the_footprint_circle():

@@ -92,9 +92,19 @@ def test_templates_build_watertight_single_part():
     ("tennis_ball", "", "ball"), ("toy_car", "", "toy_car"), ("cutting board", "", "cutting_board"),
     ("bell_pepper", "", "pepper"), ("dish_towel", "", "towel"), ("grapes", "", "grapes"), ("TV Remote", "", "remote"),
     ("thing", "a small wooden spoon", "spoon"), ("orange", "", "orange"), ("widget", "an orange widget", "rounded_box"),
+    # ties between equally long keywords go to the head noun ("toy box" is a box, not a toy figure)
+    ("toy_box", "a wooden toy box", "open_box"), ("storage", "a toy box", "open_box"), ("toolbox", "", "open_box"),
+    ("paper_clip", "a silver paper clip", "clip"), ("brick", "a red brick", "brick"), ("lego brick", "", "block"),
+    ("toy", "a toy", "figure"),
 ])
 def test_choose_template_keywords(category, description, expected):
     assert ga.choose_template(category, description, (0.08, 0.06, 0.05))[0] == expected
+
+
+@pytest.mark.parametrize("category,size", [("paper_clip", 0.033), ("brick", 0.2), ("toy_box", 0.4), ("knife", 0.2)])
+def test_category_ranges_hold_real_sizes(category, size):
+    lo, hi = ga.category_range(ga.TEMPLATES[ga.choose_template(category, "")[0]])
+    assert lo <= size <= hi  # a paper clip is not a notebook, a 20 cm brick not a toy block
 
 
 def test_choose_template_generic_fallbacks_are_recorded():
