@@ -82,7 +82,7 @@ class Args:
     env: EnvConfig = field(default_factory=EnvConfig)
     """Environment settings (scene_env.EnvConfig: image size, chunk C, episode length, domain randomisation)."""
     env_workers: int | None = None
-    """CPU env worker processes per rank (default: scene_env's choice)."""
+    """CPU env worker processes per rank: None (one per env, scene_env's default) or 0 (one env in this process)."""
     # ---- PPOFlow (Table A.1) ----
     num_envs: int = 192
     """Parallel environments in total (split across ranks)."""
