@@ -97,13 +97,17 @@ GRIP_LIMIT_M = FINGER_GAP_OPEN_M - 0.006  # narrowest horizontal extent the open
 # yawed a little while being placed jammed diagonally between the opened fingers (42 mm * (cos + sin) > 52 mm past
 # 13 deg) and was carried off again (stacking failed 1/3); at 38 mm it must yaw > 25 deg to jam.
 GRIP_FIT_M = 0.038
-GRIP_FIT_FLAT_M = 0.032  # flat targets (cookies, coasters): a finger landing on top of the disc cannot pinch it
 MAX_TARGET_LENGTH_M = 0.2  # up-scaling a thin target stops at this longest side (a fork must stay fork-sized)
 # The Bridge WidowX fingers close to a ~6 mm gap and their hulls taper at the tips: thinner or flatter targets (pens,
 # keys, cookies) slip out when lifted. Measured with the scripted expert: a 11 x 13 mm pen fails 0/2, scaled to
 # 14 x 17 mm it succeeds 2/2. Such targets are scaled up (the paper's "re-scale" fix) within --max-upscale.
 MIN_GRASP_WIDTH_M = 0.014
 MIN_GRASP_HEIGHT_M = 0.016
+# Success (Eq. A.1) reads simulator contacts above scene_env.CONTACT_FORCE_N (0.05 N): a target resting under its
+# own weight must weigh > 5.1 g to register at all. A 16 mm plastic die (3.9 g) or a foam sponge scaled to fit the
+# gripper (1.8 g) lay in the cup / sink with no detectable contact, so the expert "never placed" them. Targets get
+# at least 20 g (a dry kitchen sponge or a die in the hand weighs 5-20 g; 4x margin over the threshold).
+MIN_TARGET_MASS_KG = 0.02
 DEST_MAX_FOOTPRINT_M = 0.24  # destination bbox diagonal that still leaves room in the 0.2 x 0.3 m workspace
 COLORS = {"red": (0.75, 0.15, 0.12), "green": (0.2, 0.55, 0.25), "blue": (0.2, 0.35, 0.7), "white": (0.92, 0.92, 0.9),
           "black": (0.12, 0.12, 0.12), "gray": (0.5, 0.5, 0.5), "grey": (0.5, 0.5, 0.5), "brown": (0.45, 0.3, 0.18),
@@ -178,7 +182,7 @@ def target_rescale(bbox, args: Args) -> tuple[float, str | None, str | None]:
     the fingers to hold: scale up within --max-upscale, never past the usable opening)."""
     narrow, height = min(bbox[0], bbox[1]), bbox[2]
     if narrow > GRIP_LIMIT_M:
-        s = (GRIP_FIT_FLAT_M if height < MIN_GRASP_HEIGHT_M else GRIP_FIT_M) / narrow
+        s = GRIP_FIT_M / narrow
         if s < args.min_rescale:
             return 1.0, None, (f"too large to grasp: narrowest side {narrow * 100:.1f} cm > {GRIP_LIMIT_M * 100:.1f} cm "
                                f"usable gripper opening, and scaling it by {s:.2f} would go below --min-rescale "
@@ -192,6 +196,12 @@ def target_rescale(bbox, args: Args) -> tuple[float, str | None, str | None]:
             return s, (f"target scaled by {s:.2f}: {narrow * 1000:.0f} x {height * 1000:.0f} mm (width x height) is too "
                        f"thin for the fingers to hold"), None
     return 1.0, None, None
+
+
+def object_mass(asset_mass_kg: float, scale: float, role: str) -> float:
+    """Mass after a uniform re-scale (volume: s^3); targets never go below MIN_TARGET_MASS_KG (contact sensing)."""
+    m = asset_mass_kg * scale ** 3
+    return max(m, MIN_TARGET_MASS_KG) if role == "target" else m
 
 
 def dr_halfwidth(xy: list[tuple[float, float]], bboxes, margin: float, cap: float = 0.04) -> float:
@@ -441,25 +451,34 @@ def _compose(scene_dir: Path, args: Args) -> dict:
     for attempt in range(args.layout_tries):
         attempts = attempt + 1
         objs = keep if attempt < args.layout_tries - 2 else keep[:2]  # last resorts: without distractors
-        bboxes = [[v * scale[o.name] for v in recs[o.name].bbox_m] for o in objs]
-        xy = sample_layout(bboxes, rng, args.margin_m)
-        if xy is None:
+        # sampling is cheap (no simulator): apply the crowding fixes until a layout fits, without spending the
+        # physics-checked --layout-tries on them (a bin scene with 4 distractors used to run out of tries first)
+        while True:
+            bboxes = [[v * scale[o.name] for v in recs[o.name].bbox_m] for o in objs]
+            xy = sample_layout(bboxes, rng, args.margin_m)
+            if xy is not None:
+                break
             last_reason = f"no disjoint layout of {len(objs)} objects fits the reachable, visible workspace"
             dists = [o for o in objs if o.role == "distractor"]
             if dists:  # crowded: drop the largest distractor first
                 big = max(dists, key=lambda o: footprint_radius(recs[o.name].bbox_m) * scale[o.name])
-                keep = [o for o in keep if o.name != big.name]
+                keep, objs = [o for o in keep if o.name != big.name], [o for o in objs if o.name != big.name]
                 notes.append(f"distractor {big.name!r} dropped: no room in the workspace")
                 continue
             # ALGO LOGIC: the paper's "re-place / re-scale" fix: shrink the destination and a long target a little
-            dest = goal.object
+            dest, changed = goal.object, False
             if scale[dest] * 0.85 >= args.dest_min_rescale:
                 scale[dest] *= 0.85
                 notes.append(f"{dest} scaled to {scale[dest]:.2f} to make room")
+                changed = True
             tbs = [v * scale[goal.subject] for v in tb]
             if max(tbs[:2]) > 0.12 and min(tbs[:2]) * 0.9 >= MIN_GRASP_WIDTH_M and scale[goal.subject] * 0.9 >= args.min_rescale:
                 scale[goal.subject] *= 0.9
                 notes.append(f"target scaled to {scale[goal.subject]:.2f} to make room")
+                changed = True
+            if not changed:
+                break
+        if xy is None:
             continue
         w = dr_halfwidth(xy, bboxes, args.margin_m)
         mobjs = []
@@ -469,7 +488,7 @@ def _compose(scene_dir: Path, args: Args) -> dict:
             mobjs.append(ss.ManifestObject(
                 name=o.name, role=o.role, asset_id=rec.asset_id,
                 asset_dir=os.path.relpath(assets_root / rec.asset_id, scene_dir), visual=rec.paths["visual"],
-                collision=list(rec.paths["collision"]), scale=s, bbox_m=b, mass_kg=rec.mass_kg * s ** 3,
+                collision=list(rec.paths["collision"]), scale=s, bbox_m=b, mass_kg=object_mass(rec.mass_kg, s, o.role),
                 friction=rec.friction, init_xyz=[x, y, 0.0], init_yaw=float(rng.uniform(0, 2 * math.pi)),
                 x_range=xr, y_range=yr, yaw_range=[0.0, 2 * math.pi]))
         m = ss.SceneManifest(scene_id=graph.scene_id, task=graph.task, scene_graph="scene_graph.json", objects=mobjs,

@@ -535,11 +535,16 @@ class ExpertConfig:
     finger_below_ee_m: float = 0.016
     """The finger pads reach this far below `ee_gripper_link` when the gripper points down (Bridge WidowX: the
     finger collision hulls end 16.3 mm below it, measured in SAPIEN)."""
-    table_clearance_m: float = -0.004
-    """Height of the fingertips above the table at the grasp (controller target). Negative: the target is set 4 mm
-    *into* the table so the arm stops with the pads pressed on it, as Bridge demonstrators scrape flat things off
-    the table. With +1 mm the tracking error of the PD arm left the pads above a 4-6 mm fork, wrench or cookie
-    (fork: 1/4 grasps at +1 mm, 4/4 at -4 mm, measured with DR on)."""
+    table_clearance_m: float = 0.001
+    """Smallest height of the fingertips above the table while grasping (controller target)."""
+    flat_height_m: float = 0.012
+    """Targets lower than this (forks, knives, wrenches, cookies) are grasped with the fingertips pressed into the
+    table instead: at +1 mm the tracking error of the PD arm leaves the pads above a 4-6 mm fork (measured with DR
+    on: 1/4 grasps at +1 mm, 4/4 at -4 mm). Taller, round targets (pens, dice) must not be pinched that low: closing
+    below a cylinder's equator squeezes it up and out of the fingers."""
+    flat_press_m: float = 0.004
+    """How far below the table top the fingertip target of a flat target's grasp is set (the arm stops on the
+    table with the pads pressed on it, as Bridge demonstrators scrape flat things off the table)."""
     approach_above_m: float = 0.07
     """Pre-grasp height of the grasp point above the grasp height."""
     place_clearance_m: float = 0.012
@@ -580,7 +585,9 @@ class ScriptedExpert:
         n = pos.shape[0]
         tsz, dsz, tb, db = priv["target_size"], priv["dest_size"], priv["target_bottom"], priv["dest_bottom"]
         grasp_h = (tsz[:, 2] * 0.5).clamp(0.008, 0.03)
-        grasp_z = torch.maximum(tb[:, 2] + grasp_h, priv["table_z"] + c.finger_below_ee_m + c.table_clearance_m)
+        # ALGO LOGIC: fingertips just above the table, or pressed onto it for flat targets
+        tip_z = torch.where(tsz[:, 2] < c.flat_height_m, -c.flat_press_m, c.table_clearance_m)
+        grasp_z = torch.maximum(tb[:, 2] + grasp_h, priv["table_z"] + c.finger_below_ee_m + tip_z)
         dest_top = db[:, 2] + dsz[:, 2]
         # ALGO LOGIC: target bottom clears the destination top by 4 cm while carrying, released 2.5 cm above it
         carry_z = torch.maximum(grasp_z + (dest_top - tb[:, 2]) + 0.04, grasp_z + 0.08)
@@ -866,6 +873,9 @@ class ChunkVecEnv:
         else:
             import gymnasium as gym
 
+            if workers not in (None, num_envs):
+                raise ValueError(f"workers={workers}: on physx_cpu the pool runs one worker process per env, so workers "
+                                 f"must be num_envs ({num_envs}), None (the same) or 0 (one env in this process)")
             per_env = [[specs[j] for j in range(i, len(specs), num_envs)] if specs[i % len(specs)][0] == "gen"
                        and len(specs) > num_envs else [specs[i % len(specs)]] for i in range(num_envs)]
             per_env = [[s for s in lst if s[0] == "gen"] or lst[:1] for lst in per_env]
@@ -873,7 +883,6 @@ class ChunkVecEnv:
             self.runner = None
             self.pool = gym.vector.AsyncVectorEnv(fns, shared_memory=True, context="forkserver",
                                                   autoreset_mode=gym.vector.AutoresetMode.DISABLED)
-            assert workers in (None, num_envs), "the CPU pool runs one worker process per env"
 
     def _torch_obs(self, obs: dict, instructions: list[str]) -> dict:
         import torch

@@ -95,11 +95,19 @@ def test_target_rescale_fixes_thin_and_oversized_targets():
     assert "too large to grasp" in why
     assert cs.target_rescale([0.03, 0.03, 0.04], args) == (1.0, None, None)  # a block: untouched
     s, note, why = cs.target_rescale([0.06, 0.06, 0.009], args)  # a 6 cm cookie does not fit the 52 mm finger gap
-    assert why is None and abs(0.06 * s - cs.GRIP_FIT_FLAT_M) < 1e-9  # flat: extra play for a finger landing on it
+    assert why is None and abs(0.06 * s - cs.GRIP_FIT_M) < 1e-9
     s, note, why = cs.target_rescale([0.05, 0.05, 0.05], args)  # a 5 cm cube: room to open around it after stacking
     assert why is None and 0.05 * s * (math.cos(0.3) + math.sin(0.3)) < cs.FINGER_GAP_OPEN_M
     s, note, why = cs.target_rescale([0.16, 0.025, 0.004], args)  # a fork: up-scaled, but stays fork-sized
     assert why is None and 0.16 * s <= cs.MAX_TARGET_LENGTH_M + 1e-9
+
+
+def test_targets_weigh_enough_for_contact_sensing():
+    import scene_env
+
+    assert cs.object_mass(0.0072, 0.63, "target") * 9.81 > 2 * scene_env.CONTACT_FORCE_N  # a scaled foam sponge
+    assert abs(cs.object_mass(0.2, 0.5, "target") - 0.025) < 1e-12  # heavier targets: volume scaling only
+    assert cs.object_mass(0.0072, 0.63, "distractor") < cs.MIN_TARGET_MASS_KG
 
 
 def test_solvability_bar_is_a_majority_by_default():

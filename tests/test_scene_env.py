@@ -180,6 +180,30 @@ def test_sample_layout_disjoint_and_in_range():
                 assert math.hypot(poses[i][0] - poses[j][0], poses[i][1] - poses[j][1]) > 0.0848 + 0.01
 
 
+def test_expert_presses_flat_targets_onto_the_table():
+    """The grasp height: fingertips 1 mm above the table for a die, 4 mm into it for a 4 mm fork (pure planning)."""
+    import torch
+
+    c = scene_env.ExpertConfig()
+    table = -0.02
+    sizes = torch.tensor([[0.18, 0.024, 0.004], [0.016, 0.016, 0.016]])
+    priv = dict(target_bottom=torch.tensor([[0.3, 0.0, table]] * 2), target_yaw=torch.zeros(2), target_size=sizes,
+                dest_bottom=torch.tensor([[0.3, 0.15, table]] * 2), dest_size=torch.tensor([[0.15, 0.15, 0.02]] * 2),
+                table_z=torch.full((2,), table), grasped=torch.zeros(2, dtype=torch.bool))
+    expert = scene_env.ScriptedExpert(2)
+    expert.reset()
+    pos = torch.tensor([[0.3, 0.0, 0.1]] * 2)
+    closing_yaw = torch.full((2,), math.pi / 2)  # already across the fork's narrow (y) axis
+    for _ in range(10):
+        acts = expert.plan(priv, pos, closing_yaw, chunk=4)  # [2, 4, 7]
+        pos = pos + acts[:, :, :3].sum(1)
+        if bool((expert.phase > scene_env.DESCEND).all()):
+            break
+    tips = pos[:, 2] - c.finger_below_ee_m - table
+    assert abs(float(tips[0]) + c.flat_press_m) < c.tol_m  # fork: pads pressed onto the table
+    assert float(tips[1]) >= c.table_clearance_m - 1e-6  # die: above the table, pads around its middle
+
+
 def test_parse_scene_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown SimplerEnv task"):
         scene_env.parse_scene("simpler:NoSuchTask-v1")
