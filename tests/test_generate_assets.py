@@ -8,9 +8,7 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import pytest
 
 import generate_assets as ga
 import scene_schema as ss
+from fake_openai import FakeOpenAI
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -311,48 +310,33 @@ def test_command_backend_good_and_corrupt_outputs(tmp_path):
     assert not list((tmp_path / "assets").glob("*/raw_*"))
 
 
-class _FakeVLM(BaseHTTPRequestHandler):
-    requests: list = []
-
-    def do_POST(self):  # noqa: N802 - http.server API
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        content = body["messages"][0]["content"]
-        text = next(c["text"] for c in content if c["type"] == "text")
-        url = next(c["image_url"]["url"] for c in content if c["type"] == "image_url")
-        png = base64.b64decode(url.split(",", 1)[1])
-        _FakeVLM.requests.append({"text": text, "png": png[:8]})
-        ok = "flux" not in text
-        answer = json.dumps({"pass": ok, "reason": "looks right" if ok else "this is a box, not a flux capacitor"})
-        data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                           "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}],
-                           "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *a):
-        pass
+def fake_vlm(body: dict) -> str:
+    """Judges a rendered view: passes everything but flux capacitors (the prompt carries the description)."""
+    text = next(c["text"] for c in body["messages"][0]["content"] if c["type"] == "text")
+    ok = "flux" not in text
+    return json.dumps({"pass": ok, "reason": "looks right" if ok else "this is a box, not a flux capacitor"})
 
 
 @pytest.mark.timeout(120)
 def test_vlm_checks_against_fake_openai_server(tmp_path):
-    server = HTTPServer(("127.0.0.1", 0), _FakeVLM)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = FakeOpenAI(fake_vlm)
     try:
         write_scenes(tmp_path / "scenes", [scene(
             "vlm", obj("pen", "target", "pen", "a blue pen", (0.14, 0.012, 0.012), "blue", graspable=True),
             obj("gizmo", "destination", "flux_capacitor", "a grey flux capacitor", (0.1, 0.1, 0.05), "grey", receptacle="ON"), (), "ON")])
-        s = ga.main(args_for(tmp_path, max_attempts=2, vlm_base_url=f"http://127.0.0.1:{server.server_port}/v1", vlm_model="fake"))
+        s = ga.main(args_for(tmp_path, max_attempts=2, vlm_base_url=server.url, vlm_model="fake"))
     finally:
-        server.shutdown()
+        server.close()
     recs = records_by_category(tmp_path / "assets")
     pen, gizmo = recs["pen"], recs["flux_capacitor"]
     assert pen.accepted and {"semantic", "alignment"} <= {q.check for q in pen.qa if q.passed}
     assert not gizmo.accepted and gizmo.attempts == 2 and "not a flux capacitor" in gizmo.reject_reason
-    assert all(r["png"] == b"\x89PNG\r\n\x1a\n" for r in _FakeVLM.requests)
-    assert any("a blue pen" in r["text"] for r in _FakeVLM.requests)  # alignment prompt carries the description
+    contents = [r["body"]["messages"][0]["content"] for r in server.requests]
+    pngs = [base64.b64decode(next(c["image_url"]["url"] for c in m if c["type"] == "image_url").split(",", 1)[1])
+            for m in contents]
+    assert pngs and all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in pngs)
+    texts = [next(c["text"] for c in m if c["type"] == "text") for m in contents]
+    assert any("a blue pen" in t for t in texts)  # alignment prompt carries the description
     assert s["first_attempt_pass_rate"]["semantic"] == 0.5
 
 

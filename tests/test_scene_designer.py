@@ -8,8 +8,6 @@ import os
 import random
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ sys.path.insert(0, str(REPO))
 
 import scene_designer as sd  # noqa: E402
 import scene_schema as ss  # noqa: E402
+from fake_openai import FakeOpenAI  # noqa: E402
 
 # Pick-and-place commands written the way people write them: (command, target category, destination category).
 COMMANDS = [
@@ -322,40 +321,10 @@ def test_task_files(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-class FakeLLM:
-    """A chat-completions endpoint on 127.0.0.1 that answers scripted replies and records the requests.
-    A reply is a str (message content) or bytes (the raw HTTP body, e.g. not JSON at all)."""
-
-    def __init__(self, replies):
-        self.replies, self.requests = list(replies), []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                owner.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                reply = owner.replies.pop(0) if owner.replies else "{}"
-                data = reply if isinstance(reply, bytes) else json.dumps({
-                    "id": "cmpl-1", "object": "chat.completion", "created": 0, "model": body.get("model"),
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": reply}}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+def FakeLLM(replies) -> FakeOpenAI:
+    """Answers the scripted replies in order (then "{}"): str = message content, bytes = raw HTTP body."""
+    replies = list(replies)
+    return FakeOpenAI(lambda body: replies.pop(0) if replies else "{}")
 
 
 def llm_reply(task: str, seed: int = 5, mutate=None) -> str:
