@@ -309,21 +309,6 @@ def load_trials_file(path: Path) -> list[dict]:
     return out
 
 
-def repair_torn_tail(path: Path) -> int:
-    """A crash mid-append leaves a line without its newline: cut it (kept in <log>.torn) so appends stay valid."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return 0
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return 0
-    keep = data.rfind(b"\n") + 1
-    with open(path.with_name(path.name + ".torn"), "ab") as f:
-        f.write(data[keep:] + b"\n")
-    with open(path, "r+b") as f:
-        f.truncate(keep)
-    return len(data) - keep
-
-
 def trial_plan(scenes: list[dict], n: int) -> list[tuple[int, dict, int, str]]:
     """(plan index, scene, trial index, trial key) in scene-major order; keys are unique and stable."""
     plan = []
@@ -999,7 +984,7 @@ def main(args: Args) -> dict:
     sdir = args.session_dir
     ss.write_json_atomic(sdir / "args.json", {"schema_version": SCHEMA_VERSION, "args": arg_dict})
     log_path = sdir / "trials.jsonl"
-    if repair_torn_tail(log_path):
+    if ss.repair_jsonl_tail(log_path):
         print(f"warning: {log_path} ended in a torn line (crash mid-write); moved it to {log_path.name}.torn")
     done = {r["trial_key"] for r in ss.read_jsonl(log_path)}
     todo = [p for p in plan if p[3] not in done]

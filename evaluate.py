@@ -576,14 +576,6 @@ def measure_latency(policy, preset: str, ks: tuple[int, ...], batch: int, iters:
 # ---------------------------------------------------------------------------------------------
 
 
-def drop_torn_tail(path: Path) -> None:
-    """A crash mid-append leaves a last line without its newline; cut it so new records start clean."""
-    if path.exists():
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            ss.write_bytes_atomic(path, data[:data.rfind(b"\n") + 1])
-
-
 def default_out_dir(args: Args, specs: list[PolicySpec]) -> Path:
     if args.out_dir:
         return Path(args.out_dir)
@@ -746,7 +738,7 @@ def main(args: Args) -> dict:
     out = default_out_dir(args, specs)
     ss.write_json_atomic(out / "args.json", {"schema_version": ss.SCHEMA_VERSION, "args": asdict(args)})
     log_path, t_start = out / "episodes.jsonl", time.time()
-    drop_torn_tail(log_path)
+    ss.repair_jsonl_tail(log_path)  # a crash mid-append left a torn line: new records start clean
     from tqdm import tqdm
 
     wandb = None

@@ -98,6 +98,23 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def repair_jsonl_tail(path: str | os.PathLike) -> int:
+    """Before appending to a log after a crash: cut a torn last line (no newline) so new records start clean.
+    The torn bytes are kept in `<log>.torn`; returns how many bytes were cut (0 when the log was intact)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return 0
+    keep = data.rfind(b"\n") + 1
+    with open(path.with_name(path.name + ".torn"), "ab") as f:
+        f.write(data[keep:] + b"\n")
+    with open(path, "r+b") as f:
+        f.truncate(keep)
+    return len(data) - keep
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSONL log; a torn last line (crash mid-write) is ignored, any other bad line raises."""
     path = Path(path)

@@ -162,9 +162,9 @@ def test_repair_torn_tail(tmp_path):
     ss.append_jsonl(log, {"a": 1})
     with open(log, "a") as f:
         f.write('{"a": 2, "b"')
-    assert dw.repair_torn_tail(log) > 0 and log.read_text() == '{"a": 1}\n'
+    assert ss.repair_jsonl_tail(log) > 0 and log.read_text() == '{"a": 1}\n'
     assert (tmp_path / "trials.jsonl.torn").read_text().startswith('{"a": 2')
-    assert dw.repair_torn_tail(log) == 0
+    assert ss.repair_jsonl_tail(log) == 0
 
 
 # ---------------------------------------------------------------------------------------------
