@@ -306,7 +306,7 @@ class SceneObject:
     role: str
     """One of ROLES."""
     category: str
-    """Lexicon category ("mug", "pen_holder"); the asset generator's template key."""
+    """Lexicon category ("mug", "pen_holder", `scene_lexicon.py`); the asset stage matches it against its templates."""
     description: str
     """Text prompt for the asset generator ("a small red ceramic mug")."""
     attributes: ObjectAttributes = field(default_factory=ObjectAttributes)
