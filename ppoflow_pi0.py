@@ -101,7 +101,10 @@ class Args:
     critic_learning_rate: float = 1e-4
     """Adam learning rate of the value head (not in Table A.1: the value head starts from scratch)."""
     warmup_iterations: int = 0
-    """Linear learning-rate warm-up (iterations)."""
+    """Linear learning-rate warm-up of the policy (iterations, after the critic warm-up)."""
+    critic_warmup_iterations: int = 0
+    """Iterations at the start that train only the value head (policy lr 0), as DPPO/ReinFlow do: the first
+    advantages otherwise come from an untrained critic, exactly when Adam takes its largest steps."""
     gamma: float = 0.99
     """Discount factor."""
     gae_lambda: float = 0.95
@@ -964,7 +967,9 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     rest = [p for n, p in policy.named_parameters() if p.requires_grad and not n.startswith("value_head.")]
     optimizer = torch.optim.AdamW([{"params": rest, "lr": args.learning_rate},
                                    {"params": heads, "lr": args.critic_learning_rate}], eps=1e-5, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: min(1.0, (it + 1) / max(1, args.warmup_iterations)))
+    cw, wu = args.critic_warmup_iterations, max(1, args.warmup_iterations)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [lambda it: 0.0 if it < cw else min(1.0, (it + 1 - cw) / wu),
+                                                              lambda it: 1.0])  # [policy, value head]
     start = 0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])

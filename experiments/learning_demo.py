@@ -94,6 +94,15 @@ def paired_diff(a: list[bool], b: list[bool]) -> tuple[float, float, float]:
     return m, m - 1.96 * sd / math.sqrt(n), m + 1.96 * sd / math.sqrt(n)
 
 
+def tf_diff(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Mean time to finish of b minus a (successful episodes only) with a normal (Welch) 95% interval."""
+    if len(a) < 2 or len(b) < 2:
+        return float("nan"), float("nan"), float("nan")
+    (ma, va), (mb, vb) = [(sum(x) / len(x), sum((y - sum(x) / len(x)) ** 2 for y in x) / (len(x) - 1)) for x in (a, b)]
+    half = 1.96 * math.sqrt(va / len(a) + vb / len(b))
+    return mb - ma, mb - ma - half, mb - ma + half
+
+
 def main(args: Args) -> dict | None:
     out = Path(args.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -136,9 +145,11 @@ def write_report(out: Path, args: Args, wall: float) -> dict:
     res = json.loads((out / "eval/results.json").read_text())
     by = {p["label"]: p["sets"]["all"] for p in res["policies"]}
     (k0, n0), (k1, n1) = [(by[x]["successes"], by[x]["episodes"]) for x in ("IL (start)", "PPOFlow")]
-    eps = {}
+    eps, tf = {}, {}
     for r in (json.loads(line) for line in (out / "eval/episodes.jsonl").read_text().splitlines() if line.strip()):
         eps.setdefault(r["label"], {})[(r["scene"], r["seed"])] = bool(r["success"])
+        if r["success"]:
+            tf.setdefault(r["label"], []).append(float(r["elapsed_s"]))
     common = sorted(set(eps.get("IL (start)", {})) & set(eps.get("PPOFlow", {})))
     steps = json.loads((out / "steps.json").read_text())
     metrics = [json.loads(x) for x in (out / "runs/ppo/metrics.jsonl").read_text().splitlines() if x.strip()]
@@ -155,20 +166,25 @@ def write_report(out: Path, args: Args, wall: float) -> dict:
            "diff_newcombe95": newcombe_diff(k1, n1, k0, n0), "diff_wald95": wald_diff(k1, n1, k0, n0),
            "diff_paired95": paired_diff([eps["IL (start)"][c] for c in common], [eps["PPOFlow"][c] for c in common])
            if common else None,
+           "tf_s": {k: sum(v) / len(v) for k, v in tf.items()},
+           "tf_diff_95": tf_diff(tf.get("IL (start)", []), tf.get("PPOFlow", [])),
            "ppo_iteration_evaluated": it, "ppo_env_steps_decisions": env_steps, "ppo_control_steps": env_steps * 4,
            "wall_s": {k: v["wall_s"] for k, v in steps.items()}, "machine": machine_info(), "args": asdict(args)}
     d, lo, hi = rep["diff_newcombe95"]
     rep["ci_excludes_zero"] = lo > 0
     (out / "report.json").write_text(json.dumps(rep, indent=2))
     md = [f"# Learning demo: PPOFlow vs its imitation start on `{args.task}`\n",
-          "| policy | successes / episodes | SR | Wilson 95% |", "|---|---|---|---|",
+          "| policy | successes / episodes | SR | Wilson 95% | TF of successes (s) |", "|---|---|---|---|---|",
           f"| IL (start, K={args.num_inference_steps}) | {k0}/{n0} | {k0 / n0:.3f} | [{rep['il']['wilson95'][0]:.3f}, "
-          f"{rep['il']['wilson95'][1]:.3f}] |",
-          f"| PPOFlow | {k1}/{n1} | {k1 / n1:.3f} | [{rep['ppo']['wilson95'][0]:.3f}, {rep['ppo']['wilson95'][1]:.3f}] |",
+          f"{rep['il']['wilson95'][1]:.3f}] | {rep['tf_s'].get('IL (start)', float('nan')):.2f} |",
+          f"| PPOFlow | {k1}/{n1} | {k1 / n1:.3f} | [{rep['ppo']['wilson95'][0]:.3f}, {rep['ppo']['wilson95'][1]:.3f}] "
+          f"| {rep['tf_s'].get('PPOFlow', float('nan')):.2f} |",
           f"\nSR difference PPOFlow - IL: **{d:+.3f}**, 95% CI (Newcombe hybrid score) **[{lo:+.3f}, {hi:+.3f}]**"
           f" -> CI {'excludes' if lo > 0 else 'does NOT exclude'} zero. Wald: [{rep['diff_wald95'][1]:+.3f}, "
           f"{rep['diff_wald95'][2]:+.3f}]" + (f"; paired by seed ({len(common)} pairs): [{rep['diff_paired95'][1]:+.3f}, "
                                               f"{rep['diff_paired95'][2]:+.3f}]" if common else "") + ".\n",
+          "TF difference PPOFlow - IL (successful episodes, Welch 95%): "
+          f"**{rep['tf_diff_95'][0]:+.2f} s [{rep['tf_diff_95'][1]:+.2f}, {rep['tf_diff_95'][2]:+.2f}]**.\n",
           f"Budget: PPOFlow checkpoint of iteration {it}: {env_steps} env decisions ({env_steps * 4} control steps); wall seconds "
           f"{json.dumps(rep['wall_s'])}; total {sum(rep['wall_s'].values()):.0f} s.\n",
           f"Machine: `{json.dumps(rep['machine'])}`\n", "![learning curve](learning_curve.png)\n",

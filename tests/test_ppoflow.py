@@ -422,6 +422,18 @@ def test_resume_equivalence_and_checkpoint_contract(tmp_path):
     assert pol.config.lora_rank == 4 and pol.config.num_steps == 1
 
 
+def test_critic_warmup_trains_only_the_value_head(tmp_path):
+    args = fast_args(tmp_path, num_iterations=2, critic_warmup_iterations=1, eval_every=0)
+    P.seed_everything(args.seed)
+    start = P.build_policy(args).state_dict()
+    P.main(args, env_fn=FakeVecEnv)
+    first = torch.load(tmp_path / "ckpt_1.pt", map_location="cpu", weights_only=True)["model"]
+    final = _final_state(tmp_path)["model"]
+    changed = {k for k in start if not torch.equal(start[k], first[k])}
+    assert changed and all(k.startswith("value_head.") for k in changed), sorted(changed)[:5]
+    assert any(not torch.equal(first[k], final[k]) for k in final if k.startswith("noise_head."))  # policy trains after
+
+
 def test_init_from_checkpoint_changes_finetune_mode(tmp_path):
     src = tiny_policy(lora_rank=0)
     P.torch_save_atomic(P.policy_checkpoint(src, iteration=0), tmp_path / "il.pt")
