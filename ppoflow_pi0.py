@@ -109,6 +109,9 @@ class Args:
     """Discount factor."""
     gae_lambda: float = 0.95
     """GAE lambda."""
+    bootstrap_truncated: bool = True
+    """Bootstrap episodes cut by the time limit with gamma * V(final obs) (infinite-horizon view). Off: the limit
+    is part of the task (success only counts within --env.max-decisions), so a time-out is a failure worth 0."""
     clip_coef: float = 0.2
     """PPO clipping range epsilon."""
     ratio_power: float = 0.2
@@ -752,9 +755,11 @@ def _rows(obs: dict, idx: list[int]) -> dict:
 
 
 @torch.no_grad()
-def rollout(policy: PI0Policy, envs, num_steps: int, gamma: float, seed: int, device) -> tuple[dict, dict]:
+def rollout(policy: PI0Policy, envs, num_steps: int, gamma: float, seed: int, device,
+            bootstrap_truncated: bool = True) -> tuple[dict, dict]:
     """Collect num_steps decisions from every env (reset with `seed`). Stores the whole chain A^0..A^K, old
-    log-probs and values; truncated episodes get gamma * V(final obs) added to their last reward."""
+    log-probs and values; truncated episodes get gamma * V(final obs) added to their last reward (unless
+    `bootstrap_truncated` is off: then a time-out ends the episode like a failure)."""
     policy.eval()
     obs = envs.reset(seed=seed)
     N = envs.num_envs
@@ -771,7 +776,7 @@ def rollout(policy: PI0Policy, envs, num_steps: int, gamma: float, seed: int, de
         reward, term, trunc = torch.as_tensor(reward).float().cpu(), torch.as_tensor(term).bool().cpu(), torch.as_tensor(trunc).bool().cpu()
         ep_ret += reward
         ep_len += 1
-        boot = (trunc & ~term).nonzero().flatten().tolist()
+        boot = (trunc & ~term).nonzero().flatten().tolist() if bootstrap_truncated else []
         if boot:  # time limit, not a failure: bootstrap from the pre-reset observation  # ALGO LOGIC
             final = policy.obs_to_inputs(_rows(info["final_obs"], boot))
             reward[boot] += gamma * policy.value(policy.encode(_to(final, device))).float().cpu()
@@ -997,7 +1002,8 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     try:
         for it in range(start, args.num_iterations):
             t0 = time.time()
-            batch, ep = rollout(policy, envs, args.num_steps, args.gamma, env_seed(args.seed, it, rank), device)
+            batch, ep = rollout(policy, envs, args.num_steps, args.gamma, env_seed(args.seed, it, rank), device,
+                                args.bootstrap_truncated)
             t1 = time.time()
             adv, ret = compute_gae(batch["reward"], batch["value"], batch["done"], batch["last_value"], args.gamma, args.gae_lambda)
             upd = ppo_update(policy, optimizer, batch, adv, ret, args, world, device)

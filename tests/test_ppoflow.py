@@ -186,6 +186,8 @@ def test_truncation_is_bootstrapped_with_final_obs_value():
     assert batch["done"].tolist() == [[False, False], [True, True], [False, False]] and ep["success"] == [0.0, 0.0]
     torch.testing.assert_close(batch["reward"][1], 0.5 * batch["value"][1], atol=0.2, rtol=0)  # 0 + gamma * V(final)
     assert (batch["reward"][0] == 0).all() and (batch["reward"][2] == 0).all()
+    batch, _ = P.rollout(pol, envs, num_steps=3, gamma=0.5, seed=1, device="cpu", bootstrap_truncated=False)
+    assert (batch["reward"] == 0).all() and batch["done"][1].all()  # a time-out is a failure: GAE stops there at 0
 
 
 def test_value_and_noise_heads_send_no_gradient_into_vlm_or_expert():
