@@ -141,6 +141,9 @@ class Args:
     """Appendix A (c): freeze the SigLIP vision encoder (LoRA only on Gemma)."""
     lora_expert: bool = False
     """Appendix A (a, c, d): LoRA on the action expert instead of fully training it."""
+    value_state: bool = False
+    """Value head reads [z_t, normalised robot state] instead of z_t alone (paper: V(z_t)). pi0 feeds the state
+    only to the action expert, so z_t of a small model may not tell "block in the gripper" from "block on the table"."""
     # ---- bookkeeping ----
     save_every: int = 10
     """Checkpoint every N iterations (plus ckpt_final.pt)."""
@@ -181,6 +184,7 @@ class PolicyConfig:
     lora_expert: bool = False
     freeze_vlm: bool = False
     freeze_siglip: bool = False
+    value_state: bool = False
 
 
 # =============================================================================================
@@ -424,7 +428,7 @@ class PI0Policy(nn.Module):
         hv = pi0.config.vlm_config.text_config.hidden_size
         n = config.chunk * config.action_dim
         self.noise_head = _mlp(n + hv + 1, config.head_width, n)  # sigma_phi(A_tau, z_t, tau)
-        self.value_head = _mlp(hv, config.head_width, 1)  # V(z_t)
+        self.value_head = _mlp(hv + (config.state_dim if config.value_state else 0), config.head_width, 1)  # V(z_t)
         nn.init.zeros_(self.noise_head[-1].weight)  # start at the middle of [log_min, log_max]
         nn.init.zeros_(self.noise_head[-1].bias)
         self._token_cache: dict[str, list[int]] = {}
@@ -462,8 +466,10 @@ class PI0Policy(nn.Module):
 
     def load_weights(self, sd: dict, scaling: float = 0.0, allow_missing: tuple[str, ...] = ("noise_head.", "value_head.")):
         """Load weights of any layout (with or without LoRA adapters) into this policy's layout: identical keys load
-        as-is (exact resume); otherwise adapters are merged and base weights mapped (fresh adapters, B = 0)."""
+        as-is (exact resume); otherwise adapters are merged and base weights mapped (fresh adapters, B = 0).
+        Heads in `allow_missing` that are absent or of another shape (e.g. --value-state) keep their fresh init."""
         own = self.state_dict()
+        sd = {k: v for k, v in sd.items() if not (k.startswith(allow_missing) and k in own and v.shape != own[k].shape)}
         if set(sd) == set(own):
             self.load_state_dict(sd)
             return
@@ -577,7 +583,8 @@ class PI0Policy(nn.Module):
         return torch.stack(samples, 1), logp, torch.stack(log_stds, 1)
 
     def value(self, prefix: Prefix) -> torch.Tensor:
-        return self.value_head(prefix.z).squeeze(-1)  # [B]
+        x = torch.cat([prefix.z, prefix.state[:, : self.config.state_dim].float()], -1) if self.config.value_state else prefix.z
+        return self.value_head(x).squeeze(-1)  # [B]
 
     def flow_matching_loss(self, inp: dict, actions: torch.Tensor) -> torch.Tensor:
         """Eq. 1 on normalised action chunks [B, C, A]: || v(A^tau, tau) - (A - eps) ||^2, A^tau = tau A + (1-tau) eps."""
@@ -935,7 +942,7 @@ def build_policy(args: Args) -> PI0Policy:
     """--init checkpoint (weights merged, then this run's fine-tuning mode) or a random --preset model."""
     ft = dict(num_steps=args.num_inference_steps, log_sigma_min=args.log_sigma_min, log_sigma_max=args.log_sigma_max,
               lora_rank=args.lora_rank, lora_alpha=float(max(args.lora_rank, 1)), lora_expert=args.lora_expert,
-              freeze_vlm=args.freeze_vlm, freeze_siglip=args.freeze_siglip)
+              freeze_vlm=args.freeze_vlm, freeze_siglip=args.freeze_siglip, value_state=args.value_state)
     if args.init is None:
         print(f"[ppoflow] no --init: random {args.preset} weights (use train_imitation.py for a starting point)")
         return PI0Policy(preset_config(args.preset, args.env.chunk, **ft), Normalizer.from_stats_file(args.stats_file),

@@ -449,6 +449,22 @@ def test_init_from_checkpoint_changes_finetune_mode(tmp_path):
     assert x.shape == y.shape  # same weights (fresh LoRA B = 0), different K
 
 
+def test_value_state_head_reads_the_robot_state_and_loads_from_a_z_only_checkpoint(tmp_path):
+    src = tiny_policy(lora_rank=0)
+    P.torch_save_atomic(P.policy_checkpoint(src, iteration=0), tmp_path / "il.pt")
+    pol = P.build_policy(fast_args(tmp_path, init=str(tmp_path / "il.pt"), lora_rank=0, value_state=True))
+    assert pol.config.value_state and pol.value_head[0].in_features == src.value_head[0].in_features + 7
+    obs = fake_obs(2)
+    with torch.no_grad():
+        v0 = pol.value(pol.encode(pol.obs_to_inputs(obs)))
+        obs["state"] = obs["state"] + 0.05
+        v1 = pol.value(pol.encode(pol.obs_to_inputs(obs)))
+    assert v0.shape == (2,) and not torch.allclose(v0, v1)
+    for k, v in src.state_dict().items():  # everything but the value head came from the checkpoint
+        if not k.startswith("value_head."):
+            assert torch.equal(v, pol.state_dict()[k]), k
+
+
 DDP_RUNNER = """
 import sys
 sys.path[:0] = [{repo!r}, {tests!r}]
