@@ -824,8 +824,9 @@ def allreduce_grads(params: list[torch.Tensor], world: int) -> None:
 
 
 def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret: torch.Tensor, args: Args,
-               world: int, device) -> dict:
-    """Eq. 6-7 over minibatches for `update_epochs` epochs; returns averaged statistics."""
+               world: int, device, train_policy: bool = True) -> dict:
+    """Eq. 6-7 over minibatches for `update_epochs` epochs; returns averaged statistics. train_policy False (critic
+    warm-up) drops the policy's gradients before the step, so Adam's moments do not fill up with them either."""
     policy.train()
     flat = {k: batch[k].flatten(0, 1) for k in ("rgb", "state", "ids", "mask", "chain", "logp", "value")}
     adv, ret = adv.flatten(), ret.flatten()
@@ -864,6 +865,9 @@ def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret
                 for k, v in s.items():
                     stats.setdefault(k, []).append(float(v.detach()))
             allreduce_grads(params, world)
+            if not train_policy:
+                for p in actor:
+                    p.grad = None  # the optimizer skips parameters without a gradient
             gn = nn.utils.clip_grad_norm_(actor, args.max_grad_norm)  # ALGO LOGIC
             stats.setdefault("value_grad_norm", []).append(float(nn.utils.clip_grad_norm_(critic, args.max_grad_norm)))
             optimizer.step()
@@ -1017,7 +1021,8 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                                 args.bootstrap_truncated)
             t1 = time.time()
             adv, ret = compute_gae(batch["reward"], batch["value"], batch["done"], batch["last_value"], args.gamma, args.gae_lambda)
-            upd = ppo_update(policy, optimizer, batch, adv, ret, args, world, device)
+            upd = ppo_update(policy, optimizer, batch, adv, ret, args, world, device,
+                             train_policy=it >= args.critic_warmup_iterations)
             scheduler.step()
             t2 = time.time()
             m = {"charts/success_rate": ep["success"], "charts/episode_return": ep["return"],

@@ -434,6 +434,9 @@ def test_critic_warmup_trains_only_the_value_head(tmp_path):
     changed = {k for k in start if not torch.equal(start[k], first[k])}
     assert changed and all(k.startswith("value_head.") for k in changed), sorted(changed)[:5]
     assert any(not torch.equal(first[k], final[k]) for k in final if k.startswith("noise_head."))  # policy trains after
+    n_value = sum(1 for k in start if k.startswith("value_head."))
+    opt = torch.load(tmp_path / "ckpt_1.pt", map_location="cpu", weights_only=True)["optimizer"]
+    assert len(opt["state"]) == n_value  # no Adam moments built from warm-up policy gradients
 
 
 def test_init_from_checkpoint_changes_finetune_mode(tmp_path):
