@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import shlex
 import subprocess
 import sys
@@ -31,6 +32,23 @@ def test_paired_and_time_to_finish_differences():
     d, lo, hi = ld.tf_diff([10.0, 12.0, 11.0, 9.0], [7.0, 8.0, 7.5, 8.5])
     assert d == pytest.approx(-2.75) and lo < d < hi < 0
     assert all(x != x for x in ld.tf_diff([1.0], [2.0, 3.0]))  # too few successes: NaN, not a made-up interval
+
+
+def test_checkpoint_selection_is_best_eval_then_next_rollouts(tmp_path):
+    evals = {5: 0.5, 10: 0.875, 15: 0.875, 20: 0.875}  # ckpt 20 has no file: it cannot be chosen
+    roll = {i: (0.9 if 11 <= i <= 15 else 0.4) for i in range(1, 26)}
+    lines = [{"iteration": i, "charts/success_rate": roll[i], **({"eval/success_rate": evals[i]} if i in evals else {})}
+             for i in range(1, 26)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    for it in (5, 10, 15):
+        (tmp_path / f"ckpt_{it}.pt").write_bytes(b"")
+    assert ld.select_checkpoint(tmp_path).name == "ckpt_10.pt"  # ties with 15 on eval; its next 5 rollouts are better
+    (tmp_path / "ckpt_10.pt").unlink()
+    assert ld.select_checkpoint(tmp_path).name == "ckpt_15.pt"
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps({"iteration": i, "charts/success_rate": 0.5})
+                                                       for i in range(1, 6)) + "\n")
+    with pytest.raises(SystemExit, match="no checkpoint with an in-training evaluation"):
+        ld.select_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize("script", ["learning_demo.py", "scene_scaling.py"])
