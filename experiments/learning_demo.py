@@ -39,7 +39,9 @@ class Args:
     task: str = "put the green block on the plate"
     """Task text of the one training scene."""
     seed: int = 0
-    """Seed of designer, assets, composer and imitation (PPOFlow uses seed + 1)."""
+    """Seed of designer, assets, composer and imitation."""
+    ppo_seed: int | None = None
+    """Seed of PPOFlow (default --seed + 1); another value replicates the fine-tuning from the same start policy."""
     preset: str = "tiny"
     """Policy size: tiny (CPU), small, pi0-3b (GPU)."""
     image_size: int = 64
@@ -151,7 +153,8 @@ def main(args: Args) -> dict | None:
         "--update-epochs", str(args.ppo_update_epochs), "--num-iterations", str(args.ppo_iterations),
         "--learning-rate", str(args.ppo_lr), "--critic-learning-rate", str(args.ppo_critic_lr),
         "--num-inference-steps", str(args.num_inference_steps), "--save-every", "5", "--eval-every", "5",
-        "--seed", str(args.seed + 1), "--device", "cpu", *envf, *shlex.split(args.ppo_extra)],
+        "--seed", str(args.seed + 1 if args.ppo_seed is None else args.ppo_seed), "--device", "cpu", *envf,
+        *shlex.split(args.ppo_extra)],
         ppo_ckpt, logs, steps_file, args.dry_run)
     if args.select == "best-eval" and not args.ppo_eval_ckpt and not args.dry_run:
         ppo_ckpt = select_checkpoint(ppo)
