@@ -190,7 +190,9 @@ def write_report(out: Path, args: Args, wall: float) -> dict:
     curve = read_curve(out / "runs/ppo/metrics.jsonl")
     plot_curves({"PPOFlow": curve}, out / "learning_curve.png",
                 f"PPOFlow from IL on 1 generated scene ({args.preset}, K={args.num_inference_steps})",
-                {f"IL start, eval SR {k0 / n0:.2f}": k0 / n0, f"PPOFlow final, eval SR {k1 / n1:.2f}": k1 / n1})
+                {f"IL start: SR {k0 / n0:.2f} ({n0} eval episodes)": k0 / n0,
+                 f"PPOFlow iteration {it}: SR {k1 / n1:.2f} ({n1} eval episodes)": k1 / n1},
+                marks={f"checkpoint evaluated (iteration {it})": env_steps})
     rep = {"il": {"successes": k0, "episodes": n0, "sr": k0 / n0, "wilson95": wilson(k0, n0)},
            "ppo": {"successes": k1, "episodes": n1, "sr": k1 / n1, "wilson95": wilson(k1, n1)},
            "diff_newcombe95": newcombe_diff(k1, n1, k0, n0), "diff_wald95": wald_diff(k1, n1, k0, n0),

@@ -192,8 +192,9 @@ def read_curve(metrics: Path) -> dict[str, list]:
 
 
 def plot_curves(curves: dict[str, dict], path: Path, title: str, baselines: dict[str, float] | None = None,
-                smooth: int = 5) -> Path:
-    """Success rate vs env steps (chunk decisions) for several runs; training SR smoothed over `smooth` iterations."""
+                smooth: int = 5, marks: dict[str, float] | None = None) -> Path:
+    """Success rate vs env steps (chunk decisions) for several runs; training SR smoothed over `smooth` iterations;
+    `baselines` are horizontal lines (label -> SR), `marks` vertical ones (label -> env step)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,6 +214,8 @@ def plot_curves(curves: dict[str, dict], path: Path, title: str, baselines: dict
             ax.plot(c["eval_step"], c["eval_sr"], "o--", color=col, ms=4, lw=1, label=f"{label}: deterministic eval SR")
     for j, (label, y) in enumerate((baselines or {}).items()):
         ax.axhline(y, color="k", ls=":" if j else "-.", lw=1, label=label)
+    for label, x in (marks or {}).items():
+        ax.axvline(x, color="grey", ls="--", lw=1, label=label)
     ax.set_xlabel("env steps (chunk decisions; x4 control steps)")
     ax.set_ylabel("success rate")
     ax.set_ylim(-0.02, 1.02)
