@@ -428,7 +428,7 @@ class PI0Policy(nn.Module):
         hv = pi0.config.vlm_config.text_config.hidden_size
         n = config.chunk * config.action_dim
         self.noise_head = _mlp(n + hv + 1, config.head_width, n)  # sigma_phi(A_tau, z_t, tau)
-        self.value_head = _mlp(hv + (config.state_dim if config.value_state else 0), config.head_width, 1)  # V(z_t)
+        self.value_head = _mlp(hv + (config.state_dim if config.value_state else 0), config.head_width, 1)  # V(z_t) [or V(z_t, s_t)]
         nn.init.zeros_(self.noise_head[-1].weight)  # start at the middle of [log_min, log_max]
         nn.init.zeros_(self.noise_head[-1].bias)
         self._token_cache: dict[str, list[int]] = {}

@@ -82,8 +82,9 @@ class Args:
     """PPOFlow policy learning rate (Table A.1)."""
     ppo_critic_lr: float = 1e-3
     """PPOFlow value-head learning rate."""
-    ppo_extra: str = ""
-    """Extra PPOFlow flags, written with "=": --ppo-extra="--bc-coef 0.1 --log-sigma-max -1.5"."""
+    ppo_extra: str = "--gamma 1.0 --no-bootstrap-truncated --critic-warmup-iterations 3 --value-state"
+    """Extra PPOFlow flags, written with "=": the default is the learning demo's recipe (success-within-the-episode
+    objective, critic warm-up, value head with state; see experiments/learning_demo.py); --ppo-extra="" = paper."""
     eval_episodes: int = 20
     """Evaluation episodes per scene (paper: 100)."""
     dry_run: bool = False
