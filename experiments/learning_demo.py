@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import tyro
 
@@ -53,7 +54,7 @@ class Args:
     num_inference_steps: int = 1
     """K of the flow chain, in the IL checkpoint and in PPOFlow (paper default K = 1)."""
     il_episodes: int = 150
-    """Successful expert demos kept (150 gave a start policy at 62% deterministic SR: room to improve)."""
+    """Successful expert demos kept (150 gave a start policy at 58-62% deterministic SR: room to improve)."""
     il_steps: int = 4000
     """Imitation gradient steps (batch 32)."""
     ppo_num_envs: int = 8
@@ -79,7 +80,7 @@ class Args:
     """Deterministic evaluation episodes per policy (same seeds for both; >= 100)."""
     eval_seed: int = 1000
     """First evaluation episode seed (disjoint from training seeds)."""
-    select: str = "best-eval"
+    select: Literal["final", "best-eval"] = "best-eval"
     """PPOFlow checkpoint compared with IL: "final", or "best-eval" (early stopping): the saved checkpoint with the
     highest in-training deterministic SR, ties broken by the rollout SR of the next 5 iterations. The comparison
     then runs on fresh seeds, so the selection does not inflate the reported SR of the chosen checkpoint."""
@@ -203,7 +204,8 @@ def write_report(out: Path, args: Args, wall: float) -> dict:
            "ppo_iteration_evaluated": it, "ppo_checkpoint": ppo_path,
            "ppo_selection": f"--ppo-eval-ckpt {args.ppo_eval_ckpt}" if args.ppo_eval_ckpt else args.select,
            "ppo_wall_s_to_checkpoint": sum((m.get("time/rollout_s") or 0) + (m.get("time/update_s") or 0)
-                                           for m in metrics if m.get("iteration", 0) <= it), "ppo_env_steps_decisions": env_steps, "ppo_control_steps": env_steps * 4,
+                                           for m in metrics if m.get("iteration", 0) <= it),
+           "ppo_env_steps_decisions": env_steps, "ppo_control_steps": env_steps * 4,
            "wall_s": {k: v["wall_s"] for k, v in steps.items()}, "machine": machine_info(), "args": asdict(args)}
     d, lo, hi = rep["diff_newcombe95"]
     rep["ci_excludes_zero"] = lo > 0
