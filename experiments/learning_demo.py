@@ -30,7 +30,7 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scene_scaling import (env_flags, machine_info, make_scenes, newcombe_diff, plot_curves, read_curve,  # noqa: E402
-                           run_step, stage, wald_diff, wilson)
+                           run_step, select_checkpoint, stage, wald_diff, wilson)
 
 
 @dataclass
@@ -101,23 +101,6 @@ def paired_diff(a: list[bool], b: list[bool]) -> tuple[float, float, float]:
     m = sum(d) / n
     sd = math.sqrt(sum((x - m) ** 2 for x in d) / max(1, n - 1))
     return m, m - 1.96 * sd / math.sqrt(n), m + 1.96 * sd / math.sqrt(n)
-
-
-def select_checkpoint(run: Path, window: int = 5) -> Path:
-    """The saved checkpoint of a PPOFlow run with the highest in-training eval SR; ties: the higher mean rollout SR
-    over the `window` iterations after it (the policy the checkpoint holds, still learning)."""
-    ms = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    roll = {m["iteration"]: m.get("charts/success_rate") for m in ms}
-    cands = []
-    for m in ms:
-        it, ev = m["iteration"], m.get("eval/success_rate")
-        if ev is not None and (run / f"ckpt_{it}.pt").exists():
-            after = [roll[i] for i in range(it + 1, it + 1 + window) if roll.get(i) is not None]
-            cands.append((ev, sum(after) / len(after) if after else -1.0, it))
-    if not cands:
-        raise SystemExit(f"{run}: no checkpoint with an in-training evaluation (run ppoflow_pi0.py with --eval-every "
-                         "and --save-every on the same iterations), or pass --select final")
-    return run / f"ckpt_{max(cands)[2]}.pt"
 
 
 def tf_diff(a: list[float], b: list[float]) -> tuple[float, float, float]:

@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import tyro
 
@@ -87,6 +88,9 @@ class Args:
     objective, critic warm-up, value head with state; see experiments/learning_demo.py); --ppo-extra="" = paper."""
     eval_episodes: int = 20
     """Evaluation episodes per scene (paper: 100)."""
+    select: Literal["final", "best-eval"] = "best-eval"
+    """PPOFlow checkpoint evaluated per N: "final", or "best-eval" (early stopping, see select_checkpoint): PPOFlow
+    at this batch size rises and falls back, and the final checkpoint can be below the start."""
     dry_run: bool = False
     """Print the commands without running them."""
 
@@ -171,6 +175,23 @@ def wald_diff(k1: int, n1: int, k0: int, n0: int) -> tuple[float, float, float]:
     p1, p0 = k1 / n1, k0 / n0
     h = 1.96 * math.sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0)
     return p1 - p0, p1 - p0 - h, p1 - p0 + h
+
+
+def select_checkpoint(run: Path, window: int = 5) -> Path:
+    """The saved checkpoint of a PPOFlow run with the highest in-training eval SR; ties: the higher mean rollout SR
+    over the `window` iterations after it (the policy the checkpoint holds, still learning)."""
+    ms = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    roll = {m["iteration"]: m.get("charts/success_rate") for m in ms}
+    cands = []
+    for m in ms:
+        it, ev = m["iteration"], m.get("eval/success_rate")
+        if ev is not None and (run / f"ckpt_{it}.pt").exists():
+            after = [roll[i] for i in range(it + 1, it + 1 + window) if roll.get(i) is not None]
+            cands.append((ev, sum(after) / len(after) if after else -1.0, it))
+    if not cands:
+        raise SystemExit(f"{run}: no checkpoint with an in-training evaluation (run ppoflow_pi0.py with --eval-every "
+                         "and --save-every on the same iterations), or pass --select final")
+    return run / f"ckpt_{max(cands)[2]}.pt"
 
 
 def read_curve(metrics: Path) -> dict[str, list]:
@@ -291,10 +312,12 @@ def main(args: Args) -> Path:
             "--num-steps", str(args.ppo_num_steps), "--minibatch-size", str(args.ppo_minibatch),
             "--update-epochs", str(args.ppo_update_epochs), "--num-iterations", str(args.ppo_iterations),
             "--learning-rate", str(args.ppo_lr), "--critic-learning-rate", str(args.ppo_critic_lr),
-            "--save-every", str(max(1, args.ppo_iterations // 4)), "--eval-every", str(max(1, args.ppo_iterations // 5)),
+            "--save-every", str(max(1, args.ppo_iterations // 10)), "--eval-every", str(max(1, args.ppo_iterations // 10)),
             "--seed", str(args.seed + 1), "--device", "cpu", *k_flag, *envf, *shlex.split(args.ppo_extra)],
             ppo / "ckpt_final.pt", logs, steps, args.dry_run)
-        ckpts += [il / "ckpt_final.pt", ppo / "ckpt_final.pt"]
+        chosen = select_checkpoint(ppo) if args.select == "best-eval" and not args.dry_run else ppo / "ckpt_final.pt"
+        print(f"[select] N={n}: {chosen.name} ({args.select})")
+        ckpts += [il / "ckpt_final.pt", chosen]
         labels += [f"IL N={n}", f"PPOFlow N={n}"]
     ev = out / "eval"
     run_step("evaluate", stage("evaluate.py") + [a for c in ckpts for a in ("--ckpt", str(c))] + [
