@@ -316,7 +316,7 @@ def main(args: Args) -> Path:
             "--seed", str(args.seed + 1), "--device", "cpu", *k_flag, *envf, *shlex.split(args.ppo_extra)],
             ppo / "ckpt_final.pt", logs, steps, args.dry_run)
         chosen = select_checkpoint(ppo) if args.select == "best-eval" and not args.dry_run else ppo / "ckpt_final.pt"
-        print(f"[select] N={n}: {chosen.name} ({args.select})")
+        print(f"[select] N={n}: " + (f"--select {args.select} after PPOFlow" if args.dry_run else f"{chosen.name} ({args.select})"))
         ckpts += [il / "ckpt_final.pt", chosen]
         labels += [f"IL N={n}", f"PPOFlow N={n}"]
     ev = out / "eval"
