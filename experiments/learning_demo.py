@@ -30,7 +30,7 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scene_scaling import (env_flags, machine_info, make_scenes, newcombe_diff, plot_curves, read_curve,  # noqa: E402
-                           run_step, select_checkpoint, stage, wald_diff, wilson)
+                           ppo_flags, run_step, select_checkpoint, stage, wald_diff, wilson)
 
 
 @dataclass
@@ -132,13 +132,8 @@ def main(args: Args) -> dict | None:
         il / "ckpt_final.pt", logs, steps_file, args.dry_run)
     run_step("ppo", stage("ppoflow_pi0.py") + [
         "--scenes-dir", str(scenes), "--init", str(il / "ckpt_final.pt"), "--out", str(ppo),
-        "--num-envs", str(args.ppo_num_envs),  # CPU: one worker process per env
-        "--num-steps", str(args.ppo_num_steps), "--minibatch-size", str(args.ppo_minibatch),
-        "--update-epochs", str(args.ppo_update_epochs), "--num-iterations", str(args.ppo_iterations),
-        "--learning-rate", str(args.ppo_lr), "--critic-learning-rate", str(args.ppo_critic_lr),
         "--num-inference-steps", str(args.num_inference_steps), "--save-every", "5", "--eval-every", "5",
-        "--seed", str(args.seed + 1 if args.ppo_seed is None else args.ppo_seed), "--device", "cpu", *envf,
-        *shlex.split(args.ppo_extra)],
+        "--seed", str(args.seed + 1 if args.ppo_seed is None else args.ppo_seed), *envf, *ppo_flags(args)],
         ppo_ckpt, logs, steps_file, args.dry_run)
     if args.select == "best-eval" and not args.ppo_eval_ckpt and not args.dry_run:
         ppo_ckpt = select_checkpoint(ppo)

@@ -272,6 +272,15 @@ def env_flags(image_size: int, max_decisions: int) -> list[str]:
     return ["--env.image-size", str(image_size), "--env.max-decisions", str(max_decisions)]
 
 
+def ppo_flags(args) -> list[str]:
+    """ppoflow_pi0.py's budget flags from a driver's --ppo-* fields (same names in both drivers); --ppo-extra last."""
+    return ["--num-envs", str(args.ppo_num_envs),  # CPU: one worker process per env
+            "--num-steps", str(args.ppo_num_steps), "--minibatch-size", str(args.ppo_minibatch),
+            "--update-epochs", str(args.ppo_update_epochs), "--num-iterations", str(args.ppo_iterations),
+            "--learning-rate", str(args.ppo_lr), "--critic-learning-rate", str(args.ppo_critic_lr),
+            "--device", "cpu", *shlex.split(args.ppo_extra)]
+
+
 # ---------------------------------------------------------------------------------------------
 # The experiment
 # ---------------------------------------------------------------------------------------------
@@ -308,12 +317,8 @@ def main(args: Args) -> Path:
         run_step(f"ppo_N{n}", stage("ppoflow_pi0.py") + [
             "--scenes-dir", str(scenes), "--splits-file", str(splits), "--split-index", "0",
             "--num-train-scenes", str(n), "--init", str(il / "ckpt_final.pt"), "--out", str(ppo),
-            "--num-envs", str(args.ppo_num_envs),  # CPU: one worker process per env
-            "--num-steps", str(args.ppo_num_steps), "--minibatch-size", str(args.ppo_minibatch),
-            "--update-epochs", str(args.ppo_update_epochs), "--num-iterations", str(args.ppo_iterations),
-            "--learning-rate", str(args.ppo_lr), "--critic-learning-rate", str(args.ppo_critic_lr),
             "--save-every", str(max(1, args.ppo_iterations // 10)), "--eval-every", str(max(1, args.ppo_iterations // 10)),
-            "--seed", str(args.seed + 1), "--device", "cpu", *k_flag, *envf, *shlex.split(args.ppo_extra)],
+            "--seed", str(args.seed + 1), *k_flag, *envf, *ppo_flags(args)],
             ppo / "ckpt_final.pt", logs, steps, args.dry_run)
         chosen = select_checkpoint(ppo) if args.select == "best-eval" and not args.dry_run else ppo / "ckpt_final.pt"
         print(f"[select] N={n}: " + (f"--select {args.select} after PPOFlow" if args.dry_run else f"{chosen.name} ({args.select})"))
