@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import math
 import os
 import select
 import signal
@@ -161,7 +162,8 @@ def clamp_step(delta: np.ndarray, max_trans: float, max_rot: float) -> tuple[np.
     """Limit one ee delta [6]: translation norm <= max_trans (direction kept), each rotation <= max_rot."""
     delta = np.asarray(delta, dtype=np.float64).copy()
     clamped = False
-    norm = float(np.linalg.norm(delta[:3]))
+    scale = float(np.abs(delta[:3]).max())  # scaled norm: no overflow for huge finite deltas (1e308)
+    norm = scale * float(np.linalg.norm(delta[:3] / scale)) if scale > 0 else 0.0
     if norm > max_trans:
         delta[:3] *= max_trans / norm
         clamped = True
@@ -182,16 +184,27 @@ def safe_ee_delta(pose: np.ndarray, delta: np.ndarray, lo, hi, max_trans: float,
     """The delta actually sent: step-clamped, with the target pose[:3] + delta[:3] kept inside the box.
 
     `pose` is the pose the backend composes deltas onto. Returns (delta [6], reasons it was changed).
+    The entry check comes first: a non-finite delta (NaN / inf from the policy) or a non-finite pose (a bad
+    robot reading, so the box cannot be checked) is refused as a hold, the zero delta, with the reason
+    "non_finite_action" / "non_finite_pose". Whatever comes in, the result is finite, within the step limits and,
+    from a pose inside the box, lands inside it.
     """
+    delta, pose = np.asarray(delta, dtype=np.float64).reshape(-1)[:6], np.asarray(pose, dtype=np.float64).reshape(-1)
+    if delta.shape != (6,) or not np.isfinite(delta).all():
+        return np.zeros(6), ["non_finite_action"]
+    if pose.size < 3 or not np.isfinite(pose[:3]).all():
+        return np.zeros(6), ["non_finite_pose"]
     reasons = []
     delta, c1 = clamp_step(delta, max_trans, max_rot)
     if c1:
         reasons.append("step")
-    target, c2 = clamp_to_workspace(np.asarray(pose[:3]) + delta[:3], np.asarray(lo), np.asarray(hi))
+    target, c2 = clamp_to_workspace(pose[:3] + delta[:3], np.asarray(lo), np.asarray(hi))
     if c2:
         reasons.append("workspace")
-        delta[:3] = target - np.asarray(pose[:3])
+        delta[:3] = target - pose[:3]
         delta, _ = clamp_step(delta, max_trans, max_rot)  # a pose outside the box re-enters at <= max speed
+    if not np.isfinite(delta).all():  # belt and braces: never send one
+        return np.zeros(6), ["non_finite_action"]
     return delta, reasons
 
 
@@ -201,9 +214,11 @@ def joint_limit_violations(q, lower, upper, margin: float = 0.0) -> list[int]:
     return [int(i) for i in np.nonzero((q < lower + margin) | (q > upper - margin))[0]]
 
 
-def gripper_open_from_action(g: float) -> bool:
-    """Policy gripper convention (WidowX / Bridge): +1 open, -1 close."""
-    return float(g) > 0.0
+def gripper_open_from_action(g: float) -> bool | None:
+    """Policy gripper convention (WidowX / Bridge): +1 open, -1 close; None for a non-finite value (NaN must not
+    read as "close": the caller keeps the gripper as it is)."""
+    g = float(g)
+    return None if not math.isfinite(g) else g > 0.0
 
 
 class GripperDebouncer:
@@ -556,6 +571,8 @@ class SimRobot:
     def apply_ee_delta(self, delta):
         import torch
 
+        if not np.isfinite(delta).all():  # run_trial's safety layer never sends one; refuse it here too
+            return "non-finite delta refused"
         a = torch.tensor(np.concatenate([delta, [self.gripper]]), dtype=torch.float32).view(1, 1, 7)  # [N, C, 7]
         obs, _, term, trunc, info = self.env.step(a)
         done = bool(term[0] or trunc[0])
@@ -620,6 +637,8 @@ class BridgeRobot:
                 "gripper": float(state[6]) if state.size > 6 else self.gripper}
 
     def apply_ee_delta(self, delta):
+        if not np.isfinite(delta).all():
+            return "non-finite delta refused"
         status = self.client.step_action(np.concatenate([delta, [self.gripper]]), blocking=False)
         return None if status == self.ok else f"robot server status {status}"
 
@@ -641,7 +660,9 @@ class BridgeRobot:
 class InterbotixRobot:
     """Interbotix ROS 2 API: targets = last command composed with the delta, IK, joint-limit check, publish."""
 
-    def __init__(self, args: Args):
+    def __init__(self, args: Args, read_only: bool = False):
+        """`read_only` (dry run): connect and read only; nothing that changes the robot's state (motor gains,
+        gravity compensation, torque) is written."""
         arm_mod = import_backend("interbotix_xs_modules.xs_robot.arm", INTERBOTIX_INSTALL)
         self.args = args
         self.bot = arm_mod.InterbotixManipulatorXS(
@@ -652,11 +673,13 @@ class InterbotixRobot:
             robot_startup()
         except ImportError:
             pass
-        if args.pos_p_gain is not None:  # PD gains pass through to the motor registers
+        if args.pos_p_gain is not None and read_only:
+            print("[dry-run] motor PID gains not written", file=sys.stderr)
+        elif args.pos_p_gain is not None:  # PD gains pass through to the motor registers
             self.bot.core.robot_set_motor_pid_gains("group", "arm", kp_pos=args.pos_p_gain,
                                                    ki_pos=args.pos_i_gain or 0, kd_pos=args.pos_d_gain or 0)
         self.gc = None
-        if args.estop_action == "gravity_compensation":
+        if args.estop_action == "gravity_compensation" and not read_only:
             gc_mod = import_backend("interbotix_xs_modules.xs_robot.gravity_compensation", INTERBOTIX_INSTALL)
             self.gc = gc_mod.InterbotixGravityCompensationInterface(self.bot.core)
         info = self.bot.arm.group_info
@@ -682,6 +705,8 @@ class InterbotixRobot:
                 "gripper": float(np.clip(opening, 0.0, 1.0))}
 
     def apply_ee_delta(self, delta):
+        if not np.isfinite(delta).all():
+            return "non-finite delta refused"
         target = compose_delta(self.bot.arm.get_ee_pose_command(), delta)  # deltas add to the last command
         theta, ok = self.bot.arm.set_ee_pose_matrix(target, custom_guess=self.bot.arm.get_joint_commands(),
                                                     execute=False)
@@ -756,7 +781,7 @@ def make_robot(args: Args, scene: dict, image_size: int, max_steps: int) -> Robo
     elif args.backend == "bridge":
         robot = BridgeRobot(args, image_size)
     else:
-        robot = InterbotixRobot(args)
+        robot = InterbotixRobot(args, read_only=args.dry_run)
     return DryRunRobot(robot) if args.dry_run else robot
 
 
@@ -842,6 +867,15 @@ def load_policy(args: Args, get_robot: Callable[[], Any]) -> tuple[Any, int, int
 # ---------------------------------------------------------------------------------------------
 
 
+def hold(robot: Robot) -> None:
+    """Stop the arm where it is on an abnormal exit. Never raises: the error that caused the exit is the one the
+    caller must see, and a failed hold is shouted to the operator."""
+    try:
+        robot.stop()
+    except Exception as e:
+        print(f"[hold] robot.stop() failed: {e!r} - USE THE HARDWARE STOP", file=sys.stderr, flush=True)
+
+
 def run_trial(robot: Robot, policy, command: str, args: Args, estop: EStop, image_size: int, chunk_len: int,
               camera: Camera | None, keyboard: KeyboardWatcher, seed: int) -> dict:
     """Reset, then run max_decisions * C control steps: a new chunk whenever the last one is used up,
@@ -856,64 +890,70 @@ def run_trial(robot: Robot, policy, command: str, args: Args, estop: EStop, imag
     debounce, sent_open = GripperDebouncer(args.gripper_debounce, is_open=True), True  # reset opens the gripper
     lo, hi = np.asarray(args.workspace_lo), np.asarray(args.workspace_hi)
     infer_ms, cmd_ms, step_ms, frames, refusals = [], [], [], [], {}
-    n_clamped = n_refused = steps = decisions = 0
+    n_clamped = n_refused = n_nonfinite = steps = decisions = 0
     max_steps, queue = args.max_decisions * chunk_len, []
     t_start = time.perf_counter()
     ended_by = "estop" if estop.triggered else None
-    with keyboard:
-        while steps < max_steps and ended_by is None:
-            t_step = time.perf_counter()
-            obs = robot.get_observation()
-            rgb = None
-            if camera is not None or obs.get("rgb") is not None:
-                rgb = preprocess_rgb(camera.read() if camera else obs["rgb"], image_size, args.crop)  # [H, W, 3]
-                if args.video != "none":
-                    frames.append(rgb)
-            if not queue:  # ALGO LOGIC: open-loop execution of the whole C-step chunk (Table A.1)
-                state = np.concatenate([obs["ee_pose"], [obs["gripper"]]]).astype(np.float32)  # [7]
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    acts = policy.act({"rgb": torch.from_numpy(rgb)[None], "state": torch.from_numpy(state)[None],
-                                       "instruction": [command]}, deterministic=True)  # [1, C, 7]
-                queue = list(acts[0].detach().cpu().numpy().astype(np.float64))
-                infer_ms.append((time.perf_counter() - t0) * 1e3)
-                decisions += 1
-            action = queue.pop(0)  # [7]: ee delta xyz (m), rpy (rad), gripper +1 open / -1 close
-            base = obs.get("target_pose", obs["ee_pose"])
-            delta, why = safe_ee_delta(base, action[:6], lo, hi, args.max_step_translation_m, args.max_step_rotation_rad)
-            n_clamped += bool(why)
-            want_open = debounce.update(gripper_open_from_action(action[6]))
-            t_cmd = time.perf_counter()
-            with estop.guard() as ok:  # no command can slip out after an e-stop's halt
-                if not ok:
-                    ended_by = "estop"
-                    break
-                switched = want_open != sent_open
-                if switched:
-                    robot.set_gripper(want_open)
-                    sent_open = want_open
-                refused = robot.apply_ee_delta(delta)
-            cmd_ms.append((time.perf_counter() - t_cmd) * 1e3)
-            if refused:
-                n_refused += 1
-                refusals[refused] = refusals.get(refused, 0) + 1
-            steps += 1
-            if args.verbose:
-                print(f"  step {steps:3d} delta {np.round(delta, 4).tolist()} gripper {'open' if want_open else 'close'}"
-                      f"{' (switched)' if switched else ''}{' clamped:' + '+'.join(why) if why else ''}"
-                      f"{' REFUSED: ' + refused if refused else ''}")
-            out = robot.outcome()
-            if out is not None and out["done"]:
-                ended_by = "success" if out["success"] else "env_truncated"
-            elif keyboard.end.is_set():
-                ended_by = "operator"
-            sched.wait()
-            step_ms.append((time.perf_counter() - t_step) * 1e3)
+    try:
+        with keyboard:
+            while steps < max_steps and ended_by is None:
+                t_step = time.perf_counter()
+                obs = robot.get_observation()
+                rgb = None
+                if camera is not None or obs.get("rgb") is not None:
+                    rgb = preprocess_rgb(camera.read() if camera else obs["rgb"], image_size, args.crop)  # [H, W, 3]
+                    if args.video != "none":
+                        frames.append(rgb)
+                if not queue:  # ALGO LOGIC: open-loop execution of the whole C-step chunk (Table A.1)
+                    state = np.concatenate([obs["ee_pose"], [obs["gripper"]]]).astype(np.float32)  # [7]
+                    t0 = time.perf_counter()
+                    with torch.no_grad():
+                        acts = policy.act({"rgb": torch.from_numpy(rgb)[None], "state": torch.from_numpy(state)[None],
+                                           "instruction": [command]}, deterministic=True)  # [1, C, 7]
+                    queue = list(acts[0].detach().cpu().numpy().astype(np.float64))
+                    infer_ms.append((time.perf_counter() - t0) * 1e3)
+                    decisions += 1
+                action = queue.pop(0)  # [7]: ee delta xyz (m), rpy (rad), gripper +1 open / -1 close
+                base = obs.get("target_pose", obs["ee_pose"])
+                delta, why = safe_ee_delta(base, action[:6], lo, hi, args.max_step_translation_m, args.max_step_rotation_rad)
+                n_clamped += bool(why)
+                n_nonfinite += any(r.startswith("non_finite") for r in why)
+                want = gripper_open_from_action(action[6])  # None (non-finite): keep the gripper as it is
+                want_open = debounce.update(debounce.is_open if want is None else want)
+                t_cmd = time.perf_counter()
+                with estop.guard() as ok:  # no command can slip out after an e-stop's halt
+                    if not ok:
+                        ended_by = "estop"
+                        break
+                    switched = want_open != sent_open
+                    if switched:
+                        robot.set_gripper(want_open)
+                        sent_open = want_open
+                    refused = robot.apply_ee_delta(delta)
+                cmd_ms.append((time.perf_counter() - t_cmd) * 1e3)
+                if refused:
+                    n_refused += 1
+                    refusals[refused] = refusals.get(refused, 0) + 1
+                steps += 1
+                if args.verbose:
+                    print(f"  step {steps:3d} delta {np.round(delta, 4).tolist()} gripper {'open' if want_open else 'close'}"
+                          f"{' (switched)' if switched else ''}{' clamped:' + '+'.join(why) if why else ''}"
+                          f"{' REFUSED: ' + refused if refused else ''}")
+                out = robot.outcome()
+                if out is not None and out["done"]:
+                    ended_by = "success" if out["success"] else "env_truncated"
+                elif keyboard.end.is_set():
+                    ended_by = "operator"
+                sched.wait()
+                step_ms.append((time.perf_counter() - t_step) * 1e3)
+    except BaseException:  # policy / camera / backend error, Ctrl-C: hold the arm first, then surface the error
+        hold(robot)
+        raise
     wall = time.perf_counter() - t_start
     out = robot.outcome()
     return {"ended_by": ended_by or "max_steps", "steps": steps, "decisions": decisions,
             "duration_s": round(out["elapsed_s"] if out is not None else wall, 3), "wall_s": round(wall, 3),
-            "sim": out, "n_clamped": n_clamped, "n_refused": n_refused, "refusals": refusals,
+            "sim": out, "n_clamped": n_clamped, "n_refused": n_refused, "n_nonfinite": n_nonfinite, "refusals": refusals,
             "deadline_overruns": sched.overruns,
             "latency_ms": {"inference": latency_stats(infer_ms), "command": latency_stats(cmd_ms),
                            "step": latency_stats(step_ms),

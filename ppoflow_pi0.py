@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -123,7 +123,30 @@ class Args:
     bc_coef: float = 0.0
     """Flow-matching (Eq. 1) loss on executed chunks with positive advantage (self-imitation; off by default)."""
     norm_adv: bool = True
-    """Normalise advantages per minibatch."""
+    """Normalise advantages (zero mean, unit std) over `--adv-norm-scope`."""
+    adv_norm_scope: Literal["minibatch", "batch"] = "minibatch"
+    """"minibatch": per minibatch per rank (CleanRL's default); "batch": once over the whole batch of every rank
+    (mean/std from an all-reduce of sum, sum of squares and count), so no minibatch is re-centred on its own."""
+    target_kl: float | None = None
+    """Stop the update epochs of an iteration once the epoch's mean approx-KL (k3 estimator of the unscaled
+    ratio pi/pi_old, fp32, averaged over ranks so all ranks stop together) exceeds this (None = never; 0.01-0.02 is
+    PPO's usual range)."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Policy learning-rate decay after warm-up, down to `--lr-min-factor` x lr at the last iteration."""
+    lr_min_factor: float = 0.0
+    """Final policy learning rate as a fraction of --learning-rate (linear/cosine schedules)."""
+    value_time_to_go: bool = False
+    """Value head also reads the normalised remaining decisions (1 - t / --env.max-decisions). With
+    --no-bootstrap-truncated a time-out is a failure, so V depends on time left: without it V is not Markov."""
+    value_clip: float | None = None
+    """Clip the new value to old value +- this in the value loss (CleanRL's clip_vloss; None = off)."""
+    demo_bc_coef: float = 0.0
+    """Weight of a behaviour-cloning anchor: flow-matching loss (Eq. 1) on a batch of `--demos` per gradient step
+    (off by default)."""
+    demos: str | None = None
+    """demos.pt of train_imitation.py for the --demo-bc-coef anchor (use demos of the training scenes)."""
+    demo_batch_size: int = 32
+    """Demo transitions per gradient step of the BC anchor."""
     max_grad_norm: float = 0.5
     """Gradient-norm clip, applied to the policy and to the value head separately (one global norm would
     scale the critic's gradient by the policy's, ~100x larger with sigma ~0.1, and starve it)."""
@@ -185,6 +208,8 @@ class PolicyConfig:
     freeze_vlm: bool = False
     freeze_siglip: bool = False
     value_state: bool = False
+    value_time: bool = False
+    """Value head reads the normalised remaining decisions too (Args.value_time_to_go)."""
 
 
 # =============================================================================================
@@ -428,7 +453,8 @@ class PI0Policy(nn.Module):
         hv = pi0.config.vlm_config.text_config.hidden_size
         n = config.chunk * config.action_dim
         self.noise_head = _mlp(n + hv + 1, config.head_width, n)  # sigma_phi(A_tau, z_t, tau)
-        self.value_head = _mlp(hv + (config.state_dim if config.value_state else 0), config.head_width, 1)  # V(z_t) [or V(z_t, s_t)]
+        v_in = hv + (config.state_dim if config.value_state else 0) + int(config.value_time)
+        self.value_head = _mlp(v_in, config.head_width, 1)  # V(z_t) [or V(z_t, s_t, time to go)]
         nn.init.zeros_(self.noise_head[-1].weight)  # start at the middle of [log_min, log_max]
         nn.init.zeros_(self.noise_head[-1].bias)
         self._token_cache: dict[str, list[int]] = {}
@@ -582,9 +608,15 @@ class PI0Policy(nn.Module):
             a = nxt
         return torch.stack(samples, 1), logp, torch.stack(log_stds, 1)
 
-    def value(self, prefix: Prefix) -> torch.Tensor:
-        x = torch.cat([prefix.z, prefix.state[:, : self.config.state_dim].float()], -1) if self.config.value_state else prefix.z
-        return self.value_head(x).squeeze(-1)  # [B]
+    def value(self, prefix: Prefix, time_left: torch.Tensor | None = None) -> torch.Tensor:
+        """V(z_t) [B]; with value_state also the robot state, with value_time also `time_left` [B] in [0, 1]."""
+        x = [prefix.z] + ([prefix.state[:, : self.config.state_dim].float()] if self.config.value_state else [])
+        if self.config.value_time:
+            if time_left is None:
+                raise ValueError("ppoflow_pi0.py: PI0Policy.value: this value head reads the time to go "
+                                 "(value_time=True) but none was given (fix: pass time_left=time_to_go(...))")
+            x.append(time_left.to(prefix.z.device).float()[:, None])
+        return self.value_head(torch.cat(x, -1)).squeeze(-1)  # [B]
 
     def flow_matching_loss(self, inp: dict, actions: torch.Tensor) -> torch.Tensor:
         """Eq. 1 on normalised action chunks [B, C, A]: || v(A^tau, tau) - (A - eps) ||^2, A^tau = tau A + (1-tau) eps."""
