@@ -20,6 +20,7 @@ Interrupted runs resume: every finished episode is appended to <out>/episodes.js
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import os
@@ -290,7 +291,7 @@ class PolicySpec:
     train_args: dict = field(default_factory=dict)
     """The args the checkpoint was trained with (env settings, split, number of training scenes)."""
     identity: dict = field(default_factory=dict)
-    """Iteration and file size: a re-trained checkpoint at the same path is not mistaken on resume."""
+    """Iteration, file size and content hash: a re-trained checkpoint at the same path is not mistaken on resume."""
 
 
 def read_checkpoint_meta(path: str) -> dict:
@@ -309,7 +310,17 @@ def read_checkpoint_meta(path: str) -> dict:
         raise ss.SchemaError(path, "kind", "not a pi0 policy checkpoint (expected kind 'pi0_policy' with a "
                              "model_config); evaluate checkpoints written by ppoflow_pi0.py or train_imitation.py")
     return {"model_config": ck["model_config"], "args": ck.get("args") or {}, "iteration": ck.get("iteration"),
-            "size": p.stat().st_size}
+            "size": p.stat().st_size, "sha256": file_sha256(p)}
+
+
+def file_sha256(path: Path, block: int = 1 << 22) -> str:
+    """Content hash of a file (a re-trained checkpoint at the same path, of the same size and iteration, is
+    another policy: the resume key must say so)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def resolve_policies(args: Args) -> list[PolicySpec]:
@@ -332,7 +343,8 @@ def resolve_policies(args: Args) -> list[PolicySpec]:
         specs.append(PolicySpec(name=os.path.normpath(path), label=label, kind="checkpoint", ckpt=path, preset=preset,
                                 num_train_scenes=n, split_index=int(args.split_index if split is None else split),
                                 splits_file=targs.get("splits_file"), model_config=cfg, train_args=targs,
-                                identity={"iteration": meta["iteration"], "size": meta["size"]}))
+                                identity={"iteration": meta["iteration"], "size": meta["size"],
+                                          "sha256": meta["sha256"]}))
     specs += [PolicySpec(name=k, label=k, kind=k, split_index=args.split_index) for k in args.policy]
     if not specs:
         raise ss.SchemaError("evaluate.py", "", "nothing to evaluate: pass --ckpt runs/<run>/ckpt_final.pt "
@@ -576,6 +588,12 @@ def measure_latency(policy, preset: str, ks: tuple[int, ...], batch: int, iters:
 # ---------------------------------------------------------------------------------------------
 
 
+def scene_hashes(paths: dict[str, str]) -> dict[str, str]:
+    """Content hash of every scene's manifest (SimplerEnv tasks: their id), part of each episode's resume key."""
+    return {s: p if s.startswith("simpler:") else (ss.load_manifest(p).content_hash
+                                                   or ss.content_hash(ss.read_json(p))) for s, p in paths.items()}
+
+
 def default_out_dir(args: Args, specs: list[PolicySpec]) -> Path:
     if args.out_dir:
         return Path(args.out_dir)
@@ -647,39 +665,62 @@ def aggregate(sp: PolicySpec, scenes: list[str], sets: dict, log: list[dict], fp
             "scene_sets": sets, "sets": per_set, "per_scene": {s: summarize(by_scene[s]) for s in scenes if by_scene[s]}}
 
 
-def evaluate_policy(args: Args, sp: PolicySpec, scenes: list[str], paths: dict, record: set, todo: set,
-                    on_episode: Callable, errors: list) -> list[dict]:
-    """Run the pending episodes of one policy, scene by scene; returns its latency rows."""
+def load_checkpoints(args: Args, specs: list[PolicySpec], needed: set[str]) -> tuple[dict, list[dict]]:
+    """Every checkpoint policy with episodes to run (or latency to time) loaded once; its latency rows."""
     import torch
 
-    policy, latency = None, []
-    if sp.kind == "checkpoint" and (todo or args.latency):
+    policies, latency = {}, []
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    for sp in specs:
+        if sp.kind != "checkpoint" or not (sp.name in needed or args.latency):
+            continue
         from ppoflow_pi0 import load_policy
 
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-        policy = load_policy(sp.ckpt, device=device).eval()
-        if args.latency:
-            latency = measure_latency(policy, sp.preset, args.latency_ks, args.latency_batch, args.latency_iters,
-                                      args.latency_compile)
-    cfg = env_config(args, sp)
-    n = max(1, min(args.num_envs, args.episodes_per_scene))
-    for scene in scenes:
-        if not any(key[0] == scene for key in todo):
-            continue
-        env = None
-        torch.manual_seed(args.seed)  # stochastic policies (--no-deterministic) repeat too
-        try:  # one scene per vector env: every policy meets the same episode seeds, whatever the env count
-            env = scene_env.make_vec_env([paths[scene]], num_envs=n, cfg=cfg, seed=args.seed,
-                                         workers=0 if n == 1 else None)  # 0: in this process, no worker pool
-            run_scene(env, make_actor(sp, env, policy, args.deterministic, args.seed), scene,
-                      args.episodes_per_scene, args.seed, cfg.max_decisions, todo, on_episode, record)
-        except Exception as e:  # one broken scene never stops the evaluation; it is reported
-            errors.append({"policy": sp.name, "scene": scene, "error": f"{type(e).__name__}: {e}"})
-            print(f"[evaluate] {sp.label}: scene {scene} failed: {type(e).__name__}: {e}", flush=True)
-        finally:
-            if env is not None:
-                env.close()
-    return latency
+        policies[sp.name] = load_policy(sp.ckpt, device=device).eval()
+        if args.latency and sp.preset not in {r["preset"] for r in latency}:
+            latency += measure_latency(policies[sp.name], sp.preset, args.latency_ks, args.latency_batch,
+                                       args.latency_iters, args.latency_compile)
+    return policies, latency
+
+
+def evaluate_scenes(args: Args, plans: list[dict], paths: dict, policies: dict, errors: list) -> dict:
+    """Scene-major episode loop: each scene's env is built once per distinct env config and every policy with
+    pending episodes there runs on it in turn (same seeds: run_scene resets every round with explicit seeds).
+    One broken scene or policy never stops the evaluation; it is reported. Returns {"envs_built": n}."""
+    import torch
+
+    order = list(dict.fromkeys(s for pl in plans for s in pl["scenes"]))
+    built = 0
+    for scene in order:
+        groups: dict[str, list[dict]] = defaultdict(list)  # env config -> plans with episodes pending here
+        for pl in plans:
+            if any(key[0] == scene for key in pl["todo"]):
+                groups[ss.content_hash(asdict(pl["cfg"]))].append(pl)
+        for group in groups.values():
+            cfg, env = group[0]["cfg"], None
+            n = max(1, min(args.num_envs, args.episodes_per_scene))
+            try:
+                env = scene_env.make_vec_env([paths[scene]], num_envs=n, cfg=cfg, seed=args.seed,
+                                             workers=0 if n == 1 else None)  # 0: in this process, no worker pool
+                built += 1
+                for pl in group:
+                    sp = pl["spec"]
+                    torch.manual_seed(args.seed)  # stochastic policies (--no-deterministic) repeat too
+                    try:
+                        run_scene(env, make_actor(sp, env, policies.get(sp.name), args.deterministic, args.seed),
+                                  scene, args.episodes_per_scene, args.seed, cfg.max_decisions, pl["todo"],
+                                  pl["on_episode"], pl["record"])
+                    except Exception as e:
+                        errors.append({"policy": sp.name, "scene": scene, "error": f"{type(e).__name__}: {e}"})
+                        print(f"[evaluate] {sp.label}: scene {scene} failed: {type(e).__name__}: {e}", flush=True)
+            except Exception as e:  # the env itself could not be built: every policy of the group misses it
+                for pl in group:
+                    errors.append({"policy": pl["spec"].name, "scene": scene, "error": f"{type(e).__name__}: {e}"})
+                print(f"[evaluate] scene {scene} failed: {type(e).__name__}: {e}", flush=True)
+            finally:
+                if env is not None:
+                    env.close()
+    return {"envs_built": built}
 
 
 def write_reports(out: Path, args: Args, specs: list[PolicySpec], sets: dict, policies: list[dict],
@@ -749,37 +790,46 @@ def main(args: Args) -> dict:
                    name=f"{args.exp_name}__{out.name}__{int(t_start)}", job_type="eval")
 
     # ---- plan: per policy the union of its scene sets, minus the episodes the log already holds ----
-    log, plans = ss.read_jsonl(log_path), []
+    # an episode is reused only for the same policy bytes, env settings and scene content (manifest hash)
+    hashes = scene_hashes(paths)
+    current = lambda rows: [r for r in rows if r.get("scene_hash") == hashes.get(r.get("scene"))]  # noqa: E731
+    log, plans = current(ss.read_jsonl(log_path)), []
     for sp in specs:
         scenes = list(dict.fromkeys(s for v in sets[sp.name].values() for s in v))
-        fp = settings_key(sp, env_config(args, sp), args)
+        cfg = env_config(args, sp)
+        fp = settings_key(sp, cfg, args)
         done = {(r["scene"], r["seed"]) for r in log if r["policy"] == sp.name and r["config"] == fp}
         todo = {(s, args.seed + j) for s in scenes for j in range(args.episodes_per_scene)} - done
-        plans.append((sp, scenes, fp, todo))
-    resumed = sum(len(p[1]) * args.episodes_per_scene - len(p[3]) for p in plans)
-    pbar = tqdm(total=sum(len(p[3]) for p in plans), unit="ep", desc="episodes", dynamic_ncols=True)
+        record = {(s, args.seed) for v in sets[sp.name].values() for s in v[:args.video_scenes]}
+        plans.append({"spec": sp, "scenes": scenes, "fp": fp, "cfg": cfg, "todo": todo, "record": record})
+    resumed = sum(len(p["scenes"]) * args.episodes_per_scene - len(p["todo"]) for p in plans)
+    pbar = tqdm(total=sum(len(p["todo"]) for p in plans), unit="ep", desc="episodes", dynamic_ncols=True)
     if resumed:
         pbar.write(f"[evaluate] resuming: {resumed} episode(s) already in {log_path} are kept")
-    latency, errors = [], []
-    for sp, scenes, fp, todo in plans:
-        def on_episode(rec, frames, sp=sp, fp=fp):
-            ss.append_jsonl(log_path, {"policy": sp.name, "label": sp.label, "config": fp, **rec, "time": time.time()})
+    for pl in plans:
+        def on_episode(rec, frames, sp=pl["spec"], fp=pl["fp"]):
+            ss.append_jsonl(log_path, {"policy": sp.name, "label": sp.label, "config": fp,
+                                       "scene_hash": hashes[rec["scene"]], **rec, "time": time.time()})
             if frames is not None:  # kept on disk, so a resumed run still has its videos
                 buf = io.BytesIO()
                 np.savez_compressed(buf, frames=np.stack(frames), success=rec["success"])
                 ss.write_bytes_atomic(clip_path(out, sp, rec["scene"], rec["seed"]), buf.getvalue())
             pbar.update(1)
             pbar.set_postfix_str(f"{sp.label}: {rec['scene'][:24]} {'ok' if rec['success'] else 'fail'}")
-
-        record = {(s, args.seed) for v in sets[sp.name].values() for s in v[:args.video_scenes]}
-        rows = evaluate_policy(args, sp, scenes, paths, record, todo, on_episode, errors)
-        latency += [r for r in rows if r["preset"] not in {x["preset"] for x in latency}]
+        pl["on_episode"] = on_episode
+    errors = []
+    loaded, latency = load_checkpoints(args, specs, {p["spec"].name for p in plans if p["todo"]})
+    t_eps = time.time()
+    stats = evaluate_scenes(args, plans, paths, loaded, errors)
     pbar.close()
+    print(f"[evaluate] {sum(len(p['todo']) for p in plans)} episode(s) on {stats['envs_built']} env(s) built "
+          f"in {time.time() - t_eps:.0f} s")
 
-    log = ss.read_jsonl(log_path)
-    policies = [aggregate(sp, scenes, sets[sp.name], log, fp, args) for sp, scenes, fp, _ in plans]
+    log = current(ss.read_jsonl(log_path))
+    policies = [aggregate(p["spec"], p["scenes"], sets[p["spec"].name], log, p["fp"], args) for p in plans]
     results = {"schema_version": ss.SCHEMA_VERSION, "args": asdict(args), "policies": policies, "latency": latency,
-               "errors": errors, **write_reports(out, args, specs, sets, policies, latency), "wall_s": time.time() - t_start}
+               "errors": errors, **write_reports(out, args, specs, sets, policies, latency), "wall_s": time.time() - t_start,
+               "envs_built": stats["envs_built"]}
     ss.write_json_atomic(out / "results.json", results)
     print((out / "table.md").read_text(encoding="utf-8"))
     print(f"results: {out / 'results.json'}" + (f"  ({len(errors)} batch error(s), see results.json)" if errors else ""))

@@ -231,8 +231,8 @@ def test_main_scripted_vs_random_report(fake_world):
     assert s["episodes"] == 30 and s["successes"] == 20 and s["time_to_finish_s"] == pytest.approx(0.8)  # seeds 0..5
     assert pol["random"]["sets"]["all"]["successes"] == 0
     assert set(pol["scripted"]["sets"]) == {"id", "ood", "all"} and len(pol["scripted"]["per_scene"]) == 5
-    # every (policy, scene) env was made once, with min(num_envs, episodes) copies
-    assert sorted(fake_world["made"]) == sorted([(s, 4) for s in fake_world["ids"]] * 2)
+    # every scene's env was made once for both policies (same env config), with min(num_envs, episodes) copies
+    assert sorted(fake_world["made"]) == sorted([(s, 4) for s in fake_world["ids"]]) and res["envs_built"] == 5
     assert len(ss.read_jsonl(out / "episodes.jsonl")) == 60
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["schema_version"] == ss.SCHEMA_VERSION and on_disk["args"]["episodes_per_scene"] == 6
@@ -417,6 +417,44 @@ def test_checkpoints_grouped_by_label_with_latency_and_sr_vs_n(fake_world):
     md = (out / "table.md").read_text()
     assert "| N=1 (2 runs) |" in md and "Inference latency" in md and "| tiny | 2 | 1 |" in md
     assert any(f.endswith("sr_vs_n.png") for f in res["figures"])
+
+
+def test_scene_major_loop_gives_each_policy_the_episodes_it_gets_alone(fake_world):
+    both = ev.main(ev.Args(policy=("scripted", "random"), out_dir=str(fake_world["root"] / "both"), **fake_world["args"]))
+    alone = {k: ev.main(ev.Args(policy=(k,), out_dir=str(fake_world["root"] / k), **fake_world["args"]))
+             for k in ("scripted", "random")}
+    for p in both["policies"]:
+        assert p["per_scene"] == alone[p["name"]]["policies"][0]["per_scene"]
+
+
+def test_resume_never_reuses_episodes_of_a_changed_scene_or_retrained_checkpoint(fake_world):
+    import ppoflow_pi0 as P
+
+    root = fake_world["root"]
+    ck = root / "runs" / "a" / "ckpt_final.pt"
+    args = ev.Args(ckpt=[str(ck)], out_dir=str(root / "e"), **{**fake_world["args"], "episodes_per_scene": 2})
+
+    def train(seed):  # the same path, preset, iteration and file size: only the weights differ
+        torch.manual_seed(seed)
+        pol = P.PI0Policy(P.preset_config("tiny"), P.Normalizer.from_stats_file(P.DEFAULT_STATS), {"kind": "bytes"})
+        P.torch_save_atomic(P.policy_checkpoint(pol, iteration=3, args={}), ck)
+
+    train(0)
+    ev.main(args)
+    size = ck.stat().st_size
+    train(1)
+    assert ck.stat().st_size == size
+    fake_world["made"].clear()
+    ev.main(args)
+    assert len(fake_world["made"]) == 5  # every scene ran again for the re-trained weights
+    # a scene re-composed (new manifest content) is run again; the others are kept
+    m = ss.load_manifest(root / "scenes" / "scene_1" / "manifest.json")
+    m.objects[0].mass_kg = 0.07
+    ss.save_manifest(m, root / "scenes" / "scene_1" / "manifest.json")
+    fake_world["made"].clear()
+    res = ev.main(args)
+    assert [s for s, _ in fake_world["made"]] == ["scene_1"]
+    assert res["policies"][0]["sets"]["all"]["episodes"] == 10  # stale episodes are not counted either
 
 
 def test_a_broken_scene_is_reported_and_the_rest_evaluated(fake_world, monkeypatch):
