@@ -18,6 +18,7 @@ Other stages use: `load_policy(path)`, `PI0Policy.act(obs, deterministic=True)`,
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -250,10 +251,73 @@ def ppo_loss(logp_new, logp_old, adv, ratio_power: float, clip_coef: float):
     ratio = torch.exp(ratio_power * logratio)  # Eq. 6  # ALGO LOGIC
     pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_coef, 1 + clip_coef)).mean()  # Eq. 7
     with torch.no_grad():
-        lr = logratio.clamp(-20, 20)
-        stats = {"approx_kl": ((lr.exp() - 1) - lr).mean(), "clipfrac": ((ratio - 1).abs() > clip_coef).float().mean(),
+        stats = {"approx_kl": approx_kl(logp_new, logp_old), "clipfrac": ((ratio - 1).abs() > clip_coef).float().mean(),
                  "ratio_mean": ratio.mean(), "ratio_min": ratio.min(), "ratio_max": ratio.max()}
     return pg, stats
+
+
+def approx_kl(logp_new: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
+    """KL(pi_old || pi_new) by the k3 estimator E[(r - 1) - log r], r = pi_new / pi_old (unscaled), in fp32."""
+    lr = (logp_new.detach().float() - logp_old.detach().float()).clamp(-20, 20)
+    return ((lr.exp() - 1) - lr).mean()
+
+
+def value_loss(v_new: torch.Tensor, v_old: torch.Tensor, ret: torch.Tensor, clip: float | None) -> torch.Tensor:
+    """0.5 (V - R)^2; with `clip`, the pessimistic max with the value clipped to v_old +- clip (CleanRL clip_vloss)."""
+    unclipped = (v_new - ret).pow(2)
+    if clip is None:
+        return 0.5 * unclipped.mean()
+    clipped = (v_old + (v_new - v_old).clamp(-clip, clip) - ret).pow(2)  # ALGO LOGIC
+    return 0.5 * torch.max(unclipped, clipped).mean()
+
+
+def time_to_go(decisions_done: torch.Tensor, max_decisions: int) -> torch.Tensor:
+    """Normalised remaining decisions of an episode, 1 at its start and 0 at the time limit (the value head's
+    time input: with a time-out worth 0, V(s) is only Markov given the time left)."""
+    return (1.0 - decisions_done.float() / max_decisions).clamp(0.0, 1.0)
+
+
+def allreduce_sum(x: torch.Tensor, world: int) -> torch.Tensor:
+    """Sum of a (CPU or device) tensor over DDP ranks; identity with one rank."""
+    if world == 1:
+        return x
+    import torch.distributed as dist
+
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else x.device
+    y = x.to(dev).clone()
+    dist.all_reduce(y)
+    return y.to(x.device)
+
+
+def normalize_advantages(adv: torch.Tensor, world: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    """(A - mean) / (std + eps) with mean and (unbiased) std over the WHOLE batch of every rank: one all-reduce of
+    [sum, sum of squares, count] in float64, so every rank normalises with the same statistics."""
+    a = adv.double()
+    tot = allreduce_sum(torch.stack([a.sum(), a.pow(2).sum(), a.new_tensor(float(a.numel()))]), world)
+    n = tot[2]
+    mean = tot[0] / n
+    var = ((tot[1] - n * mean * mean) / (n - 1).clamp_min(1)).clamp_min(0)
+    return ((a - mean) / (var.sqrt() + eps)).to(adv.dtype)
+
+
+def lr_factor(it: int, num_iterations: int, critic_warmup: int = 0, warmup: int = 0,
+              schedule: str = "constant", min_factor: float = 0.0) -> float:
+    """Policy lr multiplier at (0-based) iteration `it`: 0 during the critic warm-up, then a linear warm-up over
+    `warmup` iterations, times a linear/cosine decay from 1 to `min_factor` over the remaining iterations."""
+    j = it - critic_warmup
+    if j < 0:
+        return 0.0
+    warm = min(1.0, (j + 1) / max(1, warmup))
+    p = min(1.0, max(0.0, (j - warmup) / max(1, num_iterations - critic_warmup - warmup)))  # decay progress
+    if schedule == "constant":
+        decay = 1.0
+    elif schedule == "linear":
+        decay = min_factor + (1 - min_factor) * (1 - p)
+    elif schedule == "cosine":
+        decay = min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * p))
+    else:
+        raise ValueError(f"ppoflow_pi0.py: --lr-schedule: unknown {schedule!r} (fix: constant, linear or cosine)")
+    return warm * decay
 
 
 def explained_variance(y_pred: torch.Tensor, y: torch.Tensor) -> float:
@@ -699,6 +763,75 @@ def convert_open_pi_zero(sd: dict, num_heads: int = 8, num_kv_heads: int = 1, vi
     return cfg, out
 
 
+class CheckpointError(ValueError):
+    """A file given as a checkpoint that cannot be used for what it was given for; the message says what the file
+    is and what was expected."""
+
+
+# Model-defining flags: a --resume must repeat them (the checkpoint's model and optimizer were built from them).
+RESUME_MODEL_FLAGS = ("preset", "init", "num_inference_steps", "log_sigma_min", "log_sigma_max", "lora_rank",
+                      "lora_expert", "freeze_vlm", "freeze_siglip", "value_state", "value_time_to_go",
+                      "env.chunk", "env.image_size")
+
+
+def read_checkpoint(path: str | os.PathLike, expected: str = "a pi0 policy checkpoint (ckpt_*.pt)") -> dict:
+    """torch.load with weights_only=True and one clear error for every kind of bad file (missing, truncated, not
+    a torch file, another pickle, not a dict); never advises weights_only=False."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file (expected {expected})")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip/pickle errors of truncated or foreign files, unsafe globals
+        why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        kind = ("a truncated or corrupt file" if path.stat().st_size and isinstance(e, (RuntimeError, EOFError))
+                else "not a weights-only torch checkpoint")
+        raise CheckpointError(f"{path}: cannot be read: {kind} ({type(e).__name__}: {why}); expected {expected}. "
+                              "Re-copy it, or point at another ckpt_*.pt of the run") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        got = f"a {type(ckpt).__name__}" + (f" with keys {sorted(ckpt)[:6]}" if isinstance(ckpt, dict) else "")
+        raise CheckpointError(f"{path}: is {got} with no 'model' entry; expected {expected}")
+    return ckpt
+
+
+def check_resumable(ckpt: dict, path: str, args: "Args") -> None:
+    """A --resume checkpoint must be a PPOFlow checkpoint of this very configuration: checked before anything
+    is written, so a wrong resume leaves the run folder as it was."""
+    a = ckpt.get("args") or {}
+    if ckpt.get("kind") != "pi0_policy":
+        raise CheckpointError(f"{path}: not a ppoflow_pi0.py checkpoint (kind {ckpt.get('kind')!r}): --resume takes "
+                              "runs/<run>/ckpt_*.pt of an interrupted PPOFlow run; start from other weights with --init")
+    if "ratio_power" not in a or "optimizer" not in ckpt or "rng" not in ckpt:
+        raise CheckpointError(f"{path}: a train_imitation.py (or other stage's) checkpoint, not a PPOFlow one: pass it "
+                              "as --init to start PPOFlow from it; --resume only continues a PPOFlow run")
+
+    def get(d, key):
+        for k in key.split("."):
+            d = d.get(k) if isinstance(d, dict) else None
+        return d
+    now = ss.to_dict(args)
+    diff = [f"--{k.replace('_', '-')}: checkpoint {get(a, k)!r}, now {get(now, k)!r}"
+            for k in RESUME_MODEL_FLAGS if get(a, k) != get(now, k)]
+    if diff:
+        raise CheckpointError(f"{path}: this run's model flags disagree with the checkpoint's ({'; '.join(diff)}). "
+                              "Resume with the original command's flags (see the run's args.json), or start a new run "
+                              "with --init instead of --resume")
+
+
+def truncate_metrics(path: Path, iteration: int) -> int:
+    """Keep the metric rows of iterations 1..iteration (once each, the last copy): what a resume from that
+    iteration's checkpoint continues after (rows a killed run wrote past its last checkpoint are re-run, so
+    they would otherwise appear twice). Returns the number of rows dropped."""
+    if not path.exists():
+        return 0
+    ss.repair_jsonl_tail(path)
+    rows = ss.read_jsonl(path)
+    keep = {int(r["iteration"]): r for r in rows if isinstance(r.get("iteration"), int) and r["iteration"] <= iteration}
+    text = "".join(json.dumps(keep[i]) + "\n" for i in sorted(keep))
+    ss.write_bytes_atomic(path, text.encode("utf-8"))
+    return len(rows) - len(keep)
+
+
 def load_policy(path: str | os.PathLike, device: str = "cpu", stats_file: str = DEFAULT_STATS,
                 tokenizer_path: str | None = None, open_pi_zero: dict | None = None, **overrides) -> PI0Policy:
     """Load a policy from our checkpoint (.pt with kind "pi0_policy"), a transformers/lerobot pi0 folder or an
@@ -706,7 +839,7 @@ def load_policy(path: str | os.PathLike, device: str = "cpu", stats_file: str = 
     fields (e.g. num_steps=10, lora_rank=0)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint (expected a ckpt_*.pt, a pi0 folder or an open-pi-zero .pt)")
+        raise CheckpointError(f"{path}: no such file (expected a ckpt_*.pt, a pi0 folder or an open-pi-zero .pt)")
     tok = {"kind": "hf", "path": str(tokenizer_path)} if tokenizer_path else {"kind": "bytes"}
     if path.is_dir():  # transformers / lerobot format
         from transformers import PI0ForConditionalGeneration
@@ -720,9 +853,7 @@ def load_policy(path: str | os.PathLike, device: str = "cpu", stats_file: str = 
         policy = PI0Policy(cfg, Normalizer.from_stats_file(stats_file), tok)
         policy.load_weights({f"pi0.{k}": v for k, v in pi0.state_dict().items()})
         return policy.to(device)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError(f"{path}: not a policy checkpoint (no 'model' entry)")
+    ckpt = read_checkpoint(path, "a ckpt_*.pt of ppoflow_pi0.py / train_imitation.py, or an open-pi-zero .pt")
     if ckpt.get("kind") == "pi0_policy":
         cfg = PolicyConfig(**ckpt["model_config"])
         scaling = cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else 0.0
@@ -796,14 +927,20 @@ def _rows(obs: dict, idx: list[int]) -> dict:
 
 @torch.no_grad()
 def rollout(policy: PI0Policy, envs, num_steps: int, gamma: float, seed: int, device,
-            bootstrap_truncated: bool = True) -> tuple[dict, dict]:
+            bootstrap_truncated: bool = True, max_decisions: int | None = None) -> tuple[dict, dict]:
     """Collect num_steps decisions from every env (reset with `seed`). Stores the whole chain A^0..A^K, old
     log-probs and values; truncated episodes get gamma * V(final obs) added to their last reward (unless
-    `bootstrap_truncated` is off: then a time-out ends the episode like a failure)."""
+    `bootstrap_truncated` is off: then a time-out ends the episode like a failure). With a time-aware value head
+    (config.value_time) also the time to go of every decision (`max_decisions`, default envs.max_decisions)."""
     policy.eval()
     obs = envs.reset(seed=seed)
     N = envs.num_envs
-    keys = ("rgb", "state", "ids", "mask", "chain", "logp", "value", "reward", "done")
+    T_max = max_decisions or getattr(envs, "max_decisions", None)
+    if policy.config.value_time and not T_max:
+        raise ValueError("ppoflow_pi0.py: rollout: --value-time-to-go needs the episode length (fix: pass "
+                         "max_decisions=args.env.max_decisions)")
+    ttg = (lambda n: time_to_go(n, T_max)) if policy.config.value_time else (lambda n: None)  # [N] or None
+    keys = ("rgb", "state", "ids", "mask", "chain", "logp", "value", "time_left", "reward", "done")
     buf: dict[str, list] = {k: [] for k in keys}
     ep_ret, ep_stats, sigmas = torch.zeros(N), {"return": [], "success": [], "time_to_finish": [], "length": []}, []
     ep_len = torch.zeros(N)
@@ -811,7 +948,8 @@ def rollout(policy: PI0Policy, envs, num_steps: int, gamma: float, seed: int, de
         inp = policy.obs_to_inputs(obs)
         prefix = policy.encode(_to(inp, device))
         chain, logp, log_std = policy.chain(prefix)  # [N, K+1, C, A], [N]
-        value = policy.value(prefix)
+        time_left = ttg(ep_len)  # [N] before this decision (None without a time input)
+        value = policy.value(prefix, time_left)
         obs, reward, term, trunc, info = envs.step(policy.normalizer.env_action(chain[:, -1], policy.config.action_clip).cpu())
         reward, term, trunc = torch.as_tensor(reward).float().cpu(), torch.as_tensor(term).bool().cpu(), torch.as_tensor(trunc).bool().cpu()
         ep_ret += reward
@@ -819,7 +957,8 @@ def rollout(policy: PI0Policy, envs, num_steps: int, gamma: float, seed: int, de
         boot = (trunc & ~term).nonzero().flatten().tolist() if bootstrap_truncated else []
         if boot:  # time limit, not a failure: bootstrap from the pre-reset observation  # ALGO LOGIC
             final = policy.obs_to_inputs(_rows(info["final_obs"], boot))
-            reward[boot] += gamma * policy.value(policy.encode(_to(final, device))).float().cpu()
+            tl = ttg(ep_len[boot])  # 0 at the time limit
+            reward[boot] += gamma * policy.value(policy.encode(_to(final, device)), tl).float().cpu()
         done = term | trunc
         for i in done.nonzero().flatten().tolist():
             succ = bool(torch.as_tensor(info["success"])[i])
@@ -830,11 +969,12 @@ def rollout(policy: PI0Policy, envs, num_steps: int, gamma: float, seed: int, de
                 ep_stats["time_to_finish"].append(float(torch.as_tensor(info["elapsed_s"])[i]))
         ep_ret[done], ep_len[done] = 0.0, 0.0
         for k, v in (*inp.items(), ("chain", chain.cpu()), ("logp", logp.cpu()), ("value", value.cpu()),
-                     ("reward", reward), ("done", done)):
-            buf[k].append(v)
+                     ("time_left", time_left), ("reward", reward), ("done", done)):
+            if v is not None:
+                buf[k].append(v)
         sigmas.append(log_std.exp().cpu())
-    batch = {k: torch.stack(v) for k, v in buf.items()}  # [T, N, ...]
-    batch["last_value"] = policy.value(policy.encode(_to(policy.obs_to_inputs(obs), device))).cpu()
+    batch = {k: torch.stack(v) for k, v in buf.items() if v}  # [T, N, ...]
+    batch["last_value"] = policy.value(policy.encode(_to(policy.obs_to_inputs(obs), device)), ttg(ep_len)).cpu()
     sig = torch.stack(sigmas)
     ep_stats.update(sigma_mean=[float(sig.mean())], sigma_min=[float(sig.min())], sigma_max=[float(sig.max())])
     return batch, ep_stats
@@ -856,12 +996,17 @@ def allreduce_grads(params: list[torch.Tensor], world: int) -> None:
 
 
 def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret: torch.Tensor, args: Args,
-               world: int, device, train_policy: bool = True) -> dict:
-    """Eq. 6-7 over minibatches for `update_epochs` epochs; returns averaged statistics. train_policy False (critic
-    warm-up) drops the policy's gradients before the step, so Adam's moments do not fill up with them either."""
+               world: int, device, train_policy: bool = True, demos: dict | None = None) -> dict:
+    """Eq. 6-7 over minibatches for `update_epochs` epochs (fewer when --target-kl stops it); returns averaged
+    statistics. train_policy False (critic warm-up) drops the policy's gradients before the step, so Adam's moments
+    do not fill up with them either. `demos` (rgb/state/ids/mask + model-space "target" chunks) feed the
+    --demo-bc-coef anchor."""
     policy.train()
-    flat = {k: batch[k].flatten(0, 1) for k in ("rgb", "state", "ids", "mask", "chain", "logp", "value")}
+    flat = {k: batch[k].flatten(0, 1) for k in ("rgb", "state", "ids", "mask", "chain", "logp", "value", "time_left")
+            if k in batch}
     adv, ret = adv.flatten(), ret.flatten()
+    if args.norm_adv and args.adv_norm_scope == "batch":
+        adv = normalize_advantages(adv, world)  # whole batch, all ranks  # ALGO LOGIC
     B = adv.shape[0]
     mb = max(1, min(B, args.minibatch_size // world))
     micro = args.micro_batch_size or mb
@@ -869,12 +1014,15 @@ def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret
     critic = [p for n, p in policy.named_parameters() if n.startswith("value_head.")]
     actor = [p for n, p in policy.named_parameters() if p.requires_grad and not n.startswith("value_head.")]
     stats: dict[str, list] = {}
+    epochs_run = 0
     for _ in range(args.update_epochs):
+        epochs_run += 1
+        epoch_kl = []
         perm = torch.randperm(B)
         for start in range(0, B - mb + 1, mb):
             idx = perm[start : start + mb]
             mb_adv = adv[idx]
-            if args.norm_adv and len(idx) > 1:
+            if args.norm_adv and args.adv_norm_scope == "minibatch" and len(idx) > 1:
                 mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
             optimizer.zero_grad(set_to_none=True)
             for m0 in range(0, mb, micro):
@@ -883,10 +1031,10 @@ def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret
                 prefix = policy.encode(inp)
                 chain = flat["chain"][sub].to(device)
                 _, logp, log_std = policy.chain(prefix, chain=chain)
-                value = policy.value(prefix)
+                value = policy.value(prefix, flat["time_left"][sub] if "time_left" in flat else None)
                 pg, s = ppo_loss(logp, flat["logp"][sub].to(device), mb_adv[m0 : m0 + micro].to(device),
                                  args.ratio_power, args.clip_coef)
-                v_loss = 0.5 * (value - ret[sub].to(device)).pow(2).mean()
+                v_loss = value_loss(value, flat["value"][sub].to(device), ret[sub].to(device), args.value_clip)
                 entropy = (log_std + 0.5 + LOG_SQRT_2PI).sum((1, 2, 3)).mean()  # Gaussian entropy of the chain
                 loss = pg + args.vf_coef * v_loss - args.ent_coef * entropy  # ALGO LOGIC
                 if args.bc_coef > 0 and (pos := mb_adv[m0 : m0 + micro] > 0).any():  # self-imitation on good chunks
@@ -896,6 +1044,13 @@ def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret
                 s.update(pg_loss=pg, v_loss=v_loss, entropy=entropy, loss=loss)
                 for k, v in s.items():
                     stats.setdefault(k, []).append(float(v.detach()))
+                epoch_kl.append(float(s["approx_kl"]))
+            if args.demo_bc_coef > 0 and demos is not None and train_policy:  # BC anchor to the demos (Eq. 1)
+                d = torch.randint(0, demos["target"].shape[0], (min(args.demo_batch_size, demos["target"].shape[0]),))
+                bc = policy.flow_matching_loss(_to({k: demos[k][d] for k in ("rgb", "state", "ids", "mask")}, device),
+                                               demos["target"][d].to(device))
+                (args.demo_bc_coef * bc).backward()
+                stats.setdefault("demo_bc_loss", []).append(float(bc.detach()))
             allreduce_grads(params, world)
             if not train_policy:
                 for p in actor:
@@ -904,7 +1059,13 @@ def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret
             stats.setdefault("value_grad_norm", []).append(float(nn.utils.clip_grad_norm_(critic, args.max_grad_norm)))
             optimizer.step()
             stats.setdefault("grad_norm", []).append(float(gn))
+        kl = float(allreduce_sum(torch.tensor([float(np.mean(epoch_kl)) if epoch_kl else 0.0], dtype=torch.float64),
+                                 world)) / world  # same value on every rank: all stop together
+        stats.setdefault("epoch_kl", []).append(kl)
+        if args.target_kl is not None and kl > args.target_kl:  # ALGO LOGIC
+            break
     out = {k: float(np.mean(v)) for k, v in stats.items()}
+    out["epochs_run"] = float(epochs_run)
     out["explained_variance"] = explained_variance(flat["value"], ret)
     return out
 
@@ -958,6 +1119,20 @@ def resolve_scenes(args: Args) -> list[str]:
     return scenes
 
 
+def load_demo_batch(args: Args, policy: PI0Policy) -> dict:
+    """The --demos of the BC anchor: model inputs plus model-space target chunks [M, C, A] (this policy's normaliser)."""
+    if not args.demos or not Path(args.demos).exists():
+        raise FileNotFoundError(f"ppoflow_pi0.py: --demos: {args.demos!r} does not exist, but --demo-bc-coef "
+                                f"{args.demo_bc_coef} needs it (fix: pass the demos.pt written by train_imitation.py)")
+    d = torch.load(args.demos, map_location="cpu", weights_only=True)
+    missing = [k for k in ("rgb", "state", "ids", "mask", "action") if k not in d]
+    if missing:
+        raise ss.SchemaError(args.demos, "demos", f"missing {missing} (fix: use a demos.pt of train_imitation.py)")
+    out = {k: d[k] for k in ("rgb", "state", "ids", "mask")}
+    out["target"] = policy.normalizer.action(d["action"].float())
+    return out
+
+
 def setup_distributed(device_flag: str) -> tuple[int, int, torch.device]:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
@@ -978,7 +1153,8 @@ def build_policy(args: Args) -> PI0Policy:
     """--init checkpoint (weights merged, then this run's fine-tuning mode) or a random --preset model."""
     ft = dict(num_steps=args.num_inference_steps, log_sigma_min=args.log_sigma_min, log_sigma_max=args.log_sigma_max,
               lora_rank=args.lora_rank, lora_alpha=float(max(args.lora_rank, 1)), lora_expert=args.lora_expert,
-              freeze_vlm=args.freeze_vlm, freeze_siglip=args.freeze_siglip, value_state=args.value_state)
+              freeze_vlm=args.freeze_vlm, freeze_siglip=args.freeze_siglip, value_state=args.value_state,
+              value_time=args.value_time_to_go)
     if args.init is None:
         print(f"[ppoflow] no --init: random {args.preset} weights (use train_imitation.py for a starting point)")
         return PI0Policy(preset_config(args.preset, args.env.chunk, **ft), Normalizer.from_stats_file(args.stats_file),
@@ -997,13 +1173,20 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     """`env_fn(scenes, num_envs, cfg, seed, workers)` builds the vector env (default scene_env.make_vec_env)."""
     rank, world, device = setup_distributed(args.device)
     out = Path(args.out or f"runs/{args.exp_name}_s{args.seed}")
+    ckpt = None
+    if args.resume:  # everything that can be wrong with the resume fails here, before any file is written
+        ckpt = read_checkpoint(args.resume, "a ckpt_*.pt of an interrupted ppoflow_pi0.py run")
+        check_resumable(ckpt, args.resume, args)
     if rank == 0:
+        dropped = truncate_metrics(out / "metrics.jsonl", int(ckpt["iteration"]) if ckpt else 0)
+        if dropped:
+            print(f"[ppoflow] {out / 'metrics.jsonl'}: dropped {dropped} row(s) past iteration "
+                  f"{int(ckpt['iteration']) if ckpt else 0} (they are re-run from the checkpoint)")
         ss.write_json_atomic(out / "args.json", {"schema_version": ss.SCHEMA_VERSION, "args": ss.to_dict(args),
                                                  "batch_size": args.batch_size, "world_size": world})
     if args.num_envs % world:
         raise ValueError(f"--num-envs {args.num_envs} must be divisible by the {world} ranks")
     seed_everything(args.seed)  # identical model init on every rank
-    ckpt = torch.load(args.resume, map_location="cpu", weights_only=True) if args.resume else None
     if ckpt is not None:
         policy = PI0Policy(PolicyConfig(**ckpt["model_config"]), Normalizer(**ckpt["normalizer"]), ckpt["tokenizer"])
         policy.load_weights(ckpt["model"])
@@ -1019,9 +1202,10 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     rest = [p for n, p in policy.named_parameters() if p.requires_grad and not n.startswith("value_head.")]
     optimizer = torch.optim.AdamW([{"params": rest, "lr": args.learning_rate},
                                    {"params": heads, "lr": args.critic_learning_rate}], eps=1e-5, weight_decay=0.0)
-    cw, wu = args.critic_warmup_iterations, max(1, args.warmup_iterations)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [lambda it: 0.0 if it < cw else min(1.0, (it + 1 - cw) / wu),
-                                                              lambda it: 1.0])  # [policy, value head]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [  # [policy, value head]
+        lambda it: lr_factor(it, args.num_iterations, args.critic_warmup_iterations, args.warmup_iterations,
+                             args.lr_schedule, args.lr_min_factor), lambda it: 1.0])
+    demos = load_demo_batch(args, policy) if args.demo_bc_coef > 0 else None
     start = 0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -1050,11 +1234,11 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
         for it in range(start, args.num_iterations):
             t0 = time.time()
             batch, ep = rollout(policy, envs, args.num_steps, args.gamma, env_seed(args.seed, it, rank), device,
-                                args.bootstrap_truncated)
+                                args.bootstrap_truncated, args.env.max_decisions)
             t1 = time.time()
             adv, ret = compute_gae(batch["reward"], batch["value"], batch["done"], batch["last_value"], args.gamma, args.gae_lambda)
             upd = ppo_update(policy, optimizer, batch, adv, ret, args, world, device,
-                             train_policy=it >= args.critic_warmup_iterations)
+                             train_policy=it >= args.critic_warmup_iterations, demos=demos)
             scheduler.step()
             t2 = time.time()
             m = {"charts/success_rate": ep["success"], "charts/episode_return": ep["return"],
@@ -1115,4 +1299,7 @@ def gather_metrics(m: dict[str, list], world: int) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(tyro.cli(Args))
+    except CheckpointError as e:  # a bad --resume / --init file: one clear line, no traceback
+        raise SystemExit(f"ppoflow_pi0.py: error: {e}") from None

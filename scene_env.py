@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,45 @@ def configure_runtime() -> None:
             if os.path.exists(icd):
                 os.environ["VK_ICD_FILENAMES"] = icd
                 break
+    quiet_repeated_warnings()
+
+
+class _OncePerProcess(logging.Filter):
+    """Pass each distinct log message once: ManiSkill warns the same thing (mimic joints, missing initial poses)
+    on every env it builds, which buries progress bars under identical lines."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        key = f"{record.name}:{record.getMessage()}"
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def quiet_repeated_warnings() -> None:
+    """Third-party warnings shown once per process, not once per env (idempotent; errors always pass)."""
+    for name in ("mani_skill ", "mani_skill"):  # ManiSkill 3.0's logger name has a trailing space
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _OncePerProcess) for f in log.filters):
+            log.addFilter(_OncePerProcess())
+    warnings.filterwarnings("once", category=UserWarning, module=r"(mani_skill|sapien|torch)(\.|$)")
+
+
+def oversubscription_warning(processes: int, cores: int, factor: int = 4) -> str | None:
+    """A clear word when physx_cpu would start far more simulator processes (one per env) than there are cores."""
+    if processes <= factor * cores:
+        return None
+    return (f"{processes} simulator worker processes requested (physx_cpu runs one process per env) on a machine "
+            f"with {cores} core(s): about {processes / cores:.0f}x oversubscribed, every env will crawl. On a CPU "
+            f"machine pass fewer envs, e.g. `ppoflow_pi0.py --num-envs {2 * cores} --minibatch-size {50 * cores}` "
+            f"(`evaluate.py --num-envs {cores}`); Table A.1's 192 envs are meant for GPU physics "
+            f"(`--env.sim-backend physx_cuda`).")
 
 
 def scaled_intrinsic(width: int, height: int) -> np.ndarray:
@@ -879,6 +920,9 @@ class ChunkVecEnv:
             per_env = [[specs[j] for j in range(i, len(specs), num_envs)] if specs[i % len(specs)][0] == "gen"
                        and len(specs) > num_envs else [specs[i % len(specs)]] for i in range(num_envs)]
             per_env = [[s for s in lst if s[0] == "gen"] or lst[:1] for lst in per_env]
+            msg = oversubscription_warning(num_envs, os.cpu_count() or 1)
+            if msg:
+                warnings.warn(msg, RuntimeWarning, stacklevel=3)
             fns = [functools.partial(_worker_env_fn, per_env[i], cfg, seed + i) for i in range(num_envs)]
             self.runner = None
             self.pool = gym.vector.AsyncVectorEnv(fns, shared_memory=True, context="forkserver",

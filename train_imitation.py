@@ -211,4 +211,9 @@ def _make_vec_env(*a):
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    from ppoflow_pi0 import CheckpointError
+
+    try:
+        main(tyro.cli(Args))
+    except CheckpointError as e:  # a bad --init file: one clear line, no traceback
+        raise SystemExit(f"train_imitation.py: error: {e}") from None

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# The main job, end to end on the offline defaults: rule-based designer -> procedural assets ->
-# composed + QA'd ManiSkill scenes -> imitation from the scripted expert -> a short PPOFlow run ->
-# evaluation report. CPU physics with software rendering and the tiny policy preset; installs what
-# is missing first. Every stage skips work whose outputs exist, so a re-run continues.
+# The main job, end to end on the offline defaults, in two parts, then one report:
+#   A. the scene pipeline on your task list: rule-based designer -> procedural assets -> composed, QA'd
+#      ManiSkill scenes (contact sheet, QA sheet);
+#   B. the method: experiments/learning_demo.py on one generated scene (designed, generated and composed by
+#      the same stages) -> imitation from scripted demos -> PPOFlow -> both policies evaluated on the same
+#      fresh seeds with 95% intervals -> a sim deployment trial of the PPOFlow policy;
+#   -> out/main/report.md (and report.html): open it first.
+# CPU physics with software rendering and the tiny policy preset; installs what is missing first. Every
+# stage skips work whose outputs exist, so a re-run continues where a stopped one ended.
 #   bash scripts/main_job.sh                          # writes everything under out/main
 #   OUT=/tmp/run TASKS=my_tasks.txt bash scripts/main_job.sh
-# Budgets are environment variables (defaults finish in about 11 min on 2 idle CPU cores, measured):
-#   IL_EPISODES IL_STEPS PPO_ITERS PPO_ENVS EVAL_EPISODES WORKERS
+# Budgets are environment variables (defaults: see below and the README for the measured wall time):
+#   IL_EPISODES IL_STEPS PPO_ITERS PPO_ENVS EVAL_EPISODES WORKERS LEARN_TASK
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -19,11 +24,12 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 OUT="${OUT:-out/main}"
 TASKS="${TASKS:-examples/tasks.txt}"
 WORKERS="${WORKERS:-2}"
-IL_EPISODES="${IL_EPISODES:-48}"
-IL_STEPS="${IL_STEPS:-1500}"
-PPO_ITERS="${PPO_ITERS:-3}"
-PPO_ENVS="${PPO_ENVS:-2}"
-EVAL_EPISODES="${EVAL_EPISODES:-2}"
+IL_EPISODES="${IL_EPISODES:-150}"
+IL_STEPS="${IL_STEPS:-4000}"
+PPO_ITERS="${PPO_ITERS:-25}"
+PPO_ENVS="${PPO_ENVS:-8}"
+EVAL_EPISODES="${EVAL_EPISODES:-100}"
+LEARN_TASK="${LEARN_TASK:-put the green block on the plate}"
 mkdir -p "$OUT"
 step() { printf '\n=== %s ===\n' "$*"; }
 
@@ -36,22 +42,24 @@ python generate_assets.py --scenes-dir "$OUT/scenes" --assets-dir "$OUT/assets" 
 step "3/6 compose scenes (layout, physics QA, scripted-expert solvability QA)"
 python compose_scene.py --scenes-dir "$OUT/scenes" --assets-dir "$OUT/assets" --workers "$WORKERS"
 
-step "4/6 imitation starting point (scripted-expert demos -> flow-matching SFT, tiny preset)"
-[ -f "$OUT/runs/il/ckpt_final.pt" ] || python train_imitation.py --scenes-dir "$OUT/scenes" --preset tiny \
-  --out "$OUT/runs/il" --num-envs "$WORKERS" --episodes "$IL_EPISODES" --steps "$IL_STEPS"
+step "4/6 the method on one scene: imitation -> PPOFlow -> evaluation with intervals ($LEARN_TASK)"
+python experiments/learning_demo.py --out-dir "$OUT/learning" --task "$LEARN_TASK" \
+  --il-episodes "$IL_EPISODES" --il-steps "$IL_STEPS" --ppo-num-envs "$PPO_ENVS" --ppo-iterations "$PPO_ITERS" \
+  --eval-episodes "$EVAL_EPISODES"
 
-step "5/6 PPOFlow fine-tuning (short run)"
-[ -f "$OUT/runs/ppoflow/ckpt_final.pt" ] || python ppoflow_pi0.py --scenes-dir "$OUT/scenes" \
-  --init "$OUT/runs/il/ckpt_final.pt" --preset tiny --out "$OUT/runs/ppoflow" \
-  --num-envs "$PPO_ENVS" --num-steps 25 --minibatch-size 25 --num-iterations "$PPO_ITERS" --eval-every 0
+step "5/6 a sim deployment trial of the PPOFlow policy (deploy_widowx.py, sim backend, auto labels)"
+PPO_CKPT="$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["ppo_checkpoint"])' "$OUT/learning/report.json")"
+python - "$OUT" "$LEARN_TASK" <<'PY'
+import json, pathlib, sys
+out, task = pathlib.Path(sys.argv[1]), sys.argv[2]
+scene = sorted((out / "learning" / "scenes").glob("*/manifest.json"))[0]
+trials = [{"scene": scene.parent.name, "command": task, "distractors": [], "scene_id": str(scene.resolve())}]
+(out / "deploy").mkdir(parents=True, exist_ok=True)
+(out / "deploy" / "trials.json").write_text(json.dumps(trials, indent=1))
+PY
+python deploy_widowx.py --backend sim --ckpt "$PPO_CKPT" --trials-file "$OUT/deploy/trials.json" \
+  --trials-per-scene 2 --auto-label --out-dir "$OUT/deploy" --session sim-ppoflow
 
-step "6/6 evaluation: PPOFlow vs the imitation start on every composed scene"
-python evaluate.py --ckpt "$OUT/runs/ppoflow/ckpt_final.pt" --ckpt "$OUT/runs/il/ckpt_final.pt" \
-  --labels "PPOFlow" "imitation (N=0)" --scenes-dir "$OUT/scenes" \
-  --episodes-per-scene "$EVAL_EPISODES" --num-envs "$WORKERS" --out-dir "$OUT/eval"
-
-step "done"
-echo "asset contact sheet : $OUT/assets/contact_sheet.png"
-echo "scene QA sheet      : $OUT/scenes/qa_contact_sheet.png"
-echo "evaluation report   : $OUT/eval/table.md"
-cat "$OUT/eval/table.md"
+step "6/6 the report"
+python experiments/report.py --out-dir "$OUT" --tasks "$TASKS"
+echo "open first: $OUT/report.md (or report.html)"

@@ -64,3 +64,74 @@ def test_dry_run_commands_parse_with_each_stage_cli(tmp_path, script):
         stage = importlib.import_module(Path(argv[1]).stem)
         args = tyro.cli(stage.Args, args=argv[2:])  # raises SystemExit on any flag the stage does not know
         assert args is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# The Table-1 study driver (experiments/table1_study.py)
+# ---------------------------------------------------------------------------------------------
+
+import table1_study as t1  # noqa: E402
+
+
+def test_seed_interval_is_student_t_and_cells_use_the_training_seed_as_unit():
+    m, lo, hi = t1.t_interval([0.2, 0.4, 0.6])
+    assert m == pytest.approx(0.4) and hi - m == pytest.approx(4.302653 * 0.2 / 3 ** 0.5, rel=1e-5)  # t_{0.975, 2}
+    assert all(x != x for x in t1.t_interval([0.5])[1:])  # one seed: no interval over seeds
+    eps = [{"label": lab, "scene": sc, "success": ok, "elapsed_s": 5.0 if ok else None}
+           for lab, sc, ok in [("start", "a", False), ("start", "a", False), ("start", "b", True), ("start", "b", False),
+                               ("s0", "a", True), ("s0", "a", False), ("s1", "a", True), ("s1", "a", True),
+                               ("s0", "b", True), ("s1", "b", True)]]
+    multi = t1.group_cell(eps, ["s0", "s1"], ["a"], start="start")
+    assert multi["sr"] == pytest.approx(0.75) and multi["unit"].startswith("training seed (n=2)")
+    assert multi["diff"][0] == pytest.approx(0.75) and multi["diff"][1] < 0.75 < multi["diff"][2]
+    single = t1.group_cell(eps, ["s0"], ["a", "b"], start="start")
+    assert single["sr"] == pytest.approx(2 / 3) and single["unit"] == "episode (n=3)"
+    assert single["ci"] == pytest.approx(sc.wilson(2, 3)) and single["diff"] == pytest.approx(sc.newcombe_diff(2, 3, 1, 4))
+    assert "| PPOFlow | 4 | 2 |" in t1.table_md([{"policy": "PPOFlow", "n": 4, "id": multi, "ood": single}])
+
+
+def test_study_task_lists_cover_eight_families_and_do_not_overlap():
+    w, il = t1.read_tasks(str(REPO / "examples/tasks_study.txt")), t1.read_tasks(str(REPO / "examples/tasks_study_il.txt"))
+    families = [x for x in (REPO / "examples/tasks_study.txt").read_text().splitlines() if x.startswith("# ") and
+                not x.startswith("#   ")][1:]
+    assert len(w) >= 24 and len(families) >= 8 and not set(w) & set(il)
+
+
+def test_study_dry_run_commands_parse_and_cover_every_stage(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "experiments/table1_study.py"), "--out-dir", str(tmp_path),
+                          "--dry-run"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [x for x in out.stdout.splitlines() if x.startswith("[run ]")]
+    names = [x.split()[2].rstrip(":") for x in lines]
+    assert names[:6] == ["W_design", "W_assets", "W_compose", "IL_design", "IL_assets", "IL_compose"]
+    assert {"splits", "il_start", "ppo_N1_s0", "ppo_N4_s0", "ppo_N4_s1", "ppo_N4_s2", "ppo_N12_s0", "more_il_N4",
+            "evaluate"} <= set(names)
+    for cmd in (x.split(": ", 1)[1] for x in lines):
+        argv = shlex.split(cmd)
+        stage_args = tyro.cli(importlib.import_module(Path(argv[1]).stem).Args, args=argv[2:])
+        if Path(argv[1]).stem == "evaluate" and not stage_args.make_splits:
+            assert stage_args.seed == 5000 and stage_args.deterministic and len(stage_args.ckpt) == 7
+
+
+@pytest.mark.timeout(420)
+def test_study_runs_end_to_end_at_a_tiny_budget_and_resumes(tmp_path):
+    (tmp_path / "w.txt").write_text("put the green block on the plate\nput the red cube in the bowl\n")
+    (tmp_path / "il.txt").write_text("put the yellow cube on the plate\n")
+    cmd = [sys.executable, str(REPO / "experiments/table1_study.py"), "--out-dir", str(tmp_path / "study"),
+           "--tasks-file", str(tmp_path / "w.txt"), "--il-tasks-file", str(tmp_path / "il.txt"), "--num-distractors", "0",
+           "--min-pool", "2", "--ns", "1", "--multi-seed-n", "1", "--num-seeds", "2", "--env-workers", "2",
+           "--il-episodes", "2", "--il-steps", "10", "--ppo-num-envs", "2", "--ppo-num-steps", "2", "--ppo-minibatch", "4",
+           "--ppo-update-epochs", "1", "--ppo-iterations", "1", "--eval-episodes", "1", "--max-decisions", "20",
+           "--compose-extra=--solver-attempts 1 --solver-min-successes 1 --no-render"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    study = tmp_path / "study"
+    rep = json.loads((study / "report.json").read_text())
+    policies = [row["policy"] for row in rep["rows"]]
+    assert policies == ["N=0 IL start", "PPOFlow", "more imitation (compute-matched)"]
+    assert rep["rows"][1]["id"]["unit"] == "training seed (n=2)" and len(rep["rows"][1]["id"]["per_seed"]) == 2
+    assert rep["env_decisions"] == {"ppo_N1_s0": 4, "ppo_N1_s1": 4} and len(rep["ood"]) == 1
+    for f in ("report.md", "table.md", "sr_vs_n.png", "learning_curves.png", "steps.json"):
+        assert (study / f).exists(), f
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)  # every stage is done: all skipped
+    assert r.returncode == 0 and "[run ]" not in r.stdout and r.stdout.count("[skip]") >= 12
