@@ -59,8 +59,12 @@ class Args:
     """Environment variable holding the API key (the key itself is never logged or written)."""
     llm_attempts: int = 3
     """LLM tries per scene; each retry feeds the validation errors back for repair."""
-    llm_timeout_s: float = 60.0
-    """Timeout of one LLM request in seconds."""
+    llm_timeout_s: float = 30.0
+    """Timeout of one LLM request in seconds (no client-side retries: --llm-attempts are the retries)."""
+    llm_circuit_breaker: int = 3
+    """After this many consecutive scenes whose every LLM request failed (time-out, connection, HTTP error), the
+    rest of the batch uses the rules designer (recorded as the fall-back reason): a hung endpoint costs minutes,
+    not --llm-attempts x --llm-timeout-s per scene for the whole batch. 0: never."""
     overwrite: bool = False
     """Re-design scenes whose scene_graph.json exists (default: keep them, index status "exists")."""
 
@@ -440,7 +444,10 @@ def design_rules(task: str, seed: int, n_distractors: tuple[int, int] = (2, 4), 
     relations = [Relation(o.name, "ON", "table", "initial") for o in objects
                  if o.role in ("target", "destination", "distractor")]
     relations.append(Relation(target.name, relation, destination.name, "goal"))
+    unknown = [{"object": o.name, "role": o.role, "words": np_.words}
+               for o, np_ in ((target, tgt), (destination, dst)) if np_.category is None]
     designer = {"name": "rules", "seed": seed, "variant": variant, "num_distractors": len(distractors),
+                **({"unknown_nouns": unknown} if unknown else {}),
                 "parse": {"target": tgt.words, "preposition": p.preposition, "destination": dst.words,
                           "source": p.source.words if p.source else None}}
     scene_id = scene_id or make_scene_id(task, variant, {"seed": seed})
@@ -511,8 +518,15 @@ The initial layout must not already satisfy the goal.
 - background: short descriptions of setting, table, floor, walls and lighting."""
 
 
+# Key-like tokens that must never be stored even when they are not this run's key (OpenAI-style, bearer headers).
+SECRET_PATTERNS = re.compile(r"(sk-[A-Za-z0-9_\-]{12,}|(?i:bearer)\s+[A-Za-z0-9._\-]{12,})")
+
+
 def _scrub(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
+    """Remove the API key (and anything key-like) from text that will be stored, logged or sent back."""
+    if secret:
+        text = text.replace(secret, "***")
+    return SECRET_PATTERNS.sub("***", text)
 
 
 def graph_from_llm_reply(content: str, task: str, scene_id: str, rng: random.Random) -> SceneGraph:
@@ -570,7 +584,9 @@ def design_llm(client, task: str, scene_id: str, seed: int, n: int, args: Args, 
         try:
             reply = client.chat.completions.create(model=args.llm_model, messages=messages, seed=seed % 2**31,
                                                    response_format=response_format)
-            content = reply.choices[0].message.content or ""
+            # scrubbed on arrival: an endpoint that echoes the key must not get it into the graph, the
+            # validation problems, the repair prompt or the fall-back reason
+            content = _scrub(reply.choices[0].message.content or "", secret)
         except Exception as e:  # network, HTTP and API errors: retried like invalid replies
             errors.append(f"attempt {attempt}: request failed: {type(e).__name__}: {_scrub(str(e), secret)[:300]}")
             continue
@@ -587,7 +603,9 @@ def design_llm(client, task: str, scene_id: str, seed: int, n: int, args: Args, 
         messages += [{"role": "assistant", "content": content[:8000]},
                      {"role": "user", "content": "The scene graph was rejected: " + "; ".join(problems)
                       + ". Fix these problems and answer with the complete corrected JSON."}]
-    raise DesignError(" | ".join(errors)[:2000])
+    err = DesignError(" | ".join(errors)[:2000])
+    err.request_failures = sum("request failed" in e for e in errors) == len(errors)  # the endpoint, not the model
+    raise err
 
 
 def make_llm_client(args: Args):
@@ -598,7 +616,7 @@ def make_llm_client(args: Args):
     import openai
 
     return openai.OpenAI(api_key=key or "not-needed", base_url=args.llm_base_url, timeout=args.llm_timeout_s,
-                         max_retries=1), None
+                         max_retries=0), None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -611,6 +629,14 @@ def load_tasks(task_flags: list[str], tasks_file: str | None) -> list[str]:
     tasks = [t for t in task_flags]
     if tasks_file:
         path = Path(tasks_file)
+        if path.is_dir():
+            raise ss.SchemaError(str(path), "", "is a directory; pass a .txt file (one task per line) or a .json list")
+        if path.exists():
+            try:
+                path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ss.SchemaError(str(path), "", f"is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                                     f"{e.start}); save it as UTF-8") from None
         if path.suffix.lower() == ".json":
             data = ss.read_json(path)
             data = data.get("tasks") if isinstance(data, dict) else data
@@ -638,7 +664,7 @@ def design_scene(task: str, variant: int, scene_id: str, args: Args, avoid: set[
                  client_error: str | None = None, secret: str | None = None) -> SceneGraph:
     """One scene with the chosen designer; rules variants are re-drawn until distinct from `avoid`."""
     n_range = args.distractor_range
-    fallback_reason = client_error
+    fallback_reason, unreachable = client_error, False
     if args.designer == "llm" and client is not None:
         seed = derive_seed(args.seed, task, variant)
         n = random.Random(seed).randint(*n_range)
@@ -647,14 +673,16 @@ def design_scene(task: str, variant: int, scene_id: str, args: Args, avoid: set[
             g.designer.update(variant=variant, num_distractors=n)
             return g
         except DesignError as e:
-            fallback_reason = str(e)
+            fallback_reason = _scrub(str(e), secret)
+            unreachable = getattr(e, "request_failures", False)  # every request failed: main's circuit breaker
     g = None
     for attempt in range(8):
         g = design_rules(task, derive_seed(args.seed, task, variant, attempt), n_range, variant, scene_id)
         if signature(g) not in avoid:
             break
     if args.designer == "llm":
-        g.designer.update(fallback_from="llm", fallback_reason=fallback_reason, llm_model=args.llm_model)
+        g.designer.update(fallback_from="llm", fallback_reason=_scrub(fallback_reason or "", secret),
+                          llm_model=args.llm_model, llm_unreachable=unreachable)
     return g
 
 
@@ -699,7 +727,7 @@ def main(args: Args) -> list[IndexEntry]:
         print(f"warning: LLM designer unavailable ({client_error}); using the rules designer", file=sys.stderr)
     id_key = {"seed": args.seed, "designer": args.designer, "num_distractors": args.num_distractors,
               **({"llm_model": args.llm_model} if args.designer == "llm" else {})}
-    entries, seen = [], {}
+    entries, seen, failures = [], {}, 0
     jobs = [(t, k) for t in tasks for k in range(args.variants_per_task)]
     for task, k in tqdm(jobs, desc="designing scenes", unit="scene"):
         scene_id = make_scene_id(task, k, id_key)
@@ -715,6 +743,16 @@ def main(args: Args) -> list[IndexEntry]:
                 print(f"warning: {e}; designing it again", file=sys.stderr)
         try:  # one bad task never stops the batch: it is reported in the index with its reason
             g = design_scene(task, k, scene_id, args, avoid, client, client_error, secret)
+            failures = failures + 1 if g.designer.get("llm_unreachable") else 0
+            if client is not None and args.llm_circuit_breaker and failures >= args.llm_circuit_breaker:
+                client, client_error = None, (f"circuit breaker: every request of {failures} consecutive scenes "
+                                              f"failed (endpoint {args.llm_base_url or 'api.openai.com'}); the rest "
+                                              "of the batch uses the rules designer")
+                print(f"warning: {client_error}", file=sys.stderr)
+            for u in g.designer.get("unknown_nouns", []):
+                print(f"warning: {task!r}: {u['words']!r} ({u['role']}) is not in the lexicon: it becomes a generic "
+                      f"primitive of a typical {u['role']} size; name a known object or add it to scene_lexicon.py",
+                      file=sys.stderr)
             problems = qa_problems(g)
             if problems:
                 raise DesignError("QA rejected the graph: " + "; ".join(problems))
