@@ -41,6 +41,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -266,14 +267,21 @@ def generate_command(req: dict, seed: int, template: str, out: Path, timeout_s: 
     out = out / f"raw_{seed}.{ext}"
     subs = {"{prompt}": req["description"], "{seed}": str(seed), "{out}": str(out), "{category}": req["category"]}
     argv = [re.sub("|".join(map(re.escape, subs)), lambda m: subs[m.group(0)], tok) for tok in shlex.split(template)]
+    # its own process group: a time-out kills the command and every child it started (no orphans left running)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
+        stdout, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"command timed out after {timeout_s:.0f} s: {argv[0]}") from None
-    if p.returncode != 0:
-        raise RuntimeError(f"command exited with {p.returncode}: {(p.stderr or p.stdout).strip()[-300:]}")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise RuntimeError(f"command timed out after {timeout_s:.0f} s (its process group was killed): {argv[0]}") from None
+    except BaseException:  # Ctrl-C or a dying worker: take the children down too
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    if proc.returncode != 0:
+        raise RuntimeError(f"command exited with {proc.returncode}: {(stderr or stdout).strip()[-300:]}")
     if not out.exists() or out.stat().st_size == 0:
-        raise RuntimeError(f"command wrote no mesh at {{out}} ({out.name}); stderr: {p.stderr.strip()[-200:]}")
+        raise RuntimeError(f"command wrote no mesh at {{out}} ({out.name}); stderr: {stderr.strip()[-200:]}")
     try:
         mesh = _load_mesh(out)
     except Exception as e:  # noqa: BLE001 - any parser error means a corrupt file
@@ -616,7 +624,7 @@ def build_asset(req: dict, args: Args) -> dict:
     """Generate, QA and write one asset folder atomically. Returns a small summary for the run report."""
     t0, c0 = time.time(), time.process_time()
     root, aid = Path(args.assets_dir), req["asset_id"]
-    work = root / ".tmp" / f"{aid}-{uuid.uuid4().hex[:8]}"
+    work = root / ".tmp" / f"{aid}-p{os.getpid()}-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     qa: list[ss.QAVerdict] = []
     facts, seed = None, args.seed
@@ -651,7 +659,7 @@ def build_asset(req: dict, args: Args) -> dict:
         ss.save_asset_record(rec, work / "asset.json")
         dest = root / aid
         if dest.exists():  # replacing a cached (rejected / overwritten) asset: swap, then delete the old one
-            trash = root / ".tmp" / f"old-{aid}-{uuid.uuid4().hex[:8]}"
+            trash = root / ".tmp" / f"old-{aid}-p{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.rename(dest, trash)
             os.rename(work, dest)
             shutil.rmtree(trash, ignore_errors=True)
@@ -787,10 +795,39 @@ def load_graphs(scenes_dir: Path, scene_ids: list[str] | None) -> tuple[list[ss.
     graphs, errors = [], []
     for p in paths:
         try:
-            graphs.append(ss.load_scene_graph(p))
+            g = ss.load_scene_graph(p)
         except (ss.SchemaError, OSError, ValueError) as e:
             errors.append(str(e))
+            continue
+        if g.scene_id != p.parent.name:  # its links would go to another folder than the graph's
+            errors.append(f"{p}: scene_id: {g.scene_id!r} differs from its folder {p.parent.name!r}; rename the "
+                          "folder or fix scene_id (scene_designer.py writes them equal)")
+            continue
+        graphs.append(g)
     return graphs, errors
+
+
+def clean_stale_tmp(assets_dir: Path) -> list[str]:
+    """Remove the build folders (.tmp/<id>-p<pid>-<uuid>) of runs that no longer exist (killed mid-asset); folders
+    of live processes (another shard on this machine) are kept. Returns what was removed."""
+    removed = []
+    for d in sorted((assets_dir / ".tmp").glob("*")) if (assets_dir / ".tmp").is_dir() else []:
+        m = re.search(r"-p(\d+)-[0-9a-f]{8}$", d.name)
+        alive = False
+        if m:
+            try:
+                os.kill(int(m.group(1)), 0)
+                alive = True
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                alive = True
+        elif time.time() - d.stat().st_mtime < 24 * 3600:
+            alive = True  # an unnamed folder of a recent run: leave it
+        if not alive:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d.name)
+    return removed
 
 
 def main(args: Args) -> dict:
@@ -808,6 +845,9 @@ def main(args: Args) -> dict:
     assets_dir.mkdir(parents=True, exist_ok=True)
     tag = "" if shard[1] == 1 else f"_shard{shard[0]}of{shard[1]}"
     ss.write_json_atomic(assets_dir / f"args{tag}.json", {"schema_version": ss.SCHEMA_VERSION, "stage": "generate_assets", "args": vars(args)})
+    stale = clean_stale_tmp(assets_dir)
+    if stale:
+        print(f"[generate_assets] removed {len(stale)} build folder(s) of killed runs from {assets_dir / '.tmp'}")
     graphs, graph_errors = load_graphs(scenes_dir, args.scene_ids)
     for e in graph_errors:
         print(f"[generate_assets] skipping scene graph: {e}")
@@ -866,6 +906,10 @@ def main(args: Args) -> dict:
           f"contact sheet: {assets_dir / f'contact_sheet{tag}.png'}")
     for aid, why in summary["rejected"].items():
         print(f"[generate_assets] REJECTED {aid}: {why}")
+    if results and not acc:
+        raise SystemExit(f"[generate_assets] error: all {len(results)} generated assets were rejected (reasons above; "
+                         f"{assets_dir / f'summary{tag}.json'}): no scene can be composed. Check the backend "
+                         "(--backend, --command-template) or the scene graphs' sizes and categories")
     return summary
 
 

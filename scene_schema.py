@@ -261,8 +261,8 @@ class _Doc:
             self.fail(key, f"expected a list of {n} numbers, got {len(value)}")
         out = []
         for i, v in enumerate(value):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-                self.fail(f"{key}[{i}]", f"expected a number, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+                self.fail(f"{key}[{i}]", f"expected a finite number, got {v!r}")
             if lo is not None and v < lo:
                 self.fail(f"{key}[{i}]", f"{v} is below the minimum {lo}")
             out.append(float(v))
@@ -507,7 +507,10 @@ def asset_record_from_dict(data: Any, source: str = "<asset record>") -> AssetRe
         collision = p.get("collision", list)
         if not collision or not all(isinstance(c, str) and c for c in collision):
             p.fail("collision", "an accepted asset needs at least one collision mesh path")
-    return AssetRecord(
+        for key, rel in [("visual", paths["visual"])] + [(f"collision[{i}]", c) for i, c in enumerate(collision)]:
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:  # assets are self-contained folders
+                p.fail(key, f"{rel!r} must be a relative path inside the asset folder (no '..', not absolute)")
+    rec = AssetRecord(
         asset_id=d.text("asset_id"), description=d.text("description"), category=d.text("category"),
         backend=d.text("backend"), seed=d.get("seed", int), accepted=accepted,
         attempts=d.get("attempts", int), qa=qa, scale=d.number("scale", lo=0.0),
@@ -515,6 +518,11 @@ def asset_record_from_dict(data: Any, source: str = "<asset record>") -> AssetRe
         friction=d.number("friction", lo=0.0), material=d.get("material", str, default=""),
         color_rgba=d.vector("color_rgba", 4, default=[0.7, 0.7, 0.7, 1.0]), paths=paths,
         args=d.get("args", dict, default={}), reject_reason=d.get("reject_reason", str, default=None))
+    if accepted and rec.mass_kg <= 0:
+        d.fail("mass_kg", f"{rec.mass_kg} kg: an accepted asset needs a positive mass (the simulator divides by it)")
+    if accepted and min(rec.bbox_m) <= 0:
+        d.fail("bbox_m", f"{rec.bbox_m}: an accepted asset needs positive extents on every axis")
+    return rec
 
 
 def load_asset_record(path: str | os.PathLike) -> AssetRecord:
@@ -524,7 +532,10 @@ def load_asset_record(path: str | os.PathLike) -> AssetRecord:
         path = path / "asset.json"
     rec = asset_record_from_dict(read_json(path), str(path))
     if rec.accepted:
+        root = path.parent.resolve()
         for key, rel in [("visual", rec.paths["visual"])] + [("collision", c) for c in rec.paths["collision"]]:
+            if not (path.parent / rel).resolve().is_relative_to(root):  # e.g. a symlink pointing outside
+                raise SchemaError(str(path), f"paths.{key}", f"{rel!r} resolves outside the asset folder {root}")
             if not (path.parent / rel).exists():
                 raise SchemaError(str(path), f"paths.{key}", f"{rel!r} does not exist next to asset.json")
     return rec

@@ -101,3 +101,116 @@ def test_unknown_nouns_are_said_and_recorded_not_silently_generic(tmp_path, caps
     assert g.target.category == "generic_object"
     assert g.designer["unknown_nouns"] == [{"object": g.target.name, "role": "target", "words": "flurbo"}]
     assert "'flurbo' (target) is not in the lexicon" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Assets and compose
+# ---------------------------------------------------------------------------------------------
+
+import generate_assets as ga  # noqa: E402
+from test_generate_assets import args_for, obj, scene, write_scenes  # noqa: E402
+
+HANGING_T23D = """
+import subprocess, sys, time, pathlib
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+pathlib.Path(sys.argv[1]).write_text(str(child.pid))
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        import os
+
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"  # a zombie is dead
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
+def test_command_timeout_kills_the_whole_process_group(tmp_path):
+    script, pidfile = tmp_path / "hang.py", tmp_path / "child.pid"
+    script.write_text(HANGING_T23D)
+    req = {"description": "a red block", "category": "block"}
+    t0 = time.time()
+    with pytest.raises(RuntimeError, match="timed out .* process group was killed"):
+        ga.generate_command(req, 0, f"{sys.executable} {script} {pidfile}", tmp_path, 2.0, "glb")
+    assert time.time() - t0 < 20
+    child = int(pidfile.read_text())
+    for _ in range(50):
+        if not _alive(child):
+            break
+        time.sleep(0.1)
+    assert not _alive(child), "the command's child (a grandchild of the stage) was left running"
+
+
+def test_every_asset_rejected_exits_nonzero_with_the_reason(tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text("import sys; sys.exit(3)\n")
+    write_scenes(tmp_path / "scenes", [scene("s", obj("cube", "target", "block", "a red block", (0.05, 0.04, 0.03),
+                                                      "red", graspable=True),
+                                             obj("tray", "destination", "tray", "a black tray", (0.3, 0.22, 0.025)),
+                                             relation="ON")])
+    args = args_for(tmp_path, backend="command", max_attempts=1, command_template=f"{sys.executable} {script} {{out}}")
+    with pytest.raises(SystemExit, match="all 2 generated assets were rejected"):
+        ga.main(args)
+    assert (tmp_path / "assets" / "summary.json").exists()  # the reasons are kept for the user
+
+
+def test_killed_runs_build_folders_are_cleaned_and_live_ones_kept(tmp_path):
+    import os
+
+    tmp = tmp_path / ".tmp"
+    dead, live, legacy = tmp / "block-abc-p999999-0123abcd", tmp / f"block-abc-p{os.getpid()}-89abcdef", tmp / "x-1"
+    for d in (dead, live, legacy):
+        d.mkdir(parents=True)
+        (d / "visual.glb").write_bytes(b"half written")
+    os.utime(legacy, (time.time() - 2 * 86400,) * 2)
+    removed = ga.clean_stale_tmp(tmp_path)
+    assert sorted(removed) == sorted([dead.name, legacy.name]) and live.exists() and not dead.exists()
+
+
+def _record(tmp_path: Path, **over) -> Path:
+    d = tmp_path / "a1"
+    d.mkdir(exist_ok=True)
+    for f in ("visual.glb", "collision_0.obj"):
+        (d / f).write_bytes(b"x")
+    rec = {"schema_version": ss.SCHEMA_VERSION, "asset_id": "a1", "description": "a cube", "category": "block",
+           "backend": "procedural", "seed": 0, "accepted": True, "attempts": 1, "qa": [], "scale": 1.0,
+           "bbox_m": [0.05, 0.05, 0.05], "mass_kg": 0.1, "friction": 0.8, "material": "wood",
+           "color_rgba": [1, 0, 0, 1], "paths": {"visual": "visual.glb", "collision": ["collision_0.obj"]}}
+    rec.update(over)
+    (d / "asset.json").write_text(json.dumps(rec))
+    return d
+
+
+@pytest.mark.parametrize("over,field", [
+    ({"bbox_m": [0.05, float("inf"), 0.05]}, "bbox_m[1]"), ({"bbox_m": [0.05, 0.0, 0.05]}, "bbox_m"),
+    ({"mass_kg": 0.0}, "mass_kg"), ({"mass_kg": float("nan")}, "mass_kg"),
+    ({"paths": {"visual": "../other/visual.glb", "collision": ["collision_0.obj"]}}, "paths.visual"),
+    ({"paths": {"visual": "/etc/passwd", "collision": ["collision_0.obj"]}}, "paths.visual"),
+    ({"paths": {"visual": "visual.glb", "collision": ["../../c.obj"]}}, "paths.collision[0]")])
+def test_bad_asset_records_are_refused_with_the_field(tmp_path, over, field):
+    assert ss.load_asset_record(_record(tmp_path)).accepted  # the unmodified record is fine
+    with pytest.raises(ss.SchemaError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        ss.load_asset_record(_record(tmp_path, **over))
+
+
+def test_symlinked_asset_file_pointing_outside_is_refused(tmp_path):
+    outside = tmp_path / "secret.glb"
+    outside.write_bytes(b"x")
+    d = _record(tmp_path)
+    (d / "visual.glb").unlink()
+    (d / "visual.glb").symlink_to(outside)
+    with pytest.raises(ss.SchemaError, match="resolves outside the asset folder"):
+        ss.load_asset_record(d)
+
+
+def test_graph_whose_scene_id_differs_from_its_folder_is_skipped_with_reason(tmp_path, capsys):
+    g = scene("real_id", obj("cube", "target", "block", "a red block", (0.05, 0.04, 0.03), "red", graspable=True),
+              obj("tray", "destination", "tray", "a black tray", (0.3, 0.22, 0.025)), relation="ON")
+    ss.save_scene_graph(g, tmp_path / "scenes" / "renamed_folder" / "scene_graph.json")
+    graphs, errors = ga.load_graphs(tmp_path / "scenes", None)
+    assert graphs == [] and "differs from its folder 'renamed_folder'" in errors[0]
+    assert not (tmp_path / "scenes" / "real_id").exists()
