@@ -63,7 +63,10 @@ class Args:
     """Start from this policy: our checkpoint (train_imitation.py), a transformers/lerobot pi0 folder or an
     open-pi-zero `.pt`. Without it the `--preset` model starts from random weights."""
     resume: str | None = None
-    """Resume exactly from one of this run's `ckpt_<iter>.pt` (model, optimizer, scheduler, RNG, iteration)."""
+    """Resume from one of this run's `ckpt_<iter>.pt` (model, optimizer, scheduler, RNG, iteration; metrics.jsonl is
+    cut back to that iteration). Pass the original command's model flags: a mismatch is an error. Guarantee: the
+    resumed run is bitwise the uninterrupted one when the env is deterministic (tested with a fake env); with the
+    real env it is the same run up to rendering noise (lavapipe frames differ by up to 6/255 between identical runs)."""
     preset: str = "tiny"
     """Model size when not given by `--init`/`--resume`: tiny (CPU tests), small, pi0-3b (the paper's)."""
     stats_file: str = DEFAULT_STATS
