@@ -681,8 +681,8 @@ def design_scene(task: str, variant: int, scene_id: str, args: Args, avoid: set[
         if signature(g) not in avoid:
             break
     if args.designer == "llm":
-        g.designer.update(fallback_from="llm", fallback_reason=_scrub(fallback_reason or "", secret),
-                          llm_model=args.llm_model, llm_unreachable=unreachable)
+        g.designer.update(fallback_from="llm", fallback_reason=fallback_reason, llm_model=args.llm_model,
+                          llm_unreachable=unreachable)
     return g
 
 

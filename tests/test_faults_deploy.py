@@ -49,7 +49,7 @@ def unsafe(pose: np.ndarray, sent: np.ndarray) -> list[str]:
         why.append("step")
     if np.isfinite(pose[:3]).all():
         dist = lambda p: np.linalg.norm(p - np.clip(p, LO, HI))  # noqa: E731  distance to the box
-        if dist(pose[:3] + sent[:3]) > max(dist(pose[:3]), 0.0) + 1e-9:
+        if dist(pose[:3] + sent[:3]) > dist(pose[:3]) + 1e-9:
             why.append("box")
     elif np.any(sent != 0):
         why.append("moved from an unknown pose")
