@@ -76,6 +76,10 @@ class Args:
     """Table A.2 randomization as in training (off: every episode starts from the nominal layout)."""
     max_decisions: Optional[int] = None
     """Episode length in chunk decisions (default: the training run's, Table A.1: 25)."""
+    sim_freq: Optional[int] = None
+    """Physics frequency (Hz) of generated scenes (default: the training run's; SimplerEnv keeps its 500 Hz)."""
+    success_check: Literal["step", "chunk"] = "step"
+    """Eq. A.1 after every control step (time to finish at 0.2 s resolution) or at chunk ends only (as training)."""
     deterministic: bool = True
     """Deterministic policy mode (sigma = 0) for checkpoints."""
     preset: Optional[str] = None
@@ -106,10 +110,12 @@ class Args:
     """Also time under torch.compile."""
     track: bool = False
     """Log everything to Weights & Biases."""
-    wandb_project: str = "gensim-rl-vla"
+    wandb_project: str = ss.WANDB_PROJECT
     """W&B project."""
     wandb_entity: Optional[str] = None
     """W&B entity (team)."""
+    wandb_group: Optional[str] = None
+    """W&B group (default: the name of the folder that holds --out-dir, e.g. the study)."""
     exp_name: str = "evaluate"
     """W&B run name prefix."""
 
@@ -133,6 +139,16 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def newcombe_diff(k1: int, n1: int, k0: int, n0: int) -> tuple[float, float, float]:
+    """p1 - p0 and its 95% interval by Newcombe's hybrid score method (method 10, Newcombe 1998), built on
+    wilson_interval: keeps its coverage near 0 and 1 where the Wald interval does not."""
+    p1, p0 = k1 / n1, k0 / n0
+    l1, u1 = wilson_interval(k1, n1)
+    l0, u0 = wilson_interval(k0, n0)
+    d = p1 - p0
+    return d, d - math.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
 
 
 def make_splits(scenes: list[str], num_splits: int, size: int, seed: int) -> ss.SceneSplits:
@@ -423,14 +439,17 @@ def make_actor(spec: PolicySpec, env, policy, deterministic: bool, seed: int) ->
 
 
 def env_config(args: Args, spec: PolicySpec):
-    """The env the policy trained in: the run's env settings (image size, episode length, randomization;
-    scene_env defaults for runs that do not record them) with the policy's chunk; --no-domain-randomization
-    and --max-decisions override them."""
+    """The env the policy trained in: the run's env settings (image size, episode length, randomization, physics
+    frequency; scene_env defaults for runs that do not record them) with the policy's chunk; --success-check,
+    --no-domain-randomization, --max-decisions and --sim-freq override them."""
     cfg = scene_env.EnvConfig()
     known = {f.name for f in fields(cfg)}
     trained = spec.train_args.get("env") if isinstance(spec.train_args.get("env"), dict) else {}
     cfg = replace(cfg, **{k: v for k, v in trained.items() if k in known})
-    over = {"sim_backend": args.sim_backend, "resample_every": 0}  # one scene per env, for the whole evaluation
+    over = {"sim_backend": args.sim_backend, "resample_every": 0,  # one scene per env, for the whole evaluation
+            "success_check": args.success_check}
+    if args.sim_freq:
+        over["sim_freq"] = args.sim_freq
     if spec.model_config.get("chunk"):
         over["chunk"] = int(spec.model_config["chunk"])
     if args.max_decisions:
@@ -786,8 +805,8 @@ def main(args: Args) -> dict:
     if args.track:
         import wandb
 
-        wandb.init(project=args.wandb_project, entity=args.wandb_entity, config=asdict(args), dir=str(out),
-                   name=f"{args.exp_name}__{out.name}__{int(t_start)}", job_type="eval")
+        ss.init_wandb(out, asdict(args), "eval", args.wandb_project, args.wandb_entity, args.wandb_group,
+                      f"{args.exp_name}__{out.name}")
 
     # ---- plan: per policy the union of its scene sets, minus the episodes the log already holds ----
     # an episode is reused only for the same policy bytes, env settings and scene content (manifest hash)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import tyro
 
 import scene_schema as ss
+import scene_env
 from scene_env import EnvConfig
 
 DEFAULT_STATS = str(Path(__file__).resolve().parent.parent / "shared/assets/open_pi_zero/bridge_statistics.json")
@@ -79,10 +80,12 @@ class Args:
     """"auto" (cuda:<local rank> when available, else cpu), "cpu" or "cuda"."""
     track: bool = False
     """Log to Weights & Biases (WANDB_MODE=offline works); metrics.jsonl is always written."""
-    wandb_project: str = "genscene-rl"
-    """W&B project."""
+    wandb_project: str = ss.WANDB_PROJECT
+    """W&B project (one for every stage)."""
     wandb_entity: str | None = None
     """W&B entity (team)."""
+    wandb_group: str | None = None
+    """W&B group (default: the name of the folder that holds --out, e.g. the study)."""
     env: EnvConfig = field(default_factory=EnvConfig)
     """Environment settings (scene_env.EnvConfig: image size, chunk C, episode length, domain randomisation)."""
     env_workers: int | None = None
@@ -161,13 +164,13 @@ class Args:
     log_sigma_max: float = -2.0
     """Upper bound of the noise head's log std."""
     lora_rank: int = 32
-    """LoRA rank on the VLM (0 = fine-tune the VLM fully)."""
+    """LoRA rank on the VLM, and on the expert with --lora-expert (0 = fine-tune the VLM fully)."""
     freeze_vlm: bool = False
-    """Appendix A (a, b): freeze the whole VLM (no LoRA)."""
+    """Appendix A (a, b): freeze the whole VLM (no LoRA on it; --lora-expert still adapts the expert)."""
     freeze_siglip: bool = False
     """Appendix A (c): freeze the SigLIP vision encoder (LoRA only on Gemma)."""
     lora_expert: bool = False
-    """Appendix A (a, c, d): LoRA on the action expert instead of fully training it."""
+    """Appendix A (a, c, d): LoRA (rank --lora-rank) on the action expert instead of fully training it."""
     value_state: bool = False
     """Value head reads [z_t, normalised robot state] instead of z_t alone (paper: V(z_t)). pi0 feeds the state
     only to the action expert, so z_t of a small model may not tell "block in the gripper" from "block on the table"."""
@@ -529,30 +532,34 @@ class PI0Policy(nn.Module):
 
     # ---- fine-tuning mode (Appendix A) ----
     def _apply_finetune_mode(self):
+        """Appendix A. VLM: frozen (--freeze-vlm), LoRA adapters (--lora-rank r > 0; on SigLIP too unless
+        --freeze-siglip) or trained fully (--lora-rank 0; SigLIP frozen with --freeze-siglip). Action expert: trained
+        fully, or LoRA adapters of the same rank with its base weights frozen (--lora-expert, with either VLM mode)."""
         c, vlm = self.config, self.pi0.model.vlm
+        if c.lora_expert and c.lora_rank <= 0:
+            raise ValueError("--lora-expert puts LoRA adapters of rank --lora-rank on the action expert, but --lora-rank "
+                             f"is {c.lora_rank} (fix: pass --lora-rank 32, with --freeze-vlm for Appendix A option a)")
+        from peft import LoraConfig, inject_adapter_in_model
+
         for p in self.parameters():
             p.requires_grad_(True)
         vlm.language_model.embed_tokens.weight.requires_grad_(False)
         if c.freeze_vlm or c.lora_rank > 0:
             vlm.requires_grad_(False)
         if c.lora_rank > 0 and not c.freeze_vlm:
-            from peft import LoraConfig, inject_adapter_in_model
-
             names = r"(q|k|v|o|gate|up|down)_proj" + ("" if c.freeze_siglip else r"|out_proj|fc1|fc2|linear")
             scope = r"language_model\..*" if c.freeze_siglip else r".*"
-            lcfg = LoraConfig(r=c.lora_rank, lora_alpha=c.lora_alpha, lora_dropout=0.0,
-                              target_modules=rf"{scope}\.({names})")
-            inject_adapter_in_model(lcfg, vlm)
-            if c.lora_expert:
-                inject_adapter_in_model(LoraConfig(r=c.lora_rank, lora_alpha=c.lora_alpha,
-                                                   target_modules=r".*\.(q|k|v|o|gate|up|down)_proj"), self.pi0.model.dit)
+            inject_adapter_in_model(LoraConfig(r=c.lora_rank, lora_alpha=c.lora_alpha, lora_dropout=0.0,
+                                               target_modules=rf"{scope}\.({names})"), vlm)
         elif c.freeze_siglip:
             vlm.vision_tower.requires_grad_(False)
+        if c.lora_expert:
+            self.pi0.model.dit.requires_grad_(False)
+            inject_adapter_in_model(LoraConfig(r=c.lora_rank, lora_alpha=c.lora_alpha, lora_dropout=0.0,
+                                               target_modules=r".*\.(q|k|v|o|gate|up|down)_proj"), self.pi0.model.dit)
         for name, p in self.named_parameters():
             if "lora_" in name:
                 p.requires_grad_(True)
-            elif c.lora_expert and ".dit." in name:
-                p.requires_grad_(False)
 
     def lora_scaling(self) -> float:
         return self.config.lora_alpha / self.config.lora_rank if self.config.lora_rank else 0.0
@@ -1215,17 +1222,12 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
         scheduler.load_state_dict(ckpt["scheduler"])
         start = int(ckpt["iteration"])
     scenes = resolve_scenes(args)
-    if env_fn is None:
-        import scene_env
-
-        env_fn = scene_env.make_vec_env
-    envs = env_fn(scenes, args.num_envs // world, args.env, env_seed(args.seed, 0, rank, 1), args.env_workers)
+    env_fn = env_fn or scene_env.make_vec_env
+    envs = env_fn(scene_env.rank_scenes(scenes, args.num_envs // world, rank, world), args.num_envs // world, args.env,
+                  env_seed(args.seed, 0, rank, 1), args.env_workers)  # global env g holds scene g % len(scenes)
     wb = None
     if args.track and rank == 0:
-        import wandb
-
-        wb = wandb.init(project=args.wandb_project, entity=args.wandb_entity, name=out.name, dir=str(out),
-                        config=ss.to_dict(args), resume="allow")
+        wb = ss.init_wandb(out, ss.to_dict(args), "ppoflow", args.wandb_project, args.wandb_entity, args.wandb_group)
     if rank == 0:
         print(f"[ppoflow] {len(scenes)} scene(s), {args.num_envs} envs x {args.num_steps} steps on {world} rank(s), "
               f"{sum(p.numel() for p in rest + heads) / 1e6:.2f}M trainable params -> {out}")

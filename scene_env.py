@@ -35,7 +35,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -69,10 +69,16 @@ class EnvConfig:
     """C control steps executed per decision (Table A.1)."""
     max_decisions: int = 25
     """Episode length in chunk decisions (Table A.1): 25 x 4 steps x 0.2 s = 20 s."""
-    sim_freq: int = 500
-    """Physics frequency (Hz), as SimplerEnv."""
+    sim_freq: int = 100
+    """Physics frequency (Hz) of generated scenes: 100 (20 PD substeps per 0.2 s control step), validated against
+    SimplerEnv's 500 by the scripted expert on composed scenes (benchmarks/bench_sim_freq.py, RESULTS.md). The
+    composer's QA uses this default too. SimplerEnv scenes always keep their own 500 Hz (real-robot parity)."""
     control_freq: int = 5
     """Control frequency (Hz), as SimplerEnv / BridgeData."""
+    success_check: Literal["step", "chunk"] = "chunk"
+    """When Eq. A.1 (success) and partial success are evaluated: "chunk" once per decision, at its last control
+    step (training: no contact queries inside a chunk; a success that holds only mid-chunk is missed and time to
+    finish has 0.8 s resolution), or "step" after every control step (evaluate.py's default: 0.2 s resolution)."""
     sim_backend: str = "auto"
     """"auto" (physx_cuda when CUDA is available, else physx_cpu) | "physx_cpu" | "physx_cuda"."""
     dr_object_pose: bool = True
@@ -768,10 +774,13 @@ class ChunkRunner:
             if k < actions.shape[1] - 1:  # the policy sees only the chunk's last frame: skip rendering the others
                 self.env._step_action(a)
                 self.env._elapsed_steps += 1
+                self.steps += 1
+                if self.cfg.success_check == "chunk":
+                    continue  # Eq. A.1 is checked at the chunk's end only (EnvConfig.success_check)
                 info = self.env.get_info()
             else:
                 raw, _, _, _, info = self.env.step(a)
-            self.steps += 1
+                self.steps += 1
             succ = info["success"].cpu().bool()
             newly = succ & (self.success_step < 0)
             self.success_step[newly] = self.steps[newly]
@@ -987,6 +996,19 @@ class ChunkVecEnv:
             self.runner.close()
         if self.pool is not None:
             self.pool.close()
+
+
+def rank_scenes(scenes: list, num_envs: int, rank: int = 0, world: int = 1) -> list:
+    """The scene list of DDP rank `rank` (of `world`, `num_envs` envs each) such that make_vec_env's rule, local env
+    i holds list[i % len] (and list[i + k * num_envs]), gives every GLOBAL env g = rank * num_envs + i the scenes
+    scenes[g % len(scenes)] (and scenes[g + k * world * num_envs]): all ranks together cover every scene, as one
+    process with world * num_envs envs would."""
+    if not 0 <= rank < world or num_envs < 1:
+        raise ValueError(f"rank_scenes: rank {rank} of world {world} with {num_envs} envs per rank")
+    n, total, first = len(scenes), world * num_envs, rank * num_envs
+    if n <= total:
+        return [scenes[(first + i) % n] for i in range(num_envs)]
+    return [scenes[g] for k in range(math.ceil(n / total)) for i in range(num_envs) if (g := first + i + k * total) < n]
 
 
 def make_vec_env(scenes: list[str | Path], num_envs: int, cfg: EnvConfig = EnvConfig(), seed: int = 0,

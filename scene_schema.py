@@ -23,6 +23,7 @@ import json
 import os
 import re
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -145,6 +146,26 @@ def read_json(path: str | os.PathLike) -> Any:
         raise SchemaError(str(path), "", "not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise SchemaError(str(path), f"line {e.lineno} column {e.colno}", f"invalid JSON: {e.msg}") from None
+
+
+WANDB_PROJECT = "gensim-rl-vla"  # the one W&B project of every stage (--wandb-project overrides it)
+
+
+def init_wandb(out_dir: str | os.PathLike, config: dict, job_type: str, project: str = WANDB_PROJECT,
+               entity: str | None = None, group: str | None = None, name: str | None = None):
+    """A W&B run for a stage writing into `out_dir`: resumable (the run id is kept in <out_dir>/wandb_run_id.txt,
+    so re-running the same command after an interruption continues the same W&B run), the code saved, grouped by
+    experiment (`group`, default the parent folder's name: the sweep / study that holds the run)."""
+    import wandb
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    id_file = out / "wandb_run_id.txt"
+    run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+    run = wandb.init(project=project, entity=entity, group=group or out.resolve().parent.name, job_type=job_type,
+                     name=name or out.name, id=run_id, resume="allow", dir=str(out), config=config, save_code=True)
+    id_file.write_text(run_id)
+    return run
 
 
 def content_hash(obj: Any, length: int = 16) -> str:

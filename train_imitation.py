@@ -48,7 +48,12 @@ class Args:
     """"auto" (cuda when available), "cpu" or "cuda"."""
     track: bool = False
     """Log to Weights & Biases (metrics.jsonl is always written)."""
-    wandb_project: str = "genscene-rl"
+    wandb_project: str = ss.WANDB_PROJECT
+    """W&B project (one for every stage)."""
+    wandb_entity: str | None = None
+    """W&B entity (team)."""
+    wandb_group: str | None = None
+    """W&B group (default: the name of the folder that holds --out)."""
     """W&B project."""
     # ---- demonstrations ----
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -161,9 +166,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     target = policy.normalizer.action(demos["action"])  # [M, C, 7] model-space chunks
     wb = None
     if args.track:
-        import wandb
-
-        wb = wandb.init(project=args.wandb_project, name=out.name, dir=str(out), config=ss.to_dict(args))
+        wb = ss.init_wandb(out, ss.to_dict(args), "imitation", args.wandb_project, args.wandb_entity, args.wandb_group)
     g = torch.Generator().manual_seed(args.seed)
     M, t0, losses = len(target), time.time(), []
     for step in range(1, args.steps + 1):

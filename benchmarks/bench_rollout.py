@@ -1,12 +1,16 @@
-"""Rollout throughput: control steps/s WITH rendering AND policy inference vs number of CPU env workers (not a test).
+"""Rollout throughput: control steps/s WITH rendering AND policy inference vs number of CPU env workers and physics
+settings (not a test).
 
 The PPOFlow rollout loop in miniature: every decision renders the policy image in each env, the policy (random
 weights, `--preset`) samples a K-step chunk for the whole batch (one `act()` call), and the vector env executes
-the C control steps of the chunk. Reports control steps/s, the split between env and policy time, and the ratio
-of each worker count to one worker (the figure that survives a noisy, shared machine).
+the C control steps of the chunk. Reports control steps/s, the split between env and policy time, and ratios:
+each worker count to one worker, and each physics setting (`--settings`, "<sim Hz>:<success check>") to the
+first one at the same worker count. Settings are measured interleaved (A B A B ... for `--repeats`), so a noisy,
+shared machine slows both alike and the ratio survives.
 
-    python benchmarks/bench_rollout.py --scenes simpler:PutCarrotOnPlateInScene-v1 --workers 1 2 4
-    python benchmarks/bench_rollout.py --scenes out/learning_demo/scenes/*/manifest.json --image-size 64 --decisions 30
+    python benchmarks/bench_rollout.py --scenes out/table1/W/*/manifest.json --image-size 64 --workers 1 \
+        --settings 500:step 100:chunk --repeats 3            # issue 13: old vs new rollout settings, per core
+    python benchmarks/bench_rollout.py --scenes simpler:PutCarrotOnPlateInScene-v1 --workers 1 2 4 --settings 500:step
 """
 
 from __future__ import annotations
@@ -45,6 +49,12 @@ class Args:
     """Policy device."""
     seed: int = 0
     """Env seed."""
+    settings: list[str] = field(default_factory=lambda: ["500:step", "100:chunk"])
+    """Physics settings "<sim_freq>:<success_check>" (scene_env.EnvConfig); the first is the reference of the
+    ratio. 500:step = the rollout before issue 13, 100:chunk = today's EnvConfig defaults. SimplerEnv scenes
+    ignore the frequency (they keep 500 Hz)."""
+    repeats: int = 1
+    """Interleaved measurements of every (workers, setting) pair; the median is reported."""
 
 
 def conditions() -> dict:
@@ -60,11 +70,19 @@ def conditions() -> dict:
     return info
 
 
-def measure(args: Args, policy, workers: int) -> dict:
+def parse_setting(text: str) -> dict:
+    """"500:step" -> {"sim_freq": 500, "success_check": "step"} (a clear error for anything else)."""
+    freq, _, check = text.partition(":")
+    if not freq.isdigit() or int(freq) <= 0 or check not in ("step", "chunk"):
+        raise SystemExit(f"bench_rollout.py: --settings {text!r}: expected '<sim Hz>:<step|chunk>', e.g. 500:step")
+    return {"sim_freq": int(freq), "success_check": check}
+
+
+def measure(args: Args, policy, workers: int, setting: str) -> dict:
     import torch
 
     n = workers  # scene_env's CPU pool runs one worker process per env
-    cfg = scene_env.EnvConfig(image_size=args.image_size)
+    cfg = scene_env.EnvConfig(image_size=args.image_size, **parse_setting(setting))
     t_make = time.perf_counter()
     venv = scene_env.make_vec_env(args.scenes, n, cfg, seed=args.seed, workers=workers)
     obs = venv.reset(seed=args.seed)
@@ -85,7 +103,7 @@ def measure(args: Args, policy, workers: int) -> dict:
     backend = getattr(venv, "backend", "?")
     venv.close()
     steps = n * venv.chunk * args.decisions
-    return {"workers": workers, "num_envs": n, "control_steps_per_s": round(steps / wall, 1),
+    return {"workers": workers, "setting": setting, "num_envs": n, "control_steps_per_s": round(steps / wall, 1),
             "decisions_per_s": round(n * args.decisions / wall, 2), "env_s": round(t_env, 2),
             "policy_s": round(t_pol, 2), "policy_ms_per_decision": round(1e3 * t_pol / args.decisions, 1),
             "env_share": round(t_env / wall, 3), "make_reset_s": round(t_make, 1), "backend": backend,
@@ -101,17 +119,25 @@ def main(args: Args) -> list[dict]:
     print(json.dumps({"conditions": conditions(), "scenes": args.scenes, "preset": args.preset,
                       "K": args.num_inference_steps, "image_size": args.image_size, "decisions": args.decisions,
                       "chunk": scene_env.EnvConfig().chunk}), flush=True)
-    rows = []
+    for st in args.settings:
+        parse_setting(st)
+    runs: dict[tuple[int, str], list[dict]] = {}
     for w in args.workers:
-        rec = measure(args, policy, w)
-        print(json.dumps(rec), flush=True)
-        rows.append(rec)
-    base = rows[0]["control_steps_per_s"]
-    print("\n| workers | envs | control steps/s | x vs first | policy ms/decision | env share | load 1m |")
-    print("|---|---|---|---|---|---|---|")
+        for _ in range(args.repeats):
+            for st in args.settings:  # interleaved: A B A B ...
+                rec = measure(args, policy, w, st)
+                print(json.dumps(rec), flush=True)
+                runs.setdefault((w, st), []).append(rec)
+    rows = [sorted(recs, key=lambda r: r["control_steps_per_s"])[len(recs) // 2] for recs in runs.values()]
+    by = {(r["workers"], r["setting"]): r["control_steps_per_s"] for r in rows}
+    w0, s0 = args.workers[0], args.settings[0]
+    print(f"\n| workers | setting | control steps/s (median of {args.repeats}) | x vs {s0} | x vs {w0} worker(s) "
+          "| policy ms/decision | env share | load 1m |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['workers']} | {r['num_envs']} | {r['control_steps_per_s']} | {r['control_steps_per_s'] / base:.2f} "
-              f"| {r['policy_ms_per_decision']} | {r['env_share']:.2f} | {r['loadavg_1m']} |")
+        v = r["control_steps_per_s"]
+        print(f"| {r['workers']} | {r['setting']} | {v} | {v / by[(r['workers'], s0)]:.2f} | "
+              f"{v / by[(w0, r['setting'])]:.2f} | {r['policy_ms_per_decision']} | {r['env_share']:.2f} | {r['loadavg_1m']} |")
     return rows
 
 

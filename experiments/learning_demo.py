@@ -29,8 +29,9 @@ from typing import Literal
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scene_scaling import (env_flags, machine_info, make_scenes, newcombe_diff, plot_curves, read_curve,  # noqa: E402
-                           ppo_flags, run_step, select_checkpoint, stage, wald_diff, wilson)
+from scene_scaling import (env_flags, machine_info, make_scenes, plot_curves, read_curve,  # noqa: E402
+                           ppo_flags, run_step, select_checkpoint, stage, wald_diff)
+from evaluate import newcombe_diff, wilson_interval  # noqa: E402
 
 
 @dataclass
@@ -172,8 +173,8 @@ def write_report(out: Path, args: Args, wall: float) -> dict:
                 {f"IL start: SR {k0 / n0:.2f} ({n0} eval episodes)": k0 / n0,
                  f"PPOFlow iteration {it}: SR {k1 / n1:.2f} ({n1} eval episodes)": k1 / n1},
                 marks={f"checkpoint evaluated (iteration {it})": env_steps})
-    rep = {"il": {"successes": k0, "episodes": n0, "sr": k0 / n0, "wilson95": wilson(k0, n0)},
-           "ppo": {"successes": k1, "episodes": n1, "sr": k1 / n1, "wilson95": wilson(k1, n1)},
+    rep = {"il": {"successes": k0, "episodes": n0, "sr": k0 / n0, "wilson95": wilson_interval(k0, n0)},
+           "ppo": {"successes": k1, "episodes": n1, "sr": k1 / n1, "wilson95": wilson_interval(k1, n1)},
            "diff_newcombe95": newcombe_diff(k1, n1, k0, n0), "diff_wald95": wald_diff(k1, n1, k0, n0),
            "diff_paired95": paired_diff([eps["IL (start)"][c] for c in common], [eps["PPOFlow"][c] for c in common])
            if common else None,

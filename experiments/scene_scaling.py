@@ -32,6 +32,8 @@ from typing import Literal
 import tyro
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: stage scripts live here
+sys.path.insert(0, str(ROOT))
+from evaluate import newcombe_diff, wilson_interval  # noqa: E402  (the one implementation of both)
 DEFAULT_TASKS = ("put the green block on the plate", "put the carrot on the plate", "put the red cube in the bowl",
                  "put the spoon on the towel", "put the banana in the basket", "place the red mug on the saucer")
 
@@ -149,25 +151,6 @@ def run_step(name: str, cmd: list[str], done: Path | None, log_dir: Path, steps_
 def stage(script: str) -> list[str]:
     """The command prefix of a stage CLI of this repository."""
     return [sys.executable, str(ROOT / script)]
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion k/n."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p, d = k / n, 1 + z * z / n
-    c, h = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
-
-
-def newcombe_diff(k1: int, n1: int, k0: int, n0: int) -> tuple[float, float, float]:
-    """p1 - p0 and its 95% interval by Newcombe's hybrid score method (method 10, Newcombe 1998), which
-    keeps its coverage near 0 and 1 where the Wald interval does not."""
-    p1, p0 = k1 / n1, k0 / n0
-    l1, u1 = wilson(k1, n1)
-    l0, u0 = wilson(k0, n0)
-    d = p1 - p0
-    return d, d - math.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
 
 
 def wald_diff(k1: int, n1: int, k0: int, n0: int) -> tuple[float, float, float]:

@@ -35,7 +35,8 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scene_scaling import (ROOT, env_flags, machine_info, make_scenes, plot_curves, read_curve,  # noqa: E402
-                           run_step, stage, wilson)
+                           run_step, stage)
+from evaluate import newcombe_diff, wilson_interval  # noqa: E402
 
 RECIPE = ("--gamma 1.0 --no-bootstrap-truncated --value-time-to-go --value-state --critic-warmup-iterations 3 "
           "--warmup-iterations 5 --adv-norm-scope batch --target-kl 0.05 --lr-schedule cosine --lr-min-factor 0.1 "
@@ -162,8 +163,6 @@ def group_cell(episodes: list[dict], labels: list[str], scenes: list[str], start
     """SR of a group of runs (one label per training seed) on `scenes`: with several runs the mean over seeds and a t
     interval over seeds; with one, the episode SR and its Wilson interval. `start`: also the difference to that
     policy on the same scenes and seeds (per seed, then over seeds; one run: Newcombe over episodes)."""
-    from scene_scaling import newcombe_diff
-
     ks = [success_rate(episodes, lab, scenes) for lab in labels]
     if any(n == 0 for _, n in ks):
         return {"sr": float("nan"), "ci": (float("nan"), float("nan")), "unit": "none", "runs": len(labels)}
@@ -172,7 +171,7 @@ def group_cell(episodes: list[dict], labels: list[str], scenes: list[str], start
         m, lo, hi = t_interval(srs)
         cell = {"sr": m, "ci": (lo, hi), "unit": f"training seed (n={len(labels)})", "per_seed": srs}
     else:
-        cell = {"sr": srs[0], "ci": wilson(*ks[0]), "unit": f"episode (n={ks[0][1]})"}
+        cell = {"sr": srs[0], "ci": wilson_interval(*ks[0]), "unit": f"episode (n={ks[0][1]})"}
     cell.update(runs=len(labels), episodes=sum(n for _, n in ks))
     if start is not None:
         k0, n0 = success_rate(episodes, start, scenes)

@@ -14,15 +14,16 @@ import tyro
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "experiments")]
+import evaluate as ev  # noqa: E402
 import learning_demo as ld  # noqa: E402
 import scene_scaling as sc  # noqa: E402
 
 
 def test_intervals_match_newcombe_1998():
     # Newcombe (1998), Stat. Med. 17, 873-890: 56/70 - 48/80, method 10 (hybrid score) -> [0.0524, 0.3339]; Wilson 0/10 -> [0, 0.2775]
-    d, lo, hi = sc.newcombe_diff(56, 70, 48, 80)
+    d, lo, hi = ev.newcombe_diff(56, 70, 48, 80)
     assert d == pytest.approx(0.2) and lo == pytest.approx(0.0524, abs=1e-4) and hi == pytest.approx(0.3339, abs=1e-4)
-    assert sc.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert ev.wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
     assert sc.wald_diff(56, 70, 48, 80)[1:] == pytest.approx((0.0575, 0.3425), abs=1e-4)  # Newcombe's method 1
 
 
@@ -86,7 +87,7 @@ def test_seed_interval_is_student_t_and_cells_use_the_training_seed_as_unit():
     assert multi["diff"][0] == pytest.approx(0.75) and multi["diff"][1] < 0.75 < multi["diff"][2]
     single = t1.group_cell(eps, ["s0"], ["a", "b"], start="start")
     assert single["sr"] == pytest.approx(2 / 3) and single["unit"] == "episode (n=3)"
-    assert single["ci"] == pytest.approx(sc.wilson(2, 3)) and single["diff"] == pytest.approx(sc.newcombe_diff(2, 3, 1, 4))
+    assert single["ci"] == pytest.approx(ev.wilson_interval(2, 3)) and single["diff"] == pytest.approx(ev.newcombe_diff(2, 3, 1, 4))
     assert "| PPOFlow | 4 | 2 |" in t1.table_md([{"policy": "PPOFlow", "n": 4, "id": multi, "ood": single}])
 
 

@@ -481,12 +481,17 @@ def ppo_update(policy, *a, **kw):  # record every rank's parameters after its up
     torch.save({{k: v.detach().clone() for k, v in policy.state_dict().items()}}, {out!r} + f"_rank{{os.environ['RANK']}}.pt")
     return out
 P.ppo_update = ppo_update
-P.main(fast_args(Path({out!r}), num_envs=2, minibatch_size=2, num_iterations=1, eval_every=0), env_fn=FakeVecEnv)
+class SceneLog(FakeVecEnv):  # records the scenes each rank's envs hold
+    def __init__(self, scenes, num_envs, *a, **kw):
+        super().__init__(scenes, num_envs, *a, **kw)
+        Path({out!r} + f"_scenes{{os.environ['RANK']}}.txt").write_text("\\n".join(self.scene_ids))
+P.main(fast_args(Path({out!r}), num_envs=4, minibatch_size=2, num_iterations=1, eval_every=0,
+                 scene_ids=[f"simpler:Scene{{k}}-v1" for k in range(4)]), env_fn=SceneLog)
 """
 
 
 @pytest.mark.timeout(180)
-def test_ddp_two_ranks_gloo(tmp_path):
+def test_ddp_two_ranks_gloo_trains_every_scene(tmp_path):
     runner = tmp_path / "runner.py"
     runner.write_text(textwrap.dedent(DDP_RUNNER.format(repo=str(REPO), tests=str(REPO / "tests"), out=str(tmp_path / "run"))))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -499,6 +504,8 @@ def test_ddp_two_ranks_gloo(tmp_path):
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # different data per rank, identical replicas after all-reduce
     assert all(torch.equal(r0[k], ck["model"][k]) for k in r0)
     assert (tmp_path / "run" / "metrics.jsonl").exists()
+    held = [(tmp_path / f"run_scenes{r}.txt").read_text().split() for r in (0, 1)]  # 2 envs per rank, 4 scenes
+    assert held == [["simpler:Scene0-v1", "simpler:Scene1-v1"], ["simpler:Scene2-v1", "simpler:Scene3-v1"]]
 
 
 def _has_vec_env() -> bool:
@@ -544,3 +551,19 @@ def test_transformers_pi0_folder_loads_and_matches_native_forward(tmp_path):
                      pixel_values=(inp["rgb"].float() / 127.5 - 1)[:, None],
                      pixel_attention_mask=torch.ones(2, 1, dtype=torch.bool)).logits
     torch.testing.assert_close(v, -ref, rtol=1e-5, atol=3e-6)  # paper velocity = -(transformers velocity)
+
+
+@pytest.mark.parametrize("freeze_vlm", [True, False])
+def test_lora_expert_keeps_trainable_adapters_on_the_expert(freeze_vlm):
+    pol = tiny_policy(lora_rank=4, lora_expert=True, freeze_vlm=freeze_vlm)
+    train = {n for n, p in pol.named_parameters() if p.requires_grad}
+    dit = [n for n in train if ".dit." in n]
+    assert dit and all("lora_" in n for n in dit)  # adapters only: the expert's base weights are frozen
+    vlm_lora = [n for n in train if ".vlm." in n]
+    assert (not vlm_lora) if freeze_vlm else (vlm_lora and all("lora_" in n for n in vlm_lora))
+    assert any(n.startswith("noise_head.") for n in train) and any(n.startswith("value_head.") for n in train)
+
+
+def test_lora_expert_without_a_rank_is_a_clear_error():
+    with pytest.raises(ValueError, match="--lora-rank"):
+        tiny_policy(lora_rank=0, lora_expert=True)

@@ -335,3 +335,21 @@ def test_simpler_carrot_through_process_pool():
         assert float(info["elapsed_s"][0]) == pytest.approx(2 * cfg.chunk * 0.2)
     finally:
         venv.close()
+
+
+@pytest.mark.parametrize("n_scenes,per_rank,world", [(4, 2, 2), (3, 2, 2), (100, 24, 8), (7, 1, 3), (1, 4, 2)])
+def test_rank_scenes_assigns_by_global_env_index_and_covers_every_scene(n_scenes, per_rank, world):
+    scenes = [f"s{k}" for k in range(n_scenes)]
+    held = []
+    for r in range(world):
+        lst = scene_env.rank_scenes(scenes, per_rank, r, world)
+        for i in range(per_rank):  # make_vec_env's rule: env i holds lst[i % len] and lst[i + k * per_rank]
+            g = r * per_rank + i
+            mine = lst[i::per_rank] if len(lst) > per_rank else [lst[i % len(lst)]]
+            assert mine[0] == scenes[g % n_scenes]
+            held += mine
+    assert set(held) == set(scenes)
+    if n_scenes >= per_rank * world:
+        assert sorted(held, key=lambda s: int(s[1:])) == scenes  # each scene held by exactly one env
+    with pytest.raises(ValueError):
+        scene_env.rank_scenes(scenes, per_rank, world, world)

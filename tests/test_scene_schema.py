@@ -173,3 +173,19 @@ def test_ids_are_stable_and_safe():
     assert a != ss.asset_id_for("a red mug", "mug", "procedural-v1", 1)
     assert ss.slugify("Put the pen in the pen-holder!") == "put_the_pen_in_the_pen_holder"
     assert ss.slugify("¡¿") == "scene"
+
+
+def test_wandb_runs_are_resumable_grouped_and_save_code(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    seen = []
+    monkeypatch.setattr(wandb, "init", lambda **kw: seen.append(kw) or type("Run", (), {"id": kw["id"]})())
+    out = tmp_path / "study" / "ppo_N4_s0"
+    ss.init_wandb(out, {"lr": 1}, "ppoflow")
+    ss.init_wandb(out, {"lr": 1}, "ppoflow")  # the re-run of an interrupted command
+    a, b = seen
+    assert a["id"] == b["id"] == (out / "wandb_run_id.txt").read_text() and a["resume"] == "allow"
+    assert a["project"] == ss.WANDB_PROJECT and a["group"] == "study" and a["save_code"] and a["name"] == "ppo_N4_s0"
+    ss.init_wandb(tmp_path / "other", {}, "eval")
+    assert seen[-1]["id"] != a["id"]
