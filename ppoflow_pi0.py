@@ -73,7 +73,13 @@ class Args:
     stats_file: str = DEFAULT_STATS
     """Normalisation statistics (open-pi-zero format) for models that do not carry their own."""
     tokenizer_path: str | None = None
-    """Folder with a PaliGemma tokenizer for real checkpoints (offline presets use a byte-level tokenizer)."""
+    """Folder with a PaliGemma tokenizer for real checkpoints (offline presets use a byte-level tokenizer; "bytes"
+    forces it). Required for an --init whose vocabulary is not the byte tokenizer's."""
+    init_num_kv_heads: int = 1
+    """open-pi-zero --init: key/value heads (shapes cannot tell; 1 = Gemma-2B multi-query). Query heads are read
+    from the shapes."""
+    init_vision_heads: int = 16
+    """open-pi-zero --init: SigLIP attention heads (shapes cannot tell; 16 = SigLIP-So400m)."""
     seed: int = 1
     """Seed of everything; env resets of iteration i on rank r are seeded from (seed, i, r)."""
     device: str = "auto"
@@ -714,14 +720,17 @@ class PI0Policy(nn.Module):
 # =============================================================================================
 
 
-def convert_open_pi_zero(sd: dict, num_heads: int = 8, num_kv_heads: int = 1, vision_heads: int = 16,
+def convert_open_pi_zero(sd: dict, num_heads: int | None = None, num_kv_heads: int = 1, vision_heads: int = 16,
                          time_max_period: float = 10000.0, action_expert_rope_theta: float = 10000.0,
                          vlm_rope_theta: float = 10000.0, max_text_tokens: int = 20, softcap: float = 50.0,
                          chunk: int | None = None) -> tuple[PolicyConfig, dict]:
     """Map an open-pi-zero state dict (`torch.load(p)["model"]`) onto transformers' PI0 layout, exactly:
     time embedding periods (2pi, 2pi * max_period), action encoder cat order [time, action] -> [action, time],
     expert embeddings x sqrt(He) (open-pi-zero scales every mixture's input), paper flow time, restarted
-    expert RoPE positions, attention soft-capping. Defaults fit the released Bridge checkpoints."""
+    expert RoPE positions, attention soft-capping. Sizes come from the tensors' shapes: layers, widths, vocabulary,
+    image size, and `num_heads` (q_proj rows / head_dim, head_dim = k_proj rows / num_kv_heads). What shapes cannot
+    tell is an argument: `num_kv_heads` (1: Gemma-2B's multi-query attention, as every open-pi-zero mixture) and
+    `vision_heads` (16: SigLIP-So400m). Defaults fit the released Bridge checkpoints."""
     sd = {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in sd.items()}
     if any("lora_" in k for k in sd):
         raise ValueError("open-pi-zero checkpoint holds LoRA adapters: merge them into the base weights first")
@@ -736,9 +745,17 @@ def convert_open_pi_zero(sd: dict, num_heads: int = 8, num_kv_heads: int = 1, vi
     V, hv = g("embed_tokens.weight").shape
     he = g("action_decoder.weight").shape[1]
     hd = g("joint_model.mixtures.vlm.layers.0.self_attn.k_proj.weight").shape[0] // num_kv_heads
+    q_rows = g("joint_model.mixtures.vlm.layers.0.self_attn.q_proj.weight").shape[0]
+    if num_heads is None:
+        num_heads = q_rows // hd
+    if num_heads * hd != q_rows:
+        raise ValueError(f"open-pi-zero checkpoint: q_proj has {q_rows} rows, not num_heads {num_heads} x head_dim {hd} "
+                         "(fix: pass the right num_kv_heads / num_heads)")
     vis = {k.replace("vision_tower.", "").replace("vision_model.", ""): v for k, v in sd.items()
            if k.startswith("vision_tower.") and ".head." not in k}  # SigLIP's pooling head is unused by PaliGemma
     dv, _, patch, _ = vis["embeddings.patch_embedding.weight"].shape
+    if dv % vision_heads:
+        raise ValueError(f"open-pi-zero checkpoint: SigLIP width {dv} is not divisible by vision_heads {vision_heads}")
     image = int(round(vis["embeddings.position_embedding.weight"].shape[0] ** 0.5)) * patch
     nvl = 1 + max(int(m.group(1)) for k in vis if (m := re.search(r"encoder\.layers\.(\d+)\.", k)))
     adim, pdim = g("action_decoder.weight").shape[0], g("proprio_encoder.weight").shape[1]
@@ -850,13 +867,18 @@ def load_policy(path: str | os.PathLike, device: str = "cpu", stats_file: str = 
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file (expected a ckpt_*.pt, a pi0 folder or an open-pi-zero .pt)")
-    tok = {"kind": "hf", "path": str(tokenizer_path)} if tokenizer_path else {"kind": "bytes"}
+    tok = {"kind": "hf", "path": str(tokenizer_path)} if tokenizer_path not in (None, "bytes") else {"kind": "bytes"}
     if path.is_dir():  # transformers / lerobot format
         from transformers import PI0ForConditionalGeneration
 
         pi0 = PI0ForConditionalGeneration.from_pretrained(path)
         if tokenizer_path is None and any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model")):
             tok = {"kind": "hf", "path": str(path)}
+        vocab = pi0.config.vlm_config.text_config.vocab_size
+        if tokenizer_path is None and tok["kind"] == "bytes" and vocab != ByteTokenizer.vocab_size:
+            raise CheckpointError(f"{path}: a pi0 folder with a {vocab}-token vocabulary and no tokenizer files (fix: "
+                                  "--tokenizer-path <tokenizer folder>, save the tokenizer into the folder, or "
+                                  "--tokenizer-path bytes to force the byte tokenizer)")
         cfg = PolicyConfig(preset="pretrained", pi0=pi0.config.to_dict(), chunk=pi0.config.chunk_size,
                            image_size=pi0.config.vlm_config.vision_config.image_size)
         cfg = PolicyConfig(**{**asdict(cfg), **overrides})
@@ -872,6 +894,12 @@ def load_policy(path: str | os.PathLike, device: str = "cpu", stats_file: str = 
         policy.load_weights(ckpt["model"], scaling)
     else:  # open-pi-zero: {"model": state_dict, ...}
         cfg, sd = convert_open_pi_zero(ckpt["model"], **(open_pi_zero or {}))
+        vocab = cfg.pi0["vlm_config"]["text_config"]["vocab_size"]
+        if tokenizer_path is None and vocab != ByteTokenizer.vocab_size:
+            raise CheckpointError(f"{path}: an open-pi-zero checkpoint with a {vocab}-token vocabulary needs its "
+                                  "tokenizer, or the instruction becomes meaningless ids (fix: --tokenizer-path "
+                                  "<PaliGemma tokenizer folder>, e.g. a local google/paligemma-3b-pt-224; "
+                                  "--tokenizer-path bytes forces the byte tokenizer)")
         cfg = PolicyConfig(**{**asdict(cfg), **overrides})
         policy = PI0Policy(cfg, Normalizer.from_stats_file(stats_file), tok)
         policy.load_weights(sd)
@@ -1169,7 +1197,8 @@ def build_policy(args: Args) -> PI0Policy:
         print(f"[ppoflow] no --init: random {args.preset} weights (use train_imitation.py for a starting point)")
         return PI0Policy(preset_config(args.preset, args.env.chunk, **ft), Normalizer.from_stats_file(args.stats_file),
                          {"kind": "hf", "path": args.tokenizer_path} if args.tokenizer_path else {"kind": "bytes"})
-    base = load_policy(args.init, stats_file=args.stats_file, tokenizer_path=args.tokenizer_path)
+    base = load_policy(args.init, stats_file=args.stats_file, tokenizer_path=args.tokenizer_path,
+                       open_pi_zero={"num_kv_heads": args.init_num_kv_heads, "vision_heads": args.init_vision_heads})
     if base.config.preset != args.preset:
         print(f"[ppoflow] --init is a {base.config.preset!r} model: using it (ignoring --preset {args.preset})")
     if base.config.chunk != args.env.chunk:

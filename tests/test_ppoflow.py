@@ -368,7 +368,8 @@ def test_open_pi_zero_converter_reproduces_reference_velocities(tmp_path):
     ref = RefPiZero().eval()
     path = tmp_path / "open_pi_zero.pt"
     torch.save({"model": ref.state_dict(), "epoch": 3}, path)
-    pol = P.load_policy(path, open_pi_zero={"num_heads": 2, "vision_heads": 2}, num_steps=4, lora_rank=0).eval()
+    pol = P.load_policy(path, tokenizer_path="bytes", open_pi_zero={"vision_heads": 2}, num_steps=4, lora_rank=0).eval()
+    assert pol.config.pi0["dit_config"]["num_attention_heads"] == ref.heads  # read from the shapes
     assert pol.config.flow_time == "paper" and pol.config.positions == "open_pi_zero"
     obs = {"rgb": torch.randint(0, 256, (3, 48, 48, 3), dtype=torch.uint8), "state": 0.1 * torch.randn(3, 7) + 0.3,
            "instruction": ["put carrot on plate", "pick up the spoon please", "x"]}
@@ -392,6 +393,27 @@ def test_open_pi_zero_converter_reproduces_reference_velocities(tmp_path):
         for k in range(4):
             a = a + 0.25 * ref.velocity(ids, mask, pix, proprio, a, torch.full((3,), k / 4))
         torch.testing.assert_close(chain[:, -1], a, rtol=1e-5, atol=3e-6)
+
+
+def test_open_pi_zero_through_init_matches_load_policy_and_needs_a_tokenizer(tmp_path):
+    torch.manual_seed(1)
+    ref = RefPiZero(heads=4, kv=1).eval()  # 4 query heads: only the shapes say so
+    path = tmp_path / "open_pi_zero.pt"
+    torch.save({"model": ref.state_dict()}, path)
+    with pytest.raises(P.CheckpointError, match="--tokenizer-path"):  # 300-token vocabulary, no tokenizer
+        P.build_policy(fast_args(tmp_path, init=str(path), lora_rank=0, init_vision_heads=2))
+    via_init = P.build_policy(fast_args(tmp_path, init=str(path), lora_rank=0, init_vision_heads=2, tokenizer_path="bytes",
+                                        num_inference_steps=4)).eval()
+    direct = P.load_policy(path, tokenizer_path="bytes", open_pi_zero={"vision_heads": 2}, num_steps=4, lora_rank=0).eval()
+    assert via_init.config.pi0["vlm_config"]["text_config"]["num_attention_heads"] == 4
+    obs = {"rgb": torch.randint(0, 256, (2, 48, 48, 3), dtype=torch.uint8), "state": 0.1 * torch.randn(2, 7) + 0.3,
+           "instruction": ["put carrot on plate", "x"]}
+    with torch.no_grad():
+        torch.manual_seed(5)  # the chain's initial noise A^0 is drawn even in deterministic mode
+        a1 = via_init.act(obs, deterministic=True)
+        torch.manual_seed(5)
+        a2 = direct.act(obs, deterministic=True)
+    torch.testing.assert_close(a1, a2, rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
