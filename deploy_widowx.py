@@ -546,12 +546,13 @@ class SimRobot:
     def __init__(self, scene_id: str, args: Args, image_size: int, max_steps: int):
         import scene_env
 
-        cfg = scene_env.EnvConfig(image_size=image_size, chunk=1, max_decisions=max_steps)
+        # the real robot's physics: SimplerEnv's 500 Hz (training's 100 Hz is validated for the scripted expert only)
+        cfg = scene_env.EnvConfig(image_size=image_size, chunk=1, max_decisions=max_steps, sim_freq=500)
         self.env = scene_env.make_vec_env([scene_id], num_envs=1, cfg=cfg, seed=args.seed, workers=0)  # in-process
         self.gripper, self.obs, self.result = 1.0, None, None
 
     def reset(self, seed=None):
-        self.obs, self.gripper = self.env.reset(seed=seed), 1.0
+        self.obs, self.gripper = self.env.reset(seed=seed)[0], 1.0
         self.result = {"done": False, "success": False, "partial_success": False, "elapsed_s": 0.0}
 
     def get_observation(self):
@@ -576,7 +577,7 @@ class SimRobot:
         a = torch.tensor(np.concatenate([delta, [self.gripper]]), dtype=torch.float32).view(1, 1, 7)  # [N, C, 7]
         obs, _, term, trunc, info = self.env.step(a)
         done = bool(term[0] or trunc[0])
-        self.obs = info["final_obs"] if done and "final_obs" in info else obs  # the episode's last frame
+        self.obs = info["final_observation"] if done and "final_observation" in info else obs  # the episode's last frame
         self.result = {"done": done, "success": bool(info["success"][0]), "elapsed_s": float(info["elapsed_s"][0]),
                        "partial_success": self.result["partial_success"] or bool(info["partial_success"][0])}
         return None

@@ -398,13 +398,13 @@ def run_scene(env, act: Callable, scene: str, episodes: int, seed: int, max_deci
         active = np.array([j < episodes and key in todo for j, key in zip(eps, keys)])
         if not active.any():
             continue
-        obs = env.reset(seed=seed + k * n)
+        obs, _ = env.reset(seed=seed + k * n)
         ended = ~active  # inactive envs are stepped along but never reported
         frames = {i: [np.asarray(obs["rgb"][i])] for i in range(n) if active[i] and keys[i] in record}
         for t in range(max_decisions):
             obs, _, term, trunc, info = env.step(act(obs))  # [N, C, 7]: one chunk of control steps
             done = np.asarray(term, bool) | np.asarray(trunc, bool)
-            last = info["final_obs"] if done.any() else obs  # the pre-reset observation of envs that ended
+            last = info["final_observation"] if done.any() else obs  # the pre-reset observation of envs that ended
             for i in frames:
                 if not ended[i]:
                     frames[i].append(np.asarray((last if done[i] else obs)["rgb"][i]))

@@ -921,7 +921,7 @@ def torch_save_atomic(obj: Any, path: Path) -> None:
 
 
 def policy_checkpoint(policy: PI0Policy, **extra) -> dict:
-    """The checkpoint contract (interfaces.md); `extra` adds optimizer, scheduler, rng, iteration, args."""
+    """The checkpoint contract (SPEC section 2); `extra` adds optimizer, scheduler, rng, iteration, args."""
     return {"schema_version": CKPT_SCHEMA_VERSION, "kind": "pi0_policy", "model_config": asdict(policy.config),
             "normalizer": asdict(policy.normalizer), "tokenizer": policy.tokenizer_spec,
             "model": {k: v.detach().cpu() for k, v in policy.state_dict().items()}, **extra}
@@ -971,7 +971,7 @@ def rollout(policy: PI0Policy, envs, num_steps: int, gamma: float, seed: int, de
     `bootstrap_truncated` is off: then a time-out ends the episode like a failure). With a time-aware value head
     (config.value_time) also the time to go of every decision (`max_decisions`, default envs.max_decisions)."""
     policy.eval()
-    obs = envs.reset(seed=seed)
+    obs, _ = envs.reset(seed=seed)
     N = envs.num_envs
     T_max = max_decisions or getattr(envs, "max_decisions", None)
     if policy.config.value_time and not T_max:
@@ -994,7 +994,7 @@ def rollout(policy: PI0Policy, envs, num_steps: int, gamma: float, seed: int, de
         ep_len += 1
         boot = (trunc & ~term).nonzero().flatten().tolist() if bootstrap_truncated else []
         if boot:  # time limit, not a failure: bootstrap from the pre-reset observation  # ALGO LOGIC
-            final = policy.obs_to_inputs(_rows(info["final_obs"], boot))
+            final = policy.obs_to_inputs(_rows(info["final_observation"], boot))
             tl = ttg(ep_len[boot])  # 0 at the time limit
             reward[boot] += gamma * policy.value(policy.encode(_to(final, device)), tl).float().cpu()
         done = term | trunc
@@ -1116,7 +1116,7 @@ def evaluate(policy: PI0Policy, envs, seed: int, max_decisions: int) -> dict:
     dev = policy.pi0.action_out_proj.weight.device
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
-        obs = envs.reset(seed=seed)
+        obs, _ = envs.reset(seed=seed)
         N = envs.num_envs
         ended, success, tf = torch.zeros(N, dtype=torch.bool), torch.zeros(N), torch.zeros(N)
         for _ in range(max_decisions):

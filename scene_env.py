@@ -2,7 +2,7 @@
 
     import scene_env
     venv = scene_env.make_vec_env(["scenes/a/manifest.json", "simpler:PutCarrotOnPlateInScene-v1"], num_envs=2)
-    obs = venv.reset(seed=0)                                       # {"rgb" [N,H,W,3] u8, "state" [N,7], "instruction"}
+    obs, info = venv.reset(seed=0)                                 # {"rgb" [N,H,W,3] u8, "state" [N,7], "instruction"}
     obs, rew, term, trunc, info = venv.step(venv.expert_actions())  # actions [N, C, 7]
 
     python scene_env.py --scenes scenes/a/manifest.json --episodes 4    # smoke: scripted expert success rate
@@ -17,8 +17,9 @@ applies). Generated scenes replace the Bridge stage by a plain table box, floor 
 Frames: manifests give poses in the robot base frame (x forward, y left, z up); the world is SimplerEnv's,
 robot base at [0.147, 0.028, 0.870] rotated 180 deg about z, table top at `table["height"]` (0.87 m).
 
-Registration: importing this module is cheap and side-effect free; `register()` (called by `make_vec_env`,
-`make_env`) imports ManiSkill and registers `GenScene-v1`. Gripper: the public action is +1 open / -1 close,
+Registration: importing this module imports ManiSkill and registers `GenScene-v1` (a module-level `BaseEnv`
+subclass: `gym.make("GenScene-v1", manifests=[...], num_envs=N, obs_mode="rgb")` works after a plain
+`import scene_env`); no simulator starts until an env is made. Gripper: the public action is +1 open / -1 close,
 which is exactly the Bridge gripper controller's convention (normalised [-1, 1] -> finger position
 [0.014, 0.038] m, 0.038 = open), so actions pass through unchanged.
 """
@@ -104,7 +105,7 @@ class EnvConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Runtime setup and small maths helpers (numpy only: importable without ManiSkill)
+# Runtime setup and small maths helpers (numpy only)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -264,255 +265,246 @@ def _mesh_volume(path: Path) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# GenScene-v1: ManiSkill env built from manifests (classes are created lazily by `register()`)
+# GenScene-v1: ManiSkill env built from manifests, registered when this module is imported
 # ---------------------------------------------------------------------------------------------
 
-_REGISTERED: dict[str, Any] = {}
+configure_runtime()  # MS_ASSET_DIR / software Vulkan defaults (only where unset) before ManiSkill is imported
+import sapien  # noqa: E402  (importing starts no simulator: that happens when an env is made)
+import torch  # noqa: E402
+from sapien.physx import PhysxMaterial  # noqa: E402
+
+import mani_skill.envs  # noqa: E402,F401  (registers the SimplerEnv Bridge tasks and the Bridge WidowX agent)
+from mani_skill.envs.sapien_env import BaseEnv  # noqa: E402
+from mani_skill.sensors.camera import CameraConfig  # noqa: E402
+from mani_skill.utils import sapien_utils  # noqa: E402
+from mani_skill.utils.registration import register_env  # noqa: E402
+from mani_skill.utils.structs.actor import Actor  # noqa: E402
+from mani_skill.utils.structs.pose import Pose  # noqa: E402
+from mani_skill.utils.structs.types import SimConfig  # noqa: E402
 
 
-def register():
-    """Import ManiSkill and register `GenScene-v1` (idempotent). Returns the env class."""
-    if "GenScene-v1" in _REGISTERED:
-        return _REGISTERED["GenScene-v1"]
-    configure_runtime()
-    import sapien
-    import torch
-    from sapien.physx import PhysxMaterial
+@register_env("GenScene-v1", max_episode_steps=None)
+class GenSceneEnv(BaseEnv):
+    """Tabletop scene from a SceneManifest per parallel env (heterogeneous scenes per env index).
 
-    import mani_skill.envs  # noqa: F401  (registers the SimplerEnv Bridge tasks and the Bridge WidowX agent)
-    from mani_skill.envs.sapien_env import BaseEnv
-    from mani_skill.sensors.camera import CameraConfig
-    from mani_skill.utils import sapien_utils
-    from mani_skill.utils.registration import register_env
-    from mani_skill.utils.structs.actor import Actor
-    from mani_skill.utils.structs.pose import Pose
-    from mani_skill.utils.structs.types import SimConfig
+    CPU (physx_cpu): one env per process, it holds `manifests[scene_assignment[0]]`; `reset(options=
+    {"reconfigure": True, "scene_assignment": [k]})` switches to another of its manifests.
+    GPU (physx_cuda, UNTESTED here: no GPU physics offline): env i builds its own actors in sub-scene i
+    (`builder.set_scene_idxs([i])`) and they are merged into one batched view (`Actor.merge`), the
+    standard ManiSkill pattern for heterogeneous scenes, so every batched op below stays per-env.
+    """
 
-    class GenSceneEnv(BaseEnv):
-        """Tabletop scene from a SceneManifest per parallel env (heterogeneous scenes per env index).
+    SUPPORTED_OBS_MODES = ("rgb", "rgb+segmentation", "state_dict", "none")
+    SUPPORTED_REWARD_MODES = ("sparse", "none")
 
-        CPU (physx_cpu): one env per process, it holds `manifests[scene_assignment[0]]`; `reset(options=
-        {"reconfigure": True, "scene_assignment": [k]})` switches to another of its manifests.
-        GPU (physx_cuda, UNTESTED here: no GPU physics offline): env i builds its own actors in sub-scene i
-        (`builder.set_scene_idxs([i])`) and they are merged into one batched view (`Actor.merge`), the
-        standard ManiSkill pattern for heterogeneous scenes, so every batched op below stays per-env.
-        """
+    def __init__(self, *args, manifests: list[str], scene_assignment: list[int] | None = None,
+                 env_cfg: EnvConfig = EnvConfig(), **kwargs):
+        self.cfg = env_cfg
+        self.manifest_paths = [str(m) for m in manifests]
+        self.manifests = [ss.load_manifest(m) for m in self.manifest_paths]
+        n = kwargs.get("num_envs", 1)
+        self.scene_assignment = list(scene_assignment or [i % len(self.manifests) for i in range(n)])
+        size = env_cfg.image_size
+        kwargs.setdefault("sensor_configs", {CAMERA_UID: dict(width=size, height=size,
+                                                              intrinsic=scaled_intrinsic(size, size))})
+        super().__init__(*args, robot_uids=AGENT_UID, control_mode=CONTROL_MODE, **kwargs)
 
-        SUPPORTED_OBS_MODES = ("rgb", "rgb+segmentation", "state_dict", "none")
-        SUPPORTED_REWARD_MODES = ("sparse", "none")
+    # ---- configuration -------------------------------------------------------------------
+    @property
+    def _default_sim_config(self):
+        return SimConfig(sim_freq=self.cfg.sim_freq, control_freq=self.cfg.control_freq, spacing=20)
 
-        def __init__(self, *args, manifests: list[str], scene_assignment: list[int] | None = None,
-                     env_cfg: EnvConfig = EnvConfig(), **kwargs):
-            self.cfg = env_cfg
-            self.manifest_paths = [str(m) for m in manifests]
+    @property
+    def _default_sensor_configs(self):
+        return []  # the agent carries the Bridge 3rd-view camera
+
+    @property
+    def _default_human_render_camera_configs(self):
+        w, h = self.cfg.render_size
+        return CameraConfig("render_camera", pose=sapien.Pose(CAMERA_LOCAL_P, CAMERA_LOCAL_Q), width=w, height=h,
+                            intrinsic=scaled_intrinsic(w, h), near=0.01, far=100,
+                            mount=self.agent.robot.links_map["base_link"])
+
+    def manifest(self, env_i: int) -> ss.SceneManifest:
+        return self.manifests[self.scene_assignment[env_i]]
+
+    # ---- scene building ------------------------------------------------------------------
+    def _load_agent(self, options: dict):
+        super()._load_agent(options, sapien.Pose(p=ROBOT_POSE_P, q=ROBOT_POSE_Q))
+
+    def _load_lighting(self, options: dict):
+        self._dir_lights = []  # per sub-scene: [(light component, base colour)]
+        for i, sub in enumerate(self.scene.sub_scenes):
+            lit = self.manifest(i).lighting or {}
+            sub.render_system.ambient_light = list(lit.get("ambient", [0.3, 0.3, 0.3]))
+            lights = lit.get("directional", [[0, 0, -1, 2.2], [-1, -0.5, -1, 0.7], [1, 1, -1, 0.7]])
+            before = set(id(e) for e in sub.entities)
+            for dx, dy, dz, b in lights:
+                self.scene.add_directional_light([dx, dy, dz], [b, b, b], scene_idxs=[i])
+            comps = [e.find_component_by_type(sapien.render.RenderDirectionalLightComponent)
+                     for e in sub.entities if id(e) not in before and e.name == "directional_light"]
+            self._dir_lights.append([(c, np.array(c.color[:3])) for c in comps if c is not None])
+
+    def _load_scene(self, options: dict):
+        if "manifests" in options:  # compose_scene.py swaps in a new candidate without a new process
+            self.manifest_paths = [str(m) for m in options["manifests"]]
             self.manifests = [ss.load_manifest(m) for m in self.manifest_paths]
-            n = kwargs.get("num_envs", 1)
-            self.scene_assignment = list(scene_assignment or [i % len(self.manifests) for i in range(n)])
-            size = env_cfg.image_size
-            kwargs.setdefault("sensor_configs", {CAMERA_UID: dict(width=size, height=size,
-                                                                  intrinsic=scaled_intrinsic(size, size))})
-            super().__init__(*args, robot_uids=AGENT_UID, control_mode=CONTROL_MODE, **kwargs)
+            self.scene_assignment = [i % len(self.manifests) for i in range(self.num_envs)]
+        if "scene_assignment" in options:
+            self.scene_assignment = list(options["scene_assignment"])
+        for i in range(self.num_envs):
+            sapien_utils.set_articulation_render_material(self.agent.robot._objs[i], specular=0.9,
+                                                          roughness=0.3)
+        tables, targets, dests, self.obj_actors = [], [], [], []
+        self.table_top_z = torch.zeros(self.num_envs)
+        for i in range(self.num_envs):
+            m, mpath = self.manifest(i), self.manifest_paths[self.scene_assignment[i]]
+            tables.append(self._build_background(i, m))
+            actors = {}
+            for o in m.objects:
+                actors[o.name] = self._build_object(i, o, ss.resolve_asset_dir(mpath, o))
+            self.obj_actors.append(actors)
+            targets.append(actors[m.success["target"]])
+            dests.append(actors[m.success["destination"]])
+            self.table_top_z[i] = float(m.table.get("height", TABLE_TOP_Z))
+        # one batched view per role over heterogeneous per-env actors
+        self.table = Actor.merge(tables, name="table") if len(tables) > 1 else tables[0]
+        self.target = Actor.merge(targets, name="target") if len(targets) > 1 else targets[0]
+        self.destination = Actor.merge(dests, name="destination") if len(dests) > 1 else dests[0]
+        self.target_size = torch.tensor([self.manifest(i).object(self.manifest(i).success["target"]).bbox_m
+                                         for i in range(self.num_envs)], dtype=torch.float32)
+        self.dest_size = torch.tensor([self.manifest(i).object(self.manifest(i).success["destination"]).bbox_m
+                                       for i in range(self.num_envs)], dtype=torch.float32)
+        self.robot_links = self.agent.robot.get_links()
 
-        # ---- configuration -------------------------------------------------------------------
-        @property
-        def _default_sim_config(self):
-            return SimConfig(sim_freq=self.cfg.sim_freq, control_freq=self.cfg.control_freq, spacing=20)
+    def _build_background(self, i: int, m: ss.SceneManifest):
+        top = float(m.table.get("height", TABLE_TOP_Z))
+        sx, sy = m.table.get("size", [0.9, 1.2, top])[:2]
+        cx, cy = m.table.get("center_xy", [0.3, 0.0])  # robot base frame
+        color = list(m.table.get("color", [0.55, 0.4, 0.28, 1.0]))
+        b = self.scene.create_actor_builder()
+        b.add_box_collision(half_size=[sx / 2, sy / 2, top / 2])
+        b.add_box_visual(half_size=[sx / 2, sy / 2, top / 2],
+                         material=sapien.render.RenderMaterial(base_color=color, roughness=0.8))
+        b.initial_pose = sapien.Pose(base_to_world([cx, cy, -top / 2], top))
+        b.set_scene_idxs([i])
+        table = b.build_static(name=f"table_{i}")
+        bg = m.background or {}
+        b = self.scene.create_actor_builder()  # floor + back/side walls: visual only, no physics cost
+        b.add_box_visual(sapien.Pose([0, 0, -0.005]), half_size=[4, 4, 0.005],
+                         material=sapien.render.RenderMaterial(base_color=list(bg.get("floor_color", [0.4] * 3 + [1]))))
+        wall = sapien.render.RenderMaterial(base_color=list(bg.get("wall_color", [0.85, 0.85, 0.8, 1])))
+        wd = float(bg.get("wall_distance", 1.3))
+        b.add_box_visual(sapien.Pose(base_to_world([wd, 0, 0], 0)[:2].tolist() + [1.5]), half_size=[0.01, 4, 1.5],
+                         material=wall)
+        for side in (-1, 1):
+            b.add_box_visual(sapien.Pose(base_to_world([0.3, side * 1.5, 0], 0)[:2].tolist() + [1.5]),
+                             half_size=[4, 0.01, 1.5], material=wall)
+        b.initial_pose = sapien.Pose()
+        b.set_scene_idxs([i])
+        b.build_static(name=f"room_{i}")
+        return table
 
-        @property
-        def _default_sensor_configs(self):
-            return []  # the agent carries the Bridge 3rd-view camera
+    def _build_object(self, i: int, o: ss.ManifestObject, asset_dir: Path):
+        s = [o.scale] * 3
+        mat = PhysxMaterial(static_friction=o.friction, dynamic_friction=o.friction, restitution=0.0)
+        parts = [asset_dir / c for c in o.collision]
+        volume = sum(_mesh_volume(p) for p in parts) * o.scale ** 3
+        density = float(np.clip(o.mass_kg / max(volume, 1e-9), 20.0, 8000.0))
+        b = self.scene.create_actor_builder()
+        for p in parts:
+            b.add_convex_collision_from_file(str(p), scale=s, material=mat, density=density)
+        b.add_visual_from_file(str(asset_dir / o.visual), scale=s)
+        b.initial_pose = sapien.Pose(base_to_world(o.init_xyz, float(self.manifest(i).table.get("height", TABLE_TOP_Z))))
+        b.set_scene_idxs([i])
+        return b.build(name=f"{o.name}_{i}")
 
-        @property
-        def _default_human_render_camera_configs(self):
-            w, h = self.cfg.render_size
-            return CameraConfig("render_camera", pose=sapien.Pose(CAMERA_LOCAL_P, CAMERA_LOCAL_Q), width=w, height=h,
-                                intrinsic=scaled_intrinsic(w, h), near=0.01, far=100,
-                                mount=self.agent.robot.links_map["base_link"])
+    # ---- episodes ------------------------------------------------------------------------
+    def _initialize_episode(self, env_idx: torch.Tensor, options: dict):
+        cfg, rng = self.cfg, self._episode_rng
+        with torch.device(self.device):
+            b = len(env_idx)
+            for i in env_idx.tolist():  # per env: heterogeneous object sets (not a hot path)
+                rng = self._batched_episode_rng[i]  # per-env RNG: same draws on CPU and GPU for the same seeds
+                m = self.manifest(i)
+                objs = m.objects
+                poses = (sample_layout(objs, rng) if cfg.dr_object_pose
+                         else [(o.init_xyz[0], o.init_xyz[1], o.init_yaw) for o in objs])
+                top = float(self.table_top_z[i])
+                for o, (x, y, yaw) in zip(objs, poses):
+                    p = base_to_world([x, y, o.init_xyz[2] + 0.002], top)
+                    q = [math.cos((yaw + math.pi) / 2), 0, 0, math.sin((yaw + math.pi) / 2)]  # base yaw -> world
+                    self.obj_actors[i][o.name].set_pose(Pose.create_from_pq(p=torch.tensor(p)[None], q=torch.tensor(q)[None]))
+                lit = m.lighting or {}
+                amb = rng.uniform(0.0, 0.6, 3) if cfg.dr_lighting else np.array(lit.get("ambient", [0.3] * 3))
+                bright = rng.uniform(0.5, 1.5) if cfg.dr_lighting else 1.0
+                self.scene.sub_scenes[i].render_system.ambient_light = amb.tolist()
+                for comp, col in self._dir_lights[i]:
+                    comp.color = (col * bright).tolist()
+                dz = rng.uniform(0.0, 0.05) if cfg.dr_robot else 0.0
+                cam_off = rng.uniform(-0.05, 0.05, 3) if cfg.dr_camera else np.zeros(3)
+                cp, cq = reaimed_camera_local_pose(cam_off, dz, top)
+                cam = self._sensors[CAMERA_UID].camera
+                cam._render_cameras[i if len(cam._render_cameras) > 1 else 0].set_local_pose(sapien.Pose(cp, cq))
+                cam._cached_local_pose = None
+                self._robot_dz[i] = dz
+            if self.gpu_sim_enabled:
+                self.scene._gpu_apply_all()
+            for _ in range(int(cfg.settle_s * cfg.sim_freq)):  # NOTE: steps every sub-scene (as SimplerEnv)
+                self.scene.step()
+            if self.gpu_sim_enabled:
+                self.scene._gpu_fetch_all()
+            qpos = torch.tensor(ROBOT_INIT_QPOS).repeat(b, 1)
+            if cfg.dr_robot:
+                qpos[:, :6] += torch.from_numpy(self._episode_rng.uniform(-0.1, 0.1, (b, 6))).float().to(self.device)
+            base_p = torch.tensor(ROBOT_POSE_P).repeat(b, 1)
+            base_p[:, 2] += self._robot_dz[env_idx]
+            self.agent.robot.set_pose(Pose.create_from_pq(p=base_p, q=torch.tensor(ROBOT_POSE_Q).repeat(b, 1)))
+            self.agent.reset(init_qpos=qpos)
+            self.target_start_z[env_idx] = self.target.pose.p[env_idx, 2]
+            self.partial[env_idx] = False
 
-        def manifest(self, env_i: int) -> ss.SceneManifest:
-            return self.manifests[self.scene_assignment[env_i]]
+    def _after_reconfigure(self, options):
+        super()._after_reconfigure(options)
+        self._robot_dz = torch.zeros(self.num_envs, device=self.device)
+        self.target_start_z = torch.zeros(self.num_envs, device=self.device)
+        self.partial = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
 
-        # ---- scene building ------------------------------------------------------------------
-        def _load_agent(self, options: dict):
-            super()._load_agent(options, sapien.Pose(p=ROBOT_POSE_P, q=ROBOT_POSE_Q))
+    # ---- success, observation, privileged state -----------------------------------------
+    def contact(self, a, b) -> torch.Tensor:
+        return torch.linalg.norm(self.scene.get_pairwise_contact_forces(a, b), dim=-1) > CONTACT_FORCE_N  # [N]
 
-        def _load_lighting(self, options: dict):
-            self._dir_lights = []  # per sub-scene: [(light component, base colour)]
-            for i, sub in enumerate(self.scene.sub_scenes):
-                lit = self.manifest(i).lighting or {}
-                sub.render_system.ambient_light = list(lit.get("ambient", [0.3, 0.3, 0.3]))
-                lights = lit.get("directional", [[0, 0, -1, 2.2], [-1, -0.5, -1, 0.7], [1, 1, -1, 0.7]])
-                before = set(id(e) for e in sub.entities)
-                for dx, dy, dz, b in lights:
-                    self.scene.add_directional_light([dx, dy, dz], [b, b, b], scene_idxs=[i])
-                comps = [e.find_component_by_type(sapien.render.RenderDirectionalLightComponent)
-                         for e in sub.entities if id(e) not in before and e.name == "directional_light"]
-                self._dir_lights.append([(c, np.array(c.color[:3])) for c in comps if c is not None])
+    def evaluate(self) -> dict:
+        # Eq. A.1: contact(A, B) and not contact(A, table) and not contact(A, robot)
+        on_dest = self.contact(self.target, self.destination)
+        on_table = self.contact(self.target, self.table)
+        touch_robot = torch.zeros_like(on_dest)
+        for link in self.robot_links:
+            touch_robot |= self.contact(self.target, link)
+        success = on_dest & ~on_table & ~touch_robot
+        grasped = self.agent.is_grasping(self.target)
+        lifted = self.target.pose.p[:, 2] - self.target_start_z > self.cfg.lift_threshold_m
+        self.partial |= grasped & lifted
+        return dict(success=success, partial_success=self.partial.clone(), grasped=grasped,
+                    target_on_table=on_table, target_touches_robot=touch_robot, target_on_destination=on_dest)
 
-        def _load_scene(self, options: dict):
-            if "manifests" in options:  # compose_scene.py swaps in a new candidate without a new process
-                self.manifest_paths = [str(m) for m in options["manifests"]]
-                self.manifests = [ss.load_manifest(m) for m in self.manifest_paths]
-                self.scene_assignment = [i % len(self.manifests) for i in range(self.num_envs)]
-            if "scene_assignment" in options:
-                self.scene_assignment = list(options["scene_assignment"])
-            for i in range(self.num_envs):
-                sapien_utils.set_articulation_render_material(self.agent.robot._objs[i], specular=0.9,
-                                                              roughness=0.3)
-            tables, targets, dests, self.obj_actors = [], [], [], []
-            self.table_top_z = torch.zeros(self.num_envs)
-            for i in range(self.num_envs):
-                m, mpath = self.manifest(i), self.manifest_paths[self.scene_assignment[i]]
-                tables.append(self._build_background(i, m))
-                actors = {}
-                for o in m.objects:
-                    actors[o.name] = self._build_object(i, o, ss.resolve_asset_dir(mpath, o))
-                self.obj_actors.append(actors)
-                targets.append(actors[m.success["target"]])
-                dests.append(actors[m.success["destination"]])
-                self.table_top_z[i] = float(m.table.get("height", TABLE_TOP_Z))
-            # one batched view per role over heterogeneous per-env actors
-            self.table = Actor.merge(tables, name="table") if len(tables) > 1 else tables[0]
-            self.target = Actor.merge(targets, name="target") if len(targets) > 1 else targets[0]
-            self.destination = Actor.merge(dests, name="destination") if len(dests) > 1 else dests[0]
-            self.target_size = torch.tensor([self.manifest(i).object(self.manifest(i).success["target"]).bbox_m
-                                             for i in range(self.num_envs)], dtype=torch.float32)
-            self.dest_size = torch.tensor([self.manifest(i).object(self.manifest(i).success["destination"]).bbox_m
-                                           for i in range(self.num_envs)], dtype=torch.float32)
-            self.robot_links = self.agent.robot.get_links()
+    def compute_sparse_reward(self, obs, action, info):
+        return info["success"].float()
 
-        def _build_background(self, i: int, m: ss.SceneManifest):
-            top = float(m.table.get("height", TABLE_TOP_Z))
-            sx, sy = m.table.get("size", [0.9, 1.2, top])[:2]
-            cx, cy = m.table.get("center_xy", [0.3, 0.0])  # robot base frame
-            color = list(m.table.get("color", [0.55, 0.4, 0.28, 1.0]))
-            b = self.scene.create_actor_builder()
-            b.add_box_collision(half_size=[sx / 2, sy / 2, top / 2])
-            b.add_box_visual(half_size=[sx / 2, sy / 2, top / 2],
-                             material=sapien.render.RenderMaterial(base_color=color, roughness=0.8))
-            b.initial_pose = sapien.Pose(base_to_world([cx, cy, -top / 2], top))
-            b.set_scene_idxs([i])
-            table = b.build_static(name=f"table_{i}")
-            bg = m.background or {}
-            b = self.scene.create_actor_builder()  # floor + back/side walls: visual only, no physics cost
-            b.add_box_visual(sapien.Pose([0, 0, -0.005]), half_size=[4, 4, 0.005],
-                             material=sapien.render.RenderMaterial(base_color=list(bg.get("floor_color", [0.4] * 3 + [1]))))
-            wall = sapien.render.RenderMaterial(base_color=list(bg.get("wall_color", [0.85, 0.85, 0.8, 1])))
-            wd = float(bg.get("wall_distance", 1.3))
-            b.add_box_visual(sapien.Pose(base_to_world([wd, 0, 0], 0)[:2].tolist() + [1.5]), half_size=[0.01, 4, 1.5],
-                             material=wall)
-            for side in (-1, 1):
-                b.add_box_visual(sapien.Pose(base_to_world([0.3, side * 1.5, 0], 0)[:2].tolist() + [1.5]),
-                                 half_size=[4, 0.01, 1.5], material=wall)
-            b.initial_pose = sapien.Pose()
-            b.set_scene_idxs([i])
-            b.build_static(name=f"room_{i}")
-            return table
+    def _get_obs_extra(self, info: dict):
+        return dict(state=ee_state(self))
 
-        def _build_object(self, i: int, o: ss.ManifestObject, asset_dir: Path):
-            s = [o.scale] * 3
-            mat = PhysxMaterial(static_friction=o.friction, dynamic_friction=o.friction, restitution=0.0)
-            parts = [asset_dir / c for c in o.collision]
-            volume = sum(_mesh_volume(p) for p in parts) * o.scale ** 3
-            density = float(np.clip(o.mass_kg / max(volume, 1e-9), 20.0, 8000.0))
-            b = self.scene.create_actor_builder()
-            for p in parts:
-                b.add_convex_collision_from_file(str(p), scale=s, material=mat, density=density)
-            b.add_visual_from_file(str(asset_dir / o.visual), scale=s)
-            b.initial_pose = sapien.Pose(base_to_world(o.init_xyz, float(self.manifest(i).table.get("height", TABLE_TOP_Z))))
-            b.set_scene_idxs([i])
-            return b.build(name=f"{o.name}_{i}")
+    def get_language_instruction(self) -> list[str]:
+        return [self.manifest(i).task for i in range(self.num_envs)]
 
-        # ---- episodes ------------------------------------------------------------------------
-        def _initialize_episode(self, env_idx: torch.Tensor, options: dict):
-            cfg, rng = self.cfg, self._episode_rng
-            with torch.device(self.device):
-                b = len(env_idx)
-                for i in env_idx.tolist():  # per env: heterogeneous object sets (not a hot path)
-                    rng = self._batched_episode_rng[i]  # per-env RNG: same draws on CPU and GPU for the same seeds
-                    m = self.manifest(i)
-                    objs = m.objects
-                    poses = (sample_layout(objs, rng) if cfg.dr_object_pose
-                             else [(o.init_xyz[0], o.init_xyz[1], o.init_yaw) for o in objs])
-                    top = float(self.table_top_z[i])
-                    for o, (x, y, yaw) in zip(objs, poses):
-                        p = base_to_world([x, y, o.init_xyz[2] + 0.002], top)
-                        q = [math.cos((yaw + math.pi) / 2), 0, 0, math.sin((yaw + math.pi) / 2)]  # base yaw -> world
-                        self.obj_actors[i][o.name].set_pose(Pose.create_from_pq(p=torch.tensor(p)[None], q=torch.tensor(q)[None]))
-                    lit = m.lighting or {}
-                    amb = rng.uniform(0.0, 0.6, 3) if cfg.dr_lighting else np.array(lit.get("ambient", [0.3] * 3))
-                    bright = rng.uniform(0.5, 1.5) if cfg.dr_lighting else 1.0
-                    self.scene.sub_scenes[i].render_system.ambient_light = amb.tolist()
-                    for comp, col in self._dir_lights[i]:
-                        comp.color = (col * bright).tolist()
-                    dz = rng.uniform(0.0, 0.05) if cfg.dr_robot else 0.0
-                    cam_off = rng.uniform(-0.05, 0.05, 3) if cfg.dr_camera else np.zeros(3)
-                    cp, cq = reaimed_camera_local_pose(cam_off, dz, top)
-                    cam = self._sensors[CAMERA_UID].camera
-                    cam._render_cameras[i if len(cam._render_cameras) > 1 else 0].set_local_pose(sapien.Pose(cp, cq))
-                    cam._cached_local_pose = None
-                    self._robot_dz[i] = dz
-                if self.gpu_sim_enabled:
-                    self.scene._gpu_apply_all()
-                for _ in range(int(cfg.settle_s * cfg.sim_freq)):  # NOTE: steps every sub-scene (as SimplerEnv)
-                    self.scene.step()
-                if self.gpu_sim_enabled:
-                    self.scene._gpu_fetch_all()
-                qpos = torch.tensor(ROBOT_INIT_QPOS).repeat(b, 1)
-                if cfg.dr_robot:
-                    qpos[:, :6] += torch.from_numpy(self._episode_rng.uniform(-0.1, 0.1, (b, 6))).float().to(self.device)
-                base_p = torch.tensor(ROBOT_POSE_P).repeat(b, 1)
-                base_p[:, 2] += self._robot_dz[env_idx]
-                self.agent.robot.set_pose(Pose.create_from_pq(p=base_p, q=torch.tensor(ROBOT_POSE_Q).repeat(b, 1)))
-                self.agent.reset(init_qpos=qpos)
-                self.target_start_z[env_idx] = self.target.pose.p[env_idx, 2]
-                self.partial[env_idx] = False
-
-        def _after_reconfigure(self, options):
-            super()._after_reconfigure(options)
-            self._robot_dz = torch.zeros(self.num_envs, device=self.device)
-            self.target_start_z = torch.zeros(self.num_envs, device=self.device)
-            self.partial = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
-
-        # ---- success, observation, privileged state -----------------------------------------
-        def contact(self, a, b) -> torch.Tensor:
-            return torch.linalg.norm(self.scene.get_pairwise_contact_forces(a, b), dim=-1) > CONTACT_FORCE_N  # [N]
-
-        def evaluate(self) -> dict:
-            # Eq. A.1: contact(A, B) and not contact(A, table) and not contact(A, robot)
-            on_dest = self.contact(self.target, self.destination)
-            on_table = self.contact(self.target, self.table)
-            touch_robot = torch.zeros_like(on_dest)
-            for link in self.robot_links:
-                touch_robot |= self.contact(self.target, link)
-            success = on_dest & ~on_table & ~touch_robot
-            grasped = self.agent.is_grasping(self.target)
-            lifted = self.target.pose.p[:, 2] - self.target_start_z > self.cfg.lift_threshold_m
-            self.partial |= grasped & lifted
-            return dict(success=success, partial_success=self.partial.clone(), grasped=grasped,
-                        target_on_table=on_table, target_touches_robot=touch_robot, target_on_destination=on_dest)
-
-        def compute_sparse_reward(self, obs, action, info):
-            return info["success"].float()
-
-        def _get_obs_extra(self, info: dict):
-            return dict(state=ee_state(self))
-
-        def get_language_instruction(self) -> list[str]:
-            return [self.manifest(i).task for i in range(self.num_envs)]
-
-        def privileged_state(self) -> dict:
-            """Object/ee poses in the robot base frame for the scripted expert ([N, ...] tensors)."""
-            inv = self.agent.robot.pose.inv()
-            tp, dp = inv * self.target.pose, inv * self.destination.pose
-            top = self.table_top_z.to(self.device) - self.agent.robot.pose.p[:, 2]
-            return dict(target_bottom=tp.p, target_yaw=_yaw(tp.q), target_size=self.target_size.to(self.device),
-                        dest_bottom=dp.p, dest_size=self.dest_size.to(self.device), table_z=top,
-                        grasped=self.agent.is_grasping(self.target))
-
-    register_env("GenScene-v1", max_episode_steps=None)(GenSceneEnv)
-    _REGISTERED["GenScene-v1"] = GenSceneEnv
-    return GenSceneEnv
+    def privileged_state(self) -> dict:
+        """Object/ee poses in the robot base frame for the scripted expert ([N, ...] tensors)."""
+        inv = self.agent.robot.pose.inv()
+        tp, dp = inv * self.target.pose, inv * self.destination.pose
+        top = self.table_top_z.to(self.device) - self.agent.robot.pose.p[:, 2]
+        return dict(target_bottom=tp.p, target_yaw=_yaw(tp.q), target_size=self.target_size.to(self.device),
+                    dest_bottom=dp.p, dest_size=self.dest_size.to(self.device), table_z=top,
+                    grasped=self.agent.is_grasping(self.target))
 
 
 def _yaw(q):
@@ -693,7 +685,6 @@ class ChunkRunner:
         import gymnasium as gym
         import torch
 
-        register()
         self.cfg, self.num_envs, self.specs = cfg, num_envs, scene_specs
         kinds = {k for k, _ in scene_specs}
         if len(kinds) != 1 or (kinds == {"simpler"} and len({v for _, v in scene_specs}) != 1):
@@ -793,12 +784,13 @@ class ChunkRunner:
         obs = self._obs(raw)
         terminated = self.success_step >= 0
         truncated = (self.decisions >= self.cfg.max_decisions) & ~terminated
-        elapsed = torch.where(terminated, self.success_step, self.steps).float() * self.cfg.control_dt
-        info = {"success": terminated.clone(), "elapsed_s": elapsed, "partial_success": self.partial.clone(),
+        elapsed_steps = torch.where(terminated, self.success_step, self.steps)  # control steps (ManiSkill's name)
+        info = {"success": terminated.clone(), "elapsed_steps": elapsed_steps,
+                "elapsed_s": elapsed_steps.float() * self.cfg.control_dt, "partial_success": self.partial.clone(),
                 "scene_id": self.scene_ids()}
         done = terminated | truncated
         if done.any():
-            info["final_obs"] = {k: (v.clone() if hasattr(v, "clone") else list(v)) for k, v in obs.items()}
+            info["final_observation"] = {k: (v.clone() if hasattr(v, "clone") else list(v)) for k, v in obs.items()}
             idx = torch.nonzero(done)[:, 0]
             new = self.reset(env_idx=None if len(idx) == self.num_envs else idx.tolist())
             for key in ("rgb", "state"):
@@ -871,12 +863,13 @@ class _ChunkWorker:
     def step(self, action):
         obs, rew, term, trunc, info = self.runner.step(np.asarray(action, np.float32)[None])
         out = {"success": bool(info["success"][0]), "elapsed_s": float(info["elapsed_s"][0]),
+               "elapsed_steps": int(info["elapsed_steps"][0]),
                "partial_success": bool(info["partial_success"][0]), "terminated": bool(term[0]),
                "truncated": bool(trunc[0]), "scene_id": info["scene_id"][0], "instruction": obs["instruction"][0]}
-        if "final_obs" in info:
-            f = info["final_obs"]
-            out["final_obs"] = {"rgb": f["rgb"][0].numpy(), "state": f["state"][0].numpy(),
-                                "instruction": f["instruction"][0]}
+        if "final_observation" in info:
+            f = info["final_observation"]
+            out["final_obs"] = {"rgb": f["rgb"][0].numpy(), "state": f["state"][0].numpy(),  # gymnasium's key: it
+                                "instruction": f["instruction"][0]}  # batches these as one object per env
         return self._np(obs), float(rew[0]), False, False, out
 
     def get_wrapper_attr(self, name: str):  # what AsyncVectorEnv.call uses (this is not a gym.Wrapper)
@@ -894,7 +887,8 @@ class _ChunkWorker:
 
 
 class ChunkVecEnv:
-    """Batched-torch decision-level env over N envs (API fixed in notes/interfaces.md)."""
+    """Batched-torch decision-level env over N envs: `reset(seed) -> (obs, info)`, `step(actions)` (see its
+    docstring), `expert_actions()`, `render_rgb()`, `close()`."""
 
     def __init__(self, scenes: list[str], num_envs: int, cfg: EnvConfig, seed: int = 0, workers: int | None = None):
         import torch
@@ -943,18 +937,25 @@ class ChunkVecEnv:
         return {"rgb": torch.from_numpy(np.asarray(obs["rgb"])), "state": torch.from_numpy(np.asarray(obs["state"])).float(),
                 "instruction": list(instructions)}
 
-    def reset(self, seed: int | None = None) -> dict:
+    def reset(self, seed: int | None = None) -> tuple[dict, dict]:
+        """Reset every env (env i with seed + i) -> (obs, info), gymnasium's convention; info: scene_id, instruction."""
         seed = self.seed if seed is None else seed
         if self.runner is not None:
             obs = self.runner.reset(seed=seed)
             self.scene_ids, self.instructions = self.runner.scene_ids(), obs["instruction"]
-            return obs
-        obs, info = self.pool.reset(seed=[seed + i for i in range(self.num_envs)])
-        self.scene_ids, self.instructions = list(info["scene_id"]), list(info["instruction"])
-        return self._torch_obs(obs, self.instructions)
+        else:
+            o, inf = self.pool.reset(seed=[seed + i for i in range(self.num_envs)])
+            self.scene_ids, self.instructions = list(inf["scene_id"]), list(inf["instruction"])
+            obs = self._torch_obs(o, self.instructions)
+        return obs, {"scene_id": list(self.scene_ids), "instruction": list(self.instructions)}
 
     def step(self, actions) -> tuple[dict, Any, Any, Any, dict]:
-        """actions [N, C, 7] (ee delta xyz m, delta rpy rad, gripper +1 open / -1 close). See notes/interfaces.md."""
+        """actions [N, C, 7] (ee delta xyz m, delta rpy rad, gripper +1 open / -1 close): the C control steps of one
+        decision -> obs, reward [N] (1 on success), terminated [N] (success), truncated [N] (max_decisions), info:
+        success / success_once / success_at_end [N] bool (Eq. A.1; an episode ends at its first success, so the three
+        agree), elapsed_steps [N] control steps (to the success step when successful), elapsed_s [N] (the same in
+        seconds: time to finish), partial_success [N], scene_id [N]; where an env ended, final_observation (the
+        pre-reset obs of every row; rows that did not end hold the current obs). Ended envs are reset in place."""
         import torch
 
         actions = torch.as_tensor(actions, dtype=torch.float32)
@@ -967,15 +968,18 @@ class ChunkVecEnv:
             term, trunc = torch.as_tensor(inf["terminated"]), torch.as_tensor(inf["truncated"])
             rew = term.float()
             info = {"success": torch.as_tensor(inf["success"]), "elapsed_s": torch.as_tensor(inf["elapsed_s"]).float(),
+                    "elapsed_steps": torch.as_tensor(inf["elapsed_steps"]).long(),
                     "partial_success": torch.as_tensor(inf["partial_success"]), "scene_id": list(inf["scene_id"])}
             if "final_obs" in inf:  # rows of envs that did not end are copies of the current obs
-                rows = [f if f is not None else None for f in inf["final_obs"]]
+                rows = list(inf["final_obs"])  # [N] objects, None where the env did not end
                 fo = {"rgb": obs["rgb"].clone(), "state": obs["state"].clone(), "instruction": list(obs["instruction"])}
                 for i, f in enumerate(rows):
                     if f is not None:
                         fo["rgb"][i], fo["state"][i] = torch.from_numpy(f["rgb"]), torch.from_numpy(f["state"])
                         fo["instruction"][i] = f["instruction"]
-                info["final_obs"] = fo
+                info["final_observation"] = fo
+        # an episode ends at its first success, so ManiSkill's success_once / success_at_end are `success` here
+        info["success_once"], info["success_at_end"] = info["success"].clone(), info["success"].clone()
         self.scene_ids, self.instructions = list(info["scene_id"]), list(obs["instruction"])
         return obs, rew.float(), term.bool(), trunc.bool(), info
 
@@ -1048,7 +1052,7 @@ def main(args: Args) -> dict:
 
     venv = make_vec_env(args.scenes, args.num_envs, args.env, args.seed, workers=0 if args.num_envs == 1 else None)
     t0 = time.time()
-    obs = venv.reset(seed=args.seed)
+    obs, _ = venv.reset(seed=args.seed)
     done_eps = torch.zeros(args.num_envs, dtype=torch.long)
     results, steps = [], 0
     frames = [obs["rgb"][0].numpy()]

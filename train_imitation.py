@@ -102,7 +102,7 @@ class Args:
 def collect_demos(envs, policy, episodes: int, max_decisions: int, success_only: bool, seed: int) -> dict:
     """Run the scripted expert in every env until `episodes` episodes are kept. Returns the policy's stored
     inputs (rgb u8 resized to the model, raw state, tokens) and env-space action chunks [M, C, 7]."""
-    obs = envs.reset(seed=seed)
+    obs, _ = envs.reset(seed=seed)
     N = envs.num_envs
     pending: list[list[dict]] = [[] for _ in range(N)]
     kept: list[dict] = []

@@ -85,7 +85,7 @@ def measure(args: Args, policy, workers: int, setting: str) -> dict:
     cfg = scene_env.EnvConfig(image_size=args.image_size, **parse_setting(setting))
     t_make = time.perf_counter()
     venv = scene_env.make_vec_env(args.scenes, n, cfg, seed=args.seed, workers=workers)
-    obs = venv.reset(seed=args.seed)
+    obs, _ = venv.reset(seed=args.seed)
     t_make = time.perf_counter() - t_make
     for _ in range(2):  # warm-up: first renders, first policy call
         obs, *_ = venv.step(policy.act(obs, deterministic=False))

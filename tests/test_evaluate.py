@@ -53,7 +53,7 @@ class FakeVecEnv:
     def reset(self, seed=None):
         self.seeds = np.arange(self.num_envs) + (seed or 0)
         self.progress, self.t = np.zeros(self.num_envs), np.zeros(self.num_envs, int)
-        return self._obs()
+        return self._obs(), {"scene_id": list(self.scene_ids), "instruction": list(self.instructions)}
 
     def step(self, actions):
         actions = torch.as_tensor(actions)
@@ -71,7 +71,7 @@ class FakeVecEnv:
         done = success | trunc
         obs = self._obs()
         if done.any():
-            info["final_obs"] = obs
+            info["final_observation"] = obs
             self.seeds = np.where(done, self.seeds + 1000, self.seeds)  # auto-reset: a new, other episode
             self.progress, self.t = np.where(done, 0, self.progress), np.where(done, 0, self.t)
             obs = self._obs()

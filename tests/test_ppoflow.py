@@ -49,7 +49,7 @@ def fake_obs(n=3, size=64, seed=0) -> dict:
 
 class FakeVecEnv:
     """Deterministic stand-in for scene_env.ChunkVecEnv: a point the chunk's xyz deltas move; success when it
-    crosses x > 0.33. Same reset/step/info contract (auto-reset, final_obs, success, elapsed_s)."""
+    crosses x > 0.33. Same reset/step/info contract (auto-reset, final_observation, success, elapsed_s)."""
 
     def __init__(self, scenes, num_envs, cfg=EnvConfig(), seed=0, workers=None):
         self.num_envs, self.chunk, self.max_decisions, self.control_dt = num_envs, cfg.chunk, cfg.max_decisions, 0.2
@@ -72,7 +72,7 @@ class FakeVecEnv:
         self.g = torch.Generator().manual_seed(0 if seed is None else seed)
         self.pos, self.t = torch.zeros(self.num_envs, 3), torch.zeros(self.num_envs, dtype=torch.long)
         self._spawn(list(range(self.num_envs)))
-        return self._obs()
+        return self._obs(), {"scene_id": list(self.scene_ids), "instruction": list(self.instructions)}
 
     def step(self, actions):
         assert actions.shape == (self.num_envs, self.chunk, 7)
@@ -84,7 +84,7 @@ class FakeVecEnv:
                 "partial_success": success.clone(), "scene_id": list(self.scene_ids)}
         done = success | trunc
         if done.any():
-            info["final_obs"] = self._obs()
+            info["final_observation"] = self._obs()
             self._spawn(done.nonzero().flatten().tolist())
         return self._obs(), success.float(), success, trunc, info
 
@@ -176,7 +176,7 @@ def test_first_minibatch_ratio_is_one_and_no_clipping():
     assert float(st["clipfrac"]) == 0.0 and abs(float(st["ratio_mean"]) - 1) < 1e-6
 
 
-def test_truncation_is_bootstrapped_with_final_obs_value():
+def test_truncation_is_bootstrapped_with_final_observation_value():
     pol = tiny_policy()
     envs = FakeVecEnv(["x"], 2, EnvConfig(max_decisions=2))
     envs.goal_x = 1e9  # never succeeds: every episode ends by the time limit
