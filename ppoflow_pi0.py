@@ -456,16 +456,20 @@ def _siglip(hidden, layers, inter, heads, image, patch):
 
 
 def preset_config(preset: str, chunk: int = 4, **overrides) -> PolicyConfig:
-    """tiny: CPU tests (2 layers, width 64); small: a few hundred M params; pi0-3b: PaliGemma-3B + 300M expert."""
+    """tiny: CPU tests (2 layers, width 64, 4x4 image patches); mini: CPU experiments (width 128, 8x8 patches of a
+    64 px image: fine enough to find an object whose pose is randomised); small: a few hundred M params; pi0-3b:
+    PaliGemma-3B + 300M expert."""
     v = ByteTokenizer.vocab_size
     if preset == "tiny":
         text, vis, dit = _gemma(64, 2, 128, 2, 32, vocab_size=v), _siglip(32, 1, 64, 2, 64, 16), _gemma(64, 2, 128, 2, 32)
+    elif preset == "mini":
+        text, vis, dit = _gemma(128, 2, 256, 2, 64, vocab_size=v), _siglip(96, 2, 192, 2, 64, 8), _gemma(128, 2, 256, 2, 64)
     elif preset == "small":
         text, vis, dit = _gemma(512, 4, 2048, 4, 128, vocab_size=v), _siglip(384, 6, 1536, 6, 224, 16), _gemma(256, 4, 1024, 4, 128)
     elif preset == "pi0-3b":  # paper: PaliGemma-3B (SigLIP so400m/14 + Gemma 2B) + Gemma 300M action expert
         text, vis, dit = _gemma(2048, 18, 16384, 8, 256, vocab_size=257152), _siglip(1152, 27, 4304, 16, 224, 14), _gemma(1024, 18, 4096, 8, 256)
     else:
-        raise ValueError(f"unknown preset {preset!r}: use tiny, small or pi0-3b")
+        raise ValueError(f"unknown preset {preset!r}: use tiny, mini, small or pi0-3b")
     pi0 = dict(vlm_config=dict(model_type="paligemma", text_config=text, vision_config=vis, projection_dim=text["hidden_size"],
                                image_token_id=text["vocab_size"]),
                dit_config=dit, chunk_size=chunk, max_state_dim=7, max_action_dim=7)

@@ -37,7 +37,7 @@ class Args:
     out: str = "runs/il"
     """Output folder: args.json, demos.pt, metrics.jsonl, ckpt_<step>.pt, ckpt_final.pt."""
     preset: str = "tiny"
-    """Model size: tiny (CPU tests), small, pi0-3b."""
+    """Model size: tiny (CPU tests), mini (CPU experiments), small, pi0-3b."""
     init: str | None = None
     """Start from this policy instead of random weights (our checkpoint, a pi0 folder, an open-pi-zero .pt)."""
     tokenizer_path: str | None = None
@@ -54,7 +54,6 @@ class Args:
     """W&B entity (team)."""
     wandb_group: str | None = None
     """W&B group (default: the name of the folder that holds --out)."""
-    """W&B project."""
     # ---- demonstrations ----
     env: EnvConfig = field(default_factory=EnvConfig)
     """Environment settings (scene_env.EnvConfig)."""

@@ -2,8 +2,9 @@
 
 W = a pool of composed scenes from user-style commands (examples/tasks_study.txt, 8 task families, object-pose
 randomisation ON, 0-1 distractors) -> one seeded split H_0 of max(--ns) scenes (evaluate.py --make-splits); OOD =
-W minus H_0. N = 0: ONE imitation start shared by every N, trained on scripted demos of scenes NOT in W
-(examples/tasks_study_il.txt: other objects / colours). PPOFlow from that start on the first N scenes of H_0 for N
+W minus H_0. N = 0: ONE imitation start shared by every N, trained on scripted demos of scenes NOT in W: other
+variants of the same commands (--il-seed: other layouts, object instances and distractors; no scene id or layout
+of W, checked), or another command list (--il-tasks-file examples/tasks_study_il.txt: other objects / colours). PPOFlow from that start on the first N scenes of H_0 for N
 in --ns, --num-seeds seeds at N = --multi-seed-n (one elsewhere), FINAL checkpoints (no early stopping). A
 compute-matched baseline spends the env decisions of one PPOFlow run without RL: more imitation from the same start
 on scripted demos of the N = --multi-seed-n training scenes (same decisions, same number of gradient steps).
@@ -49,8 +50,13 @@ class Args:
     """Study folder: W/, IL/ (scene pools), assets/ (shared), runs/, eval/, report.md, report.json, table.md."""
     tasks_file: str = str(ROOT / "examples/tasks_study.txt")
     """Task commands of the pool W (one per line, '#' comments)."""
-    il_tasks_file: str = str(ROOT / "examples/tasks_study_il.txt")
-    """Task commands of the imitation start's scenes (must not overlap W)."""
+    il_tasks_file: str | None = None
+    """Task commands of the imitation start's scenes (default: W's commands, whose IL variants get other layouts,
+    object instances and distractors from --il-seed; examples/tasks_study_il.txt holds other objects / colours)."""
+    il_seed: int = 1
+    """Designer / asset / composer seed of the imitation pool (must differ from --seed: no scene of W is reused)."""
+    il_variants_per_task: int = 2
+    """Scene variants per command in the imitation pool."""
     variants_per_task: int = 1
     """Scene variants per task (both pools)."""
     num_distractors: str = "0-1"
@@ -79,9 +85,9 @@ class Args:
     """Extra compose_scene.py flags, written with "=" (e.g. --compose-extra="--solver-attempts 2")."""
     num_inference_steps: int = 1
     """K of the flow chain (imitation checkpoint and PPOFlow)."""
-    il_episodes: int = 300
+    il_episodes: int = 1500
     """Successful expert demos of the N = 0 start, spread over its scenes."""
-    il_steps: int = 4000
+    il_steps: int = 8000
     """Imitation gradient steps of the N = 0 start."""
     ppo_num_envs: int = 8
     """PPOFlow parallel envs (one CPU worker each)."""
@@ -138,6 +144,19 @@ def read_tasks(path: str) -> list[str]:
     if not p.exists():
         raise SystemExit(f"table1_study.py: --tasks-file: {p} does not exist (fix: see examples/tasks_study.txt)")
     return [x.strip() for x in p.read_text().splitlines() if x.strip() and not x.lstrip().startswith("#")]
+
+
+def disjoint_pools(a: Path, b: Path) -> list[str]:
+    """Scenes of pool b that are also in pool a: the same scene id, or the same layout (objects, assets, poses)."""
+    def keys(d: Path) -> dict[str, str]:
+        out = {}
+        for p in sorted(d.glob("*/manifest.json")):
+            m = json.loads(p.read_text())
+            out[p.parent.name] = json.dumps([(o["asset_id"], [round(x, 4) for x in o["init_xyz"]]) for o in m["objects"]],
+                                            sort_keys=True)
+        return out
+    ka, kb = keys(a), keys(b)
+    return sorted(k for k, v in kb.items() if k in ka or v in set(ka.values()))
 
 
 def t_interval(xs: list[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -214,13 +233,17 @@ def main(args: Args) -> Path:
     (out / "args.json").write_text(json.dumps({"schema_version": 1, "args": asdict(args)}, indent=2))
     logs, steps, t0 = out / "logs", out / "steps.json", time.time()
     cx = shlex.split(args.compose_extra)
-    w_tasks, il_tasks = read_tasks(args.tasks_file), read_tasks(args.il_tasks_file)
-    if overlap := set(w_tasks) & set(il_tasks):
-        raise SystemExit(f"table1_study.py: --il-tasks-file: {sorted(overlap)} are also in W (fix: other objects)")
+    w_tasks = read_tasks(args.tasks_file)
+    il_tasks = read_tasks(args.il_tasks_file) if args.il_tasks_file else w_tasks
+    if args.il_seed == args.seed:
+        raise SystemExit(f"table1_study.py: --il-seed {args.il_seed} equals --seed: the imitation pool would rebuild W's "
+                         "scenes (fix: another --il-seed)")
     w = make_scenes(out / "W", w_tasks, args.variants_per_task, args.num_distractors, args.seed, args.env_workers,
                     logs, steps, args.dry_run, "W_", cx, out / "assets")
-    il_pool = make_scenes(out / "IL", il_tasks, args.variants_per_task, args.num_distractors, args.seed,
+    il_pool = make_scenes(out / "IL", il_tasks, args.il_variants_per_task, args.num_distractors, args.il_seed,
                           args.env_workers, logs, steps, args.dry_run, "IL_", cx, out / "assets")  # shared asset cache
+    if not args.dry_run and (same := disjoint_pools(w, il_pool)):
+        raise SystemExit(f"table1_study.py: imitation scenes {same} are also in W (same id or content; fix: --il-seed)")
     composed = sorted(p.parent.name for p in w.glob("*/manifest.json"))
     h = max(args.ns)
     if not args.dry_run and (len(composed) < max(args.min_pool, h + 1)):
@@ -318,7 +341,9 @@ def write_report(out: Path, args: Args, h0: list[str], w: list[str], groups: dic
     (out / "report.json").write_text(json.dumps(rep, indent=2, default=str))
     md = [f"# Table-1 study: PPOFlow across generated scenes ({args.preset}, K={args.num_inference_steps})\n",
           f"W: {len(w)} composed scenes ({args.tasks_file}); H_0 = first {max(args.ns)} of the split; OOD = {len(ood)} "
-          f"scenes; N=0 start trained on {args.il_tasks_file} (not in W). Evaluation: deterministic, "
+          f"scenes; N=0 start trained on {args.il_variants_per_task} other variants (seed {args.il_seed}: other layouts, "
+          f"object instances, distractors) of {args.il_tasks_file or 'the same commands'}, no scene of W. "
+          "Evaluation: deterministic, "
           f"{args.eval_episodes} episodes per scene, seeds from {args.eval_seed}. Final PPOFlow checkpoints "
           "(no early stopping).\n", table_md(rows),
           "SR in %; intervals: Student t over training seeds where a row has several runs, else Wilson over "

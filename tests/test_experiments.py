@@ -98,6 +98,23 @@ def test_study_task_lists_cover_eight_families_and_do_not_overlap():
     assert len(w) >= 24 and len(families) >= 8 and not set(w) & set(il)
 
 
+def test_imitation_pool_must_share_no_scene_with_w(tmp_path):
+    def pool(name, scenes):
+        for sid, objs in scenes.items():
+            (tmp_path / name / sid).mkdir(parents=True)
+            (tmp_path / name / sid / "manifest.json").write_text(json.dumps(
+                {"objects": [{"asset_id": a, "init_xyz": xyz} for a, xyz in objs]}))
+        return tmp_path / name
+    w = pool("W", {"a-v0": [("carrot1", [0.3, 0.1, 0.0]), ("plate1", [0.25, -0.1, 0.0])]})
+    il = pool("IL", {"a-v1": [("carrot2", [0.3, 0.1, 0.0]), ("plate1", [0.25, -0.1, 0.0])],  # other carrot instance
+                     "a-v2": [("carrot1", [0.3, 0.1, 0.0]), ("plate1", [0.25, -0.1, 0.0])],  # W's layout again
+                     "a-v0": [("carrot3", [0.2, 0.0, 0.0])]})  # W's scene id
+    assert t1.disjoint_pools(w, il) == ["a-v0", "a-v2"]
+    r = subprocess.run([sys.executable, str(REPO / "experiments/table1_study.py"), "--out-dir", str(tmp_path / "s"),
+                        "--il-seed", "0", "--dry-run"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode != 0 and "--il-seed" in r.stderr
+
+
 def test_study_dry_run_commands_parse_and_cover_every_stage(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "experiments/table1_study.py"), "--out-dir", str(tmp_path),
                           "--dry-run"], capture_output=True, text=True, timeout=120, cwd=REPO)
@@ -120,6 +137,7 @@ def test_study_runs_end_to_end_at_a_tiny_budget_and_resumes(tmp_path):
     (tmp_path / "il.txt").write_text("put the yellow cube on the plate\n")
     cmd = [sys.executable, str(REPO / "experiments/table1_study.py"), "--out-dir", str(tmp_path / "study"),
            "--tasks-file", str(tmp_path / "w.txt"), "--il-tasks-file", str(tmp_path / "il.txt"), "--num-distractors", "0",
+           "--il-variants-per-task", "1",
            "--min-pool", "2", "--ns", "1", "--multi-seed-n", "1", "--num-seeds", "2", "--env-workers", "2",
            "--il-episodes", "2", "--il-steps", "10", "--ppo-num-envs", "2", "--ppo-num-steps", "2", "--ppo-minibatch", "4",
            "--ppo-update-epochs", "1", "--ppo-iterations", "1", "--eval-episodes", "1", "--max-decisions", "20",
