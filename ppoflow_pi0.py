@@ -23,6 +23,7 @@ import math
 import os
 import random
 import re
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -369,6 +370,22 @@ class ByteTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return [self.bos_id] + [b + 3 for b in (text + "\n").encode("utf-8")]  # PaliGemma prompt: bos text \n
+
+
+    def as_pretrained(self):
+        """The same tokenizer as a transformers `PreTrainedTokenizerFast` (save_pretrained / AutoTokenizer work):
+        a byte-level BPE without merges whose id of byte b is 3 + b, so `HFTokenizer` on its folder encodes
+        exactly as this class."""
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+        byte_char = bytes_to_unicode()  # byte -> its printable stand-in, the mapping ByteLevel pre-tokenizing uses
+        vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, **{byte_char[b]: 3 + b for b in range(256)}}
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        tok.decoder = decoders.ByteLevel()
+        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
 
 
 class HFTokenizer:
@@ -878,6 +895,14 @@ def load_policy(path: str | os.PathLike, device: str = "cpu", stats_file: str = 
         pi0 = PI0ForConditionalGeneration.from_pretrained(path)
         if tokenizer_path is None and any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model")):
             tok = {"kind": "hf", "path": str(path)}
+        if (path / EXPORT_CONFIG).exists():  # written by export_pretrained: our heads and statistics come back
+            from safetensors.torch import load_file
+
+            side = json.loads((path / EXPORT_CONFIG).read_text())
+            cfg = PolicyConfig(**{**side["model_config"], "pi0": pi0.config.to_dict(), **overrides})
+            policy = PI0Policy(cfg, Normalizer(**side["normalizer"]), tok)
+            policy.load_weights({**{f"pi0.{k}": v for k, v in pi0.state_dict().items()}, **load_file(str(path / EXPORT_HEADS))})
+            return policy.to(device)
         vocab = pi0.config.vlm_config.text_config.vocab_size
         if tokenizer_path is None and tok["kind"] == "bytes" and vocab != ByteTokenizer.vocab_size:
             raise CheckpointError(f"{path}: a pi0 folder with a {vocab}-token vocabulary and no tokenizer files (fix: "
@@ -908,6 +933,53 @@ def load_policy(path: str | os.PathLike, device: str = "cpu", stats_file: str = 
         policy = PI0Policy(cfg, Normalizer.from_stats_file(stats_file), tok)
         policy.load_weights(sd)
     return policy.to(device)
+
+
+EXPORT_CONFIG, EXPORT_HEADS = "policy_config.json", "policy_heads.safetensors"
+
+
+def merged_pi0(policy: PI0Policy) -> nn.Module:
+    """A copy of `policy.pi0` whose LoRA adapters peft has merged into the base weights and removed (plain
+    transformers modules again)."""
+    import copy
+
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    pi0 = copy.deepcopy(policy.pi0)
+    for name, mod in list(pi0.named_modules()):
+        if isinstance(mod, BaseTunerLayer):
+            mod.merge()
+            parent, _, attr = name.rpartition(".")
+            setattr(pi0.get_submodule(parent) if parent else pi0, attr, mod.get_base_layer())
+    return pi0
+
+
+def export_pretrained(policy: PI0Policy, folder: str | os.PathLike) -> Path:
+    """The policy as a transformers folder that `PI0ForConditionalGeneration.from_pretrained` reads: config.json +
+    model.safetensors (LoRA merged), the tokenizer (tokenizer.json; the byte tokenizer as a PreTrainedTokenizerFast),
+    and two side files `load_policy` reads back: policy_config.json (chunk, K, sigma bounds, time / position
+    conventions, normalisation statistics) and policy_heads.safetensors (noise and value heads)."""
+    from safetensors.torch import save_file
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    pi0 = merged_pi0(policy)
+    for c in (pi0.config.vlm_config.text_config, pi0.config.dit_config):
+        c._attn_implementation = "eager"  # soft-capping is ours: policy_config.json's attn_softcap restores it
+    pi0.save_pretrained(out)
+    if policy.tokenizer_spec.get("kind") == "hf":
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(policy.tokenizer_spec["path"]).save_pretrained(out)
+    else:
+        ByteTokenizer().as_pretrained().save_pretrained(out)
+    sd = policy.state_dict()
+    save_file({k: v.detach().cpu().contiguous() for k, v in sd.items() if k.startswith(("noise_head.", "value_head."))},
+              str(out / EXPORT_HEADS))
+    cfg = {**asdict(policy.config), "lora_rank": 0, "lora_expert": False, "pi0": {}}  # pi0: config.json
+    ss.write_json_atomic(out / EXPORT_CONFIG, {"schema_version": CKPT_SCHEMA_VERSION, "model_config": cfg,
+                                               "normalizer": asdict(policy.normalizer)})
+    return out
 
 
 def torch_save_atomic(obj: Any, path: Path) -> None:
@@ -1336,8 +1408,22 @@ def gather_metrics(m: dict[str, list], world: int) -> dict[str, float]:
     return {k: float(np.mean(v)) if (v := [x for r in merged for x in r[k]]) else float("nan") for k in m}
 
 
+@dataclass
+class ExportArgs:
+    """python ppoflow_pi0.py export --ckpt runs/ppo/ckpt_final.pt --out exported/ppo   (see export_pretrained)"""
+
+    ckpt: str
+    """A ckpt_*.pt of ppoflow_pi0.py / train_imitation.py."""
+    out: str
+    """Folder to write (transformers save_pretrained layout + policy_config.json + policy_heads.safetensors)."""
+
+
 if __name__ == "__main__":
     try:
+        if sys.argv[1:2] == ["export"]:
+            a = tyro.cli(ExportArgs, args=sys.argv[2:])
+            print(f"[export] {export_pretrained(load_policy(a.ckpt), a.out)}")
+            raise SystemExit(0)
         main(tyro.cli(Args))
     except CheckpointError as e:  # a bad --resume / --init file: one clear line, no traceback
         raise SystemExit(f"ppoflow_pi0.py: error: {e}") from None

@@ -589,3 +589,37 @@ def test_lora_expert_keeps_trainable_adapters_on_the_expert(freeze_vlm):
 def test_lora_expert_without_a_rank_is_a_clear_error():
     with pytest.raises(ValueError, match="--lora-rank"):
         tiny_policy(lora_rank=0, lora_expert=True)
+
+
+def test_export_round_trip_through_transformers_from_pretrained(tmp_path):
+    """A LoRA-adapted policy exported with save_pretrained: transformers loads the folder, the merged weights are
+    the policy's own effective weights, and load_policy of the folder acts as the checkpoint within 1e-5."""
+    from transformers import AutoTokenizer, PI0ForConditionalGeneration
+
+    pol = tiny_policy(lora_rank=4, lora_expert=True, value_state=True).eval()
+    with torch.no_grad():
+        for n, p in pol.named_parameters():
+            if "lora_B" in n or n.startswith(("noise_head.", "value_head.")):
+                p.normal_(0, 0.05)  # non-trivial adapters and heads
+    P.torch_save_atomic(P.policy_checkpoint(pol, iteration=0), tmp_path / "ckpt.pt")
+    r = subprocess.run([sys.executable, str(REPO / "ppoflow_pi0.py"), "export", "--ckpt", str(tmp_path / "ckpt.pt"),
+                        "--out", str(tmp_path / "hf")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    native = PI0ForConditionalGeneration.from_pretrained(tmp_path / "hf")
+    assert (tmp_path / "hf" / "model.safetensors").exists()
+    assert not any("lora_" in k or "base_layer" in k for k in native.state_dict())
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert [tok.bos_token_id] + tok("put the carrot\n", add_special_tokens=False)["input_ids"] == \
+        P.ByteTokenizer().encode("put the carrot")
+    back = P.load_policy(tmp_path / "hf").eval()
+    assert back.config.value_state and back.normalizer == pol.normalizer and back.config.chunk == pol.config.chunk
+    obs = fake_obs(3)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a0 = pol.act(obs, deterministic=True)
+        torch.manual_seed(0)
+        a1 = back.act(obs, deterministic=True)
+        inp = pol.obs_to_inputs(obs)
+        v0, v1 = pol.value(pol.encode(inp)), back.value(back.encode(back.obs_to_inputs(obs)))
+    torch.testing.assert_close(a1, a0, rtol=0, atol=1e-5)
+    torch.testing.assert_close(v1, v0, rtol=0, atol=1e-5)
