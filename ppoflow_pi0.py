@@ -26,6 +26,7 @@ import re
 import sys
 import tempfile
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -64,6 +65,9 @@ class Args:
     init: str | None = None
     """Start from this policy: our checkpoint (train_imitation.py), a transformers/lerobot pi0 folder or an
     open-pi-zero `.pt`. Without it the `--preset` model starts from random weights."""
+    dry_run: bool = False
+    """Print parameter counts and an estimate of peak training memory per rank for this configuration, build the
+    model on PyTorch's meta device (no weights allocated, no env started), and exit."""
     resume: str | None = None
     """Resume from one of this run's `ckpt_<iter>.pt` (model, optimizer, scheduler, RNG, iteration; metrics.jsonl is
     cut back to that iteration). Pass the original command's model flags: a mismatch is an error. Guarantee: the
@@ -1247,6 +1251,35 @@ def load_demo_batch(args: Args, policy: PI0Policy) -> dict:
     return out
 
 
+def memory_estimate(args: Args, world: int = 1) -> dict:
+    """Parameter counts and a peak-memory estimate per rank, from a model built on the meta device (nothing is
+    allocated). Weights fp32 (master copy), gradients + AdamW's two moments fp32 for the trainable ones, and
+    activations of one micro-batch: tokens x hidden x layers x 34 bytes for the VLM prefix and the expert, the
+    per-layer cost of a transformer block without activation checkpointing (Korthikanti et al. 2022, bf16 ~ fp32/2).
+    A rough upper bound to size a run, not a measurement."""
+    with torch.device("meta"):
+        policy = build_policy(dataclasses.replace(args, init=None)) if args.init is None else None
+    if policy is None:  # an --init checkpoint: its config, still on meta
+        ck = read_checkpoint(args.init, "a policy checkpoint") if not Path(args.init).is_dir() else None
+        cfg = PolicyConfig(**ck["model_config"]) if ck and ck.get("kind") == "pi0_policy" else preset_config(args.preset)
+        with torch.device("meta"):
+            policy = PI0Policy(cfg, Normalizer.from_stats_file(args.stats_file), {"kind": "bytes"})
+    c = policy.config
+    total = sum(p.numel() for p in policy.parameters())
+    train = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    text, dit = c.pi0["vlm_config"]["text_config"], c.pi0["dit_config"]
+    vis = c.pi0["vlm_config"]["vision_config"]
+    n_img = (vis["image_size"] // vis["patch_size"]) ** 2
+    micro = args.micro_batch_size or max(1, args.minibatch_size // world)
+    act = lambda tok, h, layers: micro * tok * h * layers * 34  # noqa: E731
+    act_b = (act(n_img, vis["hidden_size"], vis["num_hidden_layers"]) + act(n_img + c.max_text_tokens, text["hidden_size"],
+             text["num_hidden_layers"]) + act((c.num_steps + 1) * (c.chunk + 1), dit["hidden_size"], dit["num_hidden_layers"]))
+    est = {"params_total": total, "params_trainable": train, "weights_gb": 4 * total / 1e9,
+           "grads_optimizer_gb": 12 * train / 1e9, "activations_gb": act_b / 1e9, "micro_batch": micro}
+    est["peak_gb"] = est["weights_gb"] + est["grads_optimizer_gb"] + est["activations_gb"]
+    return est
+
+
 def setup_distributed(device_flag: str) -> tuple[int, int, torch.device]:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
@@ -1286,6 +1319,14 @@ def build_policy(args: Args) -> PI0Policy:
 
 def main(args: Args, env_fn: Callable | None = None) -> Path:
     """`env_fn(scenes, num_envs, cfg, seed, workers)` builds the vector env (default scene_env.make_vec_env)."""
+    if args.dry_run:
+        w = int(os.environ.get("WORLD_SIZE", 1))
+        est = memory_estimate(args, w)
+        print(f"[ppoflow] dry run ({args.preset if not args.init else args.init}, {w} rank(s)): "
+              f"{est['params_total'] / 1e6:.1f}M parameters, {est['params_trainable'] / 1e6:.1f}M trainable; peak per rank "
+              f"~{est['peak_gb']:.1f} GB = weights {est['weights_gb']:.1f} + grads/AdamW {est['grads_optimizer_gb']:.1f} + "
+              f"activations {est['activations_gb']:.1f} (micro-batch {est['micro_batch']}; --micro-batch-size lowers it)")
+        return Path(args.out or ".")
     rank, world, device = setup_distributed(args.device)
     out = Path(args.out or f"runs/{args.exp_name}_s{args.seed}")
     ckpt = None

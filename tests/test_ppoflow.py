@@ -623,3 +623,15 @@ def test_export_round_trip_through_transformers_from_pretrained(tmp_path):
         v0, v1 = pol.value(pol.encode(inp)), back.value(back.encode(back.obs_to_inputs(obs)))
     torch.testing.assert_close(a1, a0, rtol=0, atol=1e-5)
     torch.testing.assert_close(v1, v0, rtol=0, atol=1e-5)
+
+
+def test_dry_run_counts_parameters_on_meta_and_writes_nothing(tmp_path):
+    args = fast_args(tmp_path / "run", dry_run=True, lora_rank=4, micro_batch_size=8)
+    est = P.memory_estimate(args)
+    real = P.build_policy(fast_args(tmp_path / "run", lora_rank=4))
+    assert est["params_total"] == sum(p.numel() for p in real.parameters())
+    assert est["params_trainable"] == sum(p.numel() for p in real.parameters() if p.requires_grad)
+    assert est["micro_batch"] == 8 and est["peak_gb"] > est["weights_gb"] > 0
+    assert P.memory_estimate(fast_args(tmp_path, micro_batch_size=64))["activations_gb"] > est["activations_gb"]
+    P.main(args)
+    assert not (tmp_path / "run").exists()
