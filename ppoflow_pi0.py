@@ -110,6 +110,16 @@ class Args:
     """Transitions per gradient step (global across ranks)."""
     micro_batch_size: int | None = None
     """Split each minibatch into micro-batches of this size per rank (gradient accumulation, saves memory)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """bfloat16: autocast the forward passes to bf16; master weights, gradients, AdamW state, log-probs and the PPO
+    ratio stay fp32, and old log-probs are re-scored by the update's own forward before its first step, so the
+    first minibatch's ratio is exactly 1 (bf16 results depend on the batch shape)."""
+    tf32: bool = True
+    """Allow TF32 matmuls / convolutions on CUDA (no effect on CPU)."""
+    grad_checkpointing: bool = False
+    """Activation checkpointing in the VLM and expert during the update (less memory, ~30% more compute)."""
+    compile_act: bool = False
+    """torch.compile the rollout's encode + chain (the act() path; see benchmarks/bench_policy.py)."""
     update_epochs: int = 1
     """Passes over the batch per iteration (UTD ratio)."""
     num_iterations: int = 100
@@ -696,13 +706,13 @@ class PI0Policy(nn.Module):
         else score the given chain [B, K+1, C, A]. Returns chain, logp [B], log_std [B, K, C, A]."""
         K, B = self.config.num_steps, prefix.z.shape[0]
         C, A, dt = self.config.chunk, self.config.action_dim, 1.0 / self.config.num_steps
-        a = chain[:, 0] if chain is not None else torch.randn(B, C, A, device=prefix.z.device)
+        a = (chain[:, 0] if chain is not None else torch.randn(B, C, A, device=prefix.z.device)).float()
         logp = gaussian_log_prob(a, torch.zeros_like(a), torch.zeros_like(a)).sum((1, 2))  # log N(A^0; 0, I)
         samples, log_stds = [a], []
         for k in range(K):
             tau = torch.full((B,), k * dt, device=a.device)
-            mean = a + self.velocity(prefix, a, tau) * dt  # Eq. 3
-            log_std = self.log_sigma(a, prefix.z, tau)
+            mean = a + self.velocity(prefix, a, tau).float() * dt  # Eq. 3 (fp32 under bf16 autocast)
+            log_std = self.log_sigma(a, prefix.z, tau).float()
             if chain is not None:
                 nxt = chain[:, k + 1]
             else:
@@ -1043,9 +1053,16 @@ def _rows(obs: dict, idx: list[int]) -> dict:
     return {k: (v[idx] if hasattr(v, "shape") else [v[i] for i in idx]) for k, v in obs.items()}
 
 
+def autocast(device, dtype: str):
+    """bf16 autocast of the forward passes (a no-op for float32): weights stay fp32 masters."""
+    dev = torch.device(device).type
+    return torch.autocast(dev, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+
 @torch.no_grad()
 def rollout(policy: PI0Policy, envs, num_steps: int, gamma: float, seed: int, device,
-            bootstrap_truncated: bool = True, max_decisions: int | None = None) -> tuple[dict, dict]:
+            bootstrap_truncated: bool = True, max_decisions: int | None = None, dtype: str = "float32",
+            act_fn: Callable | None = None) -> tuple[dict, dict]:
     """Collect num_steps decisions from every env (reset with `seed`). Stores the whole chain A^0..A^K, old
     log-probs and values; truncated episodes get gamma * V(final obs) added to their last reward (unless
     `bootstrap_truncated` is off: then a time-out ends the episode like a failure). With a time-aware value head
@@ -1062,12 +1079,13 @@ def rollout(policy: PI0Policy, envs, num_steps: int, gamma: float, seed: int, de
     buf: dict[str, list] = {k: [] for k in keys}
     ep_ret, ep_stats, sigmas = torch.zeros(N), {"return": [], "success": [], "time_to_finish": [], "length": []}, []
     ep_len = torch.zeros(N)
+    sample = act_fn or (lambda inp, tl: _sample(policy, inp, tl, device))
     for _ in range(num_steps):
         inp = policy.obs_to_inputs(obs)
-        prefix = policy.encode(_to(inp, device))
-        chain, logp, log_std = policy.chain(prefix)  # [N, K+1, C, A], [N]
         time_left = ttg(ep_len)  # [N] before this decision (None without a time input)
-        value = policy.value(prefix, time_left)
+        with autocast(device, dtype):
+            chain, logp, log_std, value = sample(inp, time_left)  # [N, K+1, C, A], [N], .., [N]
+        value = value.float()
         obs, reward, term, trunc, info = envs.step(policy.normalizer.env_action(chain[:, -1], policy.config.action_clip).cpu())
         reward, term, trunc = torch.as_tensor(reward).float().cpu(), torch.as_tensor(term).bool().cpu(), torch.as_tensor(trunc).bool().cpu()
         ep_ret += reward
@@ -1076,7 +1094,8 @@ def rollout(policy: PI0Policy, envs, num_steps: int, gamma: float, seed: int, de
         if boot:  # time limit, not a failure: bootstrap from the pre-reset observation  # ALGO LOGIC
             final = policy.obs_to_inputs(_rows(info["final_observation"], boot))
             tl = ttg(ep_len[boot])  # 0 at the time limit
-            reward[boot] += gamma * policy.value(policy.encode(_to(final, device)), tl).float().cpu()
+            with autocast(device, dtype):
+                reward[boot] += gamma * policy.value(policy.encode(_to(final, device)), tl).float().cpu()
         done = term | trunc
         for i in done.nonzero().flatten().tolist():
             succ = bool(torch.as_tensor(info["success"])[i])
@@ -1092,10 +1111,18 @@ def rollout(policy: PI0Policy, envs, num_steps: int, gamma: float, seed: int, de
                 buf[k].append(v)
         sigmas.append(log_std.exp().cpu())
     batch = {k: torch.stack(v) for k, v in buf.items() if v}  # [T, N, ...]
-    batch["last_value"] = policy.value(policy.encode(_to(policy.obs_to_inputs(obs), device)), ttg(ep_len)).cpu()
+    with autocast(device, dtype):
+        batch["last_value"] = policy.value(policy.encode(_to(policy.obs_to_inputs(obs), device)), ttg(ep_len)).float().cpu()
     sig = torch.stack(sigmas)
     ep_stats.update(sigma_mean=[float(sig.mean())], sigma_min=[float(sig.min())], sigma_max=[float(sig.max())])
     return batch, ep_stats
+
+
+def _sample(policy: PI0Policy, inp: dict, time_left, device):
+    """One rollout decision: prefix once, the sampled chain with its log-prob, and V (the act() path)."""
+    prefix = policy.encode(_to(inp, device))
+    chain, logp, log_std = policy.chain(prefix)
+    return chain, logp, log_std, policy.value(prefix, time_left)
 
 
 def allreduce_grads(params: list[torch.Tensor], world: int) -> None:
@@ -1133,10 +1160,19 @@ def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret
     actor = [p for n, p in policy.named_parameters() if p.requires_grad and not n.startswith("value_head.")]
     stats: dict[str, list] = {}
     epochs_run = 0
-    for _ in range(args.update_epochs):
+    perms = [torch.randperm(B) for _ in range(args.update_epochs)]
+    if args.dtype == "bfloat16":  # re-score the rollout's chains with the update's forward (shapes): ratio 1 at start
+        flat["logp"] = flat["logp"].clone()
+        with torch.no_grad():
+            for start in range(0, B - mb + 1, mb):
+                for m0 in range(0, mb, micro):
+                    sub = perms[0][start : start + mb][m0 : m0 + micro]
+                    with autocast(device, args.dtype):
+                        inp = _to({k: flat[k][sub] for k in ("rgb", "state", "ids", "mask")}, device)
+                        flat["logp"][sub] = policy.chain(policy.encode(inp), chain=flat["chain"][sub].to(device))[1].float().cpu()
+    for perm in perms:
         epochs_run += 1
         epoch_kl = []
-        perm = torch.randperm(B)
         for start in range(0, B - mb + 1, mb):
             idx = perm[start : start + mb]
             mb_adv = adv[idx]
@@ -1146,10 +1182,11 @@ def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret
             for m0 in range(0, mb, micro):
                 sub = idx[m0 : m0 + micro]
                 inp = _to({k: flat[k][sub] for k in ("rgb", "state", "ids", "mask")}, device)
-                prefix = policy.encode(inp)
                 chain = flat["chain"][sub].to(device)
-                _, logp, log_std = policy.chain(prefix, chain=chain)
-                value = policy.value(prefix, flat["time_left"][sub] if "time_left" in flat else None)
+                with autocast(device, args.dtype):
+                    prefix = policy.encode(inp)
+                    _, logp, log_std = policy.chain(prefix, chain=chain)
+                    value = policy.value(prefix, flat["time_left"][sub] if "time_left" in flat else None).float()
                 pg, s = ppo_loss(logp, flat["logp"][sub].to(device), mb_adv[m0 : m0 + micro].to(device),
                                  args.ratio_power, args.clip_coef)
                 v_loss = value_loss(value, flat["value"][sub].to(device), ret[sub].to(device), args.value_clip)
@@ -1349,6 +1386,11 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     else:
         policy = build_policy(args)
     policy.to(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
+    if args.grad_checkpointing:
+        policy.pi0.gradient_checkpointing_enable()  # transformers' layers recompute activations in backward
+    act_fn = torch.compile(lambda inp, tl: _sample(policy, inp, tl, device)) if args.compile_act else None
     if world > 1:
         import torch.distributed as dist
 
@@ -1385,7 +1427,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
         for it in range(start, args.num_iterations):
             t0 = time.time()
             batch, ep = rollout(policy, envs, args.num_steps, args.gamma, env_seed(args.seed, it, rank), device,
-                                args.bootstrap_truncated, args.env.max_decisions)
+                                args.bootstrap_truncated, args.env.max_decisions, args.dtype, act_fn)
             t1 = time.time()
             adv, ret = compute_gae(batch["reward"], batch["value"], batch["done"], batch["last_value"], args.gamma, args.gae_lambda)
             upd = ppo_update(policy, optimizer, batch, adv, ret, args, world, device,

@@ -219,3 +219,31 @@ def test_demo_bc_anchor_without_demos_is_a_clear_error(tmp_path):
     args = fast_args(tmp_path / "run", num_iterations=1, eval_every=0, demo_bc_coef=0.1, demos=str(tmp_path / "demos.pt"))
     P.main(args, env_fn=FakeVecEnv)
     assert json.loads((tmp_path / "run/metrics.jsonl").read_text())["losses/demo_bc_loss"] > 0
+
+
+def test_bf16_autocast_keeps_fp32_masters_and_starts_the_update_at_ratio_one(tmp_path, monkeypatch):
+    """--dtype bfloat16 (CPU autocast here): the first minibatch's PPO ratio is exactly 1 (old log-probs re-scored
+    with the update's own forward), log-probs are fp32, and the first step changes the fp32 master weights."""
+    ratios, before = [], {}
+    orig = P.ppo_loss
+
+    def spy(logp_new, logp_old, *a):
+        ratios.append((logp_new.dtype, torch.exp(logp_new.detach() - logp_old.detach())))
+        return orig(logp_new, logp_old, *a)
+
+    monkeypatch.setattr(P, "ppo_loss", spy)
+    orig_update = P.ppo_update
+
+    def update(policy, *a, **kw):
+        if not before:
+            before.update({n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad})
+        return orig_update(policy, *a, **kw)
+
+    monkeypatch.setattr(P, "ppo_update", update)
+    out = tmp_path / "run"
+    P.main(fast_args(out, dtype="bfloat16", num_iterations=1, eval_every=0, minibatch_size=3), env_fn=FakeVecEnv)
+    dtype, r0 = ratios[0]
+    assert dtype == torch.float32 and torch.equal(r0, torch.ones_like(r0))
+    sd = torch.load(out / "ckpt_final.pt", weights_only=False)["model"]
+    changed = [n for n, v in before.items() if not torch.equal(v, sd[n])]
+    assert all(sd[n].dtype == torch.float32 for n in before) and len(changed) > len(before) // 2
