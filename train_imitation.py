@@ -68,7 +68,12 @@ class Args:
     success_only: bool = True
     """Keep only episodes the scripted expert solved."""
     demos: str | None = None
-    """Reuse a demos.pt written by an earlier run instead of collecting."""
+    """Reuse a demos.pt written by an earlier run instead of collecting (this policy's image size and tokenizer)."""
+    dataset: str | None = None
+    """Train from a LeRobotDataset of demos (an earlier run's <out>/dataset) instead of collecting: any image size
+    and tokenizer, since frames and task texts are stored raw."""
+    write_dataset: bool = True
+    """Also write the collected demos as a LeRobotDataset (v2.1 layout) to <out>/dataset."""
     stats_from_demos: bool = True
     """Compute the normalisation statistics from the demos (else `--stats-file`)."""
     stats_file: str | None = None
@@ -101,30 +106,52 @@ class Args:
 def collect_demos(envs, policy, episodes: int, max_decisions: int, success_only: bool, seed: int) -> dict:
     """Run the scripted expert in every env until `episodes` episodes are kept. Returns the policy's stored
     inputs (rgb u8 resized to the model, raw state, tokens) and env-space action chunks [M, C, 7]."""
-    obs, _ = envs.reset(seed=seed)
+    obs, info = envs.reset(seed=seed)
     N = envs.num_envs
+    scene_ids = list(info.get("scene_id", getattr(envs, "scene_ids", [""] * N)))
     pending: list[list[dict]] = [[] for _ in range(N)]
     kept: list[dict] = []
+    raw_episodes: list[dict] = []  # the env's own frames and texts: the LeRobotDataset (lerobot_format.py)
     n_ep = n_succ = 0
     for _ in range(max_decisions):
         action = torch.as_tensor(envs.expert_actions()).float()  # [N, C, 7] privileged scripted expert
         inp = policy.obs_to_inputs(obs)
         for i in range(N):
-            pending[i].append({**{k: v[i] for k, v in inp.items()}, "action": action[i]})
+            pending[i].append({**{k: v[i] for k, v in inp.items()}, "action": action[i],
+                               "frame": torch.as_tensor(obs["rgb"][i]), "task": obs["instruction"][i], "scene": scene_ids[i]})
         obs, _, term, trunc, info = envs.step(action)
         for i in (torch.as_tensor(term) | torch.as_tensor(trunc)).nonzero().flatten().tolist():
             succ = bool(torch.as_tensor(info["success"])[i])
             n_ep, n_succ = n_ep + 1, n_succ + succ
             if succ or not success_only:
                 kept.extend(pending[i])
+                raw_episodes.append({"rgb": torch.stack([t["frame"] for t in pending[i]]).numpy(),
+                                     "state": torch.stack([t["state"] for t in pending[i]]).numpy(),
+                                     "action": torch.stack([t["action"] for t in pending[i]]).numpy(),
+                                     "task": pending[i][0]["task"], "scene_id": pending[i][0]["scene"]})
             pending[i] = []
+        scene_ids = list(info.get("scene_id", scene_ids))
         if n_succ >= episodes if success_only else n_ep >= episodes:
             break
     if not kept:
         raise RuntimeError(f"the scripted expert solved 0 of {n_ep} episodes: check the scenes (compose_scene.py QA) "
                            "or pass --no-success-only")
-    demos = {k: torch.stack([t[k] for t in kept]) for k in kept[0]}
+    demos = {k: torch.stack([t[k] for t in kept]) for k in ("rgb", "state", "ids", "mask", "action")}
     demos["episodes"], demos["expert_success_rate"] = torch.tensor(n_ep), torch.tensor(n_succ / max(n_ep, 1))
+    return demos, raw_episodes
+
+
+def demos_from_dataset(root: str, policy) -> dict:
+    """A LeRobotDataset of scripted demos (lerobot_format.py) as this policy's inputs: images resized to its image
+    size and instructions tokenised by its tokenizer here, so one dataset serves any size or tokenizer."""
+    import lerobot_format as lf
+
+    eps = lf.read_dataset(root)
+    parts = [policy.obs_to_inputs({"rgb": torch.from_numpy(e["rgb"]), "state": torch.from_numpy(e["state"]),
+                                   "instruction": [e["task"]] * len(e["rgb"])}) for e in eps]
+    demos = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    demos["action"] = torch.cat([torch.from_numpy(e["action"]) for e in eps])
+    demos["episodes"], demos["expert_success_rate"] = torch.tensor(len(eps)), torch.tensor(float("nan"))
     return demos
 
 
@@ -144,17 +171,23 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
         policy = pp.PI0Policy(pp.preset_config(args.preset, args.env.chunk, **ft),
                               pp.Normalizer.from_stats_file(args.stats_file or pp.DEFAULT_STATS), tok)
     envs = None
-    if args.demos:
+    if args.dataset:
+        demos = demos_from_dataset(args.dataset, policy)
+    elif args.demos:
         demos = torch.load(args.demos, weights_only=True)
     else:
         scenes = pp.resolve_scenes(pp.Args(scenes_dir=args.scenes_dir, scene_ids=args.scene_ids))
         envs = (env_fn or _make_vec_env)(scenes, args.num_envs, args.env, args.seed, args.env_workers)
         t0 = time.time()
         budget = args.max_collect_decisions or 4 * args.episodes * args.env.max_decisions // args.num_envs + 1
-        demos = collect_demos(envs, policy, args.episodes, budget, args.success_only, args.seed)
+        demos, raw = collect_demos(envs, policy, args.episodes, budget, args.success_only, args.seed)
         print(f"[imitation] {len(demos['action'])} transitions from {int(demos['episodes'])} expert episodes "
               f"(expert success {float(demos['expert_success_rate']):.2f}) in {time.time() - t0:.0f}s")
         pp.torch_save_atomic(demos, out / "demos.pt")
+        if args.write_dataset:
+            import lerobot_format as lf
+
+            lf.write_dataset(out / "dataset", raw, fps=1.0 / (args.env.chunk * args.env.control_dt))
     if args.stats_from_demos:  # normalisation from the demos (stored in the checkpoint)
         policy.normalizer = pp.Normalizer.from_data(demos["state"].numpy(), demos["action"].flatten(0, 1).numpy())
     policy.to(device).train()

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,12 +39,13 @@ class ExpertFakeEnv(FakeVecEnv):
 def test_collect_demos_keeps_only_successful_episodes():
     pol = tiny_policy()
     envs = ExpertFakeEnv(["x"], 3, EnvConfig(max_decisions=3))
-    demos = TI.collect_demos(envs, pol, episodes=6, max_decisions=20, success_only=True, seed=0)
+    demos, raw = TI.collect_demos(envs, pol, episodes=6, max_decisions=20, success_only=True, seed=0)
     M = len(demos["action"])
+    assert sum(len(e["rgb"]) for e in raw) == M and all(e["task"] and e["rgb"].shape[1:] == (32, 32, 3) for e in raw)
     assert M >= 4 and demos["rgb"].shape == (M, 3, 64, 64) and demos["action"].shape == (M, 4, 7)
     assert (demos["action"][:, :, 0] > 0).all()  # env 1's failing episodes were dropped
     assert 0 < float(demos["expert_success_rate"]) < 1
-    everything = TI.collect_demos(envs, pol, episodes=7, max_decisions=20, success_only=False, seed=0)
+    everything, _ = TI.collect_demos(envs, pol, episodes=7, max_decisions=20, success_only=False, seed=0)
     assert (everything["action"][:, :, 0] < 0).any()
 
 
@@ -88,3 +91,34 @@ def test_cli_smoke_then_ppoflow_starts_from_it(tmp_path):
                  env_fn=FakeVecEnv)
     ppo = torch.load(run / "ckpt_final.pt", map_location="cpu", weights_only=True)
     assert ppo["normalizer"] == ck["normalizer"] and ppo["model_config"]["lora_rank"] == 4
+
+
+def test_demos_round_trip_through_the_lerobot_dataset_layout(tmp_path):
+    """Checked against LeRobot's published v2.1 layout (meta/info.json, tasks/episodes jsonl, chunked parquet with
+    LeRobot's column names), not by `lerobot` itself: lerobot pins its own torch / datasets versions and cannot share
+    this venv within CI's budget."""
+    import pyarrow.parquet as pq
+
+    import lerobot_format as lf
+
+    pol = tiny_policy()
+    envs = ExpertFakeEnv(["x"], 3, EnvConfig(max_decisions=3))
+    demos, raw = TI.collect_demos(envs, pol, episodes=6, max_decisions=20, success_only=True, seed=0)
+    root = lf.write_dataset(tmp_path / "ds", raw, fps=1.25)
+    info = json.loads((root / "meta/info.json").read_text())
+    assert info["codebase_version"] == "v2.1" and info["total_episodes"] == len(raw) and info["fps"] == 1.25
+    assert info["total_frames"] == len(demos["action"]) and info["features"]["action"]["shape"] == [28]
+    t = pq.read_table(root / "data/chunk-000/episode_000000.parquet")
+    assert {"observation.images.primary", "observation.state", "action", "timestamp", "frame_index", "episode_index",
+            "index", "task_index"} <= set(t.column_names)
+    tasks = [json.loads(x) for x in (root / "meta/tasks.jsonl").read_text().splitlines()]
+    assert {x["task"] for x in tasks} == {e["task"] for e in raw}
+    back = lf.read_dataset(root)
+    for a, b in zip(raw, back):
+        assert np.array_equal(a["rgb"], b["rgb"]) and np.array_equal(a["state"], b["state"])
+        assert np.array_equal(a["action"], b["action"]) and a["task"] == b["task"]
+    again = TI.demos_from_dataset(str(root), pol)  # what --dataset trains on equals the collected demos
+    for k in ("rgb", "state", "ids", "mask", "action"):
+        assert torch.equal(again[k], demos[k]), k
+    with pytest.raises(FileNotFoundError, match="LeRobotDataset"):
+        lf.read_dataset(tmp_path)
