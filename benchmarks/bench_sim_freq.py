@@ -40,7 +40,7 @@ class Args:
     """First episode seed."""
     num_envs: int = 2
     """Parallel env workers."""
-    out_dir: str = "benchmarks/results/sim_freq"
+    out_dir: str = "out/bench_sim_freq"
     """Per-frequency evaluate.py folders and summary.json."""
 
 
