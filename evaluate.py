@@ -78,6 +78,9 @@ class Args:
     """Episode length in chunk decisions (default: the training run's, Table A.1: 25)."""
     sim_freq: Optional[int] = None
     """Physics frequency (Hz) of generated scenes (default: the training run's; SimplerEnv keeps its 500 Hz)."""
+    reuse_envs: bool = True
+    """Keep each env's worker processes and renderer from one generated scene to the next (the scene is rebuilt in
+    place); --no-reuse-envs builds a new env per scene (the behaviour before issue 17; benchmarks/bench_eval.py)."""
     success_check: Literal["step", "chunk"] = "step"
     """Eq. A.1 after every control step (time to finish at 0.2 s resolution) or at chunk ends only (as training)."""
     deterministic: bool = True
@@ -709,19 +712,25 @@ def evaluate_scenes(args: Args, plans: list[dict], paths: dict, policies: dict, 
     import torch
 
     order = list(dict.fromkeys(s for pl in plans for s in pl["scenes"]))
-    built = 0
+    built, pools = 0, {}  # env config -> an open env whose worker pool switches to the next generated scene
     for scene in order:
         groups: dict[str, list[dict]] = defaultdict(list)  # env config -> plans with episodes pending here
         for pl in plans:
             if any(key[0] == scene for key in pl["todo"]):
                 groups[ss.content_hash(asdict(pl["cfg"]))].append(pl)
-        for group in groups.values():
+        for key, group in groups.items():
             cfg, env = group[0]["cfg"], None
             n = max(1, min(args.num_envs, args.episodes_per_scene))
             try:
-                env = scene_env.make_vec_env([paths[scene]], num_envs=n, cfg=cfg, seed=args.seed,
-                                             workers=0 if n == 1 else None)  # 0: in this process, no worker pool
-                built += 1
+                env = pools.pop(key, None)
+                if env is not None and hasattr(env, "can_load") and env.can_load(paths[scene]):
+                    env.load_scenes([paths[scene]])  # same processes and renderer, the scene rebuilt in place
+                else:
+                    if env is not None:
+                        env.close()
+                    env = scene_env.make_vec_env([paths[scene]], num_envs=n, cfg=cfg, seed=args.seed,
+                                                 workers=0 if n == 1 else None)  # 0: in this process, no pool
+                    built += 1
                 for pl in group:
                     sp = pl["spec"]
                     torch.manual_seed(args.seed)  # stochastic policies (--no-deterministic) repeat too
@@ -736,9 +745,16 @@ def evaluate_scenes(args: Args, plans: list[dict], paths: dict, policies: dict, 
                 for pl in group:
                     errors.append({"policy": pl["spec"].name, "scene": scene, "error": f"{type(e).__name__}: {e}"})
                 print(f"[evaluate] scene {scene} failed: {type(e).__name__}: {e}", flush=True)
-            finally:
                 if env is not None:
                     env.close()
+                env = None
+            if env is not None:
+                if args.reuse_envs:
+                    pools[key] = env
+                else:
+                    env.close()
+    for env in pools.values():
+        env.close()
     return {"envs_built": built}
 
 

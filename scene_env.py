@@ -875,6 +875,16 @@ class _ChunkWorker:
     def get_wrapper_attr(self, name: str):  # what AsyncVectorEnv.call uses (this is not a gym.Wrapper)
         return getattr(self, name)
 
+    def load_pending(self):
+        """Switch to `self.pending_manifest` (set by ChunkVecEnv.load_scenes) in place: reconfigure, same process."""
+        self.specs = [("gen", self.pending_manifest)]
+        if self.runner is not None:
+            self.runner.load_manifests([self.pending_manifest])
+
+    def set_wrapper_attr(self, name: str, value, *, force: bool = True):  # what AsyncVectorEnv.set_attr uses
+        setattr(self, name, value)
+        return True
+
     def expert_chunk(self):
         return self.runner.expert_actions()[0].numpy()
 
@@ -899,6 +909,7 @@ class ChunkVecEnv:
         specs = [parse_scene(s) for s in scenes]
         if not specs:
             raise ValueError("make_vec_env: `scenes` is empty; pass manifest paths or 'simpler:<EnvId>' ids")
+        self.kind = "gen" if all(k == "gen" for k, _ in specs) else "mixed"
         backend = cfg.sim_backend
         if backend == "auto":
             backend = "physx_cuda" if torch.cuda.is_available() else "physx_cpu"
@@ -982,6 +993,23 @@ class ChunkVecEnv:
         info["success_once"], info["success_at_end"] = info["success"].clone(), info["success"].clone()
         self.scene_ids, self.instructions = list(info["scene_id"]), list(obs["instruction"])
         return obs, rew.float(), term.bool(), trunc.bool(), info
+
+    def can_load(self, scene: str) -> bool:
+        """Whether `load_scenes([scene])` can switch this env in place (generated scenes on both sides)."""
+        return parse_scene(scene)[0] == "gen" and self.kind == "gen"
+
+    def load_scenes(self, scenes: list[str]) -> None:
+        """Rebuild every env around other generated scenes in place (env i holds scenes[i % len]), keeping the worker
+        processes and renderers: what evaluate.py does between scenes instead of a new env per scene."""
+        specs = [parse_scene(s) for s in scenes]
+        if not all(k == "gen" for k, _ in specs) or not self.can_load(scenes[0]):
+            raise ValueError("load_scenes switches between generated scenes only (make a new env for SimplerEnv)")
+        paths = [specs[i % len(specs)][1] for i in range(self.num_envs)]
+        if self.runner is not None:
+            self.runner.load_manifests(paths)
+        else:
+            self.pool.set_attr("pending_manifest", paths)  # one value per worker
+            self.pool.call("load_pending")
 
     def expert_actions(self):
         import torch

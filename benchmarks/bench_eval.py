@@ -1,8 +1,9 @@
-"""Evaluation speed: one evaluate.py per checkpoint (old) vs all checkpoints in one scene-major run (new). Not a test.
+"""Evaluation speed: one evaluate.py per checkpoint, a new env per scene (old) vs all checkpoints in one scene-major
+run whose worker pools move from scene to scene (new). Not a test.
 
-Old: every checkpoint is its own `evaluate.py` process, so every scene's env (and its worker pool) is built once
-per checkpoint. New: one `evaluate.py --ckpt a --ckpt b ...` builds each scene once and runs every policy on it,
-with the same episode seeds. Both run here on the same scenes, checkpoints, seeds and episode counts, one after
+Old (evaluate.py before issue 17): every checkpoint is its own `evaluate.py --no-reuse-envs` process, so every
+scene's env and worker pool is built once per checkpoint. New: one `evaluate.py --ckpt a --ckpt b ...` runs every
+policy on each scene, with the same episode seeds, and rebuilds only the scene (not the processes) between scenes. Both run here on the same scenes, checkpoints, seeds and episode counts, one after
 the other (old first, then new, `--repeats` times alternating), and the per-episode outcomes are compared: the
 speed-up counts only if the results are identical.
 
@@ -43,14 +44,14 @@ class Args:
     """Old / new measurement pairs (alternating)."""
 
 
-def evaluate(args: Args, ckpts: list[str], out: Path) -> tuple[float, dict]:
+def evaluate(args: Args, ckpts: list[str], out: Path, *extra: str) -> tuple[float, dict]:
     """Wall seconds of one evaluate.py run and its outcomes {(checkpoint, scene, seed): success}."""
     t = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *[a for c in ckpts for a in ("--ckpt", c)],
                     "--labels", *[f"p{i}" for i in range(len(ckpts))], "--scenes-dir", args.scenes_dir,
                     "--suite", "generated", "--episodes-per-scene", str(args.episodes_per_scene), "--seed",
                     str(args.seed), "--num-envs", str(args.num_envs), "--video-scenes", "0", "--no-latency",
-                    "--device", "cpu", "--out-dir", str(out)], check=True, stdout=subprocess.DEVNULL)
+                    "--device", "cpu", "--out-dir", str(out), *extra], check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t
     rows = [json.loads(x) for x in (out / "episodes.jsonl").read_text().splitlines() if x.strip()]
     return wall, {(r["policy"], r["scene"], r["seed"]): bool(r["success"]) for r in rows}
@@ -65,7 +66,7 @@ def main(args: Args) -> dict:
         for r in range(args.repeats):
             old_out, wall_old = {}, 0.0
             for i, c in enumerate(ckpts):
-                w, res = evaluate(args, [c], Path(tmp) / f"old{r}_{i}")
+                w, res = evaluate(args, [c], Path(tmp) / f"old{r}_{i}", "--no-reuse-envs")
                 wall_old += w
                 old_out.update(res)
             wall_new, new_out = evaluate(args, ckpts, Path(tmp) / f"new{r}")

@@ -371,3 +371,33 @@ def test_rank_scenes_assigns_by_global_env_index_and_covers_every_scene(n_scenes
         assert sorted(held, key=lambda s: int(s[1:])) == scenes  # each scene held by exactly one env
     with pytest.raises(ValueError):
         scene_env.rank_scenes(scenes, per_rank, world, world)
+
+
+@pytest.mark.timeout(240)
+def test_worker_pool_switches_generated_scenes_in_place(tmp_path):
+    import torch
+
+    scenes, assets = tmp_path / "scenes", tmp_path / "assets"
+    a = write_manifest(make_scene(scenes, assets, "scene_a"), assets, {"red_block": (0.26, 0.06), "blue_plate": (0.33, -0.07),
+                                                                      "green_can": (0.38, 0.1)})
+    b = write_manifest(make_scene(scenes, assets, "scene_b", task="put the blue block on the red plate",
+                                  colors=((0.15, 0.3, 0.85), (0.85, 0.1, 0.1))), assets,
+                       {"red_block": (0.3, -0.05), "blue_plate": (0.25, 0.1), "green_can": (0.38, 0.1)})
+    cfg = scene_env.EnvConfig(image_size=32, max_decisions=3)
+    venv = scene_env.make_vec_env([a], 1, cfg, seed=0)  # one forkserver worker
+    fresh = scene_env.make_vec_env([b], 1, cfg, seed=0)
+    try:
+        pid = venv.pool.processes[0].pid
+        venv.reset(seed=3)
+        assert venv.can_load(str(b)) and not venv.can_load("simpler:PutCarrotOnPlateInScene-v1")
+        venv.load_scenes([str(b)])
+        obs, info = venv.reset(seed=3)
+        ref, _ = fresh.reset(seed=3)
+        assert info["scene_id"] == ["scene_b"] and obs["instruction"] == ["put the blue block on the red plate"]
+        assert venv.pool.processes[0].pid == pid  # the same worker process
+        assert torch.allclose(obs["state"], ref["state"], atol=1e-5)  # the same episode start as a freshly built env
+        with pytest.raises(ValueError, match="generated scenes only"):
+            venv.load_scenes(["simpler:PutCarrotOnPlateInScene-v1"])
+    finally:
+        venv.close()
+        fresh.close()
