@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -74,10 +74,12 @@ class Args:
     and tokenizer, since frames and task texts are stored raw."""
     write_dataset: bool = True
     """Also write the collected demos as a LeRobotDataset (v2.1 layout) to <out>/dataset."""
-    stats_from_demos: bool = True
-    """Compute the normalisation statistics from the demos (else `--stats-file`)."""
+    stats: Literal["auto", "demos", "init", "file"] = "auto"
+    """Normalisation statistics: "demos" (computed from the demos), "init" (the --init policy's own: a pretrained
+    policy keeps what it was trained with), "file" (--stats-file, default the Bridge statistics); "auto" = "init"
+    with --init, "file" when --stats-file is given, else "demos"."""
     stats_file: str | None = None
-    """open-pi-zero-format statistics used when `--no-stats-from-demos` (default: the Bridge statistics)."""
+    """open-pi-zero-format statistics for --stats file (default: the Bridge statistics)."""
     # ---- flow-matching SFT ----
     steps: int = 2000
     """Gradient steps."""
@@ -160,13 +162,16 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     import ppoflow_pi0 as pp
 
     out = Path(args.out)
+    if args.stats == "init" and not args.init:
+        raise SystemExit("train_imitation.py: --stats init needs --init (fix: --stats demos or --stats file)")
     ss.write_json_atomic(out / "args.json", {"schema_version": ss.SCHEMA_VERSION, "args": ss.to_dict(args)})
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     pp.seed_everything(args.seed)
     tok = {"kind": "hf", "path": args.tokenizer_path} if args.tokenizer_path else {"kind": "bytes"}
     ft = dict(lora_rank=args.lora_rank, lora_alpha=float(max(args.lora_rank, 1)), num_steps=args.num_inference_steps)
     if args.init:
-        policy = pp.load_policy(args.init, tokenizer_path=args.tokenizer_path, **ft)
+        policy = pp.load_policy(args.init, stats_file=args.stats_file or pp.DEFAULT_STATS, tokenizer_path=args.tokenizer_path,
+                                **ft)
     else:
         policy = pp.PI0Policy(pp.preset_config(args.preset, args.env.chunk, **ft),
                               pp.Normalizer.from_stats_file(args.stats_file or pp.DEFAULT_STATS), tok)
@@ -188,7 +193,10 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
             import lerobot_format as lf
 
             lf.write_dataset(out / "dataset", raw, fps=1.0 / (args.env.chunk * args.env.control_dt))
-    if args.stats_from_demos:  # normalisation from the demos (stored in the checkpoint)
+    stats = args.stats if args.stats != "auto" else ("file" if args.stats_file else "init" if args.init else "demos")
+    if stats == "file":
+        policy.normalizer = pp.Normalizer.from_stats_file(args.stats_file or pp.DEFAULT_STATS)
+    if stats == "demos":  # normalisation from the demos (stored in the checkpoint)
         policy.normalizer = pp.Normalizer.from_data(demos["state"].numpy(), demos["action"].flatten(0, 1).numpy())
     policy.to(device).train()
     params = [p for p in policy.parameters() if p.requires_grad]

@@ -288,7 +288,7 @@ def main(args: Args) -> Path:
             "--scenes-dir", str(w), "--scene-ids", *h0[:args.multi_seed_n], "--init", str(start), "--out", str(base),
             "--num-envs", str(args.env_workers), "--episodes", str(10 ** 6),
             "--max-collect-decisions", str(args.baseline_decisions_per_env),
-            "--no-stats-from-demos", "--steps", str(args.ppo_grad_steps), "--save-every", str(args.ppo_grad_steps),
+            "--stats", "init", "--steps", str(args.ppo_grad_steps), "--save-every", str(args.ppo_grad_steps),
             "--seed", str(args.seed + 7), "--device", "cpu", *k, *envf],
             base / "ckpt_final.pt", logs, steps, args.dry_run)
         ckpts.append(base / "ckpt_final.pt")

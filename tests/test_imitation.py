@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -122,3 +123,20 @@ def test_demos_round_trip_through_the_lerobot_dataset_layout(tmp_path):
         assert torch.equal(again[k], demos[k]), k
     with pytest.raises(FileNotFoundError, match="LeRobotDataset"):
         lf.read_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("stats,expect", [("auto", "init"), ("file", "bridge"), ("demos", "demos")])
+def test_imitation_from_init_keeps_its_statistics_unless_told(tmp_path, stats, expect):
+    start = tiny_policy()
+    start.normalizer = P.Normalizer(kind="bound", state_lo=[-0.5] * 7, state_hi=[0.5] * 7, action_lo=[-0.02] * 6,
+                                    action_hi=[0.02] * 6)
+    P.torch_save_atomic(P.policy_checkpoint(start, iteration=0), tmp_path / "start.pt")
+    args = TI.Args(out=str(tmp_path / "il"), init=str(tmp_path / "start.pt"), stats=stats, episodes=2, steps=1,
+                   scene_ids=["simpler:PutCarrotOnPlateInScene-v1"],
+                   batch_size=2, num_envs=3, save_every=1, env=EnvConfig(max_decisions=3), device="cpu")
+    TI.main(args, env_fn=lambda scenes, n, cfg, seed, workers: ExpertFakeEnv(["x"], n, cfg))
+    got = torch.load(tmp_path / "il/ckpt_final.pt", weights_only=True)["normalizer"]
+    ref = {"init": start.normalizer, "bridge": P.Normalizer.from_stats_file(P.DEFAULT_STATS)}.get(expect)
+    assert (got == dataclasses.asdict(ref)) if ref else got["state_lo"] != [-0.5] * 7
+    with pytest.raises(SystemExit, match="--stats init needs --init"):
+        TI.main(TI.Args(out=str(tmp_path / "x"), stats="init"))
