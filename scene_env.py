@@ -10,7 +10,8 @@
 Robot, camera, control and timing mirror SimplerEnv's Bridge setup (ManiSkill
 `digital_twins/bridge_dataset_eval/base_env.py`): agent `widowx250s_bridgedataset_flat_table`, control mode
 `arm_pd_ee_target_delta_pose_align2_gripper_pd_joint_pos` (raw metres / radians, deltas accumulate on the
-controller's target pose), sim 500 Hz / control 5 Hz, the Bridge 3rd-view camera (Logitech C920 intrinsics,
+controller's target pose), control 5 Hz with SimplerEnv's 500 Hz physics (generated scenes: 100 Hz by default, see
+EnvConfig.sim_freq), the Bridge 3rd-view camera (Logitech C920 intrinsics,
 rendered directly at `image_size` with intrinsics scaled like the 640x480 -> 224x224 resize open-pi-zero
 applies). Generated scenes replace the Bridge stage by a plain table box, floor and walls from the manifest.
 
