@@ -26,7 +26,6 @@ import re
 import sys
 import tempfile
 import time
-import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -1294,13 +1293,14 @@ def memory_estimate(args: Args, world: int = 1) -> dict:
     activations of one micro-batch: tokens x hidden x layers x 34 bytes for the VLM prefix and the expert, the
     per-layer cost of a transformer block without activation checkpointing (Korthikanti et al. 2022, bf16 ~ fp32/2).
     A rough upper bound to size a run, not a measurement."""
+    if args.init is None:
+        cfg = preset_config(args.preset, args.env.chunk, **finetune_overrides(args))
+    else:  # our checkpoint: its architecture with this run's fine-tuning mode (other formats: the --preset's sizes)
+        ck = None if Path(args.init).is_dir() else read_checkpoint(args.init, "a policy checkpoint")
+        base = PolicyConfig(**ck["model_config"]) if ck and ck.get("kind") == "pi0_policy" else preset_config(args.preset)
+        cfg = PolicyConfig(**{**asdict(base), **finetune_overrides(args)})
     with torch.device("meta"):
-        policy = build_policy(dataclasses.replace(args, init=None)) if args.init is None else None
-    if policy is None:  # an --init checkpoint: its config, still on meta
-        ck = read_checkpoint(args.init, "a policy checkpoint") if not Path(args.init).is_dir() else None
-        cfg = PolicyConfig(**ck["model_config"]) if ck and ck.get("kind") == "pi0_policy" else preset_config(args.preset)
-        with torch.device("meta"):
-            policy = PI0Policy(cfg, Normalizer.from_stats_file(args.stats_file), {"kind": "bytes"})
+        policy = PI0Policy(cfg, Normalizer.from_stats_file(args.stats_file), {"kind": "bytes"})
     c = policy.config
     total = sum(p.numel() for p in policy.parameters())
     train = sum(p.numel() for p in policy.parameters() if p.requires_grad)
@@ -1333,12 +1333,17 @@ def setup_distributed(device_flag: str) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def finetune_overrides(args: Args) -> dict:
+    """The PolicyConfig fields this run's flags set on top of a preset or an --init checkpoint."""
+    return dict(num_steps=args.num_inference_steps, log_sigma_min=args.log_sigma_min, log_sigma_max=args.log_sigma_max,
+                lora_rank=args.lora_rank, lora_alpha=float(max(args.lora_rank, 1)), lora_expert=args.lora_expert,
+                freeze_vlm=args.freeze_vlm, freeze_siglip=args.freeze_siglip, value_state=args.value_state,
+                value_time=args.value_time_to_go)
+
+
 def build_policy(args: Args) -> PI0Policy:
     """--init checkpoint (weights merged, then this run's fine-tuning mode) or a random --preset model."""
-    ft = dict(num_steps=args.num_inference_steps, log_sigma_min=args.log_sigma_min, log_sigma_max=args.log_sigma_max,
-              lora_rank=args.lora_rank, lora_alpha=float(max(args.lora_rank, 1)), lora_expert=args.lora_expert,
-              freeze_vlm=args.freeze_vlm, freeze_siglip=args.freeze_siglip, value_state=args.value_state,
-              value_time=args.value_time_to_go)
+    ft = finetune_overrides(args)
     if args.init is None:
         print(f"[ppoflow] no --init: random {args.preset} weights (use train_imitation.py for a starting point)")
         return PI0Policy(preset_config(args.preset, args.env.chunk, **ft), Normalizer.from_stats_file(args.stats_file),

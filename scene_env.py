@@ -910,7 +910,7 @@ class ChunkVecEnv:
         specs = [parse_scene(s) for s in scenes]
         if not specs:
             raise ValueError("make_vec_env: `scenes` is empty; pass manifest paths or 'simpler:<EnvId>' ids")
-        self.kind = "gen" if all(k == "gen" for k, _ in specs) else "mixed"
+        self.generated_only = all(k == "gen" for k, _ in specs)  # then load_scenes can switch scenes in place
         backend = cfg.sim_backend
         if backend == "auto":
             backend = "physx_cuda" if torch.cuda.is_available() else "physx_cpu"
@@ -997,13 +997,13 @@ class ChunkVecEnv:
 
     def can_load(self, scene: str) -> bool:
         """Whether `load_scenes([scene])` can switch this env in place (generated scenes on both sides)."""
-        return parse_scene(scene)[0] == "gen" and self.kind == "gen"
+        return self.generated_only and parse_scene(scene)[0] == "gen"
 
     def load_scenes(self, scenes: list[str]) -> None:
         """Rebuild every env around other generated scenes in place (env i holds scenes[i % len]), keeping the worker
         processes and renderers: what evaluate.py does between scenes instead of a new env per scene."""
         specs = [parse_scene(s) for s in scenes]
-        if not all(k == "gen" for k, _ in specs) or not self.can_load(scenes[0]):
+        if not self.generated_only or any(k != "gen" for k, _ in specs):
             raise ValueError("load_scenes switches between generated scenes only (make a new env for SimplerEnv)")
         paths = [specs[i % len(specs)][1] for i in range(self.num_envs)]
         if self.runner is not None:

@@ -105,9 +105,11 @@ class Args:
     """Deterministic evaluation episodes per env after training (0 = skip)."""
 
 
-def collect_demos(envs, policy, episodes: int, max_decisions: int, success_only: bool, seed: int) -> dict:
+def collect_demos(envs, policy, episodes: int, max_decisions: int, success_only: bool, seed: int,
+                  keep_raw: bool = True) -> tuple[dict, list[dict]]:
     """Run the scripted expert in every env until `episodes` episodes are kept. Returns the policy's stored
-    inputs (rgb u8 resized to the model, raw state, tokens) and env-space action chunks [M, C, 7]."""
+    inputs (rgb u8 resized to the model, raw state, tokens) with env-space action chunks [M, C, 7], and (keep_raw)
+    the kept episodes with the env's own frames and task texts, for lerobot_format.write_dataset."""
     obs, info = envs.reset(seed=seed)
     N = envs.num_envs
     scene_ids = list(info.get("scene_id", getattr(envs, "scene_ids", [""] * N)))
@@ -119,18 +121,19 @@ def collect_demos(envs, policy, episodes: int, max_decisions: int, success_only:
         action = torch.as_tensor(envs.expert_actions()).float()  # [N, C, 7] privileged scripted expert
         inp = policy.obs_to_inputs(obs)
         for i in range(N):
-            pending[i].append({**{k: v[i] for k, v in inp.items()}, "action": action[i],
-                               "frame": torch.as_tensor(obs["rgb"][i]), "task": obs["instruction"][i], "scene": scene_ids[i]})
+            pending[i].append({**{k: v[i] for k, v in inp.items()}, "action": action[i], "task": obs["instruction"][i],
+                               "scene": scene_ids[i], **({"frame": torch.as_tensor(obs["rgb"][i])} if keep_raw else {})})
         obs, _, term, trunc, info = envs.step(action)
         for i in (torch.as_tensor(term) | torch.as_tensor(trunc)).nonzero().flatten().tolist():
             succ = bool(torch.as_tensor(info["success"])[i])
             n_ep, n_succ = n_ep + 1, n_succ + succ
             if succ or not success_only:
                 kept.extend(pending[i])
-                raw_episodes.append({"rgb": torch.stack([t["frame"] for t in pending[i]]).numpy(),
-                                     "state": torch.stack([t["state"] for t in pending[i]]).numpy(),
-                                     "action": torch.stack([t["action"] for t in pending[i]]).numpy(),
-                                     "task": pending[i][0]["task"], "scene_id": pending[i][0]["scene"]})
+                if keep_raw:
+                    raw_episodes.append({"rgb": torch.stack([t["frame"] for t in pending[i]]).numpy(),
+                                         "state": torch.stack([t["state"] for t in pending[i]]).numpy(),
+                                         "action": torch.stack([t["action"] for t in pending[i]]).numpy(),
+                                         "task": pending[i][0]["task"], "scene_id": pending[i][0]["scene"]})
             pending[i] = []
         scene_ids = list(info.get("scene_id", scene_ids))
         if n_succ >= episodes if success_only else n_ep >= episodes:
@@ -185,7 +188,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
         envs = (env_fn or _make_vec_env)(scenes, args.num_envs, args.env, args.seed, args.env_workers)
         t0 = time.time()
         budget = args.max_collect_decisions or 4 * args.episodes * args.env.max_decisions // args.num_envs + 1
-        demos, raw = collect_demos(envs, policy, args.episodes, budget, args.success_only, args.seed)
+        demos, raw = collect_demos(envs, policy, args.episodes, budget, args.success_only, args.seed, args.write_dataset)
         print(f"[imitation] {len(demos['action'])} transitions from {int(demos['episodes'])} expert episodes "
               f"(expert success {float(demos['expert_success_rate']):.2f}) in {time.time() - t0:.0f}s")
         pp.torch_save_atomic(demos, out / "demos.pt")
