@@ -974,8 +974,14 @@ def export_pretrained(policy: PI0Policy, folder: str | os.PathLike) -> Path:
     conventions, normalisation statistics) and policy_heads.safetensors (noise and value heads)."""
     from safetensors.torch import save_file
 
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
+    import shutil
+
+    final = Path(folder)
+    if final.exists() and any(final.iterdir()):
+        raise FileExistsError(f"export: {final} exists and is not empty (fix: another --out, or remove it)")
+    out = final.with_name(f".{final.name}.tmp-{os.getpid()}")  # written whole, then renamed: no half-exported folder
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     pi0 = merged_pi0(policy)
     for c in (pi0.config.vlm_config.text_config, pi0.config.dit_config):
         c._attn_implementation = "eager"  # soft-capping is ours: policy_config.json's attn_softcap restores it
@@ -992,7 +998,10 @@ def export_pretrained(policy: PI0Policy, folder: str | os.PathLike) -> Path:
     cfg = {**asdict(policy.config), "lora_rank": 0, "lora_expert": False, "pi0": {}}  # pi0: config.json
     ss.write_json_atomic(out / EXPORT_CONFIG, {"schema_version": CKPT_SCHEMA_VERSION, "model_config": cfg,
                                                "normalizer": asdict(policy.normalizer)})
-    return out
+    if final.exists():
+        final.rmdir()  # empty (checked above)
+    out.rename(final)
+    return final
 
 
 def torch_save_atomic(obj: Any, path: Path) -> None:

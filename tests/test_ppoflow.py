@@ -623,6 +623,9 @@ def test_export_round_trip_through_transformers_from_pretrained(tmp_path):
         v0, v1 = pol.value(pol.encode(inp)), back.value(back.encode(back.obs_to_inputs(obs)))
     torch.testing.assert_close(a1, a0, rtol=0, atol=1e-5)
     torch.testing.assert_close(v1, v0, rtol=0, atol=1e-5)
+    with pytest.raises(FileExistsError, match="not empty"):  # never half-overwrites an earlier export
+        P.export_pretrained(pol, tmp_path / "hf")
+    assert not list(tmp_path.glob(".hf.tmp-*"))
 
 
 def test_dry_run_counts_parameters_on_meta_and_writes_nothing(tmp_path):
