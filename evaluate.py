@@ -98,9 +98,14 @@ class Args:
     split_size: int = 50
     """--make-splits: scenes per ID split M (paper: 50 of 100)."""
     video_scenes: int = 4
-    """Scenes per scene set whose first episode is recorded into the video grid (0: no videos)."""
-    video_fps: int = 4
-    """Frames per second of the videos (one frame per chunk decision)."""
+    """Scenes per scene set whose first episode is recorded (0: no videos): into the policy-view grid and, with
+    --render-videos, by ManiSkill RecordEpisode."""
+    video_fps: float = 0.0
+    """Frames per second of the policy-view grids (one frame per chunk decision); 0 = real time (1 / (C x 0.2 s))."""
+    render_videos: bool = True
+    """Run the recorded episodes (--video-scenes) in a 1-env ManiSkill RecordEpisode env: <out>/render/<policy>/
+    <scene>__<seed>/video.mp4 (the 640x480 render camera, every control step, real-time fps) and trajectory.h5/.json
+    (replayable: scene_env.rerender). The logged outcome is that recorded episode."""
     latency: bool = True
     """Time policy.act() for each K of --latency-ks (Table B.1) at every checkpoint's preset."""
     latency_ks: tuple[int, ...] = (1, 2, 4, 10)
@@ -540,7 +545,7 @@ def plot_per_scene(policies: list[dict], out_dir: Path, per_fig: int = 25) -> li
     return paths
 
 
-def video_grid(clips: list[tuple[str, bool, np.ndarray]], path: Path, fps: int) -> Path:
+def video_grid(clips: list[tuple[str, bool, np.ndarray]], path: Path, fps: float) -> Path:
     """Tile episodes [T, H, W, 3] into one video (4 per row) with a caption and a green/red border
     for success/failure; mp4 through imageio-ffmpeg when installed, else gif."""
     import imageio.v2 as imageio
@@ -705,13 +710,36 @@ def load_checkpoints(args: Args, specs: list[PolicySpec], needed: set[str]) -> t
     return policies, latency
 
 
-def evaluate_scenes(args: Args, plans: list[dict], paths: dict, policies: dict, errors: list) -> dict:
+def render_episode(args: Args, pl: dict, path: str, key: tuple[str, int], policy, render_dir: Path) -> None:
+    """Episode `key` = (scene, seed) of plan `pl` in its own 1-env env under ManiSkill's RecordEpisode (see
+    --render-videos); reported through pl["on_episode"] like any other episode (with its policy-view frames)."""
+    import torch
+
+    scene, seed = key
+    d = render_dir / slug(pl["spec"]) / f"{ss.slugify(scene)}__{seed}"
+    rec = scene_env.Recording(str(d), video=True, source=f"policy {pl['spec'].label} (evaluate.py)")
+    env = scene_env.make_vec_env([path], num_envs=1, cfg=pl["cfg"], seed=seed, workers=0, record=rec)
+    try:
+        torch.manual_seed(args.seed)
+        episode = lambda rec_, frames: pl["on_episode"]({**rec_, "episode": seed - args.seed}, frames)  # noqa: E731
+        run_scene(env, make_actor(pl["spec"], env, policy, args.deterministic, args.seed), scene, 1, seed,
+                  pl["cfg"].max_decisions, {key}, episode, {key})
+    finally:
+        env.close()  # the recorder writes the trajectory and the video (0.mp4) here
+    if (d / "0.mp4").exists():
+        (d / "0.mp4").replace(d / "video.mp4")
+
+
+def evaluate_scenes(args: Args, plans: list[dict], paths: dict, policies: dict, errors: list,
+                    render_dir: Path | None = None) -> dict:
     """Scene-major episode loop: each scene's env is built once per distinct env config and every policy with
     pending episodes there runs on it in turn (same seeds: run_scene resets every round with explicit seeds).
     One broken scene or policy never stops the evaluation; it is reported. Returns {"envs_built": n}."""
     import torch
 
     order = list(dict.fromkeys(s for pl in plans for s in pl["scenes"]))
+    rendered = {id(pl): {k for k in pl["todo"] if k in pl["record"]} if args.render_videos and render_dir else set()
+                for pl in plans}  # the recorded episodes run in their own RecordEpisode env (render_episode)
     built, pools = 0, {}  # env config -> an open env whose worker pool switches to the next generated scene
     for scene in order:
         groups: dict[str, list[dict]] = defaultdict(list)  # env config -> plans with episodes pending here
@@ -735,9 +763,12 @@ def evaluate_scenes(args: Args, plans: list[dict], paths: dict, policies: dict, 
                     sp = pl["spec"]
                     torch.manual_seed(args.seed)  # stochastic policies (--no-deterministic) repeat too
                     try:
+                        for key in sorted(k for k in rendered[id(pl)] if k[0] == scene):
+                            render_episode(args, pl, paths[scene], key, policies.get(sp.name), render_dir)
+                            built += 1
                         run_scene(env, make_actor(sp, env, policies.get(sp.name), args.deterministic, args.seed),
-                                  scene, args.episodes_per_scene, args.seed, cfg.max_decisions, pl["todo"],
-                                  pl["on_episode"], pl["record"])
+                                  scene, args.episodes_per_scene, args.seed, cfg.max_decisions,
+                                  pl["todo"] - rendered[id(pl)], pl["on_episode"], pl["record"])
                     except Exception as e:
                         errors.append({"policy": sp.name, "scene": scene, "error": f"{type(e).__name__}: {e}"})
                         print(f"[evaluate] {sp.label}: scene {scene} failed: {type(e).__name__}: {e}", flush=True)
@@ -781,8 +812,12 @@ def write_reports(out: Path, args: Args, specs: list[PolicySpec], sets: dict, po
                     ok = bool(z["success"])
                     clips.append((f"{s.removeprefix('simpler:')[:28]}: {'success' if ok else 'fail'}", ok, z["frames"]))
             if clips:
-                videos[sp.name][key] = str(video_grid(clips, out / "videos" / f"{slug(sp)}__{key}", args.video_fps))
-    return {"table": rows, "figures": [str(p) for p in figures], "videos": dict(videos)}
+                fps = args.video_fps or 1.0 / (float(sp.model_config.get("chunk") or scene_env.EnvConfig.chunk) *
+                                               scene_env.EnvConfig().control_dt)
+                videos[sp.name][key] = str(video_grid(clips, out / "videos" / f"{slug(sp)}__{key}", fps))
+    render = {slug(sp): sorted(str(p) for p in (out / "render" / slug(sp)).glob("*/video.mp4")) for sp in specs}
+    return {"table": rows, "figures": [str(p) for p in figures], "videos": dict(videos),
+            "render_videos": {k: v for k, v in render.items() if v}}
 
 
 def slug(sp: PolicySpec) -> str:
@@ -855,7 +890,7 @@ def main(args: Args) -> dict:
     errors = []
     loaded, latency = load_checkpoints(args, specs, {p["spec"].name for p in plans if p["todo"]})
     t_eps = time.time()
-    stats = evaluate_scenes(args, plans, paths, loaded, errors)
+    stats = evaluate_scenes(args, plans, paths, loaded, errors, out / "render")
     pbar.close()
     print(f"[evaluate] {sum(len(p['todo']) for p in plans)} episode(s) on {stats['envs_built']} env(s) built "
           f"in {time.time() - t_eps:.0f} s")

@@ -122,6 +122,27 @@ def read_dataset(root: str | Path) -> list[dict]:
     return out
 
 
+def episodes_from_trajectories(paths: list[str | Path], image_size: int, chunk: int, success_only: bool = True) -> list[dict]:
+    """write_dataset's episodes from ManiSkill RecordEpisode trajectories (train_imitation.py --record-trajectories)
+    re-rendered at `image_size` (scene_env.rerender: recorded env states, no expert re-run): one frame per decision
+    (every `chunk` control steps) with the [chunk, 7] actions executed from it. `success_only`: skip the episodes
+    that did not succeed, and the unfinished one a recorder holds at the end of collection."""
+    import scene_env
+
+    out = []
+    for path in paths:
+        meta = json.loads(Path(path).with_suffix(".json").read_text())
+        keep = [e["episode_id"] for e in meta["episodes"] if e.get("success") or not success_only]
+        for ep in scene_env.rerender(path, image_size, keep):
+            T = len(ep["actions"]) // chunk
+            if T == 0:
+                continue
+            out.append({"rgb": ep["rgb"][:T * chunk:chunk], "state": ep["state"][:T * chunk:chunk],
+                        "action": ep["actions"][:T * chunk].reshape(T, chunk, -1), "task": ep["instruction"],
+                        "scene_id": ep["scene_id"]})
+    return out
+
+
 def _stats(x: np.ndarray) -> dict:
     return {"min": x.min(0).tolist(), "max": x.max(0).tolist(), "mean": x.mean(0).tolist(), "std": x.std(0).tolist(),
             "count": [int(len(x))]}
@@ -129,3 +150,38 @@ def _stats(x: np.ndarray) -> dict:
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     ss.write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+if __name__ == "__main__":
+    from dataclasses import dataclass
+
+    import tyro
+
+    @dataclass
+    class Args:
+        """Build a LeRobotDataset at another image size from recorded demo trajectories (no expert re-run):
+        python lerobot_format.py --trajectories out/il/trajectories/*.h5 --image-size 128 --out out/il/dataset_128"""
+
+        trajectories: list[str]
+        """RecordEpisode .h5 files (train_imitation.py --record-trajectories writes <out>/trajectories/)."""
+        out: str
+        """Dataset folder to write (LeRobot v2.1 layout)."""
+        image_size: int = 224
+        """Policy image side to render."""
+        chunk: int = 4
+        """Control steps per decision (the recorded run's --env.chunk)."""
+        control_freq: float = 5.0
+        """Control frequency of the recorded run (Hz): fps = control_freq / chunk."""
+        success_only: bool = True
+        """Keep successful episodes only."""
+
+    a = tyro.cli(Args)
+    missing = [p for p in a.trajectories if not Path(p).exists() or not Path(p).with_suffix(".json").exists()]
+    if missing:
+        raise SystemExit(f"lerobot_format.py: --trajectories: {missing} missing (or their .json); fix: pass the .h5 "
+                         "files of a train_imitation.py --record-trajectories run")
+    eps = episodes_from_trajectories(a.trajectories, a.image_size, a.chunk, a.success_only)
+    if not eps:
+        raise SystemExit("lerobot_format.py: no (successful) episodes in --trajectories")
+    root = write_dataset(a.out, eps, fps=a.control_freq / a.chunk)
+    print(f"wrote {len(eps)} episodes at {a.image_size} px to {root}")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import os
@@ -103,6 +104,33 @@ class EnvConfig:
     @property
     def control_dt(self) -> float:
         return 1.0 / self.control_freq
+
+
+@dataclass(frozen=True)
+class Recording:
+    """ManiSkill `RecordEpisode` on a ChunkRunner: every control step goes through the wrapper (no frame skipping
+    inside a chunk), so what it writes is the episode as the simulator ran it.
+    - trajectory: `<output_dir>/<name>.h5` + `.json` (ManiSkill's trajectory format: env state, action, reward,
+      success per control step; env id, kwargs and reset seeds to rebuild the env): replayable without the expert
+      or the policy, and re-renderable at another image size (`rerender`).
+    - video: `<output_dir>/<k>.mp4` per episode k, the 640x480 render camera at real time (one frame per control
+      step, played at control_freq fps)."""
+
+    output_dir: str
+    trajectory: bool = True
+    video: bool = False
+    name: str = "trajectory"
+    """File stem of the trajectory; each CPU worker appends "_env<its seed>"."""
+    source: str = ""
+    """RecordEpisode's source_type ("scripted expert", "policy <name>")."""
+
+
+def env_config_from_dict(d: dict) -> EnvConfig:
+    """EnvConfig from `dataclasses.asdict` output read back from JSON (lists where tuples were); unknown keys fail."""
+    known = {f.name for f in dataclasses.fields(EnvConfig)}
+    if unknown := sorted(set(d) - known):
+        raise ValueError(f"env_cfg: unknown field(s) {unknown}; EnvConfig has {sorted(known)}")
+    return EnvConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,8 +327,10 @@ class GenSceneEnv(BaseEnv):
     SUPPORTED_REWARD_MODES = ("sparse", "none")
 
     def __init__(self, *args, manifests: list[str], scene_assignment: list[int] | None = None,
-                 env_cfg: EnvConfig = EnvConfig(), **kwargs):
-        self.cfg = env_cfg
+                 env_cfg: EnvConfig | dict = EnvConfig(), **kwargs):
+        # a dict too: what a recorded trajectory's JSON env_kwargs hold (RecordEpisode dumps gym.make's kwargs)
+        self.cfg = env_cfg if isinstance(env_cfg, EnvConfig) else env_config_from_dict(env_cfg)
+        env_cfg = self.cfg
         self.manifest_paths = [str(m) for m in manifests]
         self.manifests = [ss.load_manifest(m) for m in self.manifest_paths]
         n = kwargs.get("num_envs", 1)
@@ -339,11 +369,12 @@ class GenSceneEnv(BaseEnv):
             lit = self.manifest(i).lighting or {}
             sub.render_system.ambient_light = list(lit.get("ambient", [0.3, 0.3, 0.3]))
             lights = lit.get("directional", [[0, 0, -1, 2.2], [-1, -0.5, -1, 0.7], [1, 1, -1, 0.7]])
-            before = set(id(e) for e in sub.entities)
             for dx, dy, dz, b in lights:
                 self.scene.add_directional_light([dx, dy, dz], [b, b, b], scene_idxs=[i])
-            comps = [e.find_component_by_type(sapien.render.RenderDirectionalLightComponent)
-                     for e in sub.entities if id(e) not in before and e.name == "directional_light"]
+            # every directional light of the sub-scene is one of these (none is loaded elsewhere). Not "entities
+            # new since before": ids of the temporary entity wrappers are reused, which silently dropped lights
+            # from the brightness randomisation in some envs (the same seed rendered differently)
+            comps = [e.find_component_by_type(sapien.render.RenderDirectionalLightComponent) for e in sub.entities]
             self._dir_lights.append([(c, np.array(c.color[:3])) for c in comps if c is not None])
 
     def _load_scene(self, options: dict):
@@ -682,7 +713,7 @@ class ChunkRunner:
     """Drives one batched ManiSkill env (N=1 per CPU worker, N envs on GPU) at the decision level."""
 
     def __init__(self, scene_specs: list[tuple[str, str]], num_envs: int, cfg: EnvConfig, sim_backend: str,
-                 seed: int = 0):
+                 seed: int = 0, record: Recording | None = None):
         import gymnasium as gym
         import torch
 
@@ -699,14 +730,23 @@ class ChunkRunner:
                       sensor_configs={CAMERA_UID: dict(width=size, height=size, intrinsic=scaled_intrinsic(size, size))},
                       human_render_camera_configs=dict(width=cfg.render_size[0], height=cfg.render_size[1],
                                                        intrinsic=scaled_intrinsic(*cfg.render_size)),
-                      max_episode_steps=None)
+                      max_episode_steps=None, render_mode="rgb_array" if record and record.video else None)
         if self.kind == "gen":
             self.manifests = [v for _, v in scene_specs]
             env = gym.make("GenScene-v1", obs_mode="rgb", reward_mode="sparse", manifests=self.manifests,
-                           env_cfg=cfg, **common)
+                           env_cfg=dataclasses.asdict(cfg), **common)  # plain data: a trajectory's JSON holds it
         else:
             self.manifests = [SIMPLER_PREFIX + scene_specs[0][1]]
             env = gym.make(scene_specs[0][1], obs_mode="rgb+segmentation", control_mode=CONTROL_MODE, **common)
+        self.recorder = None
+        if record is not None:
+            from mani_skill.utils.wrappers.record import RecordEpisode
+
+            env = self.recorder = RecordEpisode(
+                env, record.output_dir, save_trajectory=record.trajectory, trajectory_name=record.name,
+                save_video=record.video, video_fps=cfg.control_freq, source_type=record.source or None,
+                max_steps_per_video=cfg.max_decisions * cfg.chunk if num_envs > 1 and record.video else None)
+        self.gym_env = env  # resets and steps go through here (the recorder when recording)
         self.env = env.unwrapped
         self.expert = ScriptedExpert(num_envs)
         self.rng = np.random.default_rng(seed)
@@ -721,6 +761,9 @@ class ChunkRunner:
 
     def load_manifests(self, paths: list[str]) -> None:
         """Rebuild the GenScene env around other manifests in place (compose_scene.py's candidates)."""
+        if self.recorder is not None:  # its JSON holds the env's kwargs: another scene needs another recorder
+            raise ValueError("load_manifests: this env records trajectories of its scene; make a new env to record "
+                             "another scene")
         self.manifests = [str(p) for p in paths]
         self.env.reset(options=dict(reconfigure=True, manifests=self.manifests))
 
@@ -748,7 +791,7 @@ class ChunkRunner:
                 and self.episodes and self.episodes % self.cfg.resample_every == 0):
             options = dict(reconfigure=True, scene_assignment=self.rng.integers(0, len(self.manifests),
                                                                                  self.num_envs).tolist())
-        raw, _ = self.env.reset(seed=seed, options=options)
+        raw, _ = self.gym_env.reset(seed=seed, options=options)
         idx = slice(None) if env_idx is None else torch.as_tensor(env_idx)
         self.decisions[idx], self.steps[idx], self.success_step[idx], self.partial[idx] = 0, 0, -1, False
         self.src_start_z[idx] = self._src().pose.p[idx, 2].cpu()
@@ -763,7 +806,8 @@ class ChunkRunner:
         actions = torch.as_tensor(actions, dtype=torch.float32).reshape(self.num_envs, -1, 7)
         for k in range(actions.shape[1]):
             a = torch.maximum(torch.minimum(actions[:, k], self.act_high), self.act_low).to(self.env.device)
-            if k < actions.shape[1] - 1:  # the policy sees only the chunk's last frame: skip rendering the others
+            if k < actions.shape[1] - 1 and self.recorder is None:  # the policy sees only the chunk's last frame:
+                # skip rendering the others (a recorder records every control step, so it steps the full env)
                 self.env._step_action(a)
                 self.env._elapsed_steps += 1
                 self.steps += 1
@@ -771,7 +815,7 @@ class ChunkRunner:
                     continue  # Eq. A.1 is checked at the chunk's end only (EnvConfig.success_check)
                 info = self.env.get_info()
             else:
-                raw, _, _, _, info = self.env.step(a)
+                raw, _, _, _, info = self.gym_env.step(a)
                 self.steps += 1
             succ = info["success"].cpu().bool()
             newly = succ & (self.success_step < 0)
@@ -819,7 +863,7 @@ class ChunkRunner:
         return np.asarray(frames.cpu() if hasattr(frames, "cpu") else frames)[..., :3].astype(np.uint8)
 
     def close(self) -> None:
-        self.env.close()
+        self.gym_env.close()  # a recorder writes its last episode and closes its files here
 
 
 # ---------------------------------------------------------------------------------------------
@@ -827,10 +871,10 @@ class ChunkRunner:
 # ---------------------------------------------------------------------------------------------
 
 
-def _worker_env_fn(specs: list[tuple[str, str]], cfg: EnvConfig, seed: int):
+def _worker_env_fn(specs: list[tuple[str, str]], cfg: EnvConfig, seed: int, record: Recording | None = None):
     """Runs in a worker process: pin lavapipe to one render thread before SAPIEN starts (SPEC section 4)."""
     os.environ["LP_NUM_THREADS"] = "1"
-    return _ChunkWorker(specs, cfg, seed)
+    return _ChunkWorker(specs, cfg, seed, record and dataclasses.replace(record, name=f"{record.name}_env{seed}"))
 
 
 class _ChunkWorker:
@@ -842,10 +886,10 @@ class _ChunkWorker:
     render_mode = None
     spec = None
 
-    def __init__(self, specs: list[tuple[str, str]], cfg: EnvConfig, seed: int):
+    def __init__(self, specs: list[tuple[str, str]], cfg: EnvConfig, seed: int, record: Recording | None = None):
         import gymnasium as gym
 
-        self.specs, self.cfg, self.seed, self.runner = specs, cfg, seed, None
+        self.specs, self.cfg, self.seed, self.record, self.runner = specs, cfg, seed, record, None
         s = cfg.image_size
         self.observation_space = gym.spaces.Dict({"rgb": gym.spaces.Box(0, 255, (s, s, 3), np.uint8),
                                                   "state": gym.spaces.Box(-np.inf, np.inf, (7,), np.float32)})
@@ -857,7 +901,7 @@ class _ChunkWorker:
 
     def reset(self, *, seed=None, options=None):
         if self.runner is None:
-            self.runner = ChunkRunner(self.specs, 1, self.cfg, "physx_cpu", seed=self.seed)
+            self.runner = ChunkRunner(self.specs, 1, self.cfg, "physx_cpu", seed=self.seed, record=self.record)
         obs = self.runner.reset(seed=seed)
         return self._np(obs), {"instruction": obs["instruction"][0], "scene_id": self.runner.scene_ids()[0]}
 
@@ -901,11 +945,12 @@ class ChunkVecEnv:
     """Batched-torch decision-level env over N envs: `reset(seed) -> (obs, info)`, `step(actions)` (see its
     docstring), `expert_actions()`, `render_rgb()`, `close()`."""
 
-    def __init__(self, scenes: list[str], num_envs: int, cfg: EnvConfig, seed: int = 0, workers: int | None = None):
+    def __init__(self, scenes: list[str], num_envs: int, cfg: EnvConfig, seed: int = 0, workers: int | None = None,
+                 record: Recording | None = None):
         import torch
 
         cfg = dataclasses.replace(cfg)  # private copy: callers' defaults are never mutated
-        self.cfg, self.num_envs, self.seed = cfg, num_envs, seed
+        self.cfg, self.num_envs, self.seed, self.recording = cfg, num_envs, seed, record is not None
         self.chunk, self.max_decisions, self.control_dt = cfg.chunk, cfg.max_decisions, cfg.control_dt
         specs = [parse_scene(s) for s in scenes]
         if not specs:
@@ -924,7 +969,7 @@ class ChunkVecEnv:
             if backend == "physx_cpu" and num_envs != 1:
                 raise ValueError("workers=0 (in-process) with physx_cpu supports num_envs=1 only")
             # GPU: one ManiSkill env with N sub-scenes; env i holds scenes[i % len(scenes)] (UNTESTED on GPU here)
-            self.runner = ChunkRunner(specs if specs[0][0] == "gen" else specs[:1], num_envs, cfg, backend, seed)
+            self.runner = ChunkRunner(specs if specs[0][0] == "gen" else specs[:1], num_envs, cfg, backend, seed, record)
             self.pool = None
         else:
             import gymnasium as gym
@@ -938,7 +983,7 @@ class ChunkVecEnv:
             msg = oversubscription_warning(num_envs, os.cpu_count() or 1)
             if msg:
                 warnings.warn(msg, RuntimeWarning, stacklevel=3)
-            fns = [functools.partial(_worker_env_fn, per_env[i], cfg, seed + i) for i in range(num_envs)]
+            fns = [functools.partial(_worker_env_fn, per_env[i], cfg, seed + i, record) for i in range(num_envs)]
             self.runner = None
             self.pool = gym.vector.AsyncVectorEnv(fns, shared_memory=True, context="forkserver",
                                                   autoreset_mode=gym.vector.AutoresetMode.DISABLED)
@@ -996,8 +1041,9 @@ class ChunkVecEnv:
         return obs, rew.float(), term.bool(), trunc.bool(), info
 
     def can_load(self, scene: str) -> bool:
-        """Whether `load_scenes([scene])` can switch this env in place (generated scenes on both sides)."""
-        return self.generated_only and parse_scene(scene)[0] == "gen"
+        """Whether `load_scenes([scene])` can switch this env in place (generated scenes on both sides, not recording:
+        a trajectory file belongs to one scene)."""
+        return self.generated_only and not self.recording and parse_scene(scene)[0] == "gen"
 
     def load_scenes(self, scenes: list[str]) -> None:
         """Rebuild every env around other generated scenes in place (env i holds scenes[i % len]), keeping the worker
@@ -1045,14 +1091,60 @@ def rank_scenes(scenes: list, num_envs: int, rank: int = 0, world: int = 1) -> l
 
 
 def make_vec_env(scenes: list[str | Path], num_envs: int, cfg: EnvConfig = EnvConfig(), seed: int = 0,
-                 workers: int | None = None) -> ChunkVecEnv:
+                 workers: int | None = None, record: Recording | None = None) -> ChunkVecEnv:
     """`scenes`: manifest paths (GenScene-v1) or SimplerEnv ids "simpler:PutCarrotOnPlateInScene-v1" etc.
     Env i holds scenes[i % len(scenes)] (and, with `cfg.resample_every`, also scenes[i + k*num_envs]).
     physx_cuda with num_envs=N where it works, else a process pool of physx_cpu envs (one per worker process,
     gymnasium AsyncVectorEnv, forkserver, LP_NUM_THREADS=1 per worker). `workers=0` runs a single env in this
-    process (no IPC; what compose_scene.py and tests use)."""
+    process (no IPC; what compose_scene.py and tests use). `record`: ManiSkill RecordEpisode trajectories (and
+    render-camera videos) of every episode (see Recording; CPU workers write one file each)."""
     configure_runtime()
-    return ChunkVecEnv([str(s) for s in scenes], num_envs, cfg, seed, workers)
+    return ChunkVecEnv([str(s) for s in scenes], num_envs, cfg, seed, workers, record)
+
+
+def rerender(trajectory: str | Path, image_size: int, episodes: list[int] | None = None):
+    """Re-render a recorded GenScene-v1 trajectory (`Recording`) at another policy image size from its env states:
+    no expert or policy runs, the physics is not re-simulated. Yields per episode {"episode_id", "seed", "scene_id",
+    "instruction", "rgb" [T+1, S, S, 3] uint8, "state" [T+1, 7] (ee pose + gripper, the policy's state input), "actions" [T, 7],
+    "success" [T] bool}: frame t is the state before action t, the last one after the last action."""
+    import gymnasium as gym
+    import h5py
+    from mani_skill.trajectory import utils as tu
+    from mani_skill.utils import common
+
+    path = Path(trajectory)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    info = meta.get("env_info") or {}
+    if info.get("env_id") != "GenScene-v1":
+        raise ValueError(f"{path.with_suffix('.json')}: env_info.env_id is {info.get('env_id')!r}; rerender replays "
+                         "GenScene-v1 trajectories (SimplerEnv: ManiSkill's replay_trajectory)")
+    kw = dict(info["env_kwargs"])
+    cfg = dataclasses.replace(env_config_from_dict(kw.get("env_cfg", {})), image_size=image_size)
+    kw.update(env_cfg=dataclasses.asdict(cfg), num_envs=1, sim_backend="physx_cpu", render_mode=None,
+              sensor_configs={CAMERA_UID: dict(width=image_size, height=image_size,
+                                                intrinsic=scaled_intrinsic(image_size, image_size))})
+    kw.pop("human_render_camera_configs", None)
+    configure_runtime()
+    env = gym.make("GenScene-v1", **kw).unwrapped
+    try:
+        with h5py.File(path, "r") as f:
+            for ep in meta["episodes"]:
+                if episodes is not None and ep["episode_id"] not in episodes:
+                    continue
+                g = f[f"traj_{ep['episode_id']}"]
+                env.reset(**ep.get("reset_kwargs", {}))  # same seed: same lighting / camera draw as recorded
+                rgb, state = [], []
+                for st in tu.dict_to_list_of_dicts(g["env_states"]):
+                    env.set_state_dict(common.to_tensor(common.batch(st)))
+                    obs = env.get_obs()
+                    rgb.append(obs["sensor_data"][CAMERA_UID]["rgb"][0].cpu().numpy())
+                    state.append(ee_state(env)[0].cpu().numpy())
+                yield {"episode_id": ep["episode_id"], "seed": ep.get("episode_seed"), "scene_id": env.manifest(0).scene_id,
+                       "instruction": env.get_language_instruction()[0], "rgb": np.stack(rgb),
+                       "state": np.stack(state), "actions": np.asarray(g["actions"]),
+                       "success": np.asarray(g["success"]) if "success" in g else None}
+    finally:
+        env.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -74,6 +74,11 @@ class Args:
     and tokenizer, since frames and task texts are stored raw."""
     write_dataset: bool = True
     """Also write the collected demos as a LeRobotDataset (v2.1 layout) to <out>/dataset."""
+    record_trajectories: bool = False
+    """Also record every expert episode as ManiSkill RecordEpisode trajectories in <out>/trajectories (env states and
+    actions per control step, one .h5 + .json per env worker): a dataset at another image size is then re-rendered
+    without re-running the expert (`python lerobot_format.py --trajectories ... --image-size S`). Steps every
+    control step through the full env (no frame skipping), so collection is slower."""
     stats: Literal["auto", "demos", "init", "file"] = "auto"
     """Normalisation statistics: "demos" (computed from the demos), "init" (the --init policy's own: a pretrained
     policy keeps what it was trained with), "file" (--stats-file, default the Bridge statistics); "auto" = "init"
@@ -185,13 +190,22 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
         demos = torch.load(args.demos, weights_only=True)
     else:
         scenes = pp.resolve_scenes(pp.Args(scenes_dir=args.scenes_dir, scene_ids=args.scene_ids))
-        envs = (env_fn or _make_vec_env)(scenes, args.num_envs, args.env, args.seed, args.env_workers)
+        rec = {}
+        if args.record_trajectories:
+            import scene_env
+
+            rec["record"] = scene_env.Recording(str(out / "trajectories"), source="scripted expert (train_imitation.py)")
+        envs = (env_fn or _make_vec_env)(scenes, args.num_envs, args.env, args.seed, args.env_workers, **rec)
         t0 = time.time()
         budget = args.max_collect_decisions or 4 * args.episodes * args.env.max_decisions // args.num_envs + 1
         demos, raw = collect_demos(envs, policy, args.episodes, budget, args.success_only, args.seed, args.write_dataset)
         print(f"[imitation] {len(demos['action'])} transitions from {int(demos['episodes'])} expert episodes "
               f"(expert success {float(demos['expert_success_rate']):.2f}) in {time.time() - t0:.0f}s")
         pp.torch_save_atomic(demos, out / "demos.pt")
+        if rec:  # the recorders write their files on close; evaluation episodes below are not expert demos
+            envs.close()
+            envs = (env_fn or _make_vec_env)(scenes, args.num_envs, args.env, args.seed, args.env_workers) \
+                if args.eval_episodes else None
         if args.write_dataset:
             import lerobot_format as lf
 
@@ -250,10 +264,10 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     return out
 
 
-def _make_vec_env(*a):
+def _make_vec_env(*a, **kw):
     import scene_env
 
-    return scene_env.make_vec_env(*a)
+    return scene_env.make_vec_env(*a, **kw)
 
 
 if __name__ == "__main__":

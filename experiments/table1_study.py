@@ -31,6 +31,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import tyro
 
@@ -111,6 +112,9 @@ class Args:
     """Deterministic evaluation episodes per scene and policy."""
     eval_seed: int = 5000
     """First evaluation episode seed (never used while developing the recipe)."""
+    stop_after: Literal["none", "pools", "il_start", "ppo"] = "none"
+    """Stop after this stage (scene pools, the N = 0 start, the PPOFlow runs): check a stage before paying for the
+    next; re-running without it continues from there."""
     dry_run: bool = False
     """Print the commands without running them."""
 
@@ -249,6 +253,8 @@ def main(args: Args) -> Path:
     if not args.dry_run and (len(composed) < max(args.min_pool, h + 1)):
         raise SystemExit(f"table1_study.py: only {len(composed)} W scenes passed QA ({w / 'compose_summary.json'}); "
                          f"need {max(args.min_pool, h + 1)} (fix: more tasks or --variants-per-task)")
+    if args.stop_after == "pools":
+        return out
     splits = w / "splits.json"
     run_step("splits", stage("evaluate.py") + ["--make-splits", "--scenes-dir", str(w), "--splits-file", str(splits),
                                                "--num-splits", "1", "--split-size", str(h), "--seed", str(args.seed)],
@@ -264,6 +270,8 @@ def main(args: Args) -> Path:
         "--save-every", str(args.il_steps), "--seed", str(args.seed), "--device", "cpu", *k, *envf,
         *(["--demos", str(start.parent / "demos.pt")] if (start.parent / "demos.pt").exists() else [])],
         start, logs, steps, args.dry_run)
+    if args.stop_after == "il_start":
+        return out
     ckpts, labels, groups = [start], ["N=0 IL start"], {}
     for n in args.ns:
         for s in args.seeds_of(n):
@@ -282,6 +290,8 @@ def main(args: Args) -> Path:
             ckpts.append(run / "ckpt_final.pt")
             labels.append(f"PPOFlow N={n} s{s}")
             groups.setdefault(("PPOFlow", n), []).append(labels[-1])
+    if args.stop_after == "ppo":
+        return out
     if args.baseline:
         base = runs / f"more_il_N{args.multi_seed_n}"
         run_step(f"more_il_N{args.multi_seed_n}", stage("train_imitation.py") + [

@@ -117,7 +117,8 @@ def fake_world(tmp_path, monkeypatch):
     monkeypatch.setattr(ev.scene_env, "make_vec_env", make_vec_env)
     return {"root": tmp_path, "ids": ids, "made": made, "state": state,
             "args": dict(scenes_dir=str(tmp_path / "scenes"), splits_file=str(tmp_path / "scenes" / "splits.json"),
-                         suite="generated", episodes_per_scene=6, max_decisions=5, latency=False)}
+                         suite="generated", episodes_per_scene=6, max_decisions=5, latency=False,
+                         render_videos=False)}  # a fake env has no ManiSkill env to record (see the sim test)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,6 +379,21 @@ def test_cli_scripted_expert_succeeds_and_random_fails_in_sim(tmp_path):
     assert pol["random"]["success_rate"] == 0.0, pol
     assert 0 < pol["scripted"]["time_to_finish_s"] < 20
     assert "| scripted |" in (out / "table.md").read_text() and res["videos"]["scripted"]["all"]
+    # the recorded episode (first seed of the first scene) ran under ManiSkill's RecordEpisode: a real-time video of
+    # the 640x480 render camera, one frame per control step, and a trajectory whose outcome is the logged one
+    import imageio.v3 as iio
+
+    logged = {(r["policy"], r["seed"]): r for r in ss.read_jsonl(out / "episodes.jsonl")}
+    assert len(logged) == 6  # 3 episodes x 2 policies: the recorded one is not run twice
+    for pol_name in ("scripted", "random"):
+        (video,) = res["render_videos"][pol_name]
+        meta = iio.immeta(video)
+        frames = iio.imread(video)
+        traj = json.loads((Path(video).parent / "trajectory.json").read_text())
+        (ep,) = traj["episodes"]
+        assert meta["fps"] == 5 and frames.shape[1:3] == (480, 640)
+        assert len(frames) == ep["elapsed_steps"] + 1 and ep["episode_seed"] == 0
+        assert ep["success"] == logged[(pol_name, 0)]["success"]
 
 
 # ---------------------------------------------------------------------------------------------

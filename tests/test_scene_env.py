@@ -8,6 +8,7 @@ imports them too.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -401,3 +402,63 @@ def test_worker_pool_switches_generated_scenes_in_place(tmp_path):
     finally:
         venv.close()
         fresh.close()
+
+
+@pytest.mark.timeout(300)
+def test_recorded_expert_episode_replays_and_rerenders_at_another_size(tmp_path):
+    """ManiSkill RecordEpisode through the chunk env: the trajectory re-renders, from its env states alone, the
+    recorded policy frames exactly at the recorded size, and at another size; the video is the render camera at
+    real time; a recording env refuses to switch scenes (its JSON holds this scene's kwargs)."""
+    import h5py
+    import imageio.v3 as iio
+
+    import lerobot_format as lf
+
+    scenes, assets = tmp_path / "scenes", tmp_path / "assets"
+    man = write_manifest(make_scene(scenes, assets, "rec_block"), assets,
+                         {"red_block": (0.26, 0.06), "blue_plate": (0.33, -0.07), "green_can": (0.38, 0.1)},
+                         dr_halfwidth=0.01)
+    cfg = scene_env.EnvConfig(image_size=32, max_decisions=25)
+    rec = scene_env.Recording(str(tmp_path / "rec"), video=True, source="scripted expert")
+    venv = scene_env.make_vec_env([man], 1, cfg, seed=0, workers=0, record=rec)
+    try:
+        assert not venv.can_load(str(man))
+        with pytest.raises(ValueError, match="make a new env"):
+            venv.runner.load_manifests([str(man)])
+        venv.reset(seed=7)
+        for _ in range(cfg.max_decisions):
+            _, _, term, trunc, info = venv.step(venv.expert_actions())
+            if bool(term[0] | trunc[0]):
+                break
+        success = bool(info["success"][0])
+    finally:
+        venv.close()
+    meta = json.loads((tmp_path / "rec/trajectory.json").read_text())
+    (ep,) = meta["episodes"]  # the auto-reset episode after it has no step and is not written
+    assert ep["episode_seed"] == 7 and ep["success"] == success and meta["env_info"]["env_id"] == "GenScene-v1"
+    with h5py.File(tmp_path / "rec/trajectory.h5") as f:
+        recorded = np.asarray(f["traj_0/obs/sensor_data"][scene_env.CAMERA_UID]["rgb"])
+        actions = np.asarray(f["traj_0/actions"])
+    assert len(actions) == ep["elapsed_steps"] and len(actions) % cfg.chunk == 0
+    (same,) = scene_env.rerender(tmp_path / "rec/trajectory.h5", 32)
+    assert np.array_equal(same["rgb"], recorded) and np.array_equal(same["actions"], actions)
+    assert same["instruction"] == "put the red block on the blue plate" and same["scene_id"] == "rec_block"
+    (big,) = scene_env.rerender(tmp_path / "rec/trajectory.h5", 48)
+    assert big["rgb"].shape == (len(actions) + 1, 48, 48, 3) and np.allclose(big["state"], same["state"])
+    video = tmp_path / "rec/0.mp4"
+    assert iio.immeta(video)["fps"] == cfg.control_freq and iio.imread(video).shape[1:3] == (480, 640)
+    # a LeRobotDataset at another image size from the trajectory: one frame per decision, its action chunk
+    eps = lf.episodes_from_trajectories([tmp_path / "rec/trajectory.h5"], 40, cfg.chunk)
+    assert len(eps) == int(success) and (not eps or eps[0]["rgb"].shape == (len(actions) // cfg.chunk, 40, 40, 3))
+    if eps:
+        assert np.array_equal(eps[0]["action"].reshape(-1, 7), actions)
+    # the same through the CLI a user runs, read back as a dataset
+    r = subprocess.run([sys.executable, "lerobot_format.py", "--trajectories", str(tmp_path / "rec/trajectory.h5"),
+                        "--out", str(tmp_path / "ds40"), "--image-size", "40", "--no-success-only"],
+                       cwd=REPO, capture_output=True, text=True, timeout=200)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    (back,) = lf.read_dataset(tmp_path / "ds40")
+    assert back["rgb"].shape[1:] == (40, 40, 3) and back["task"] == same["instruction"]
+    r = subprocess.run([sys.executable, "lerobot_format.py", "--trajectories", str(tmp_path / "nope.h5"), "--out",
+                        str(tmp_path / "x")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "nope.h5" in r.stderr and "fix:" in r.stderr
