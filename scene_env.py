@@ -83,7 +83,8 @@ class EnvConfig:
     step (training: no contact queries inside a chunk; a success that holds only mid-chunk is missed and time to
     finish has 0.8 s resolution), or "step" after every control step (evaluate.py's default: 0.2 s resolution)."""
     sim_backend: str = "auto"
-    """"auto" (physx_cuda when CUDA is available, else physx_cpu) | "physx_cpu" | "physx_cuda"."""
+    """"auto" (physx_cuda when CUDA is available, else physx_cpu) | "physx_cpu" | "physx_cuda" | "physx_cuda:<i>"
+    (without an index each torchrun rank uses its own GPU, cuda:<LOCAL_RANK>)."""
     dr_object_pose: bool = True
     """Table A.2: sample object x/y/yaw within each manifest object's ranges (non-overlapping)."""
     dr_lighting: bool = True
@@ -188,6 +189,25 @@ def oversubscription_warning(processes: int, cores: int, factor: int = 4) -> str
             f"machine pass fewer envs, e.g. `ppoflow_pi0.py --num-envs {2 * cores} --minibatch-size {50 * cores}` "
             f"(`evaluate.py --num-envs {cores}`); Table A.1's 192 envs are meant for GPU physics "
             f"(`--env.sim-backend physx_cuda`).")
+
+
+def sim_devices(sim_backend: str, cuda: bool, local_rank: int | None = None) -> tuple[str, str]:
+    """(ManiSkill sim_backend, render_backend) with explicit device indices. "auto" is physx_cuda when CUDA is
+    available. Under torchrun each rank simulates and renders on its own GPU, cuda:<LOCAL_RANK> (a bare "cuda" would
+    put every rank on cuda:0); an explicit "physx_cuda:<i>" is kept. CPU physics renders on this rank's GPU when
+    there is one (ManiSkill's default), else on the CPU (lavapipe)."""
+    rank = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
+    backend = ("physx_cuda" if cuda else "physx_cpu") if sim_backend == "auto" else sim_backend
+    name, _, index = backend.partition(":")
+    if name not in ("physx_cpu", "physx_cuda"):
+        raise ValueError(f"sim_backend {sim_backend!r}: use auto, physx_cpu, physx_cuda or physx_cuda:<device index>")
+    if name == "physx_cuda":
+        if not cuda:
+            raise ValueError(f"sim_backend {sim_backend!r} needs CUDA, and torch sees no GPU here (fix: "
+                             "--env.sim-backend physx_cpu)")
+        backend = f"physx_cuda:{index or rank}"
+        return backend, f"cuda:{index or rank}"
+    return backend, (f"cuda:{rank}" if cuda else "cpu")
 
 
 def scaled_intrinsic(width: int, height: int) -> np.ndarray:
@@ -456,6 +476,7 @@ class GenSceneEnv(BaseEnv):
         cfg, rng = self.cfg, self._episode_rng
         with torch.device(self.device):
             b = len(env_idx)
+            joint_noise = []
             for i in env_idx.tolist():  # per env: heterogeneous object sets (not a hot path)
                 rng = self._batched_episode_rng[i]  # per-env RNG: same draws on CPU and GPU for the same seeds
                 m = self.manifest(i)
@@ -480,15 +501,27 @@ class GenSceneEnv(BaseEnv):
                 cam._render_cameras[i if len(cam._render_cameras) > 1 else 0].set_local_pose(sapien.Pose(cp, cq))
                 cam._cached_local_pose = None
                 self._robot_dz[i] = dz
+                # joint noise from this env's own RNG, last (on CPU, one env: the draws of the single-RNG version)
+                joint_noise.append(rng.uniform(-0.1, 0.1, 6) if cfg.dr_robot else np.zeros(6))
+            running = None  # GPU partial reset: the settle steps every sub-scene, so the envs mid-episode are
+            if self.gpu_sim_enabled and b < self.num_envs:  # snapshotted and put back afterwards (UNTESTED on GPU)
+                keep = torch.ones(self.num_envs, dtype=torch.bool)
+                keep[env_idx.cpu()] = False
+                self.scene._gpu_apply_all()
+                self.scene._gpu_fetch_all()
+                running = (torch.nonzero(keep)[:, 0].to(self.device), self.get_state_dict())
             if self.gpu_sim_enabled:
                 self.scene._gpu_apply_all()
-            for _ in range(int(cfg.settle_s * cfg.sim_freq)):  # NOTE: steps every sub-scene (as SimplerEnv)
+            for _ in range(int(cfg.settle_s * cfg.sim_freq)):
                 self.scene.step()
             if self.gpu_sim_enabled:
                 self.scene._gpu_fetch_all()
+            if running is not None:
+                self.set_state_dict(running[1], running[0])
+                self.scene._reset_mask[:] = False
+                self.scene._reset_mask[env_idx] = True  # the rest of this reset acts on the envs being reset
             qpos = torch.tensor(ROBOT_INIT_QPOS).repeat(b, 1)
-            if cfg.dr_robot:
-                qpos[:, :6] += torch.from_numpy(self._episode_rng.uniform(-0.1, 0.1, (b, 6))).float().to(self.device)
+            qpos[:, :6] += torch.from_numpy(np.stack(joint_noise)).float().to(self.device)
             base_p = torch.tensor(ROBOT_POSE_P).repeat(b, 1)
             base_p[:, 2] += self._robot_dz[env_idx]
             self.agent.robot.set_pose(Pose.create_from_pq(p=base_p, q=torch.tensor(ROBOT_POSE_Q).repeat(b, 1)))
@@ -724,7 +757,7 @@ class ChunkRunner:
         self.kind = kinds.pop()
         # render on the GPU whenever there is one (also under CPU physics, ManiSkill's default); else lavapipe.
         # SAPIEN allows one render device per process, so every renderer here must make the same choice.
-        render_backend = "gpu" if torch.cuda.is_available() else "cpu"
+        sim_backend, render_backend = sim_devices(sim_backend, torch.cuda.is_available())
         size = cfg.image_size
         common = dict(num_envs=num_envs, sim_backend=sim_backend, render_backend=render_backend,
                       sensor_configs={CAMERA_UID: dict(width=size, height=size, intrinsic=scaled_intrinsic(size, size))},
@@ -791,6 +824,8 @@ class ChunkRunner:
                 and self.episodes and self.episodes % self.cfg.resample_every == 0):
             options = dict(reconfigure=True, scene_assignment=self.rng.integers(0, len(self.manifests),
                                                                                  self.num_envs).tolist())
+        if isinstance(seed, (int, np.integer)) and self.num_envs > 1:  # env i gets seed + i on every backend (an
+            seed = [int(seed) + i for i in range(self.num_envs)]  # int would make ManiSkill derive envs 1..N-1's)
         raw, _ = self.gym_env.reset(seed=seed, options=options)
         idx = slice(None) if env_idx is None else torch.as_tensor(env_idx)
         self.decisions[idx], self.steps[idx], self.success_step[idx], self.partial[idx] = 0, 0, -1, False
@@ -956,16 +991,14 @@ class ChunkVecEnv:
         if not specs:
             raise ValueError("make_vec_env: `scenes` is empty; pass manifest paths or 'simpler:<EnvId>' ids")
         self.generated_only = all(k == "gen" for k, _ in specs)  # then load_scenes can switch scenes in place
-        backend = cfg.sim_backend
-        if backend == "auto":
-            backend = "physx_cuda" if torch.cuda.is_available() else "physx_cpu"
+        backend, _ = sim_devices(cfg.sim_backend, torch.cuda.is_available())
         homogeneous = len({k for k, _ in specs}) == 1 and (specs[0][0] == "gen" or len(set(specs)) == 1)
-        if backend == "physx_cuda" and not homogeneous:
+        if backend.startswith("physx_cuda") and not homogeneous:
             backend = "physx_cpu"  # a GPU env holds one kind of scene; mixed lists fall back to the CPU pool
         self.backend = backend
         self.scene_ids = [""] * num_envs
         self.instructions = [""] * num_envs
-        if backend == "physx_cuda" or workers == 0:
+        if backend.startswith("physx_cuda") or workers == 0:
             if backend == "physx_cpu" and num_envs != 1:
                 raise ValueError("workers=0 (in-process) with physx_cpu supports num_envs=1 only")
             # GPU: one ManiSkill env with N sub-scenes; env i holds scenes[i % len(scenes)] (UNTESTED on GPU here)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -101,6 +102,17 @@ def section_learning(out: Path, rel, args: Args) -> list[str]:
         lines += ["Rollouts (the policy's own camera, one frame per chunk decision, played at real time):", ""]
         lines += [f"- {cap}<br>![{cap}]({rel(g)})" for cap, g in gifs]
         lines.append("")
+    import scene_schema as ss
+
+    res = read_json(learn / "eval" / "results.json") or {}
+    label = {ss.slugify(p["name"], 64): p["label"] for p in res.get("policies", [])}
+    vids = [(label.get(k, k), Path(v)) for k, vs in res.get("render_videos", {}).items() for v in vs]
+    if vids:
+        lines += ["The same episodes through the render camera (ManiSkill `RecordEpisode`: 640x480, every control "
+                  "step, played at real time; `trajectory.h5` beside each video replays it):", ""]
+        lines += [f"- {lab}: {v.parent.name}<br>[{v.parent.name}/video.mp4]"
+                  f"({os.path.relpath(v.resolve(), out.resolve())})" for lab, v in vids]
+        lines.append("")
     return lines
 
 
@@ -152,6 +164,8 @@ def markdown_to_html(text: str) -> str:
     def inline(s: str) -> str:
         s = html.escape(s, quote=False).replace("&lt;br&gt;", "<br>")
         s = re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", r'<img alt="\1" src="\2" style="max-width:100%">', s)
+        s = re.sub(r"\[([^\]]*)\]\(([^)]+\.mp4)\)", r'<video controls src="\2" style="max-width:100%"></video>', s)
+        s = re.sub(r"\[([^\]]*)\]\(([^)]+)\)", r'<a href="\2">\1</a>', s)
         s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
         s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
         return re.sub(r"(?<![\w*])_(.+?)_(?![\w*])", r"<i>\1</i>", s)

@@ -154,3 +154,12 @@ def test_study_runs_end_to_end_at_a_tiny_budget_and_resumes(tmp_path):
         assert (study / f).exists(), f
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)  # every stage is done: all skipped
     assert r.returncode == 0 and "[run ]" not in r.stdout and r.stdout.count("[skip]") >= 12
+
+
+def test_report_html_plays_render_videos_and_keeps_images_and_links():
+    import report
+
+    page = report.markdown_to_html("- IL: s__0<br>[s__0/video.mp4](learning/eval/render/il/s__0/video.mp4)\n"
+                                   "![curve](a.png) and [log](steps.json)\n")
+    assert '<video controls src="learning/eval/render/il/s__0/video.mp4"' in page
+    assert '<img alt="curve" src="a.png"' in page and '<a href="steps.json">log</a>' in page

@@ -462,3 +462,17 @@ def test_recorded_expert_episode_replays_and_rerenders_at_another_size(tmp_path)
     r = subprocess.run([sys.executable, "lerobot_format.py", "--trajectories", str(tmp_path / "nope.h5"), "--out",
                         str(tmp_path / "x")], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "nope.h5" in r.stderr and "fix:" in r.stderr
+
+
+def test_sim_devices_give_each_torchrun_rank_its_own_gpu(monkeypatch):
+    sd = scene_env.sim_devices
+    assert sd("auto", cuda=False) == ("physx_cpu", "cpu")
+    assert sd("auto", cuda=True, local_rank=3) == ("physx_cuda:3", "cuda:3")  # not every rank on cuda:0
+    assert sd("physx_cuda:1", cuda=True, local_rank=3) == ("physx_cuda:1", "cuda:1")  # an explicit index is kept
+    assert sd("physx_cpu", cuda=True, local_rank=2) == ("physx_cpu", "cuda:2")  # CPU physics, this rank's renderer
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    assert sd("physx_cuda", cuda=True) == ("physx_cuda:5", "cuda:5")
+    with pytest.raises(ValueError, match="needs CUDA"):
+        sd("physx_cuda", cuda=False)
+    with pytest.raises(ValueError, match="physx_cuda:<device index>"):
+        sd("cuda_magic", cuda=True)
