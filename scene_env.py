@@ -82,6 +82,9 @@ class EnvConfig:
     """When Eq. A.1 (success) and partial success are evaluated: "chunk" once per decision, at its last control
     step (training: no contact queries inside a chunk; a success that holds only mid-chunk is missed and time to
     finish has 0.8 s resolution), or "step" after every control step (evaluate.py's default: 0.2 s resolution)."""
+    contact_query: Literal["batched", "pairwise"] = "batched"
+    """CPU contact check of Eq. A.1: "batched" one pass over the contact list for every pair, "pairwise" ManiSkill's
+    query per pair (the same result, ~14x the passes: the pre-issue-13 path, kept for benchmarks/bench_rollout.py)."""
     sim_backend: str = "auto"
     """"auto" (physx_cuda when CUDA is available, else physx_cpu) | "physx_cpu" | "physx_cuda" | "physx_cuda:<i>"
     (without an index each torchrun rank uses its own GPU, cuda:<LOCAL_RANK>)."""
@@ -539,13 +542,23 @@ class GenSceneEnv(BaseEnv):
     def contact(self, a, b) -> torch.Tensor:
         return torch.linalg.norm(self.scene.get_pairwise_contact_forces(a, b), dim=-1) > CONTACT_FORCE_N  # [N]
 
+    def target_contacts(self, others: list) -> list[torch.Tensor]:
+        """[N] bool per object of `others`: in contact with the target above CONTACT_FORCE_N, what `contact` gives.
+        On CPU one pass over the simulator's contact list for all of them (ManiSkill's pairwise query walks the whole
+        list once per pair: ~14 pairs per check here); on GPU ManiSkill's batched pair queries."""
+        if self.gpu_sim_enabled or self.cfg.contact_query == "pairwise":
+            return [self.contact(self.target, o) for o in others]
+        ents = [o._bodies[0].entity for o in others]
+        pairs = sapien_utils.get_multiple_pairwise_contacts(self.scene.px.get_contacts(), self.target._bodies[0].entity,
+                                                            ents)
+        dt = self.scene.px.timestep
+        return [torch.tensor([float(np.linalg.norm(sapien_utils.compute_total_impulse(pairs[e]))) / dt > CONTACT_FORCE_N],
+                             device=self.device) for e in ents]
+
     def evaluate(self) -> dict:
         # Eq. A.1: contact(A, B) and not contact(A, table) and not contact(A, robot)
-        on_dest = self.contact(self.target, self.destination)
-        on_table = self.contact(self.target, self.table)
-        touch_robot = torch.zeros_like(on_dest)
-        for link in self.robot_links:
-            touch_robot |= self.contact(self.target, link)
+        on_dest, on_table, *robot = self.target_contacts([self.destination, self.table, *self.robot_links])
+        touch_robot = torch.stack(robot).any(0)
         success = on_dest & ~on_table & ~touch_robot
         grasped = self.agent.is_grasping(self.target)
         lifted = self.target.pose.p[:, 2] - self.target_start_z > self.cfg.lift_threshold_m

@@ -9,7 +9,7 @@ first one at the same worker count. Settings are measured interleaved (A B A B .
 shared machine slows both alike and the ratio survives.
 
     python benchmarks/bench_rollout.py --scenes out/table1/W/*/manifest.json --image-size 64 --workers 1 \
-        --settings 500:step 100:chunk --repeats 3            # issue 13: old vs new rollout settings, per core
+        --settings 500:step:pairwise 100:chunk --repeats 3   # issue 13: old vs new rollout settings, per core
     python benchmarks/bench_rollout.py --scenes simpler:PutCarrotOnPlateInScene-v1 --workers 1 2 4 --settings 500:step
 """
 
@@ -49,10 +49,10 @@ class Args:
     """Policy device."""
     seed: int = 0
     """Env seed."""
-    settings: list[str] = field(default_factory=lambda: ["500:step", "100:chunk"])
-    """Physics settings "<sim_freq>:<success_check>" (scene_env.EnvConfig); the first is the reference of the
-    ratio. 500:step = the rollout before issue 13, 100:chunk = today's EnvConfig defaults. SimplerEnv scenes
-    ignore the frequency (they keep 500 Hz)."""
+    settings: list[str] = field(default_factory=lambda: ["500:step:pairwise", "100:chunk"])
+    """Physics settings "<sim_freq>:<success_check>[:<contact_query>]" (scene_env.EnvConfig); the first is the
+    reference of the ratio. 500:step:pairwise = the rollout before issue 13, 100:chunk = today's EnvConfig defaults.
+    SimplerEnv scenes ignore the frequency (they keep 500 Hz)."""
     repeats: int = 1
     """Interleaved measurements of every (workers, setting) pair; the median is reported."""
 
@@ -71,11 +71,13 @@ def conditions() -> dict:
 
 
 def parse_setting(text: str) -> dict:
-    """"500:step" -> {"sim_freq": 500, "success_check": "step"} (a clear error for anything else)."""
-    freq, _, check = text.partition(":")
-    if not freq.isdigit() or int(freq) <= 0 or check not in ("step", "chunk"):
-        raise SystemExit(f"bench_rollout.py: --settings {text!r}: expected '<sim Hz>:<step|chunk>', e.g. 500:step")
-    return {"sim_freq": int(freq), "success_check": check}
+    """"500:step:pairwise" -> {"sim_freq": 500, "success_check": "step", "contact_query": "pairwise"}; the contact
+    query defaults to "batched" (a clear error for anything else)."""
+    freq, check, query = (text.split(":") + ["batched"])[:3] if text.count(":") in (1, 2) else ("", "", "")
+    if not freq.isdigit() or int(freq) <= 0 or check not in ("step", "chunk") or query not in ("batched", "pairwise"):
+        raise SystemExit(f"bench_rollout.py: --settings {text!r}: expected '<sim Hz>:<step|chunk>[:<batched|pairwise>]'"
+                         ", e.g. 500:step:pairwise")
+    return {"sim_freq": int(freq), "success_check": check, "contact_query": query}
 
 
 def measure(args: Args, policy, workers: int, setting: str) -> dict:

@@ -289,6 +289,11 @@ def test_genscene_reset_step_success_dr_and_expert(tiny):
     ev = env.evaluate()
     assert int(runner.expert.phase[0]) == scene_env.LIFT
     assert bool(ev["grasped"][0]) and bool(ev["target_touches_robot"][0]) and not bool(ev["success"][0])
+    # the one-pass contact check equals ManiSkill's per-pair query for every pair (some in contact, some not)
+    others = [env.destination, env.table, *env.robot_links]
+    fast = env.target_contacts(others)
+    slow = [env.contact(env.target, o) for o in others]
+    assert [bool(x[0]) for x in fast] == [bool(x[0]) for x in slow] and 0 < sum(bool(x[0]) for x in slow) < len(slow)
 
     # DR flags: lighting / camera / robot / object pose change with the seed only when enabled
     def snapshot():
