@@ -326,13 +326,30 @@ import torch  # noqa: E402
 from sapien.physx import PhysxMaterial  # noqa: E402
 
 import mani_skill.envs  # noqa: E402,F401  (registers the SimplerEnv Bridge tasks and the Bridge WidowX agent)
+from mani_skill.agents.registration import register_agent  # noqa: E402
 from mani_skill.envs.sapien_env import BaseEnv  # noqa: E402
+from mani_skill.envs.tasks.digital_twins.bridge_dataset_eval.base_env import WidowX250SBridgeDatasetFlatTable  # noqa: E402
 from mani_skill.sensors.camera import CameraConfig  # noqa: E402
 from mani_skill.utils import sapien_utils  # noqa: E402
 from mani_skill.utils.registration import register_env  # noqa: E402
 from mani_skill.utils.structs.actor import Actor  # noqa: E402
 from mani_skill.utils.structs.pose import Pose  # noqa: E402
 from mani_skill.utils.structs.types import SimConfig  # noqa: E402
+
+
+GEN_AGENT_UID = "widowx250s_bridgedataset_flat_table_gen"
+
+
+@register_agent(asset_download_ids=["widowx250s"])
+class BridgeWidowXForGenScene(WidowX250SBridgeDatasetFlatTable):
+    """SimplerEnv's Bridge WidowX 250 S (same model, controllers, gains) without the base_link camera it carries:
+    GenScene-v1 mounts that camera on its own kinematic actor, so camera randomisation works on GPU too."""
+
+    uid = GEN_AGENT_UID
+
+    @property
+    def _sensor_configs(self):
+        return []
 
 
 @register_env("GenScene-v1", max_episode_steps=None)
@@ -361,7 +378,7 @@ class GenSceneEnv(BaseEnv):
         size = env_cfg.image_size
         kwargs.setdefault("sensor_configs", {CAMERA_UID: dict(width=size, height=size,
                                                               intrinsic=scaled_intrinsic(size, size))})
-        super().__init__(*args, robot_uids=AGENT_UID, control_mode=CONTROL_MODE, **kwargs)
+        super().__init__(*args, robot_uids=GEN_AGENT_UID, control_mode=CONTROL_MODE, **kwargs)
 
     # ---- configuration -------------------------------------------------------------------
     @property
@@ -370,7 +387,9 @@ class GenSceneEnv(BaseEnv):
 
     @property
     def _default_sensor_configs(self):
-        return []  # the agent carries the Bridge 3rd-view camera
+        # the Bridge 3rd-view camera (SimplerEnv's, which its agent carries on base_link) on camera_mount
+        return [CameraConfig(CAMERA_UID, pose=sapien.Pose(), width=640, height=480, intrinsic=scaled_intrinsic(640, 480),
+                             near=0.01, far=100, mount=self.camera_mount)]
 
     @property
     def _default_human_render_camera_configs(self):
@@ -431,6 +450,11 @@ class GenSceneEnv(BaseEnv):
         self.dest_size = torch.tensor([self.manifest(i).object(self.manifest(i).success["destination"]).bbox_m
                                        for i in range(self.num_envs)], dtype=torch.float32)
         self.robot_links = self.agent.robot.get_links()
+        # the Bridge camera rides on a kinematic mount (ManiSkill's pattern): moving the mount per episode moves the
+        # camera on both backends; a camera's own local pose is baked into the GPU renderer when it is created
+        builder = self.scene.create_actor_builder()
+        builder.initial_pose = sapien.Pose(ROBOT_POSE_P, ROBOT_POSE_Q) * sapien.Pose(CAMERA_LOCAL_P, CAMERA_LOCAL_Q)
+        self.camera_mount = builder.build_kinematic("camera_mount")
 
     def _build_background(self, i: int, m: ss.SceneManifest):
         top = float(m.table.get("height", TABLE_TOP_Z))
@@ -479,7 +503,7 @@ class GenSceneEnv(BaseEnv):
         cfg, rng = self.cfg, self._episode_rng
         with torch.device(self.device):
             b = len(env_idx)
-            joint_noise = []
+            joint_noise, cam_p, cam_q = [], [], []
             for i in env_idx.tolist():  # per env: heterogeneous object sets (not a hot path)
                 rng = self._batched_episode_rng[i]  # per-env RNG: same draws on CPU and GPU for the same seeds
                 m = self.manifest(i)
@@ -500,12 +524,14 @@ class GenSceneEnv(BaseEnv):
                 dz = rng.uniform(0.0, 0.05) if cfg.dr_robot else 0.0
                 cam_off = rng.uniform(-0.05, 0.05, 3) if cfg.dr_camera else np.zeros(3)
                 cp, cq = reaimed_camera_local_pose(cam_off, dz, top)
-                cam = self._sensors[CAMERA_UID].camera
-                cam._render_cameras[i if len(cam._render_cameras) > 1 else 0].set_local_pose(sapien.Pose(cp, cq))
-                cam._cached_local_pose = None
+                cam = sapien.Pose([ROBOT_POSE_P[0], ROBOT_POSE_P[1], ROBOT_POSE_P[2] + dz], ROBOT_POSE_Q) * sapien.Pose(cp, cq)
+                cam_p.append(cam.p)
+                cam_q.append(cam.q)
                 self._robot_dz[i] = dz
                 # joint noise from this env's own RNG, last (on CPU, one env: the draws of the single-RNG version)
                 joint_noise.append(rng.uniform(-0.1, 0.1, 6) if cfg.dr_robot else np.zeros(6))
+            self.camera_mount.set_pose(Pose.create_from_pq(p=torch.tensor(np.array(cam_p), dtype=torch.float32),
+                                                           q=torch.tensor(np.array(cam_q), dtype=torch.float32)))
             running = None  # GPU partial reset: the settle steps every sub-scene, so the envs mid-episode are
             if self.gpu_sim_enabled and b < self.num_envs:  # snapshotted and put back afterwards (UNTESTED on GPU)
                 keep = torch.ones(self.num_envs, dtype=torch.bool)

@@ -297,7 +297,8 @@ def test_genscene_reset_step_success_dr_and_expert(tiny):
 
     # DR flags: lighting / camera / robot / object pose change with the seed only when enabled
     def snapshot():
-        cam = env._sensors[scene_env.CAMERA_UID].camera.get_local_pose().raw_pose[0].clone()
+        cam = env.camera_mount.pose.raw_pose[0].clone()  # the camera rides on it (what moves it on GPU too)
+        assert torch.allclose(env._sensors[scene_env.CAMERA_UID].camera.get_global_pose().raw_pose[0], cam, atol=1e-5)
         return dict(amb=np.array(env.scene.sub_scenes[0].render_system.ambient_light), cam=cam,
                     base_z=float(env.agent.robot.pose.p[0, 2]), qpos=env.agent.robot.get_qpos()[0, :6].clone(),
                     block=env.obj_actors[0]["red_block"].pose.p[0, :2].clone())
