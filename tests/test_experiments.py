@@ -131,6 +131,15 @@ def test_study_dry_run_commands_parse_and_cover_every_stage(tmp_path):
             assert stage_args.seed == 5000 and stage_args.deterministic and len(stage_args.ckpt) == 7
 
 
+@pytest.mark.parametrize("stop,last", [("pools", "IL_compose"), ("il_start", "il_start"), ("ppo", "ppo_N12_s0")])
+def test_study_stops_after_the_stage_it_is_told(tmp_path, stop, last):
+    out = subprocess.run([sys.executable, str(REPO / "experiments/table1_study.py"), "--out-dir", str(tmp_path),
+                          "--dry-run", "--stop-after", stop], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    names = [x.split()[2].rstrip(":") for x in out.stdout.splitlines() if x.startswith("[run ]")]
+    assert names[-1] == last and "evaluate" not in names
+
+
 @pytest.mark.timeout(420)
 def test_study_runs_end_to_end_at_a_tiny_budget_and_resumes(tmp_path):
     (tmp_path / "w.txt").write_text("put the green block on the plate\nput the red cube in the bowl\n")
