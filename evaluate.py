@@ -764,8 +764,15 @@ def evaluate_scenes(args: Args, plans: list[dict], paths: dict, policies: dict, 
                     torch.manual_seed(args.seed)  # stochastic policies (--no-deterministic) repeat too
                     try:
                         for key in sorted(k for k in rendered[id(pl)] if k[0] == scene):
-                            render_episode(args, pl, paths[scene], key, policies.get(sp.name), render_dir)
-                            built += 1
+                            try:
+                                render_episode(args, pl, paths[scene], key, policies.get(sp.name), render_dir)
+                                built += 1
+                            except Exception as e:  # no video then; the episode runs with the others below
+                                rendered[id(pl)].discard(key)
+                                errors.append({"policy": sp.name, "scene": scene,
+                                               "error": f"render video: {type(e).__name__}: {e}"})
+                                print(f"[evaluate] {sp.label}: no render video of {key}: {type(e).__name__}: {e}",
+                                      flush=True)
                         run_scene(env, make_actor(sp, env, policies.get(sp.name), args.deterministic, args.seed),
                                   scene, args.episodes_per_scene, args.seed, cfg.max_decisions,
                                   pl["todo"] - rendered[id(pl)], pl["on_episode"], pl["record"])

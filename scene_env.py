@@ -47,7 +47,7 @@ import scene_schema as ss
 SIMPLER_PREFIX = "simpler:"
 SIMPLER_TASKS = ("PutCarrotOnPlateInScene-v1", "PutSpoonOnTableClothInScene-v1",
                  "StackGreenCubeOnYellowCubeBakedTexInScene-v1")
-AGENT_UID = "widowx250s_bridgedataset_flat_table"
+AGENT_UID = "widowx250s_bridgedataset_flat_table"  # SimplerEnv's Bridge WidowX (GenScene-v1 uses a camera-less copy)
 CONTROL_MODE = "arm_pd_ee_target_delta_pose_align2_gripper_pd_joint_pos"
 CAMERA_UID = "3rd_view_camera"
 # SimplerEnv Bridge flat-table setup (base_env.py): robot pose, initial joints, camera (mounted on base_link).
@@ -337,7 +337,7 @@ from mani_skill.utils.structs.pose import Pose  # noqa: E402
 from mani_skill.utils.structs.types import SimConfig  # noqa: E402
 
 
-GEN_AGENT_UID = "widowx250s_bridgedataset_flat_table_gen"
+GEN_AGENT_UID = AGENT_UID + "_gen"
 
 
 @register_agent(asset_download_ids=["widowx250s"])

@@ -140,3 +140,32 @@ def test_imitation_from_init_keeps_its_statistics_unless_told(tmp_path, stats, e
     assert (got == dataclasses.asdict(ref)) if ref else got["state_lo"] != [-0.5] * 7
     with pytest.raises(SystemExit, match="--stats init needs --init"):
         TI.main(TI.Args(out=str(tmp_path / "x"), stats="init"))
+
+
+@pytest.mark.timeout(400)
+def test_cli_records_replayable_expert_trajectories_from_its_env_workers(tmp_path):
+    """--record-trajectories on the real env (one forkserver worker): ManiSkill RecordEpisode files whose successful
+    episodes are the kept demos, turned into a dataset at another image size without the expert."""
+    import lerobot_format as lf
+    from test_scene_env import make_scene, write_manifest
+
+    scenes, assets = tmp_path / "scenes", tmp_path / "assets"
+    write_manifest(make_scene(scenes, assets, "demo_block"), assets,
+                   {"red_block": (0.26, 0.06), "blue_plate": (0.33, -0.07), "green_can": (0.38, 0.1)})
+    out = tmp_path / "il"
+    r = subprocess.run([sys.executable, "train_imitation.py", "--scenes-dir", str(scenes), "--out", str(out),
+                        "--num-envs", "1", "--episodes", "2", "--steps", "2", "--env.image-size", "32",
+                        "--record-trajectories", "--device", "cpu"],
+                       cwd=REPO, capture_output=True, text=True, timeout=380,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    (h5,) = sorted((out / "trajectories").glob("*.h5"))
+    assert h5.name == "trajectory_env0.h5"  # worker i writes trajectory_env<seed + i>
+    meta = json.loads(h5.with_suffix(".json").read_text())
+    assert meta["source_type"].startswith("scripted expert") and meta["env_info"]["env_id"] == "GenScene-v1"
+    demos = torch.load(out / "demos.pt", weights_only=True)
+    eps = lf.episodes_from_trajectories([h5], 24, chunk=4)
+    assert len(eps) == sum(e["success"] for e in meta["episodes"]) == 2  # the unfinished last episode is dropped
+    assert sum(len(e["action"]) for e in eps) == len(demos["action"])  # the same decisions as the demos
+    assert np.allclose(np.concatenate([e["action"] for e in eps]), demos["action"].numpy(), atol=1e-6)
+    assert eps[0]["rgb"].shape[1:] == (24, 24, 3)
