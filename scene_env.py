@@ -1201,10 +1201,13 @@ def rerender(trajectory: str | Path, image_size: int, episodes: list[int] | None
     try:
         with h5py.File(path, "r") as f:
             for ep in meta["episodes"]:
+                reset = ep.get("reset_kwargs", {})
                 if episodes is not None and ep["episode_id"] not in episodes:
+                    if "scene_assignment" in (reset.get("options") or {}):
+                        env.reset(**reset)  # a skipped episode that switched scenes (resample_every): switch too
                     continue
                 g = f[f"traj_{ep['episode_id']}"]
-                env.reset(**ep.get("reset_kwargs", {}))  # same seed: same lighting / camera draw as recorded
+                env.reset(**reset)  # same seed: same lighting / camera draw as recorded
                 rgb, state = [], []
                 for st in tu.dict_to_list_of_dicts(g["env_states"]):
                     env.set_state_dict(common.to_tensor(common.batch(st)))
