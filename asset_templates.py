@@ -432,7 +432,8 @@ TEMPLATES: dict[str, Template] = {  # ALGO LOGIC: category templates (keywords m
     "marker": T(lambda u, s: _union(_cyl(0.008, 0.11 * u(.9, 1.1), (0, 0, 0.009), "x", 16), _cyl(0.009, 0.04, (0.05, 0, 0.009), "x", 16)),
                 (0.14, 0.018, 0.018), "black", "plastic", ("marker", "highlighter", "glue stick", "lipstick", "flashlight", "torch", "sharpie"), rolls=True),
     "knife": T(lambda u, s: _union(_box((0.1, 0.02, 0.012), (-0.05, 0, 0)), _prism([(0, -0.01), (0.12 * u(.9, 1.1), -0.01), (0.13, 0.0), (0, 0.012)], 0.003)),
-               (0.23, 0.024, 0.012), "silver", "metal", ("knife", "butter knife", "cleaver", "dagger", "blade")),
+               (0.23, 0.024, 0.012), "silver", "metal", ("knife", "butter knife", "cleaver", "dagger", "blade"),
+               fill=0.3),  # a solid steel handle weighed 206 g and slipped from the fingers; a table knife is ~60 g
     "fork": T(lambda u, s: _union(_box((0.12, 0.012, 0.004), (-0.06, 0, 0)), _box((0.02, 0.024, 0.004), (0.01, 0, 0)),
                                   *[_box((0.045, 0.004, 0.004), (0.04, y, 0)) for y in (-0.01, -0.0033, 0.0033, 0.01)]),
               (0.18, 0.025, 0.004), "silver", "metal", ("fork",)),
