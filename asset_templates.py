@@ -65,6 +65,10 @@ MATERIAL_ALIASES = {"steel": "metal", "stainless": "metal", "iron": "metal", "ti
                     "sponge": "foam", "bamboo": "wood", "wooden": "wood", "marble": "stone", "granite": "stone",
                     "card": "cardboard", "polymer": "plastic", "acrylic": "plastic", "vinyl": "plastic"}
 
+MATERIAL_COLORS = {  # the colour a material gives an object whose description names no colour ("wooden spoon")
+    "wood": "tan", "metal": "silver", "aluminum": "silver", "glass": "light blue", "ceramic": "white", "stone": "grey",
+    "cardboard": "tan", "paper": "white", "rubber": "black", "leather": "brown", "wax": "cream"}
+
 
 # ---------------------------------------------------------------------------------------------
 # Geometry helpers (all meshes watertight, metres, z up)
@@ -342,7 +346,7 @@ TEMPLATES: dict[str, Template] = {  # ALGO LOGIC: category templates (keywords m
     "onion": T(lambda u, s: _solid(0.035 * np.r_[np.sin(th := np.linspace(.3, np.pi * 0.85, 10)), 0.08] * u(.9, 1.1), 0.07 * np.r_[(1 - np.cos(th)) / 2, 1.3]),
                (0.07, 0.07, 0.09), "tan", "food", ("onion", "garlic", "shallot")),
     "potato": T(lambda u, s: _superellipsoid((0.09 * u(.85, 1.15), 0.06 * u(.85, 1.15), 0.045), 2.2, (0, 0, 0.0225)),
-                (0.09, 0.06, 0.045), "brown", "food", ("potato", "sweet potato", "ginger", "kiwi", "rock", "stone", "pebble")),
+                (0.09, 0.06, 0.045), "brown", "food", ("potato", "sweet potato", "ginger", "rock", "stone", "pebble")),
     "mushroom": T(lambda u, s: _rev(np.array([[0, 0], [.32, 0], [.28, .5], [1, .5], [.95, .66], [.7, .86], [.35, .97], [0, 1]]) * [0.03 * u(.9, 1.1), 0.05]),
                   (0.06, 0.06, 0.05), "beige", "food", ("mushroom",)),
     "broccoli": T(lambda u, s: _union(_cyl(0.02, 0.05, (0, 0, 0.025)), *[_sphere(0.02 * u(.9, 1.1), (0.02 * np.cos(a), 0.02 * np.sin(a), 0.055), 2)
@@ -427,7 +431,7 @@ TEMPLATES: dict[str, Template] = {  # ALGO LOGIC: category templates (keywords m
                 (0.3, 0.11, 0.035), "brown", "wood", ("hammer", "mallet")),
     "scissors": T(_scissors, (0.16, 0.07, 0.008), "red", "metal", ("scissors", "shears")),
     "pen": T(lambda u, s: _union(_cyl(0.0055, 0.13 * u(.9, 1.1), (0, 0, 0.0055), "x", 16), _box((0.04, 0.003, 0.004), (-0.035, 0, 0.009))),
-             (0.14, 0.012, 0.014), "blue", "plastic", ("pen", "ballpoint", "chopstick", "stick", "straw", "skewer", "wand", "stylus"), rolls=True),
+             (0.14, 0.012, 0.014), "blue", "plastic", ("pen", "ballpoint", "stick", "straw", "skewer", "wand", "stylus"), rolls=True),
     "pencil": T(_pencil, (0.18, 0.009, 0.008), "yellow", "wood", ("pencil", "crayon")),
     "marker": T(lambda u, s: _union(_cyl(0.008, 0.11 * u(.9, 1.1), (0, 0, 0.009), "x", 16), _cyl(0.009, 0.04, (0.05, 0, 0.009), "x", 16)),
                 (0.14, 0.018, 0.018), "black", "plastic", ("marker", "highlighter", "glue stick", "lipstick", "flashlight", "torch", "sharpie"), rolls=True),
@@ -471,6 +475,29 @@ TEMPLATES: dict[str, Template] = {  # ALGO LOGIC: category templates (keywords m
                      ("rolling pin", "dowel", "rod", "pipe", "baton", "log"), rolls=True),
     "pouch": T(lambda u, s: _superellipsoid((0.2 * u(.9, 1.1), 0.12, 0.05), 2.6, (0, 0, 0.025)), (0.2, 0.12, 0.05), "black", "fabric",
                ("pouch", "bag", "wallet", "purse", "pencil case", "chips", "glasses case", "pillow", "cushion", "bean bag")),
+    # ---- issue 15: categories that fell back to grey generic shapes, and thin tools ----
+    "cherry": T(lambda u, s: _union(_sphere((r := 0.012 * u(.9, 1.1)), (0, 0, r)), _cyl(0.0012, 0.012, (0, 0, 2 * r + 0.004), sections=6)),
+                (0.03, 0.025, 0.025), "dark red", "food", ("cherry", "cherries", "berry", "plum"), rolls=True),
+    "coconut": T(lambda u, s: _flat_bottom(_superellipsoid((d := 0.11 * u(.9, 1.1), 0.95 * d, 0.9 * d), 2, (0, 0, 0.35 * d)), 0.2),
+                 (0.11, 0.105, 0.1), "dark brown", "food", ("coconut",), rolls=True),
+    "kiwi": T(lambda u, s: _flat_bottom(_superellipsoid((0.07 * u(.95, 1.05), 0.052, 0.05), 2.1, (0, 0, 0.018)), 0.2),
+              (0.07, 0.052, 0.048), "olive", "food", ("kiwi", "kiwifruit", "kiwi fruit")),
+    "cactus": T(lambda u, s: _union(_cyl(0.022, (h := 0.11 * u(.9, 1.1)), (0, 0, h / 2), sections=16), _sphere(0.022, (0, 0, h), 1),
+                                    _cyl(0.011, 0.03, (0.03, 0, 0.5 * h), "x", 10), _cyl(0.011, 0.035, (0.04, 0, 0.5 * h + 0.017), sections=10),
+                                    _cyl(0.011, 0.03, (-0.03, 0, 0.65 * h), "x", 10), _cyl(0.011, 0.03, (-0.04, 0, 0.65 * h + 0.015), sections=10)),
+                (0.1, 0.045, 0.13), "dark green", "plastic", ("cactus", "succulent", "cacti")),
+    # a flower cannot stand on its head: it is built lying down, stem along x and the bloom resting on the table
+    "flower": T(lambda u, s: _union(_cyl(0.004, (L := 0.2 * u(.9, 1.1)), (-L / 2, 0, 0.004), "x", 10),
+                                    _superellipsoid((0.04, 0.06, 0.035), 2, (0.015, 0, 0.0175)), _box((0.03, 0.012, 0.003), (-0.09, 0.008, 0))),
+                (0.26, 0.06, 0.035), "red", "plastic", ("flower", "rose", "tulip", "daisy", "sunflower", "bouquet", "lily")),
+    "paintbrush": T(lambda u, s: _union(_cyl(0.005, 0.13 * u(.9, 1.1), (-0.055, 0, 0.006), "x", 12), _cyl(0.0065, 0.025, (0.02, 0, 0.006), "x", 12),
+                                        _box((0.03, 0.012, 0.007), (0.047, 0, 0.0025))),
+                    (0.2, 0.013, 0.013), "tan", "wood", ("paintbrush", "paint brush", "artist brush")),
+    "chopsticks": T(lambda u, s: _union(*[_cyl(0.0045, 0.23 * u(.97, 1.03), (0, y, 0.0045), "x", 10) for y in (-0.004, 0.004)]),
+                    (0.23, 0.017, 0.009), "tan", "wood", ("chopstick", "chopsticks")),
+    # shape words ("round tray", "square bowl"): counterparts of templates of the other shape (choose_template)
+    "round_tray": T(lambda u, s: _hollow(0.13 * u(.9, 1.1), 0.135, 0.025, 0.005, 0.005, n=4, sections=40), (0.27, 0.27, 0.025), "black", "plastic",
+                    (), concave=True),
     # ---- generic fallbacks (no keywords: chosen by receptacle and aspect ratio) ----
     "rounded_box": T(lambda u, s: _generic(u, s, "rounded_box"), (0.08, 0.06, 0.05)),
     "capsule": T(lambda u, s: _generic(u, s, "capsule"), (0.15, 0.03, 0.03), rolls=True),
@@ -513,7 +540,7 @@ def choose_template(category: str, description: str = "", size_m=None, receptacl
                 if _find(k, words)]
         if hits:
             *_, name, k = max(hits)
-            return name, f"keyword {k!r} in {where} {text.strip()!r}"
+            return _with_shape(name, desc, f"keyword {k!r} in {where} {text.strip()!r}")
     x, y, z = size_m or (0.08, 0.06, 0.05)
     lo, hi = sorted((x, y))
     if receptacle == "IN":
@@ -524,8 +551,30 @@ def choose_template(category: str, description: str = "", size_m=None, receptacl
         name = "capsule"
     else:
         name = "rounded_box"
-    return name, (f"unknown category {category!r}: no template keyword matched; generic {name!r} "
-                  f"from receptacle={receptacle} and size {[round(v, 3) for v in (x, y, z)]}")
+    return _with_shape(name, desc, f"unknown category {category!r}: no template keyword matched; generic {name!r} "
+                       f"from receptacle={receptacle} and size {[round(v, 3) for v in (x, y, z)]}")
+
+
+# ALGO LOGIC: a shape word in the description swaps a template for its counterpart of that shape
+SHAPE_WORDS = {"round": "round", "circular": "round", "cylindrical": "round", "oval": "round",
+               "square": "square", "rectangular": "square", "boxy": "square", "cubic": "square"}
+SHAPE_COUNTERPARTS = {
+    "round": {"open_box": "open_round", "open_container": "open_round", "basket": "open_round", "tray": "round_tray",
+              "slab": "cookie", "rounded_box": "can", "box": "can"},
+    "square": {"open_round": "open_container", "bowl": "open_container", "bin": "open_container",
+               "holder": "open_container", "plate": "tray", "round_tray": "tray", "cookie": "slab", "can": "box"},
+}
+
+
+def shape_word(description: str) -> str | None:
+    """"round" / "square" when the description says so (first shape word wins), else None."""
+    return next((SHAPE_WORDS[w] for w in spaced_words(description).split() if w in SHAPE_WORDS), None)
+
+
+def _with_shape(name: str, desc: str, why: str) -> tuple[str, str]:
+    shape = shape_word(desc)
+    swap = SHAPE_COUNTERPARTS.get(shape or "", {}).get(name)
+    return (swap, f"{why}; {shape!r} in the description: {name!r} -> {swap!r}") if swap else (name, why)
 
 
 def category_range(tmpl: Template) -> tuple[float, float]:

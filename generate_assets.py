@@ -54,7 +54,7 @@ import trimesh
 import tyro
 
 import scene_schema as ss
-from asset_templates import (COLORS, MATERIAL_ALIASES, MATERIALS, TEMPLATES, Template, category_range, choose_template,
+from asset_templates import (COLORS, MATERIAL_ALIASES, MATERIAL_COLORS, MATERIALS, TEMPLATES, Template, category_range, choose_template,
                              spaced_words, to_frame)
 
 
@@ -714,8 +714,11 @@ def collect_requests(graphs: list[ss.SceneGraph], args: Args) -> dict[str, dict]
             color = word if word in COLORS else find_word(word, COLORS) or find_word(o.description, COLORS)
             note = f" (colour word {word!r} is not in the colour table: template default)" if word and not color else ""
             material = resolve_material(o.attributes.material) or resolve_material(o.description)
+            requested = color is not None
+            if not color and material and material != tmpl.material and material in MATERIAL_COLORS:
+                color, note = MATERIAL_COLORS[material], f" (no colour requested: the colour of {material})"
             reqs[aid] = dict(asset_id=aid, description=o.description, category=o.category, template=name, template_rule=rule,
-                             color=color or tmpl.color, color_requested=color is not None,
+                             color=color or tmpl.color, color_requested=requested,
                              color_note=note or ("" if color else " (no colour requested: template default)"), material=material or tmpl.material,
                              size_m=list(o.size_m) if o.size_m else None, graspable=grasp_fit, receptacle=o.receptacle,
                              scenes=[g.scene_id])
