@@ -115,6 +115,36 @@ def test_choose_template_generic_fallbacks_are_recorded():
     assert ga.choose_template("gizmo", "", (0.2, 0.1, 0.01))[0] == "slab"
 
 
+@pytest.mark.parametrize("category,description,expected", [
+    ("food_container", "a round container", "open_round"), ("food_container", "a container", "open_box"),
+    ("tray", "a round black tray", "round_tray"), ("bowl", "a square bowl", "open_container"),
+    ("plate", "a rectangular plate", "tray"), ("bowl", "a round bowl", "bowl"),  # already round: unchanged
+    ("kiwi", "a kiwi", "kiwi"), ("chopsticks", "wooden chopsticks", "chopsticks"), ("flower", "a rose", "flower"),
+    ("paintbrush", "a paintbrush", "paintbrush"), ("cherry", "a cherry", "cherry"), ("cactus", "a cactus", "cactus"),
+])
+def test_shape_words_and_issue15_categories_pick_their_templates(category, description, expected):
+    name, why = ga.choose_template(category, description, (0.2, 0.15, 0.08))
+    assert name == expected, why
+
+
+def test_material_word_without_colour_gives_the_material_colour():
+    import scene_schema as ss
+
+    def req(desc, material):
+        o = ss.SceneObject(name="t", role="target", category="spoon", description=desc, graspable=True,
+                           attributes=ss.ObjectAttributes(material=material), size_m=[0.16, 0.035, 0.02])
+        d = ss.SceneObject(name="d", role="destination", category="towel", description="a towel", receptacle="ON",
+                           size_m=[0.2, 0.15, 0.015])
+        g = ss.SceneGraph(scene_id="s", task="put the spoon on the towel", objects=[o, d],
+                          relations=[ss.Relation("t", "ON", "d")])
+        return next(r for r in ga.collect_requests([g], ga.Args()).values() if r["category"] == "spoon")
+
+    wooden, red_wooden, plain = req("a wooden spoon", "wood"), req("a red wooden spoon", "wood"), req("a spoon", None)
+    assert (wooden["color"], wooden["material"], wooden["color_requested"]) == ("tan", "wood", False)
+    assert red_wooden["color"] == "red" and red_wooden["color_requested"]
+    assert (plain["color"], plain["material"]) == ("silver", "metal")  # the template's own
+
+
 def test_auto_scale_rules():
     s, _ = ga.auto_scale([0.1, 0.05, 0.02], [0.2, 0.1, 0.04], graspable=False, grip_max_m=0.06)
     assert s == pytest.approx(2.0)
