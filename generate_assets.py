@@ -54,8 +54,8 @@ import trimesh
 import tyro
 
 import scene_schema as ss
-from asset_templates import (COLORS, MATERIAL_ALIASES, MATERIAL_COLORS, MATERIALS, TEMPLATES, Template, category_range, choose_template,
-                             spaced_words, to_frame)
+from asset_templates import (COLORS, MATERIAL_ALIASES, MATERIAL_COLORS, MATERIALS, TEMPLATES, Template, category_range,
+                             choose_template, spaced_words, to_frame)
 
 
 @dataclass
