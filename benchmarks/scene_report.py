@@ -30,7 +30,11 @@ class Args:
 
 
 def category_rows(scenes_dir: Path) -> dict[str, dict]:
-    summary = json.loads((scenes_dir / "compose_summary.json").read_text())
+    path = scenes_dir / "compose_summary.json"
+    if not path.exists():
+        raise SystemExit(f"scene_report.py: {path} does not exist (fix: --scenes-dir must be a folder that "
+                         "compose_scene.py has run on)")
+    summary = json.loads(path.read_text())
     rows: dict[str, dict] = defaultdict(lambda: {"scenes": 0, "accepted": 0, "succ": 0, "eps": 0, "reasons": []})
     for s in summary["scenes"]:
         g = ss.load_scene_graph(scenes_dir / s["scene_id"] / "scene_graph.json")

@@ -100,7 +100,8 @@ class Args:
     ppo_minibatch: int = 200
     """PPOFlow minibatch (transitions)."""
     ppo_update_epochs: int = 1
-    """PPOFlow epochs per iteration (--target-kl of the recipe may stop earlier)."""
+    """PPOFlow epochs per iteration (the recipe's --target-kl is checked after each epoch: with one epoch it only
+    matters when this is raised)."""
     ppo_iterations: int = 20
     """PPOFlow iterations per run (final checkpoint evaluated)."""
     ppo_lr: float = 5e-6

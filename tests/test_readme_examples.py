@@ -29,8 +29,9 @@ def test_every_readme_example_task_composes(tmp_path):
     tasks = readme_tasks()
     scenes, assets = tmp_path / "scenes", tmp_path / "assets"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "scene_designer.py", *[a for t in tasks for a in ("--task", t)], "--seed", "0",
-                    "--out-dir", str(scenes)], cwd=REPO, env=env, check=True, capture_output=True)
+    r = subprocess.run([sys.executable, "scene_designer.py", *[a for t in tasks for a in ("--task", t)], "--seed", "0",
+                        "--out-dir", str(scenes)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
     for stage in ("generate_assets.py", "compose_scene.py"):
         r = subprocess.run([sys.executable, stage, "--scenes-dir", str(scenes), "--assets-dir", str(assets), "--seed", "0",
                             "--workers", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
