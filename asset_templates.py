@@ -440,9 +440,10 @@ TEMPLATES: dict[str, Template] = {  # ALGO LOGIC: category templates (keywords m
                fill=0.3),  # a solid steel handle weighed 206 g and slipped from the fingers; a table knife is ~60 g
     "fork": T(lambda u, s: _union(_box((0.12, 0.012, 0.004), (-0.06, 0, 0)), _box((0.02, 0.024, 0.004), (0.01, 0, 0)),
                                   *[_box((0.045, 0.004, 0.004), (0.04, y, 0)) for y in (-0.01, -0.0033, 0.0033, 0.01)]),
-              (0.18, 0.025, 0.004), "silver", "metal", ("fork",)),
+              (0.18, 0.025, 0.004), "silver", "metal", ("fork",), fill=0.4),  # ~40 g like a table fork (solid: 100 g)
     "spoon": T(lambda u, s: _union(_box((0.12, 0.012, 0.004), (-0.06, 0, 0)), _superellipsoid((0.06, 0.04 * u(.9, 1.1), 0.01), 2, (0.025, 0, 0.005))),
-               (0.18, 0.04, 0.01), "silver", "metal", ("spoon", "ladle", "scoop", "teaspoon", "tablespoon")),
+               (0.18, 0.04, 0.01), "silver", "metal", ("spoon", "ladle", "scoop", "teaspoon", "tablespoon"),
+               fill=0.3),  # a solid bowl and a 4 mm handle weighed 110-130 g and slid out of the pinch; a spoon is ~40 g
     "spatula": T(lambda u, s: _union(_box((0.16, 0.016, 0.01), (-0.08, 0, 0)), _box((0.09, 0.07 * u(.9, 1.1), 0.004), (0.04, 0, 0))),
                  (0.25, 0.07, 0.01), "black", "plastic", ("spatula", "turner", "paddle", "scraper", "putty knife")),
     "cutting_board": T(lambda u, s: _union(_superellipsoid((0.3 * u(.9, 1.1), 0.2, 0.02), 8, (0, 0, 0.01)), _box((0.05, 0.05, 0.02), (0.16, 0, 0))),
