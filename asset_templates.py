@@ -509,6 +509,28 @@ TEMPLATES: dict[str, Template] = {  # ALGO LOGIC: category templates (keywords m
 del T
 
 
+def _code_digest(code, h) -> None:
+    """Feed a code object's bytecode, names and constants (nested code objects recursively) into hash `h`."""
+    h.update(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for c in code.co_consts:
+        if hasattr(c, "co_code"):
+            _code_digest(c, h)
+        else:
+            h.update(repr(c).encode())
+
+
+def template_fingerprint(name: str) -> str:
+    """A short hash of a template's build code and fields: generate_assets.py regenerates a cached asset whose
+    template changed since it was built (an edit of a shared helper such as `_box` is not seen: use --overwrite)."""
+    import hashlib
+
+    t = TEMPLATES[name]
+    h = hashlib.sha256(repr((name, t.size, t.color, t.material, t.concave, t.rolls, t.fill)).encode())
+    _code_digest(t.build.__code__, h)
+    return h.hexdigest()[:12]
+
+
 def spaced_words(text: str) -> str:
     """" a b c ": lower-case alphanumeric words padded with spaces, for whole-word matching."""
     return " " + re.sub(r"[^a-z0-9]+", " ", text.lower()).strip() + " "

@@ -55,7 +55,7 @@ import tyro
 
 import scene_schema as ss
 from asset_templates import (COLORS, MATERIAL_ALIASES, MATERIAL_COLORS, MATERIALS, TEMPLATES, Template, category_range,
-                             choose_template, spaced_words, to_frame)
+                             choose_template, spaced_words, template_fingerprint, to_frame)
 
 
 @dataclass
@@ -650,6 +650,7 @@ def build_asset(req: dict, args: Args) -> dict:
             bbox_m=facts.get("bbox_m", [0.0, 0.0, 0.0]), mass_kg=facts.get("mass_kg", 0.0), friction=facts.get("friction", 0.0),
             material=req["material"], color_rgba=facts.get("color_rgba", [*COLORS[req["color"]], 1.0]), paths=paths,
             args={"template": req["template"], "template_rule": req["template_rule"], "color": req["color"],
+                  "template_fingerprint": template_fingerprint(req["template"]),
                   "rolls": TEMPLATES[req["template"]].rolls, "concave": TEMPLATES[req["template"]].concave,
                   "size_m_requested": req["size_m"], "graspable": req["graspable"], "receptacle": req["receptacle"],
                   "provenance": facts.get("provenance"), "seconds": round(time.time() - t0, 3),
@@ -856,16 +857,20 @@ def main(args: Args) -> dict:
         print(f"[generate_assets] skipping scene graph: {e}")
     reqs = collect_requests(graphs, args)
     mine = {aid: r for aid, r in reqs.items() if in_shard(aid, shard)}
-    todo, cached = [], []
+    todo, cached, rebuilt = [], [], []
     for aid, r in mine.items():
         try:
             rec = ss.load_asset_record(assets_dir / aid)
             hit = not args.overwrite and (rec.accepted or not args.retry_rejected)
+            if hit and rec.args.get("template_fingerprint") != template_fingerprint(r["template"]):
+                hit = False  # built from an older version of its template (or before fingerprints): rebuild
+                rebuilt.append(aid)
         except (FileNotFoundError, ss.SchemaError, OSError):
             hit = False
         (cached if hit else todo).append(r)
     print(f"[generate_assets] {len(graphs)} scene(s), {len(reqs)} unique asset(s), {len(mine)} in shard {shard[0]}/{shard[1]}: "
-          f"{len(cached)} cached, {len(todo)} to generate with backend={args.backend}")
+          f"{len(cached)} cached, {len(todo)} to generate with backend={args.backend}"
+          + (f" ({len(rebuilt)} cached asset(s) rebuilt: their template changed)" if rebuilt else ""))
     from tqdm import tqdm
 
     t0, results = time.time(), []

@@ -244,6 +244,21 @@ def test_end_to_end_cache_bad_input_and_rest_on_table(tmp_path):
     s2 = ga.main(args)
     assert s2["generated"] == 0 and s2["cached"] == 8 and time.time() - t0 < 5
 
+    # an edited template (here the apple's density factor) rebuilds that template's assets only
+    import dataclasses
+
+    import asset_templates
+
+    name = recs["apple"].args["template"]
+    before = asset_templates.template_fingerprint(name)
+    heavy = dataclasses.replace(asset_templates.TEMPLATES[name], fill=0.5)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(asset_templates.TEMPLATES, name, heavy)
+        assert asset_templates.template_fingerprint(name) != before
+        s3 = ga.main(args)
+        assert s3["generated"] == 1 and s3["cached"] == 7, s3
+        assert records_by_category(assets)["apple"].mass_kg == pytest.approx(recs["apple"].mass_kg * 0.5, rel=0.2)
+
     # each accepted asset, loaded fresh from its files, rests on a table top (a static box, not the ground)
     import sapien
 

@@ -220,6 +220,40 @@ def test_expert_presses_flat_targets_onto_the_table():
     assert float(tips[1]) >= c.table_clearance_m - 1e-6  # die: above the table, pads around its middle
 
 
+def test_expert_turns_a_tilted_gripper_straight_down_before_the_grasp():
+    """Joint noise tilts the gripper: the expert's roll/pitch deltas (base-frame axis-angle, as the align2 controller
+    applies them) turn the approach axis (ee x) onto -z before it closes, and nothing while holding (pure planning)."""
+    import torch
+    from scipy.spatial.transform import Rotation
+
+    table = -0.02
+    priv = dict(target_bottom=torch.tensor([[0.3, 0.0, table]]), target_yaw=torch.zeros(1),
+                target_size=torch.tensor([[0.18, 0.024, 0.004]]), dest_bottom=torch.tensor([[0.3, 0.15, table]]),
+                dest_size=torch.tensor([[0.15, 0.15, 0.02]]), table_z=torch.full((1,), table),
+                grasped=torch.zeros(1, dtype=torch.bool))
+    down = Rotation.from_euler("y", 90, degrees=True)  # ee x -> -z: pointing straight down
+    rot = Rotation.from_rotvec([0.18, -0.2, 0.0]) * down  # tilted by 0.27 rad
+    expert = scene_env.ScriptedExpert(1)
+    expert.reset()
+    pos = torch.tensor([[0.3, 0.0, 0.1]])
+    closing_yaw = torch.full((1,), math.pi / 2)
+    tilts = []
+    for _ in range(10):
+        x, y, z, w = rot.as_quat()
+        acts = expert.plan(priv, pos, closing_yaw, chunk=4, tcp_q=torch.tensor([[w, x, y, z]], dtype=torch.float32))
+        for a in acts[0]:
+            assert float(a[3:5].norm()) <= scene_env.ExpertConfig().max_tilt_step + 1e-6
+            rot = Rotation.from_rotvec(a[3:6].numpy()) * rot  # the controller: delta in the base's orientation
+        pos = pos + acts[:, :, :3].sum(1)
+        tilts.append(math.acos(-rot.apply([1.0, 0, 0])[2]))
+        if bool((expert.phase > scene_env.DESCEND).all()):
+            break
+    assert tilts[0] < 0.27 and tilts[-1] < 0.02, tilts  # straight down before the close
+    x, y, z, w = rot.as_quat()
+    held = expert.plan(priv, pos, closing_yaw, chunk=4, tcp_q=torch.tensor([[w, x, y, z]], dtype=torch.float32))
+    assert float(held[0, :, 3:5].abs().max()) == 0.0  # closing / holding: no rotation
+
+
 def test_parse_scene_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown SimplerEnv task"):
         scene_env.parse_scene("simpler:NoSuchTask-v1")
