@@ -236,10 +236,11 @@ def plot_curves(curves: dict[str, dict], path: Path, title: str, baselines: dict
 
 def make_scenes(out: Path, tasks: list[str], variants: int, distractors: str, seed: int, workers: int,
                 log_dir: Path, steps_file: Path, dry_run: bool, name: str = "", compose_extra: list[str] = (),
-                assets: Path | None = None) -> Path:
+                assets: Path | None = None, asset_seed: int | None = None) -> Path:
     """design -> assets -> compose into <out>/scenes, <out>/assets; returns the scenes folder. `name` prefixes the
     step names (several pools in one experiment); `compose_extra` are extra compose_scene.py flags; `assets` another
-    asset folder (assets are content-addressed, so pools sharing one reuse each other's objects)."""
+    asset folder (assets are content-addressed, so pools sharing one reuse each other's objects); `asset_seed` the
+    generator's seed when it is not `seed` (the same description and asset seed give the same object instance)."""
     scenes, assets = out / "scenes", assets or out / "assets"
     cmd = stage("scene_designer.py") + [a for t in tasks for a in ("--task", t)] + [
         "--variants-per-task", str(variants), "--num-distractors", distractors, "--seed", str(seed),
@@ -247,7 +248,8 @@ def make_scenes(out: Path, tasks: list[str], variants: int, distractors: str, se
     run_step(f"{name}design", cmd, scenes / "index.json", log_dir, steps_file, dry_run)
     marker = scenes / "assets_done.json"  # per pool: a shared asset folder's contact sheet says nothing about this pool
     run_step(f"{name}assets", stage("generate_assets.py") + ["--scenes-dir", str(scenes), "--assets-dir", str(assets),
-                                                             "--seed", str(seed), "--workers", str(workers)],
+                                                             "--seed", str(seed if asset_seed is None else asset_seed),
+                                                             "--workers", str(workers)],
              marker, log_dir, steps_file, dry_run)
     if not dry_run and not marker.exists():
         marker.write_text(json.dumps({"assets_dir": str(assets)}))

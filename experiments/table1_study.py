@@ -3,8 +3,10 @@
 W = a pool of composed scenes from user-style commands (examples/tasks_study.txt, 8 task families, object-pose
 randomisation ON, 0-1 distractors) -> one seeded split H_0 of max(--ns) scenes (evaluate.py --make-splits); OOD =
 W minus H_0. N = 0: ONE imitation start shared by every N, trained on scripted demos of scenes NOT in W: other
-variants of the same commands (--il-seed: other layouts, object instances and distractors; no scene id or layout
-of W, checked), or another command list (--il-tasks-file examples/tasks_study_il.txt: other objects / colours). PPOFlow from that start on the first N scenes of H_0 for N
+variants of the same commands (--il-seed: other layouts, rooms, distractors and command variants; W's object
+instances where a description recurs, --il-objects shared; no scene id or layout of W, checked), or another command
+list (--il-tasks-file examples/tasks_study_il.txt: other objects / colours). PPOFlow from that start on the first N
+scenes of H_0 for N
 in --ns, --num-seeds seeds at N = --multi-seed-n (one elsewhere), FINAL checkpoints (no early stopping). A
 compute-matched baseline spends the env decisions of one PPOFlow run without RL: more imitation from the same start
 on scripted demos of the N = --multi-seed-n training scenes (same decisions, same number of gradient steps).
@@ -58,7 +60,12 @@ class Args:
     """Task commands of the imitation start's scenes (default: W's commands, whose IL variants get other layouts,
     object instances and distractors from --il-seed; examples/tasks_study_il.txt holds other objects / colours)."""
     il_seed: int = 1
-    """Designer / asset / composer seed of the imitation pool (must differ from --seed: no scene of W is reused)."""
+    """Designer / composer seed of the imitation pool (must differ from --seed: no scene of W is reused)."""
+    il_objects: Literal["shared", "other"] = "shared"
+    """Object instances of the imitation pool. shared: W's instances where a description recurs (the asset seed is
+    --seed), with other layouts, distractors, rooms and command variants (--il-seed): the start has seen W's objects,
+    not its scenes, the way a BridgeV2 start has seen everyday objects. other: other instances (asset seed --il-seed);
+    a from-scratch tiny start then scores ~1% on W (RESULTS.md, session 5), too little for PPOFlow to learn from."""
     il_variants_per_task: int = 2
     """Scene variants per command in the imitation pool."""
     variants_per_task: int = 1
@@ -83,15 +90,17 @@ class Args:
     """Episode length in chunk decisions (paper: 25)."""
     env_workers: int = 4
     """CPU env workers for demos and evaluation."""
-    env_extra: str = ""
-    """Extra env flags for imitation and PPOFlow, written with "=" (default: full Table A.2 randomisation)."""
+    env_extra: str = "--env.no-dr-camera --env.no-dr-lighting"
+    """Extra env flags for imitation and PPOFlow (evaluation uses each run's own), written with "=". Default: the
+    conditions the recipe was developed under (RESULTS.md): object-pose and robot randomisation of Table A.2 on,
+    camera and lighting randomisation off (a from-scratch 64 px tiny policy); "" for all of Table A.2."""
     compose_extra: str = ""
     """Extra compose_scene.py flags, written with "=" (e.g. --compose-extra="--solver-attempts 2")."""
     num_inference_steps: int = 1
     """K of the flow chain (imitation checkpoint and PPOFlow)."""
-    il_episodes: int = 1500
+    il_episodes: int = 2400
     """Successful expert demos of the N = 0 start, spread over its scenes."""
-    il_steps: int = 8000
+    il_steps: int = 12000
     """Imitation gradient steps of the N = 0 start."""
     ppo_num_envs: int = 8
     """PPOFlow parallel envs (one CPU worker each)."""
@@ -249,7 +258,8 @@ def main(args: Args) -> Path:
     w = make_scenes(out / "W", w_tasks, args.variants_per_task, args.num_distractors, args.seed, args.env_workers,
                     logs, steps, args.dry_run, "W_", cx, out / "assets")
     il_pool = make_scenes(out / "IL", il_tasks, args.il_variants_per_task, args.num_distractors, args.il_seed,
-                          args.env_workers, logs, steps, args.dry_run, "IL_", cx, out / "assets")  # shared asset cache
+                          args.env_workers, logs, steps, args.dry_run, "IL_", cx, out / "assets",  # shared asset cache
+                          asset_seed=args.seed if args.il_objects == "shared" else args.il_seed)
     if not args.dry_run and (same := disjoint_pools(w, il_pool)):
         raise SystemExit(f"table1_study.py: imitation scenes {same} are also in W (same id or content; fix: --il-seed)")
     composed = sorted(p.parent.name for p in w.glob("*/manifest.json"))
@@ -357,7 +367,8 @@ def write_report(out: Path, args: Args, h0: list[str], w: list[str], groups: dic
     md = [f"# Table-1 study: PPOFlow across generated scenes ({args.preset}, K={args.num_inference_steps})\n",
           f"W: {len(w)} composed scenes ({args.tasks_file}); H_0 = first {max(args.ns)} of the split; OOD = {len(ood)} "
           f"scenes; N=0 start trained on {args.il_variants_per_task} other variants (seed {args.il_seed}: other layouts, "
-          f"object instances, distractors) of {args.il_tasks_file or 'the same commands'}, no scene of W. "
+          f"rooms, distractors; object instances: {args.il_objects}) of {args.il_tasks_file or 'the same commands'}, "
+          f"no scene of W. Env flags of training: `{args.env_extra}`. "
           "Evaluation: deterministic, "
           f"{args.eval_episodes} episodes per scene, seeds from {args.eval_seed}. Final PPOFlow checkpoints "
           "(no early stopping).\n", table_md(rows),
