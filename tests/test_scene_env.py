@@ -328,6 +328,18 @@ def test_genscene_reset_step_success_dr_and_expert(tiny):
     fast = env.target_contacts(others)
     slow = [env.contact(env.target, o) for o in others]
     assert [bool(x[0]) for x in fast] == [bool(x[0]) for x in slow] and 0 < sum(bool(x[0]) for x in slow) < len(slow)
+    # the expert's grasp point is under the bbox centre, also for a target rolled on its side (its frame origin,
+    # the unrolled bottom centre, then lies beside the centre)
+    from mani_skill.utils.structs.pose import Pose
+
+    h = float(env.target_size[0, 2])
+    p = torch.tensor(scene_env.base_to_world([0.3, 0.0, h / 2]), dtype=torch.float32)[None]
+    rolled = Pose.create_from_pq(p=p, q=torch.tensor([[math.cos(math.pi / 4), math.sin(math.pi / 4), 0.0, 0.0]]))
+    env.target.set_pose(rolled)  # rolled 90 deg about its x axis: origin h/2 sideways, centre above (0.3, 0)
+    tb = env.privileged_state()["target_bottom"][0]
+    centre = (env.agent.robot.pose.inv() * rolled * Pose.create_from_pq(p=torch.tensor([[0.0, 0.0, h / 2]]))).p[0]
+    origin = (env.agent.robot.pose.inv() * rolled).p[0]
+    assert torch.allclose(tb[:2], centre[:2], atol=1e-5) and float((origin[:2] - centre[:2]).norm()) > 0.4 * h
 
     # DR flags: lighting / camera / robot / object pose change with the seed only when enabled
     def snapshot():
