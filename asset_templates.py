@@ -438,10 +438,12 @@ TEMPLATES: dict[str, Template] = {  # ALGO LOGIC: category templates (keywords m
     "knife": T(lambda u, s: _union(_box((0.1, 0.02, 0.012), (-0.05, 0, 0)), _prism([(0, -0.01), (0.12 * u(.9, 1.1), -0.01), (0.13, 0.0), (0, 0.012)], 0.003)),
                (0.23, 0.024, 0.012), "silver", "metal", ("knife", "butter knife", "cleaver", "dagger", "blade"),
                fill=0.3),  # a solid steel handle weighed 206 g and slipped from the fingers; a table knife is ~60 g
-    "fork": T(lambda u, s: _union(_box((0.12, 0.012, 0.004), (-0.06, 0, 0)), _box((0.02, 0.024, 0.004), (0.01, 0, 0)),
-                                  *[_box((0.045, 0.004, 0.004), (0.04, y, 0)) for y in (-0.01, -0.0033, 0.0033, 0.01)]),
-              (0.18, 0.025, 0.004), "silver", "metal", ("fork",), fill=0.4),  # ~40 g like a table fork (solid: 100 g)
-    "spoon": T(lambda u, s: _union(_box((0.12, 0.012, 0.004), (-0.06, 0, 0)), _superellipsoid((0.06, 0.04 * u(.9, 1.1), 0.01), 2, (0.025, 0, 0.005))),
+    # flat cutlery 5 mm high: a real handle arches off the table; a 4 mm flat bar lies below the finger pads' lower
+    # edge (a 4.0 mm fork was missed in 4 of 6 episodes, a 4.4 mm one grasped in 17 of 18)
+    "fork": T(lambda u, s: _union(_box((0.12, 0.012, 0.005), (-0.06, 0, 0)), _box((0.02, 0.024, 0.005), (0.01, 0, 0)),
+                                  *[_box((0.045, 0.004, 0.005), (0.04, y, 0)) for y in (-0.01, -0.0033, 0.0033, 0.01)]),
+              (0.18, 0.025, 0.005), "silver", "metal", ("fork",), fill=0.35),  # ~40 g like a table fork (solid: 100 g)
+    "spoon": T(lambda u, s: _union(_box((0.12, 0.012, 0.005), (-0.06, 0, 0)), _superellipsoid((0.06, 0.04 * u(.9, 1.1), 0.01), 2, (0.025, 0, 0.005))),
                (0.18, 0.04, 0.01), "silver", "metal", ("spoon", "ladle", "scoop", "teaspoon", "tablespoon"),
                fill=0.3),  # a solid bowl and a 4 mm handle weighed 110-130 g and slid out of the pinch; a spoon is ~40 g
     "spatula": T(lambda u, s: _union(_box((0.16, 0.016, 0.01), (-0.08, 0, 0)), _box((0.09, 0.07 * u(.9, 1.1), 0.004), (0.04, 0, 0))),
@@ -551,15 +553,17 @@ def _find_end(keyword: str, words: str) -> int:
 
 
 def choose_template(category: str, description: str = "", size_m=None, receptacle: str | None = None) -> tuple[str, str]:
-    """Category -> (template name, why). Longest keyword in the category wins, then in the description
-    (colour words removed), then a generic shape from receptacle + aspect ratio: every category gets one."""
+    """Category -> (template name, why). The head-noun keyword (ending last, then longest) in the category wins, then
+    in the description (colour words removed), then a generic shape from receptacle + aspect ratio: every category
+    gets one."""
     desc = description.lower()
     for c in sorted(COLORS, key=len, reverse=True):
         desc = re.sub(rf"\b{c}\b", " ", desc)
     for where, text in (("category", category), ("description", desc)):
         words = spaced_words(text)
-        # longest keyword wins; ties go to the keyword that ends last (the head noun: "toy box" is a box)
-        hits = [(len(k), _find_end(k, words), name, k) for name, t in TEMPLATES.items() for k in t.keywords
+        # the keyword that ends last wins (the head noun: "toy box" is a box, a "toothbrush cup" a cup), then the
+        # longest of those ("tennis ball" over "ball")
+        hits = [(_find_end(k, words), len(k), name, k) for name, t in TEMPLATES.items() for k in t.keywords
                 if _find(k, words)]
         if hits:
             *_, name, k = max(hits)

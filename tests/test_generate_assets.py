@@ -91,7 +91,8 @@ def test_templates_build_watertight_single_part():
     ("tennis_ball", "", "ball"), ("toy_car", "", "toy_car"), ("cutting board", "", "cutting_board"),
     ("bell_pepper", "", "pepper"), ("dish_towel", "", "towel"), ("grapes", "", "grapes"), ("TV Remote", "", "remote"),
     ("thing", "a small wooden spoon", "spoon"), ("orange", "", "orange"), ("widget", "an orange widget", "rounded_box"),
-    # ties between equally long keywords go to the head noun ("toy box" is a box, not a toy figure)
+    # the head noun wins ("toy box" is a box, not a toy figure; a toothbrush cup is a cup, not a toothbrush)
+    ("toothbrush_cup", "a toothbrush cup", "cup"), ("tennis ball", "", "ball"), ("rubber duck", "", "duck"),
     ("toy_box", "a wooden toy box", "open_box"), ("storage", "a toy box", "open_box"), ("toolbox", "", "open_box"),
     ("paper_clip", "a silver paper clip", "clip"), ("brick", "a red brick", "brick"), ("lego brick", "", "block"),
     ("toy", "a toy", "figure"),
