@@ -582,6 +582,23 @@ def choose_template(category: str, description: str = "", size_m=None, receptacl
                        f"from receptacle={receptacle} and size {[round(v, 3) for v in (x, y, z)]}")
 
 
+# ALGO LOGIC: a proportion word stretches the template's mesh along its axes (x long, y across, z up) before the
+# bounding-box fit, and the requested size with it: a "tall cup" is taller than a cup, a "flat tray" lower
+PROPORTION_WORDS = {"tall": (1.0, 1.0, 1.4), "flat": (1.0, 1.0, 0.6), "shallow": (1.0, 1.0, 0.6),
+                    "short": (1.0, 1.0, 0.7), "long": (1.35, 1.0, 1.0), "wide": (1.25, 1.25, 1.0)}
+
+
+def proportion_stretch(description: str) -> tuple[float, float, float]:
+    """Per-axis stretch of the proportion words in a description ("a tall glass" -> (1, 1, 1.4)); several
+    multiply; (1, 1, 1) when there is none."""
+    words = spaced_words(description.lower())
+    out = np.ones(3)
+    for w, k in PROPORTION_WORDS.items():
+        if _find(w, words):
+            out *= k
+    return tuple(float(x) for x in out)
+
+
 # ALGO LOGIC: a shape word in the description swaps a template for its counterpart of that shape
 SHAPE_WORDS = {"round": "round", "circular": "round", "cylindrical": "round", "oval": "round",
                "square": "square", "rectangular": "square", "boxy": "square", "cubic": "square"}

@@ -55,7 +55,7 @@ import tyro
 
 import scene_schema as ss
 from asset_templates import (COLORS, MATERIAL_ALIASES, MATERIAL_COLORS, MATERIALS, TEMPLATES, Template, category_range,
-                             choose_template, spaced_words, template_fingerprint, to_frame)
+                             choose_template, proportion_stretch, spaced_words, template_fingerprint, to_frame)
 
 
 @dataclass
@@ -561,7 +561,11 @@ def _attempt(req: dict, seed: int, attempt: int, args: Args, work: Path, qa: lis
     own = visual_color(raw) if prov["backend"] != "procedural" else None
     mesh, notes = repair(raw, args.face_budget)
     to_frame(mesh)
-    size = req["size_m"] or list(tmpl.size)
+    stretch = req.get("stretch") or [1.0, 1.0, 1.0]
+    if stretch != [1.0, 1.0, 1.0]:  # "tall", "flat", ...: the template's proportions, stretched per axis
+        mesh.apply_scale(stretch)
+        to_frame(mesh)
+    size = req["size_m"] or [v * k for v, k in zip(tmpl.size, stretch)]
     scale, why = auto_scale(mesh.extents, size, req["graspable"], args.grip_max_m)
     mesh.apply_scale(scale)
     to_frame(mesh)
@@ -650,7 +654,7 @@ def build_asset(req: dict, args: Args) -> dict:
             bbox_m=facts.get("bbox_m", [0.0, 0.0, 0.0]), mass_kg=facts.get("mass_kg", 0.0), friction=facts.get("friction", 0.0),
             material=req["material"], color_rgba=facts.get("color_rgba", [*COLORS[req["color"]], 1.0]), paths=paths,
             args={"template": req["template"], "template_rule": req["template_rule"], "color": req["color"],
-                  "template_fingerprint": template_fingerprint(req["template"]),
+                  "template_fingerprint": template_fingerprint(req["template"]), "stretch": req.get("stretch"),
                   "rolls": TEMPLATES[req["template"]].rolls, "concave": TEMPLATES[req["template"]].concave,
                   "size_m_requested": req["size_m"], "graspable": req["graspable"], "receptacle": req["receptacle"],
                   "provenance": facts.get("provenance"), "seconds": round(time.time() - t0, 3),
@@ -718,10 +722,12 @@ def collect_requests(graphs: list[ss.SceneGraph], args: Args) -> dict[str, dict]
             requested = color is not None
             if not color and material and material != tmpl.material and material in MATERIAL_COLORS:
                 color, note = MATERIAL_COLORS[material], f" (no colour requested: the colour of {material})"
+            stretch = proportion_stretch(o.description)
+            size_m = [round(v * k, 4) for v, k in zip(o.size_m, stretch)] if o.size_m else None
             reqs[aid] = dict(asset_id=aid, description=o.description, category=o.category, template=name, template_rule=rule,
                              color=color or tmpl.color, color_requested=requested,
                              color_note=note or ("" if color else " (no colour requested: template default)"), material=material or tmpl.material,
-                             size_m=list(o.size_m) if o.size_m else None, graspable=grasp_fit, receptacle=o.receptacle,
+                             size_m=size_m, stretch=list(stretch), graspable=grasp_fit, receptacle=o.receptacle,
                              scenes=[g.scene_id])
     return reqs
 

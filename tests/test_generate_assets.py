@@ -101,6 +101,26 @@ def test_choose_template_keywords(category, description, expected):
     assert ga.choose_template(category, description, (0.08, 0.06, 0.05))[0] == expected
 
 
+def test_proportion_words_stretch_the_asset(tmp_path):
+    """"tall" / "flat" change the proportions, not only the size: the same cup (same description and seed, so the
+    same random draws) comes out 1.4x taller for its width when its request says "tall"."""
+    assert ga.proportion_stretch("a tall glass") == (1.0, 1.0, 1.4) and ga.proportion_stretch("a cup") == (1.0, 1.0, 1.0)
+    assert ga.proportion_stretch("a tall, wide vase")[0] == 1.25  # several words multiply
+    assert ga.proportion_stretch("a flat tray") == (1.0, 1.0, 0.6)
+    g = scene("cups", obj("pen", "target", "pen", "a pen", (0.14, 0.012, 0.012), graspable=True),
+              obj("cup", "destination", "cup", "a tall cup", (0.08, 0.08, 0.1), receptacle="IN"))
+    args = args_for(tmp_path, stability_check=False)
+    req = next(r for r in ga.collect_requests([g], args).values() if r["category"] == "cup")
+    assert req["stretch"] == [1.0, 1.0, 1.4] and req["size_m"][2] == pytest.approx(0.14)
+    plain = {**req, "stretch": [1.0, 1.0, 1.0], "size_m": [0.08, 0.08, 0.1], "asset_id": "plain_cup"}
+    for r in (req, plain):
+        assert ga.build_asset(r, args)["accepted"]
+    tall = ss.load_asset_record(tmp_path / "assets" / req["asset_id"]).bbox_m
+    cup = ss.load_asset_record(tmp_path / "assets" / "plain_cup").bbox_m
+    assert tall[2] / tall[0] == pytest.approx(1.4 * cup[2] / cup[0], rel=0.01)  # the same mesh, 1.4x the height
+    assert tall[1] / tall[0] == pytest.approx(cup[1] / cup[0], rel=0.01) and tall[2] == pytest.approx(0.14, rel=0.01)
+
+
 @pytest.mark.parametrize("category,size", [("paper_clip", 0.033), ("brick", 0.2), ("toy_box", 0.4), ("knife", 0.2)])
 def test_category_ranges_hold_real_sizes(category, size):
     lo, hi = ga.category_range(ga.TEMPLATES[ga.choose_template(category, "")[0]])
