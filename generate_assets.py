@@ -399,13 +399,36 @@ def visual_color(m: trimesh.Trimesh) -> np.ndarray | None:
     return None
 
 
-def export_visual(m: trimesh.Trimesh, rgba, material: str, path: Path) -> None:
-    """GLB with a PBR material (SAPIEN ignores vertex colours)."""
+def wood_grain(rgb, size: int = 256, seed: int = 0) -> np.ndarray:
+    """[size, size, 3] uint8 wood grain in colour `rgb` (0-1; brightness 0.72-1.0 of it, baked in: SAPIEN's glTF
+    loader does not multiply a base-colour texture by its factor): rings along v whose phase wanders with u, so
+    the lines run along the texture's u axis."""
+    rng = np.random.default_rng(seed)
+    u, v = np.meshgrid(np.linspace(0, 1, size, endpoint=False), np.linspace(0, 1, size, endpoint=False))
+    wander = sum(a * np.sin(2 * np.pi * (f * u + rng.uniform())) for f, a in ((1, 0.35), (3, 0.12), (7, 0.04)))
+    rings = 0.5 + 0.5 * np.sin(2 * np.pi * (9 * v + wander))
+    fine = rng.normal(0, 0.025, (size, size))
+    g = np.clip(0.72 + 0.28 * (0.35 + 0.65 * rings ** 3) + fine, 0, 1)
+    return (g[..., None] * np.asarray(rgb, float)[None, None, :3] * 255).astype(np.uint8)
+
+
+def export_visual(m: trimesh.Trimesh, rgba, material: str, path: Path, seed: int = 0) -> None:
+    """GLB with a PBR material (SAPIEN ignores vertex colours): metal and glass from their metallic / roughness
+    factors, wood with a procedural grain texture along the object's long (x) axis."""
+    from PIL import Image
+
     _, _, metal, rough = MATERIALS[material]
-    mat = trimesh.visual.material.PBRMaterial(baseColorFactor=(np.asarray(rgba) * 255).astype(np.uint8),
-                                              metallicFactor=metal, roughnessFactor=rough)
     v = m.smooth_shaded  # split vertices at sharp edges: flat box faces, smooth round ones
-    v.visual = trimesh.visual.TextureVisuals(material=mat)
+    texture, uv = None, None
+    if material == "wood":  # a flat tan reads as cardboard: grain lines along x, projected from the side (x, y+z)
+        lo, hi = v.bounds
+        ext = max(float((hi - lo).max()), 1e-6)
+        uv = np.stack([(v.vertices[:, 0] - lo[0]) / ext, (v.vertices[:, 1] - lo[1] + v.vertices[:, 2] - lo[2]) / ext], 1)
+        texture = Image.fromarray(wood_grain(rgba[:3], seed=seed))
+    factor = [255, 255, 255, int(255 * rgba[3])] if texture is not None else (np.asarray(rgba) * 255).astype(np.uint8)
+    mat = trimesh.visual.material.PBRMaterial(baseColorFactor=factor,
+                                              metallicFactor=metal, roughnessFactor=rough, baseColorTexture=texture)
+    v.visual = trimesh.visual.TextureVisuals(uv=uv, material=mat)
     path.write_bytes(v.export(file_type="glb"))
 
 
@@ -578,7 +601,7 @@ def _attempt(req: dict, seed: int, attempt: int, args: Args, work: Path, qa: lis
                  friction=MATERIALS[req["material"]][1], color_rgba=[float(c) for c in rgba], provenance=prov)
     for f in work.glob("collision_*.obj"):
         f.unlink()
-    export_visual(mesh, rgba, req["material"], work / "visual.glb")
+    export_visual(mesh, rgba, req["material"], work / "visual.glb", seed)
     parts = collision_parts(mesh, tmpl.concave or prov["backend"] != "procedural", args, seed)
     facts["collision"] = []
     for i, p in enumerate(parts):

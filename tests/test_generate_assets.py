@@ -101,6 +101,24 @@ def test_choose_template_keywords(category, description, expected):
     assert ga.choose_template(category, description, (0.08, 0.06, 0.05))[0] == expected
 
 
+def test_wood_gets_a_grain_texture_in_its_colour_and_plastic_a_flat_colour(tmp_path):
+    import trimesh
+
+    box = trimesh.creation.box((0.2, 0.05, 0.02))
+    tan = [*ga.COLORS["tan"], 1.0]
+    for material in ("wood", "plastic"):
+        ga.export_visual(box, tan, material, tmp_path / f"{material}.glb")
+        mat = trimesh.load(tmp_path / f"{material}.glb", force="mesh").visual.material
+        tex = getattr(mat, "baseColorTexture", None)
+        if material == "plastic":
+            assert tex is None
+            continue
+        img = np.asarray(tex.convert("RGB"), float) / 255
+        mean = img.reshape(-1, 3).mean(0)
+        assert img[..., 0].std() > 0.03, "grain: the brightness varies"
+        assert np.allclose(mean / mean.max(), np.asarray(tan[:3]) / max(tan[:3]), atol=0.05), "in the asset's colour"
+
+
 def test_proportion_words_stretch_the_asset(tmp_path):
     """"tall" / "flat" change the proportions, not only the size: the same cup (same description and seed, so the
     same random draws) comes out 1.4x taller for its width when its request says "tall"."""
