@@ -612,7 +612,8 @@ class GenSceneEnv(BaseEnv):
         half[:, 2] = self.target_size.to(self.device)[:, 2] / 2
         centre = (tp * Pose.create_from_pq(p=half)).p
         bottom = torch.cat([centre[:, :2], tp.p[:, 2:]], dim=1)
-        return dict(target_bottom=bottom, target_yaw=_yaw(tp.q), target_size=self.target_size.to(self.device),
+        com = (tp * self.target.cmass_local_pose).p
+        return dict(target_bottom=bottom, target_com=com, target_yaw=_yaw(tp.q), target_size=self.target_size.to(self.device),
                     dest_bottom=dp.p, dest_size=self.dest_size.to(self.device), table_z=top,
                     grasped=self.agent.is_grasping(self.target))
 
@@ -701,6 +702,9 @@ class ExpertConfig:
     table with the pads pressed on it, as Bridge demonstrators scrape flat things off the table)."""
     approach_above_m: float = 0.07
     """Pre-grasp height of the grasp point above the grasp height."""
+    grasp_at_mass_centre: bool = False
+    """Elongated targets (length > 3x width) are grasped at their centre of mass, projected onto the table, instead
+    of under their bounding-box centre (a knife's heavy handle tips it out of a pinch at the blade root)."""
     place_clearance_m: float = 0.012
     """Height of the target's bottom above the destination's top when it is released (low, so round produce
     does not bounce or roll off a flat plate / board)."""
@@ -767,10 +771,14 @@ class ScriptedExpert:
             tilt_left = torch.where(sin > 1e-6, axis / sin.clamp_min(1e-9) * angle, torch.zeros_like(axis))
             tilt_left[self.phase > DESCEND] = 0.0
         acts = torch.zeros(n, chunk, 7)
+        txy = tb[:, :2]
+        if c.grasp_at_mass_centre and "target_com" in priv:
+            long_obj = torch.maximum(tsz[:, 0], tsz[:, 1]) > 3 * torch.minimum(tsz[:, 0], tsz[:, 1])
+            txy = torch.where(long_obj[:, None], priv["target_com"][:, :2], txy)
         for k in range(chunk):
             ph = self.phase
             goal = pos.clone()
-            txy, dxy = tb[:, :2], db[:, :2]
+            dxy = db[:, :2]
             goal[:, :2] = torch.where((ph <= LIFT)[:, None], txy, dxy)
             # retreat above the destination in absolute terms (carry_z follows the held target's height)
             retreat_z = dest_top + tsz[:, 2] + c.finger_below_ee_m + 0.06

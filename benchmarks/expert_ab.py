@@ -47,7 +47,8 @@ def expert_config(overrides: list[str]) -> scene_env.ExpertConfig:
         k, sep, v = o.partition("=")
         if not sep or k not in known:
             raise SystemExit(f"expert_ab.py: override {o!r}: want key=value with key one of {sorted(known)}")
-        kv[k] = type(getattr(base, k))(v)
+        kind = type(getattr(base, k))
+        kv[k] = v.lower() in ("1", "true", "yes") if kind is bool else kind(v)
     return dataclasses.replace(base, **kv)
 
 
