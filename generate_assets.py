@@ -891,15 +891,16 @@ def main(args: Args) -> dict:
         try:
             rec = ss.load_asset_record(assets_dir / aid)
             hit = not args.overwrite and (rec.accepted or not args.retry_rejected)
-            if hit and rec.args.get("template_fingerprint") != template_fingerprint(r["template"]):
-                hit = False  # built from an older version of its template (or before fingerprints): rebuild
+            if hit and (rec.args.get("template_fingerprint") != template_fingerprint(r["template"])
+                        or rec.args.get("stretch", [1.0, 1.0, 1.0]) != r["stretch"]):
+                hit = False  # built from an older version of its template or proportions (or before either): rebuild
                 rebuilt.append(aid)
         except (FileNotFoundError, ss.SchemaError, OSError):
             hit = False
         (cached if hit else todo).append(r)
     print(f"[generate_assets] {len(graphs)} scene(s), {len(reqs)} unique asset(s), {len(mine)} in shard {shard[0]}/{shard[1]}: "
           f"{len(cached)} cached, {len(todo)} to generate with backend={args.backend}"
-          + (f" ({len(rebuilt)} cached asset(s) rebuilt: their template changed)" if rebuilt else ""))
+          + (f" ({len(rebuilt)} cached asset(s) rebuilt: their template or proportions changed)" if rebuilt else ""))
     from tqdm import tqdm
 
     t0, results = time.time(), []

@@ -35,6 +35,8 @@ class Args:
     """ExpertConfig overrides of A, key=value (default: ExpertConfig())."""
     b: list[str] = field(default_factory=list)
     """ExpertConfig overrides of B, key=value."""
+    only: list[str] = field(default_factory=list)
+    """Only scenes whose id contains one of these substrings (default: all)."""
     image_size: int = 32
     """Policy-camera size (the expert does not look; small is fast)."""
 
@@ -71,9 +73,11 @@ def run(manifest: Path, cfg: scene_env.ExpertConfig, seeds: list[int], image_siz
 
 
 def main(args: Args) -> dict:
-    scenes = sorted(Path(args.scenes_dir).glob("*/manifest.json"))
+    scenes = [m for m in sorted(Path(args.scenes_dir).glob("*/manifest.json"))
+              if not args.only or any(o in m.parent.name for o in args.only)]
     if not scenes:
-        raise SystemExit(f"expert_ab.py: no composed scenes (*/manifest.json) under {args.scenes_dir}")
+        raise SystemExit(f"expert_ab.py: no composed scenes (*/manifest.json) under {args.scenes_dir}"
+                         + (f" matching {args.only}" if args.only else ""))
     cfgs = {"A": expert_config(args.a), "B": expert_config(args.b)}
     tot = {"A": 0, "B": 0}
     print(f"{'scene':48s}  A  B   (of {len(args.seeds)})")
