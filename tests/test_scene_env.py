@@ -254,6 +254,33 @@ def test_expert_turns_a_tilted_gripper_straight_down_before_the_grasp():
     assert float(held[0, :, 3:5].abs().max()) == 0.0  # closing / holding: no rotation
 
 
+def test_expert_retries_a_lost_grasp_of_a_long_target_a_little_along_it():
+    """A grasp lost after the close (phase LIFT, nothing held) restarts the approach at a point shifted along the
+    target's long axis, +d then -d (pure planning)."""
+    import torch
+
+    c = scene_env.ExpertConfig()
+    table = -0.02
+    priv = dict(target_bottom=torch.tensor([[0.3, 0.0, table]]), target_yaw=torch.zeros(1),
+                target_size=torch.tensor([[0.18, 0.024, 0.005]]), dest_bottom=torch.tensor([[0.3, 0.15, table]]),
+                dest_size=torch.tensor([[0.15, 0.15, 0.02]]), table_z=torch.full((1,), table),
+                grasped=torch.zeros(1, dtype=torch.bool))
+    expert = scene_env.ScriptedExpert(1)
+    expert.reset()
+    pos = torch.tensor([[0.3, 0.0, 0.1]])
+    goals = []
+    for attempt in range(3):
+        expert.phase[:] = scene_env.LIFT if attempt else scene_env.APPROACH  # LIFT without the target: lost
+        acts = expert.plan(priv, pos, torch.full((1,), math.pi / 2), chunk=1)
+        goals.append(float(pos[0, 0] + acts[0, 0, 0]))  # one step toward the approach point (x is the long axis)
+    assert goals[0] == pytest.approx(0.3, abs=1e-6) and expert.retries.tolist() == [2]
+    assert goals[1] > 0.3 and goals[2] < 0.3  # first retry +d, second -d
+    assert goals[1] - 0.3 == pytest.approx(0.3 - goals[2], abs=1e-6)  # by the same distance d on either side
+    expert.cfg = scene_env.ExpertConfig(retry_shift_m=0.0)
+    acts = expert.plan(priv, pos, torch.full((1,), math.pi / 2), chunk=1)
+    assert float(acts[0, 0, 0]) == pytest.approx(0.0, abs=1e-6) and c.retry_shift_m > 0  # 0: the same point
+
+
 def test_parse_scene_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown SimplerEnv task"):
         scene_env.parse_scene("simpler:NoSuchTask-v1")
