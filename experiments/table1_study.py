@@ -84,6 +84,11 @@ class Args:
     """Seed of designer, assets, composer, split and imitation; PPOFlow seed s runs with --seed 1 + s."""
     preset: str = "tiny"
     """Policy size: tiny (CPU), small, pi0-3b (GPU)."""
+    device: str = "cpu"
+    """Torch device of every learner and evaluator (cuda for pi0-3b)."""
+    il_init: str | None = None
+    """Start the N = 0 imitation from this checkpoint (train_imitation.py --init: e.g. an open-pi-zero Bridge pi0,
+    the paper's start) instead of from scratch; None: from scratch."""
     image_size: int = 64
     """Policy image side (tiny: 64)."""
     max_decisions: int = 25
@@ -281,7 +286,8 @@ def main(args: Args) -> Path:
     run_step("il_start", stage("train_imitation.py") + [
         "--scenes-dir", str(il_pool), "--out", str(start.parent), "--preset", args.preset,
         "--num-envs", str(args.env_workers), "--episodes", str(args.il_episodes), "--steps", str(args.il_steps),
-        "--save-every", str(args.il_steps), "--seed", str(args.seed), "--device", "cpu", *k, *envf,
+        "--save-every", str(args.il_steps), "--seed", str(args.seed), "--device", args.device, *k, *envf,
+        *(["--init", args.il_init] if args.il_init else []),
         *(["--demos", str(start.parent / "demos.pt")] if (start.parent / "demos.pt").exists() else [])],
         start, logs, steps, args.dry_run)
     if args.stop_after == "il_start":
@@ -298,7 +304,7 @@ def main(args: Args) -> Path:
                 "--num-envs", str(args.ppo_num_envs), "--num-steps", str(args.ppo_num_steps),
                 "--minibatch-size", str(args.ppo_minibatch), "--update-epochs", str(args.ppo_update_epochs),
                 "--num-iterations", str(args.ppo_iterations), "--learning-rate", str(args.ppo_lr),
-                "--critic-learning-rate", str(args.ppo_critic_lr), "--device", "cpu", *shlex.split(args.ppo_extra),
+                "--critic-learning-rate", str(args.ppo_critic_lr), "--device", args.device, *shlex.split(args.ppo_extra),
                 "--demos", str(start.parent / "demos.pt"),  # the BC anchor's demos (used when --demo-bc-coef > 0)
                 *(["--resume", str(last)] if (last := _last_ckpt(run)) and not (run / "ckpt_final.pt").exists() else [])],
                 run / "ckpt_final.pt", logs, steps, args.dry_run)
@@ -314,7 +320,7 @@ def main(args: Args) -> Path:
             "--num-envs", str(args.env_workers), "--episodes", str(10 ** 6),
             "--max-collect-decisions", str(args.baseline_decisions_per_env),
             "--stats", "init", "--steps", str(args.ppo_grad_steps), "--save-every", str(args.ppo_grad_steps),
-            "--seed", str(args.seed + 7), "--device", "cpu", *k, *envf],
+            "--seed", str(args.seed + 7), "--device", args.device, *k, *envf],
             base / "ckpt_final.pt", logs, steps, args.dry_run)
         ckpts.append(base / "ckpt_final.pt")
         labels.append(f"more IL N={args.multi_seed_n}")
@@ -323,7 +329,7 @@ def main(args: Args) -> Path:
     run_step("evaluate", stage("evaluate.py") + [a for c in ckpts for a in ("--ckpt", str(c))] + [
         "--labels", *labels, "--scenes-dir", str(w), "--splits-file", str(splits), "--suite", "generated",
         "--episodes-per-scene", str(args.eval_episodes), "--seed", str(args.eval_seed), "--num-envs",
-        str(args.env_workers), "--max-decisions", str(args.max_decisions), "--device", "cpu", "--video-scenes", "0",
+        str(args.env_workers), "--max-decisions", str(args.max_decisions), "--device", args.device, "--video-scenes", "0",
         "--no-latency", "--out-dir", str(ev)], ev / "results.json", logs, steps, args.dry_run)
     if args.dry_run:
         return out
