@@ -612,8 +612,7 @@ class GenSceneEnv(BaseEnv):
         half[:, 2] = self.target_size.to(self.device)[:, 2] / 2
         centre = (tp * Pose.create_from_pq(p=half)).p
         bottom = torch.cat([centre[:, :2], tp.p[:, 2:]], dim=1)
-        com = (tp * self.target.cmass_local_pose).p
-        return dict(target_bottom=bottom, target_com=com, target_yaw=_yaw(tp.q), target_size=self.target_size.to(self.device),
+        return dict(target_bottom=bottom, target_yaw=_yaw(tp.q), target_size=self.target_size.to(self.device),
                     dest_bottom=dp.p, dest_size=self.dest_size.to(self.device), table_z=top,
                     grasped=self.agent.is_grasping(self.target))
 
@@ -702,9 +701,6 @@ class ExpertConfig:
     table with the pads pressed on it, as Bridge demonstrators scrape flat things off the table)."""
     approach_above_m: float = 0.07
     """Pre-grasp height of the grasp point above the grasp height."""
-    grasp_at_mass_centre: bool = False
-    """Elongated targets (length > 3x width) are grasped at their centre of mass, projected onto the table, instead
-    of under their bounding-box centre (a knife's heavy handle tips it out of a pinch at the blade root)."""
     retry_shift_m: float = 0.015
     """After a lost grasp of a long target, grasp again this far along its long axis from the last point, alternately
     to either side (+d, -d, +2d, ...), as a person shifts the fingers after a slip; 0: the same point every time
@@ -737,10 +733,10 @@ class ScriptedExpert:
         self.count[idx] = 0
         self.retries[idx] = 0
 
-    def plan(self, priv: dict, tcp_p, closing_yaw, chunk: int, tcp_q=None):
+    def plan(self, priv: dict, tcp_p, closing_yaw, chunk: int, approach_axis=None):
         """priv: `privileged_state()`; tcp_p [N, 3] controller target position; closing_yaw [N] current yaw of the
-        fingers' closing axis (base frame); tcp_q [N, 4] controller target orientation (wxyz, base frame; None: no
-        tilt correction). Returns actions [N, C, 7] (+1 open / -1 close)."""
+        fingers' closing axis (base frame); approach_axis [N, 3] the controller target's ee x axis, which points
+        along the fingers (base frame; None: no tilt correction). Returns actions [N, C, 7] (+1 open / -1 close)."""
         import torch
 
         c = self.cfg
@@ -769,9 +765,8 @@ class ScriptedExpert:
         # gripper straight down before the grasp: the approach axis (ee x) is turned onto -z about a horizontal
         # axis (a base-frame axis-angle: the align2 controller applies rotation deltas in the base's orientation)
         tilt_left = torch.zeros(n, 3)
-        if tcp_q is not None and c.max_tilt_step > 0:
-            w, x, y, z = tcp_q.detach().to(dev).float().unbind(-1)
-            ax = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y + w * z), 2 * (x * z - w * y)], dim=1)
+        if approach_axis is not None and c.max_tilt_step > 0:
+            ax = approach_axis.detach().to(dev).float()
             axis = torch.stack([-ax[:, 1], ax[:, 0], torch.zeros(n)], dim=1)  # ax x (0, 0, -1)
             sin = axis.norm(dim=1, keepdim=True)
             angle = torch.atan2(sin, -ax[:, 2:3])
@@ -779,12 +774,9 @@ class ScriptedExpert:
             tilt_left[self.phase > DESCEND] = 0.0
         acts = torch.zeros(n, chunk, 7)
         txy = tb[:, :2]
-        long_obj = torch.maximum(tsz[:, 0], tsz[:, 1]) > 3 * torch.minimum(tsz[:, 0], tsz[:, 1])
-        if c.grasp_at_mass_centre and "target_com" in priv:
-            txy = torch.where(long_obj[:, None], priv["target_com"][:, :2], txy)
         if c.retry_shift_m > 0:  # a missed grasp of a long target is retried a little along it, alternately +/-
-            k = self.retries.float()
-            shift = c.retry_shift_m * torch.ceil(k / 2) * torch.where(self.retries % 2 == 1, 1.0, -1.0)
+            long_obj = torch.maximum(tsz[:, 0], tsz[:, 1]) > 3 * torch.minimum(tsz[:, 0], tsz[:, 1])
+            shift = c.retry_shift_m * torch.ceil(self.retries / 2) * torch.where(self.retries % 2 == 1, 1.0, -1.0)
             along = priv["target_yaw"] + torch.where(tsz[:, 0] >= tsz[:, 1], 0.0, math.pi / 2)
             off = torch.stack([torch.cos(along), torch.sin(along)], dim=1) * (shift * long_obj)[:, None]
             txy = txy + off
@@ -978,8 +970,8 @@ class ChunkRunner:
         finger = inv * env.agent.finger1_link.pose
         rmat = finger.to_transformation_matrix()[:, :3, :3]
         closing_yaw = torch.atan2(rmat[:, 1, 1], rmat[:, 0, 1])
-        tcp_q = env.agent.controller.controllers["arm"]._target_pose.q
-        return self.expert.plan(priv, tcp, closing_yaw, chunk or self.cfg.chunk, tcp_q)
+        approach = env.agent.controller.controllers["arm"]._target_pose.to_transformation_matrix()[:, :3, 0]
+        return self.expert.plan(priv, tcp, closing_yaw, chunk or self.cfg.chunk, approach)
 
     def render_rgb(self) -> np.ndarray:
         """[N, H, W, 3] uint8 frames of the full-resolution Bridge camera (human render camera)."""

@@ -239,8 +239,8 @@ def test_expert_turns_a_tilted_gripper_straight_down_before_the_grasp():
     closing_yaw = torch.full((1,), math.pi / 2)
     tilts = []
     for _ in range(10):
-        x, y, z, w = rot.as_quat()
-        acts = expert.plan(priv, pos, closing_yaw, chunk=4, tcp_q=torch.tensor([[w, x, y, z]], dtype=torch.float32))
+        ax = torch.tensor(rot.apply([1.0, 0, 0])[None], dtype=torch.float32)
+        acts = expert.plan(priv, pos, closing_yaw, chunk=4, approach_axis=ax)
         for a in acts[0]:
             assert float(a[3:5].norm()) <= scene_env.ExpertConfig().max_tilt_step + 1e-6
             rot = Rotation.from_rotvec(a[3:6].numpy()) * rot  # the controller: delta in the base's orientation
@@ -249,8 +249,8 @@ def test_expert_turns_a_tilted_gripper_straight_down_before_the_grasp():
         if bool((expert.phase > scene_env.DESCEND).all()):
             break
     assert tilts[0] < 0.27 and tilts[-1] < 0.02, tilts  # straight down before the close
-    x, y, z, w = rot.as_quat()
-    held = expert.plan(priv, pos, closing_yaw, chunk=4, tcp_q=torch.tensor([[w, x, y, z]], dtype=torch.float32))
+    ax = torch.tensor(rot.apply([1.0, 0, 0])[None], dtype=torch.float32)
+    held = expert.plan(priv, pos, closing_yaw, chunk=4, approach_axis=ax)
     assert float(held[0, :, 3:5].abs().max()) == 0.0  # closing / holding: no rotation
 
 
