@@ -699,6 +699,11 @@ class ExpertConfig:
     flat_press_m: float = 0.004
     """How far below the table top the fingertip target of a flat target's grasp is set (the arm stops on the
     table with the pads pressed on it, as Bridge demonstrators scrape flat things off the table)."""
+    close_rise_m: float = 0.004
+    """While the fingers close on a flat target, the fingertip target rises by this much (back to the table top):
+    pressed into the table, the closing fingers rub on it and stall at a ~22 mm gap (PD drive force = table
+    friction), so 9-11 mm knives and chopsticks 17-20 mm wide were never touched (measured: finger-table force
+    7 N, no finger-target contact). 0: keep pressing while closing."""
     approach_above_m: float = 0.07
     """Pre-grasp height of the grasp point above the grasp height."""
     retry_shift_m: float = 0.015
@@ -747,7 +752,8 @@ class ScriptedExpert:
         tsz, dsz, tb, db = priv["target_size"], priv["dest_size"], priv["target_bottom"], priv["dest_bottom"]
         grasp_h = (tsz[:, 2] * 0.5).clamp(0.008, 0.03)
         # ALGO LOGIC: fingertips just above the table, or pressed onto it for flat targets
-        tip_z = torch.where(tsz[:, 2] < c.flat_height_m, -c.flat_press_m, c.table_clearance_m)
+        flat = tsz[:, 2] < c.flat_height_m
+        tip_z = torch.where(flat, -c.flat_press_m, c.table_clearance_m)
         grasp_z = torch.maximum(tb[:, 2] + grasp_h, priv["table_z"] + c.finger_below_ee_m + tip_z)
         dest_top = db[:, 2] + dsz[:, 2]
         # ALGO LOGIC: target bottom clears the destination top by 4 cm while carrying, released 2.5 cm above it
@@ -787,7 +793,8 @@ class ScriptedExpert:
             goal[:, :2] = torch.where((ph <= LIFT)[:, None], txy, dxy)
             # retreat above the destination in absolute terms (carry_z follows the held target's height)
             retreat_z = dest_top + tsz[:, 2] + c.finger_below_ee_m + 0.06
-            z = torch.stack([grasp_z + c.approach_above_m, grasp_z, grasp_z, carry_z, carry_z, place_z, place_z,
+            close_z = grasp_z + flat * c.close_rise_m  # a flat target's pinch eases off the table while closing
+            z = torch.stack([grasp_z + c.approach_above_m, grasp_z, close_z, carry_z, carry_z, place_z, place_z,
                              retreat_z], dim=1)  # [N, 8] ee height per phase
             goal[:, 2] = z.gather(1, ph[:, None])[:, 0]
             delta = goal - pos
@@ -796,7 +803,8 @@ class ScriptedExpert:
             norm = delta.norm(dim=1, keepdim=True)
             step = delta * torch.clamp(lim / norm.clamp_min(1e-9), max=1.0)
             hold = (ph == CLOSE) | (ph == RELEASE)
-            step[hold] = 0.0
+            step[ph == RELEASE] = 0.0
+            step[ph == CLOSE, :2] = 0.0  # closing: only the height moves (close_rise_m)
             rot = torch.clamp(yaw_left, -c.max_yaw_step, c.max_yaw_step)
             rot[ph > DESCEND] = 0.0
             yaw_left = yaw_left - rot
