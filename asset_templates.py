@@ -140,7 +140,11 @@ def _box(ext, c=(0, 0, 0), base=True) -> trimesh.Trimesh:
 def _cyl(r, h, c=(0, 0, 0), axis="z", sections=24) -> trimesh.Trimesh:
     """Cylinder with its axis along x/y/z; `c` is its centre."""
     m = trimesh.creation.cylinder(radius=r, height=h, sections=sections)
-    if sections == 6:  # hexagonal prisms (pencils, handles) rest on a face, not an edge, once laid down
+    if axis != "z":  # laid down, a polygonal bar rests on a face, not balanced on an edge: pens and markers spawned
+        # on an edge rolled away across the table (20 cm in 1.6 s) before the expert reached them
+        down = 0.0 if axis == "x" else 1.5 * np.pi  # the polar angle that ends up pointing at -z
+        m.apply_transform(trimesh.transformations.rotation_matrix(down + np.pi / sections, [0, 0, 1]))
+    elif sections == 6:  # upright hexagonal prisms keep their former orientation
         m.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 6, [0, 0, 1]))
     if axis != "z":
         m.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [0, 1, 0] if axis == "x" else [1, 0, 0]))
@@ -522,13 +526,19 @@ def _code_digest(code, h) -> None:
             h.update(repr(c).encode())
 
 
+SHARED_CODE_VERSION = 2
+"""Part of every template's fingerprint: bump it when a shared helper (`_cyl`, `_box`, ...) or the visual export
+changes what a template builds, so cached assets are rebuilt. 2: laid-down cylinders rest on a face, brushed metal."""
+
+
 def template_fingerprint(name: str) -> str:
-    """A short hash of a template's build code and fields: generate_assets.py regenerates a cached asset whose
-    template changed since it was built (an edit of a shared helper such as `_box` is not seen: use --overwrite)."""
+    """A short hash of a template's build code and fields (and SHARED_CODE_VERSION): generate_assets.py regenerates
+    a cached asset whose template changed since it was built."""
     import hashlib
 
     t = TEMPLATES[name]
-    h = hashlib.sha256(repr((name, t.size, t.color, t.material, t.concave, t.rolls, t.fill)).encode())
+    h = hashlib.sha256(repr((name, t.size, t.color, t.material, t.concave, t.rolls, t.fill,
+                             SHARED_CODE_VERSION)).encode())
     _code_digest(t.build.__code__, h)
     return h.hexdigest()[:12]
 

@@ -412,19 +412,36 @@ def wood_grain(rgb, size: int = 256, seed: int = 0) -> np.ndarray:
     return (g[..., None] * np.asarray(rgb, float)[None, None, :3] * 255).astype(np.uint8)
 
 
+def brushed_metal(rgb, size: int = 256, seed: int = 0) -> np.ndarray:
+    """[size, size, 3] uint8 brushed metal in colour `rgb` (0-1, baked in as for wood): fine streaks along the
+    texture's u axis (each row a slightly different brightness, 0.8-1.0 of the colour) and a broad soft sheen band
+    across v, the look of polished cutlery under a single light."""
+    rng = np.random.default_rng(seed)
+    u, v = np.meshgrid(np.linspace(0, 1, size, endpoint=False), np.linspace(0, 1, size, endpoint=False))
+    rows = rng.normal(0, 1, (size, 1))
+    streaks = np.convolve(rows[:, 0], np.ones(3) / 3, mode="same")[:, None] * 0.035 + rng.normal(0, 0.01, (size, size))
+    sheen = 0.12 * np.exp(-((v - 0.35) / 0.12) ** 2) * (0.9 + 0.1 * np.sin(2 * np.pi * u))
+    g = np.clip(0.86 + streaks + sheen, 0, 1)
+    return (g[..., None] * np.asarray(rgb, float)[None, None, :3] * 255).astype(np.uint8)
+
+
+PROCEDURAL_TEXTURES = {"wood": wood_grain, "metal": brushed_metal, "aluminum": brushed_metal}
+
+
 def export_visual(m: trimesh.Trimesh, rgba, material: str, path: Path, seed: int = 0) -> None:
-    """GLB with a PBR material (SAPIEN ignores vertex colours): metal and glass from their metallic / roughness
-    factors, wood with a procedural grain texture along the object's long (x) axis."""
+    """GLB with a PBR material (SAPIEN ignores vertex colours): metallic / roughness factors from the material,
+    and a procedural texture along the object's long (x) axis where a flat colour reads wrong (wood grain, brushed
+    metal); glass, ceramic and plastic are flat PBR colours."""
     from PIL import Image
 
     _, _, metal, rough = MATERIALS[material]
     v = m.smooth_shaded  # split vertices at sharp edges: flat box faces, smooth round ones
     texture, uv = None, None
-    if material == "wood":  # a flat tan reads as cardboard: grain lines along x, projected from the side (x, y+z)
-        lo, hi = v.bounds
+    if material in PROCEDURAL_TEXTURES:  # a flat tan reads as cardboard, a flat grey as plastic: lines along x,
+        lo, hi = v.bounds  # projected from the side (x, y+z)
         ext = max(float((hi - lo).max()), 1e-6)
         uv = np.stack([(v.vertices[:, 0] - lo[0]) / ext, (v.vertices[:, 1] - lo[1] + v.vertices[:, 2] - lo[2]) / ext], 1)
-        texture = Image.fromarray(wood_grain(rgba[:3], seed=seed))
+        texture = Image.fromarray(PROCEDURAL_TEXTURES[material](rgba[:3], seed=seed))
     factor = [255, 255, 255, int(255 * rgba[3])] if texture is not None else (np.asarray(rgba) * 255).astype(np.uint8)
     mat = trimesh.visual.material.PBRMaterial(baseColorFactor=factor,
                                               metallicFactor=metal, roughnessFactor=rough, baseColorTexture=texture)

@@ -85,6 +85,18 @@ def test_templates_build_watertight_single_part():
     assert not np.allclose(a, b), "seeds must vary the proportions"
 
 
+@pytest.mark.parametrize("axis", ["x", "y"])
+@pytest.mark.parametrize("sections", [6, 10, 12, 16, 24])
+def test_laid_down_bars_rest_on_a_face(axis, sections):
+    """A polygonal cylinder laid along x or y has a face at the bottom (>= 4 vertices on the lowest plane, both
+    ends' corners), not an edge (2): pens and markers balanced on an edge rolled away at the start of an episode."""
+    import asset_templates
+
+    m = asset_templates._cyl(0.008, 0.12, axis=axis, sections=sections)
+    z = m.vertices[:, 2]
+    assert (z < z.min() + 1e-7).sum() >= 4
+
+
 @pytest.mark.parametrize("category,description,expected", [
     ("coffee_mug", "a red mug", "mug"), ("Apples", "", "apple"), ("pen_holder", "", "holder"), ("pen", "", "pen"),
     ("frying pan", "", "pan"), ("soup pot", "", "pot"), ("flower_pot", "", "planter"), ("knives", "", "knife"),
@@ -101,22 +113,26 @@ def test_choose_template_keywords(category, description, expected):
     assert ga.choose_template(category, description, (0.08, 0.06, 0.05))[0] == expected
 
 
-def test_wood_gets_a_grain_texture_in_its_colour_and_plastic_a_flat_colour(tmp_path):
+@pytest.mark.parametrize("material, color", [("wood", "tan"), ("metal", "silver"), ("plastic", "tan")])
+def test_wood_and_metal_get_a_texture_in_their_colour_and_plastic_a_flat_colour(tmp_path, material, color):
     import trimesh
 
     box = trimesh.creation.box((0.2, 0.05, 0.02))
-    tan = [*ga.COLORS["tan"], 1.0]
-    for material in ("wood", "plastic"):
-        ga.export_visual(box, tan, material, tmp_path / f"{material}.glb")
-        mat = trimesh.load(tmp_path / f"{material}.glb", force="mesh").visual.material
-        tex = getattr(mat, "baseColorTexture", None)
-        if material == "plastic":
-            assert tex is None
-            continue
-        img = np.asarray(tex.convert("RGB"), float) / 255
-        mean = img.reshape(-1, 3).mean(0)
-        assert img[..., 0].std() > 0.03, "grain: the brightness varies"
-        assert np.allclose(mean / mean.max(), np.asarray(tan[:3]) / max(tan[:3]), atol=0.05), "in the asset's colour"
+    rgba = [*ga.COLORS[color], 1.0]
+    ga.export_visual(box, rgba, material, tmp_path / f"{material}.glb")
+    mat = trimesh.load(tmp_path / f"{material}.glb", force="mesh").visual.material
+    tex = getattr(mat, "baseColorTexture", None)
+    assert mat.metallicFactor == pytest.approx(ga.MATERIALS[material][2], abs=1e-3)
+    if material == "plastic":
+        assert tex is None
+        return
+    img = np.asarray(tex.convert("RGB"), float) / 255
+    mean = img.reshape(-1, 3).mean(0)
+    assert img[..., 0].std() > 0.02, "grain / streaks: the brightness varies"
+    assert np.allclose(mean / mean.max(), np.asarray(rgba[:3]) / max(rgba[:3]), atol=0.05), "in the asset's colour"
+    rows, cols = img[..., 0].std(axis=1).mean(), img[..., 0].std(axis=0).mean()
+    if material == "metal":
+        assert cols > rows, "brushed: the streaks run along u (rows vary less along themselves than across)"
 
 
 def test_proportion_words_stretch_the_asset(tmp_path):
