@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import scene_env  # noqa: E402
-from evaluate import newcombe_diff  # noqa: E402
+from evaluate import newcombe_diff, wilson_interval  # noqa: E402
 
 
 @dataclass
@@ -33,8 +33,8 @@ class Args:
     """Episode (reset) seeds, the same for A and B."""
     a: list[str] = field(default_factory=list)
     """ExpertConfig overrides of A, key=value (default: ExpertConfig())."""
-    b: list[str] = field(default_factory=list)
-    """ExpertConfig overrides of B, key=value."""
+    b: list[str] | None = None
+    """ExpertConfig overrides of B, key=value (`--b` alone: ExpertConfig(); not given: run A only)."""
     only: list[str] = field(default_factory=list)
     """Only scenes whose id contains one of these substrings (default: all)."""
     image_size: int = 32
@@ -78,15 +78,20 @@ def main(args: Args) -> dict:
     if not scenes:
         raise SystemExit(f"expert_ab.py: no composed scenes (*/manifest.json) under {args.scenes_dir}"
                          + (f" matching {args.only}" if args.only else ""))
-    cfgs = {"A": expert_config(args.a), "B": expert_config(args.b)}
-    tot = {"A": 0, "B": 0}
-    print(f"{'scene':48s}  A  B   (of {len(args.seeds)})")
+    cfgs = {"A": expert_config(args.a)} | ({} if args.b is None else {"B": expert_config(args.b)})
+    tot = dict.fromkeys(cfgs, 0)
+    print(f"{'scene':48s} {'  '.join(cfgs)}   (of {len(args.seeds)})")
     for m in scenes:
         k = {name: sum(run(m, c, args.seeds, args.image_size)) for name, c in cfgs.items()}
-        tot["A"] += k["A"]
-        tot["B"] += k["B"]
-        print(f"{m.parent.name[:48]:48s} {k['A']:2d} {k['B']:2d}", flush=True)
+        for name in cfgs:
+            tot[name] += k[name]
+        print(f"{m.parent.name[:48]:48s} " + " ".join(f"{k[name]:2d}" for name in cfgs), flush=True)
     n = len(scenes) * len(args.seeds)
+    if args.b is None:
+        lo, hi = wilson_interval(tot["A"], n)
+        print(f"A {args.a or 'defaults'}: {tot['A']}/{n} = {100 * tot['A'] / n:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
+              "(Wilson 95%, episodes as units)")
+        return {"A": tot["A"], "episodes": n}
     d, lo, hi = newcombe_diff(tot["B"], n, tot["A"], n)
     print(f"A {args.a or 'defaults'}: {tot['A']}/{n}; B {args.b or 'defaults'}: {tot['B']}/{n}; "
           f"B - A {100 * d:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}] (Newcombe 95%, episodes as units)")

@@ -210,14 +210,22 @@ def test_expert_presses_flat_targets_onto_the_table():
     expert.reset()
     pos = torch.tensor([[0.3, 0.0, 0.1]] * 2)
     closing_yaw = torch.full((2,), math.pi / 2)  # already across the fork's narrow (y) axis
-    for _ in range(10):
-        acts = expert.plan(priv, pos, closing_yaw, chunk=4)  # [2, 4, 7]
+    for _ in range(40):  # one control step at a time, up to the end of the descent
+        acts = expert.plan(priv, pos, closing_yaw, chunk=1)  # [2, 1, 7]
         pos = pos + acts[:, :, :3].sum(1)
         if bool((expert.phase > scene_env.DESCEND).all()):
             break
     tips = pos[:, 2] - c.finger_below_ee_m - table
     assert abs(float(tips[0]) + c.flat_press_m) < c.tol_m  # fork: pads pressed onto the table
     assert float(tips[1]) >= c.table_clearance_m - 1e-6  # die: above the table, pads around its middle
+    # closing: the fork's pinch eases back to the table top (pressed, the fingers rub on it and stall) without
+    # moving sideways; the die's stays where it is
+    assert bool((expert.phase == scene_env.CLOSE).all())
+    closing = expert.plan(priv, pos, closing_yaw, chunk=c.close_steps)
+    assert bool((closing[:, :, 6] == -1).all()) and float(closing[:, :, :2].abs().max()) == 0.0
+    rise = closing[:, :, 2].sum(1)
+    assert float(rise[0]) == pytest.approx(c.close_rise_m, abs=c.tol_m) and c.close_rise_m > 0
+    assert abs(float(rise[1])) < c.tol_m
 
 
 def test_expert_turns_a_tilted_gripper_straight_down_before_the_grasp():
