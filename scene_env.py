@@ -309,50 +309,6 @@ def parse_scene(scene: str | os.PathLike) -> tuple[str, str]:
     return "gen", str(path.resolve())
 
 
-def grasp_station(hulls: list, stations: int = 41) -> tuple[np.ndarray, float]:
-    """Where a parallel gripper takes a long object, from the convex collision parts the physics uses (object frame,
-    metres): ((x, y, z) of the grasp point, the section's height there). Across the long axis, starting under the
-    bbox centre and moving toward the centre of mass for as long as the section gets no wider (a knife's handle,
-    not a spoon's bowl), clear of the last 10% at either end; z is the section's mid-height (a rolled pen's axis).
-    A pinch far from the mass centre lets a long object swing out of the fingers. Objects that are not long
-    (longest side < 3x the narrowest): the bbox centre, full height."""
-    import trimesh
-
-    v = np.concatenate([np.asarray(h.vertices) for h in hulls])
-    lo, hi = v.min(0), v.max(0)
-    ext = hi - lo
-    a = 0 if ext[0] >= ext[1] else 1  # the long horizontal axis; b the narrow one
-    b = 1 - a
-    centre = (lo + hi) / 2
-    if ext[a] < 3 * ext[b]:
-        return centre, float(ext[2])
-    vols = np.array([max(abs(h.volume), 1e-12) for h in hulls])
-    com = (np.stack([h.center_mass for h in hulls]) * vols[:, None]).sum(0) / vols.sum()
-    end = np.clip(com[a], lo[a] + 0.1 * ext[a], hi[a] - 0.1 * ext[a])
-
-    def section(st: float):  # (width along b, height, centre along b, mid z) of the plane through station st
-        origin = np.zeros(3)
-        origin[a] = st
-        segs = [trimesh.intersections.mesh_plane(h, np.eye(3)[a], origin) for h in hulls]
-        pts = np.concatenate([sg.reshape(-1, 3) for sg in segs if len(sg)] or [np.zeros((0, 3))])
-        if not len(pts):
-            return None
-        return np.ptp(pts[:, b]), np.ptp(pts[:, 2]), (pts[:, b].max() + pts[:, b].min()) / 2, (pts[:, 2].max() + pts[:, 2].min()) / 2
-
-    first = section(centre[a])
-    if first is None:
-        return centre, float(ext[2])
-    best_st, best = centre[a], first
-    for st in np.linspace(centre[a], end, stations)[1:]:
-        sec = section(st)
-        if sec is None or sec[0] > first[0] + 0.003:  # ALGO LOGIC: stop where the section widens (a bowl, a blade)
-            break
-        best_st, best = st, sec
-    point = np.zeros(3)
-    point[a], point[b], point[2] = best_st, best[2], best[3]
-    return point, float(best[1])
-
-
 def _mesh_volume(path: Path) -> float:
     import trimesh
 
@@ -491,11 +447,9 @@ class GenSceneEnv(BaseEnv):
         self.destination = Actor.merge(dests, name="destination") if len(dests) > 1 else dests[0]
         self.target_size = torch.tensor([self.manifest(i).object(self.manifest(i).success["target"]).bbox_m
                                          for i in range(self.num_envs)], dtype=torch.float32)
-        stations = [self._grasp_station(i) for i in range(self.num_envs)]
-        self.target_grasp_point = torch.tensor(np.array([p for p, _ in stations]), dtype=torch.float32)
-        self.target_grasp_height = torch.tensor([h for _, h in stations], dtype=torch.float32)
         self.dest_size = torch.tensor([self.manifest(i).object(self.manifest(i).success["destination"]).bbox_m
                                        for i in range(self.num_envs)], dtype=torch.float32)
+        self.target_vertices = self._target_vertices()
         self.robot_links = self.agent.robot.get_links()
         # the Bridge camera rides on a kinematic mount (ManiSkill's pattern): moving the mount per episode moves the
         # camera on both backends; a camera's own local pose is baked into the GPU renderer when it is created
@@ -531,15 +485,20 @@ class GenSceneEnv(BaseEnv):
         b.build_static(name=f"room_{i}")
         return table
 
-    def _grasp_station(self, i: int) -> tuple[np.ndarray, float]:
-        """`grasp_station` of env i's target, from its collision files at the manifest's scale."""
+    def _target_vertices(self) -> torch.Tensor:
+        """[N, V, 3] each env's target collision vertices (object frame, at scale; shorter lists padded with their
+        first vertex): its current height and bottom in any pose (a cherry lying on its side, a tipped tool)."""
         import trimesh
 
-        m = self.manifest(i)
-        o = m.object(m.success["target"])
-        asset_dir = ss.resolve_asset_dir(self.manifest_paths[self.scene_assignment[i]], o)
-        hulls = [trimesh.load(str(asset_dir / c), force="mesh").apply_scale(o.scale) for c in o.collision]
-        return grasp_station(hulls)
+        out = []
+        for i in range(self.num_envs):
+            m = self.manifest(i)
+            o = m.object(m.success["target"])
+            d = ss.resolve_asset_dir(self.manifest_paths[self.scene_assignment[i]], o)
+            out.append(np.concatenate([trimesh.load(str(d / c), force="mesh").vertices for c in o.collision]) * o.scale)
+        n = max(len(v) for v in out)
+        return torch.tensor(np.stack([np.concatenate([v, np.repeat(v[:1], n - len(v), 0)]) for v in out]),
+                            dtype=torch.float32)
 
     def _build_object(self, i: int, o: ss.ManifestObject, asset_dir: Path):
         s = [o.scale] * 3
@@ -668,12 +627,12 @@ class GenSceneEnv(BaseEnv):
         half = torch.zeros_like(tp.p)
         half[:, 2] = self.target_size.to(self.device)[:, 2] / 2
         centre = (tp * Pose.create_from_pq(p=half)).p
-        bottom = torch.cat([centre[:, :2], tp.p[:, 2:]], dim=1)
-        station = (tp * Pose.create_from_pq(p=self.target_grasp_point.to(self.device))).p  # grasp_station, rotated
-        grasp = torch.cat([station[:, :2], tp.p[:, 2:]], dim=1)
+        # its actual lowest point and height in the pose it is in (upright: the frame origin and the bbox height)
+        z = torch.einsum("nj,nvj->nv", tp.to_transformation_matrix()[:, 2, :3], self.target_vertices.to(self.device))
+        low, high = z.min(1).values + tp.p[:, 2], z.max(1).values + tp.p[:, 2]
+        bottom = torch.cat([centre[:, :2], low[:, None]], dim=1)
         return dict(target_bottom=bottom, target_yaw=_yaw(tp.q), target_size=self.target_size.to(self.device),
-                    target_grasp=grasp, target_grasp_height=self.target_grasp_height.to(self.device),
-                    dest_bottom=dp.p, dest_size=self.dest_size.to(self.device), table_z=top,
+                    target_height=high - low, dest_bottom=dp.p, dest_size=self.dest_size.to(self.device), table_z=top,
                     grasped=self.agent.is_grasping(self.target))
 
 
@@ -749,6 +708,14 @@ class ExpertConfig:
     finger_below_ee_m: float = 0.016
     """The finger pads reach this far below `ee_gripper_link` when the gripper points down (Bridge WidowX: the
     finger collision hulls end 16.3 mm below it, measured in SAPIEN)."""
+    palm_above_ee_m: float = 0.018
+    """The gripper bar between the fingers (the palm) starts this far above `ee_gripper_link` (Bridge WidowX,
+    measured in SAPIEN: 202 mm vs 184 mm in the base frame)."""
+    palm_clears_top: bool = True
+    """Grasp a tall target high enough that the palm stays `palm_clearance_m` above its top: at the usual 3 cm up,
+    the palm came down on a 96 mm cactus's top with 100-190 N and tipped it over. False: ignore the palm."""
+    palm_clearance_m: float = 0.008
+    """Gap between the palm and a tall target's top at the grasp (see palm_clears_top)."""
     table_clearance_m: float = 0.001
     """Smallest height of the fingertips above the table while grasping (controller target)."""
     flat_height_m: float = 0.012
@@ -766,9 +733,6 @@ class ExpertConfig:
     7 N, no finger-target contact). 0: keep pressing while closing."""
     approach_above_m: float = 0.07
     """Pre-grasp height of the grasp point above the grasp height."""
-    grasp_at_station: bool = True
-    """Grasp a long target at `grasp_station` (its handle, nearest the mass centre) and size the pinch by the section
-    there, when the privileged state has it; False: under the bbox centre, sized by the full height."""
     retry_shift_m: float = 0.015
     """After a lost grasp of a long target, grasp again this far along its long axis from the last point, alternately
     to either side (+d, -d, +2d, ...), as a person shifts the fingers after a slip; 0: the same point every time
@@ -813,13 +777,12 @@ class ScriptedExpert:
         pos = tcp_p.detach().to(dev).float().clone()  # [N, 3]
         n = pos.shape[0]
         tsz, dsz, tb, db = priv["target_size"], priv["dest_size"], priv["target_bottom"], priv["dest_bottom"]
-        section_h = tsz[:, 2]
-        if c.grasp_at_station and "target_grasp" in priv:  # the handle, sized by its own section
-            tb = torch.cat([priv["target_grasp"][:, :2], tb[:, 2:]], dim=1)
-            section_h = priv["target_grasp_height"]
-        grasp_h = (section_h * 0.5).clamp(0.008, 0.03)
+        height = priv.get("target_height", tsz[:, 2])  # as it lies now (a cherry on its side is lower)
+        grasp_h = (height * 0.5).clamp(0.008, 0.03)
+        if c.palm_clears_top:  # tall targets: high enough that the palm does not come down on the top
+            grasp_h = torch.maximum(grasp_h, height - c.palm_above_ee_m + c.palm_clearance_m)
         # ALGO LOGIC: fingertips just above the table, or pressed onto it for flat targets
-        flat = section_h < c.flat_height_m
+        flat = height < c.flat_height_m
         tip_z = torch.where(flat, -c.flat_press_m, c.table_clearance_m)
         grasp_z = torch.maximum(tb[:, 2] + grasp_h, priv["table_z"] + c.finger_below_ee_m + tip_z)
         dest_top = db[:, 2] + dsz[:, 2]
@@ -862,7 +825,7 @@ class ScriptedExpert:
             retreat_z = dest_top + tsz[:, 2] + c.finger_below_ee_m + 0.06
             close_z = grasp_z + flat * c.close_rise_m  # a flat target's pinch eases off the table while closing
             # the approach passes with the fingertips 2 cm over the target's top (a 10 cm cactus was knocked over)
-            approach_z = torch.maximum(grasp_z + c.approach_above_m, tb[:, 2] + tsz[:, 2] + c.finger_below_ee_m + 0.02)
+            approach_z = torch.maximum(grasp_z + c.approach_above_m, tb[:, 2] + height + c.finger_below_ee_m + 0.02)
             z = torch.stack([approach_z, grasp_z, close_z, carry_z, carry_z, place_z, place_z,
                              retreat_z], dim=1)  # [N, 8] ee height per phase
             goal[:, 2] = z.gather(1, ph[:, None])[:, 0]
