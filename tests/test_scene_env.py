@@ -8,6 +8,7 @@ imports them too.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -228,6 +229,39 @@ def test_expert_presses_flat_targets_onto_the_table():
     assert abs(float(rise[1])) < c.tol_m
 
 
+def test_expert_keeps_the_palm_and_the_approach_clear_of_a_tall_target():
+    """A 10 cm target: the approach ends with the fingertips 2 cm over its top, and the grasp is high enough that the
+    palm (18 mm above ee_gripper_link) stays palm_clearance_m over it; with palm_clears_top off the grasp is at the
+    usual 3 cm, under the palm's reach (pure planning, one control step at a time)."""
+    import torch
+
+    table, h = -0.02, 0.10
+    priv = dict(target_bottom=torch.tensor([[0.3, 0.0, table]]), target_yaw=torch.zeros(1),
+                target_size=torch.tensor([[0.03, 0.03, h]]), target_height=torch.tensor([h]),
+                dest_bottom=torch.tensor([[0.3, 0.15, table]]), dest_size=torch.tensor([[0.15, 0.15, 0.02]]),
+                table_z=torch.full((1,), table), grasped=torch.zeros(1, dtype=torch.bool))
+
+    def heights(cfg):  # ee height at the end of the approach and at the end of the descent
+        expert = scene_env.ScriptedExpert(1, cfg)
+        expert.reset()
+        pos, out = torch.tensor([[0.3, 0.0, 0.3]]), {}
+        for _ in range(80):
+            ph = int(expert.phase[0])
+            pos = pos + expert.plan(priv, pos, torch.zeros(1), chunk=1)[:, 0, :3]
+            if int(expert.phase[0]) != ph:
+                out[ph] = float(pos[0, 2])
+            if int(expert.phase[0]) > scene_env.DESCEND:
+                return out[scene_env.APPROACH], out[scene_env.DESCEND]
+        raise AssertionError("the expert never finished its descent")
+
+    c = scene_env.ExpertConfig()
+    approach, grasp = heights(c)
+    assert approach - c.finger_below_ee_m >= table + h + 0.02 - c.tol_m  # waypoints are reached within tol_m
+    assert grasp + c.palm_above_ee_m == pytest.approx(table + h + c.palm_clearance_m, abs=c.tol_m)
+    _, low = heights(dataclasses.replace(c, palm_clears_top=False))
+    assert low == pytest.approx(table + 0.03, abs=c.tol_m) and low + c.palm_above_ee_m < table + h - 0.04  # it would hit
+
+
 def test_expert_turns_a_tilted_gripper_straight_down_before_the_grasp():
     """Joint noise tilts the gripper: the expert's roll/pitch deltas (base-frame axis-angle, as the align2 controller
     applies them) turn the approach axis (ee x) onto -z before it closes, and nothing while holding (pure planning)."""
@@ -371,10 +405,22 @@ def test_genscene_reset_step_success_dr_and_expert(tiny):
     p = torch.tensor(scene_env.base_to_world([0.3, 0.0, h / 2]), dtype=torch.float32)[None]
     rolled = Pose.create_from_pq(p=p, q=torch.tensor([[math.cos(math.pi / 4), math.sin(math.pi / 4), 0.0, 0.0]]))
     env.target.set_pose(rolled)  # rolled 90 deg about its x axis: origin h/2 sideways, centre above (0.3, 0)
-    tb = env.privileged_state()["target_bottom"][0]
+    priv = env.privileged_state()
+    tb = priv["target_bottom"][0]
     centre = (env.agent.robot.pose.inv() * rolled * Pose.create_from_pq(p=torch.tensor([[0.0, 0.0, h / 2]]))).p[0]
     origin = (env.agent.robot.pose.inv() * rolled).p[0]
     assert torch.allclose(tb[:2], centre[:2], atol=1e-5) and float((origin[:2] - centre[:2]).norm()) > 0.4 * h
+    # ... and its height and lowest point are those of the pose it is in: the 3 x 3 x 4 cm block on its side is
+    # 3 cm high, its lowest point 1.5 cm below its frame origin (upright: 4 cm, at the origin)
+    width = float(env.target_size[0, 1])
+    assert float(priv["target_height"][0]) == pytest.approx(width, abs=1e-4) and width < h - 0.005
+    assert float(tb[2]) == pytest.approx(float(origin[2]) - width / 2, abs=1e-4)
+    upright = Pose.create_from_pq(p=p, q=torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    env.target.set_pose(upright)
+    priv = env.privileged_state()
+    assert float(priv["target_height"][0]) == pytest.approx(h, abs=1e-4)
+    assert float(priv["target_bottom"][0, 2]) == pytest.approx(float((env.agent.robot.pose.inv() * upright).p[0, 2]),
+                                                               abs=1e-4)
 
     # DR flags: lighting / camera / robot / object pose change with the seed only when enabled
     def snapshot():
