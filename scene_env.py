@@ -449,7 +449,7 @@ class GenSceneEnv(BaseEnv):
                                          for i in range(self.num_envs)], dtype=torch.float32)
         self.dest_size = torch.tensor([self.manifest(i).object(self.manifest(i).success["destination"]).bbox_m
                                        for i in range(self.num_envs)], dtype=torch.float32)
-        self.target_vertices = self._target_vertices()
+        self.target_vertices = self._target_vertices().to(self.device)
         self.robot_links = self.agent.robot.get_links()
         # the Bridge camera rides on a kinematic mount (ManiSkill's pattern): moving the mount per episode moves the
         # camera on both backends; a camera's own local pose is baked into the GPU renderer when it is created
@@ -628,7 +628,7 @@ class GenSceneEnv(BaseEnv):
         half[:, 2] = self.target_size.to(self.device)[:, 2] / 2
         centre = (tp * Pose.create_from_pq(p=half)).p
         # its actual lowest point and height in the pose it is in (upright: the frame origin and the bbox height)
-        z = torch.einsum("nj,nvj->nv", tp.to_transformation_matrix()[:, 2, :3], self.target_vertices.to(self.device))
+        z = torch.einsum("nj,nvj->nv", tp.to_transformation_matrix()[:, 2, :3], self.target_vertices)
         low, high = z.min(1).values + tp.p[:, 2], z.max(1).values + tp.p[:, 2]
         bottom = torch.cat([centre[:, :2], low[:, None]], dim=1)
         return dict(target_bottom=bottom, target_yaw=_yaw(tp.q), target_size=self.target_size.to(self.device),
@@ -712,8 +712,9 @@ class ExpertConfig:
     """The gripper bar between the fingers (the palm) starts this far above `ee_gripper_link` (Bridge WidowX,
     measured in SAPIEN: 202 mm vs 184 mm in the base frame)."""
     palm_clears_top: bool = True
-    """Grasp a tall target high enough that the palm stays `palm_clearance_m` above its top: at the usual 3 cm up,
-    the palm came down on a 96 mm cactus's top with 100-190 N and tipped it over. False: ignore the palm."""
+    """Grasp a target high enough that the palm stays `palm_clearance_m` above its top (this raises the grasp of
+    anything taller than 2 cm): at the usual 3 cm up, the palm came down on a 96 mm cactus's top with 100-190 N
+    and tipped it over. False: ignore the palm."""
     palm_clearance_m: float = 0.008
     """Gap between the palm and a tall target's top at the grasp (see palm_clears_top)."""
     table_clearance_m: float = 0.001
@@ -816,19 +817,18 @@ class ScriptedExpert:
             along = priv["target_yaw"] + torch.where(tsz[:, 0] >= tsz[:, 1], 0.0, math.pi / 2)
             off = torch.stack([torch.cos(along), torch.sin(along)], dim=1) * (shift * long_obj)[:, None]
             txy = txy + off
+        # retreat above the destination in absolute terms (carry_z follows the held target's height)
+        retreat_z = dest_top + tsz[:, 2] + c.finger_below_ee_m + 0.06
+        close_z = grasp_z + flat * c.close_rise_m  # a flat target's pinch eases off the table while closing
+        # the approach passes with the fingertips 2 cm over the target's top (a 10 cm cactus was knocked over)
+        approach_z = torch.maximum(grasp_z + c.approach_above_m, tb[:, 2] + height + c.finger_below_ee_m + 0.02)
+        z = torch.stack([approach_z, grasp_z, close_z, carry_z, carry_z, place_z, place_z, retreat_z], dim=1)
         for k in range(chunk):
             ph = self.phase
             goal = pos.clone()
             dxy = db[:, :2]
             goal[:, :2] = torch.where((ph <= LIFT)[:, None], txy, dxy)
-            # retreat above the destination in absolute terms (carry_z follows the held target's height)
-            retreat_z = dest_top + tsz[:, 2] + c.finger_below_ee_m + 0.06
-            close_z = grasp_z + flat * c.close_rise_m  # a flat target's pinch eases off the table while closing
-            # the approach passes with the fingertips 2 cm over the target's top (a 10 cm cactus was knocked over)
-            approach_z = torch.maximum(grasp_z + c.approach_above_m, tb[:, 2] + height + c.finger_below_ee_m + 0.02)
-            z = torch.stack([approach_z, grasp_z, close_z, carry_z, carry_z, place_z, place_z,
-                             retreat_z], dim=1)  # [N, 8] ee height per phase
-            goal[:, 2] = z.gather(1, ph[:, None])[:, 0]
+            goal[:, 2] = z.gather(1, ph[:, None])[:, 0]  # [N, 8] ee height per phase
             delta = goal - pos
             fine = (ph == DESCEND) | (ph == LOWER)
             lim = torch.where(fine, c.fine_step_m, c.max_step_m)[:, None]
