@@ -760,7 +760,8 @@ def collect_requests(graphs: list[ss.SceneGraph], args: Args) -> dict[str, dict]
             note = f" (colour word {word!r} is not in the colour table: template default)" if word and not color else ""
             material = resolve_material(o.attributes.material) or resolve_material(o.description)
             requested = color is not None
-            if not color and material and material != tmpl.material and material in MATERIAL_COLORS:
+            named = resolve_material(o.description) == material  # the words say it ("a wooden block")
+            if not color and material in MATERIAL_COLORS and (material != tmpl.material or named):
                 color, note = MATERIAL_COLORS[material], f" (no colour requested: the colour of {material})"
             stretch = proportion_stretch(o.description)
             size_m = [round(v * k, 4) for v, k in zip(o.size_m, stretch)] if o.size_m else None

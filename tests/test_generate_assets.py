@@ -185,19 +185,21 @@ def test_shape_words_and_issue15_categories_pick_their_templates(category, descr
 def test_material_word_without_colour_gives_the_material_colour():
     import scene_schema as ss
 
-    def req(desc, material):
-        o = ss.SceneObject(name="t", role="target", category="spoon", description=desc, graspable=True,
+    def req(desc, material, category="spoon"):
+        o = ss.SceneObject(name="t", role="target", category=category, description=desc, graspable=True,
                            attributes=ss.ObjectAttributes(material=material), size_m=[0.16, 0.035, 0.02])
         d = ss.SceneObject(name="d", role="destination", category="towel", description="a towel", receptacle="ON",
                            size_m=[0.2, 0.15, 0.015])
         g = ss.SceneGraph(scene_id="s", task="put the spoon on the towel", objects=[o, d],
                           relations=[ss.Relation("t", "ON", "d")])
-        return next(r for r in ga.collect_requests([g], ga.Args()).values() if r["category"] == "spoon")
+        return next(r for r in ga.collect_requests([g], ga.Args()).values() if r["category"] == category)
 
     wooden, red_wooden, plain = req("a wooden spoon", "wood"), req("a red wooden spoon", "wood"), req("a spoon", None)
     assert (wooden["color"], wooden["material"], wooden["color_requested"]) == ("tan", "wood", False)
     assert red_wooden["color"] == "red" and red_wooden["color_requested"]
     assert (plain["color"], plain["material"]) == ("silver", "metal")  # the template's own
+    # the block template is wood but painted red: "a wooden block" names the material, so it is wood-coloured
+    assert req("a wooden block", "wood", "block")["color"] == "tan" and req("a block", None, "block")["color"] == "red"
 
 
 def test_auto_scale_rules():
