@@ -712,11 +712,14 @@ class ExpertConfig:
     """The gripper bar between the fingers (the palm) starts this far above `ee_gripper_link` (Bridge WidowX,
     measured in SAPIEN: 202 mm vs 184 mm in the base frame)."""
     palm_clears_top: bool = True
-    """Grasp a target high enough that the palm stays `palm_clearance_m` above its top (this raises the grasp of
-    anything taller than 2 cm): at the usual 3 cm up, the palm came down on a 96 mm cactus's top with 100-190 N
-    and tipped it over. False: ignore the palm."""
+    """Grasp a slender target high enough that the palm stays `palm_clearance_m` above its top: at the usual 3 cm
+    up, the palm came down on a 96 mm cactus's top with 100-190 N and tipped it over. False: ignore the palm."""
+    palm_min_slenderness: float = 2.0
+    """Targets count as slender (palm_clears_top) when at least this many times as high as their narrowest side:
+    a palm resting on a pear or a mug does not tip it, and a pinch high on a pear's tapered top squeezed it out
+    (never lifted, 0/3)."""
     palm_clearance_m: float = 0.008
-    """Gap between the palm and a tall target's top at the grasp (see palm_clears_top)."""
+    """Gap between the palm and a slender target's top at the grasp (see palm_clears_top)."""
     table_clearance_m: float = 0.001
     """Smallest height of the fingertips above the table while grasping (controller target)."""
     flat_height_m: float = 0.012
@@ -780,8 +783,10 @@ class ScriptedExpert:
         tsz, dsz, tb, db = priv["target_size"], priv["dest_size"], priv["target_bottom"], priv["dest_bottom"]
         height = priv.get("target_height", tsz[:, 2])  # as it lies now (a cherry on its side is lower)
         grasp_h = (height * 0.5).clamp(0.008, 0.03)
-        if c.palm_clears_top:  # tall targets: high enough that the palm does not come down on the top
-            grasp_h = torch.maximum(grasp_h, height - c.palm_above_ee_m + c.palm_clearance_m)
+        if c.palm_clears_top:  # slender targets: high enough that the palm does not come down on the top
+            slender = height >= c.palm_min_slenderness * torch.minimum(tsz[:, 0], tsz[:, 1])
+            grasp_h = torch.where(slender, torch.maximum(grasp_h, height - c.palm_above_ee_m + c.palm_clearance_m),
+                                  grasp_h)
         # ALGO LOGIC: fingertips just above the table, or pressed onto it for flat targets
         flat = height < c.flat_height_m
         tip_z = torch.where(flat, -c.flat_press_m, c.table_clearance_m)

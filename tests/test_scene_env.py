@@ -230,9 +230,9 @@ def test_expert_presses_flat_targets_onto_the_table():
 
 
 def test_expert_keeps_the_palm_and_the_approach_clear_of_a_tall_target():
-    """A 10 cm target: the approach ends with the fingertips 2 cm over its top, and the grasp is high enough that the
-    palm (18 mm above ee_gripper_link) stays palm_clearance_m over it; with palm_clears_top off the grasp is at the
-    usual 3 cm, under the palm's reach (pure planning, one control step at a time)."""
+    """A 10 cm target 3 cm wide: the approach ends with the fingertips 2 cm over its top, and the grasp is high enough
+    that the palm (18 mm above ee_gripper_link) stays palm_clearance_m over it; with palm_clears_top off, or for a
+    6 cm wide one (not slender), the grasp is at the usual 3 cm (pure planning, one control step at a time)."""
     import torch
 
     table, h = -0.02, 0.10
@@ -260,6 +260,8 @@ def test_expert_keeps_the_palm_and_the_approach_clear_of_a_tall_target():
     assert grasp + c.palm_above_ee_m == pytest.approx(table + h + c.palm_clearance_m, abs=c.tol_m)
     _, low = heights(dataclasses.replace(c, palm_clears_top=False))
     assert low == pytest.approx(table + 0.03, abs=c.tol_m) and low + c.palm_above_ee_m < table + h - 0.04  # it would hit
+    priv["target_size"] = torch.tensor([[0.06, 0.06, h]])  # a pear: not slender, a palm on its top does not tip it
+    assert heights(c)[1] == pytest.approx(table + 0.03, abs=c.tol_m)
 
 
 def test_expert_turns_a_tilted_gripper_straight_down_before_the_grasp():
