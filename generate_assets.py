@@ -418,8 +418,8 @@ def brushed_metal(rgb, size: int = 256, seed: int = 0) -> np.ndarray:
     across v, the look of polished cutlery under a single light."""
     rng = np.random.default_rng(seed)
     u, v = np.meshgrid(np.linspace(0, 1, size, endpoint=False), np.linspace(0, 1, size, endpoint=False))
-    rows = rng.normal(0, 1, (size, 1))
-    streaks = np.convolve(rows[:, 0], np.ones(3) / 3, mode="same")[:, None] * 0.035 + rng.normal(0, 0.01, (size, size))
+    rows = np.convolve(rng.normal(0, 1, size), np.ones(3) / 3, mode="same")  # one brightness per streak (row)
+    streaks = rows[:, None] * 0.035 + rng.normal(0, 0.01, (size, size))
     sheen = 0.12 * np.exp(-((v - 0.35) / 0.12) ** 2) * (0.9 + 0.1 * np.sin(2 * np.pi * u))
     g = np.clip(0.86 + streaks + sheen, 0, 1)
     return (g[..., None] * np.asarray(rgb, float)[None, None, :3] * 255).astype(np.uint8)
@@ -910,15 +910,16 @@ def main(args: Args) -> dict:
             rec = ss.load_asset_record(assets_dir / aid)
             hit = not args.overwrite and (rec.accepted or not args.retry_rejected)
             if hit and (rec.args.get("template_fingerprint") != template_fingerprint(r["template"])
-                        or rec.args.get("stretch", [1.0, 1.0, 1.0]) != r["stretch"]):
-                hit = False  # built from an older version of its template or proportions (or before either): rebuild
+                        or rec.args.get("stretch", [1.0, 1.0, 1.0]) != r["stretch"]
+                        or rec.args.get("color", r["color"]) != r["color"]):
+                hit = False  # built from an older version of its template, proportions or colour rule: rebuild
                 rebuilt.append(aid)
         except (FileNotFoundError, ss.SchemaError, OSError):
             hit = False
         (cached if hit else todo).append(r)
     print(f"[generate_assets] {len(graphs)} scene(s), {len(reqs)} unique asset(s), {len(mine)} in shard {shard[0]}/{shard[1]}: "
           f"{len(cached)} cached, {len(todo)} to generate with backend={args.backend}"
-          + (f" ({len(rebuilt)} cached asset(s) rebuilt: their template or proportions changed)" if rebuilt else ""))
+          + (f" ({len(rebuilt)} cached asset(s) rebuilt: their template, proportions or colour changed)" if rebuilt else ""))
     from tqdm import tqdm
 
     t0, results = time.time(), []

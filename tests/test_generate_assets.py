@@ -315,6 +315,14 @@ def test_end_to_end_cache_bad_input_and_rest_on_table(tmp_path):
         s3 = ga.main(args)
         assert s3["generated"] == 1 and s3["cached"] == 7, s3
         assert records_by_category(assets)["apple"].mass_kg == pytest.approx(recs["apple"].mass_kg * 0.5, rel=0.2)
+    # ... and so does an asset built under another colour rule (the cached record says another colour)
+    ga.main(args)
+    rec_path = assets / recs["apple"].asset_id / "asset.json"
+    stored = json.loads(rec_path.read_text())
+    stored["args"]["color"] = "purple"
+    rec_path.write_text(json.dumps(stored))
+    s4 = ga.main(args)
+    assert s4["generated"] == 1 and s4["cached"] == 7, s4
 
     # each accepted asset, loaded fresh from its files, rests on a table top (a static box, not the ground)
     import sapien
