@@ -144,10 +144,9 @@ def _cyl(r, h, c=(0, 0, 0), axis="z", sections=24) -> trimesh.Trimesh:
         # on an edge rolled away across the table (20 cm in 1.6 s) before the expert reached them
         down = 0.0 if axis == "x" else 1.5 * np.pi  # the polar angle that ends up pointing at -z
         m.apply_transform(trimesh.transformations.rotation_matrix(down + np.pi / sections, [0, 0, 1]))
+        m.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [0, 1, 0] if axis == "x" else [1, 0, 0]))
     elif sections == 6:  # upright hexagonal prisms keep their former orientation
         m.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 6, [0, 0, 1]))
-    if axis != "z":
-        m.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [0, 1, 0] if axis == "x" else [1, 0, 0]))
     m.apply_translation(c)
     return m
 

@@ -437,8 +437,8 @@ def export_visual(m: trimesh.Trimesh, rgba, material: str, path: Path, seed: int
     _, _, metal, rough = MATERIALS[material]
     v = m.smooth_shaded  # split vertices at sharp edges: flat box faces, smooth round ones
     texture, uv = None, None
-    if material in PROCEDURAL_TEXTURES:  # a flat tan reads as cardboard, a flat grey as plastic: lines along x,
-        lo, hi = v.bounds  # projected from the side (x, y+z)
+    if material in PROCEDURAL_TEXTURES:  # a flat tan reads as cardboard, a flat grey as plastic
+        lo, hi = v.bounds  # lines along x, projected from the side (x, y+z)
         ext = max(float((hi - lo).max()), 1e-6)
         uv = np.stack([(v.vertices[:, 0] - lo[0]) / ext, (v.vertices[:, 1] - lo[1] + v.vertices[:, 2] - lo[2]) / ext], 1)
         texture = Image.fromarray(PROCEDURAL_TEXTURES[material](rgba[:3], seed=seed))
@@ -758,10 +758,10 @@ def collect_requests(graphs: list[ss.SceneGraph], args: Args) -> dict[str, dict]
             word = (o.attributes.color or "").lower().strip()
             color = word if word in COLORS else find_word(word, COLORS) or find_word(o.description, COLORS)
             note = f" (colour word {word!r} is not in the colour table: template default)" if word and not color else ""
-            material = resolve_material(o.attributes.material) or resolve_material(o.description)
+            said = resolve_material(o.description)  # the words say it ("a wooden block")
+            material = resolve_material(o.attributes.material) or said
             requested = color is not None
-            named = resolve_material(o.description) == material  # the words say it ("a wooden block")
-            if not color and material in MATERIAL_COLORS and (material != tmpl.material or named):
+            if not color and material in MATERIAL_COLORS and (material != tmpl.material or said == material):
                 color, note = MATERIAL_COLORS[material], f" (no colour requested: the colour of {material})"
             stretch = proportion_stretch(o.description)
             size_m = [round(v * k, 4) for v, k in zip(o.size_m, stretch)] if o.size_m else None

@@ -309,11 +309,21 @@ def parse_scene(scene: str | os.PathLike) -> tuple[str, str]:
     return "gen", str(path.resolve())
 
 
-def _mesh_volume(path: Path) -> float:
+@functools.lru_cache(maxsize=1024)
+def _collision_mesh(path: str, mtime_ns: int):
+    """A collision part as trimesh loads it, cached per file version (an env build reads each part for its volume,
+    and the target's again for its vertices; a composer process rebuilds envs around the same assets)."""
     import trimesh
 
-    mesh = trimesh.load(str(path), force="mesh")
-    return float(abs(mesh.convex_hull.volume))
+    return trimesh.load(path, force="mesh")
+
+
+def collision_mesh(path: Path):
+    return _collision_mesh(str(path), os.stat(path).st_mtime_ns)
+
+
+def _mesh_volume(path: Path) -> float:
+    return float(abs(collision_mesh(path).convex_hull.volume))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,14 +498,12 @@ class GenSceneEnv(BaseEnv):
     def _target_vertices(self) -> torch.Tensor:
         """[N, V, 3] each env's target collision vertices (object frame, at scale; shorter lists padded with their
         first vertex): its current height and bottom in any pose (a cherry lying on its side, a tipped tool)."""
-        import trimesh
-
         out = []
         for i in range(self.num_envs):
             m = self.manifest(i)
             o = m.object(m.success["target"])
             d = ss.resolve_asset_dir(self.manifest_paths[self.scene_assignment[i]], o)
-            out.append(np.concatenate([trimesh.load(str(d / c), force="mesh").vertices for c in o.collision]) * o.scale)
+            out.append(np.concatenate([collision_mesh(d / c).vertices for c in o.collision]) * o.scale)
         n = max(len(v) for v in out)
         return torch.tensor(np.stack([np.concatenate([v, np.repeat(v[:1], n - len(v), 0)]) for v in out]),
                             dtype=torch.float32)
