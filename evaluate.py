@@ -460,6 +460,8 @@ def env_config(args: Args, spec: PolicySpec):
         over["sim_freq"] = args.sim_freq
     if spec.model_config.get("chunk"):
         over["chunk"] = int(spec.model_config["chunk"])
+    if spec.kind == "checkpoint":  # a policy sees what it was trained on (the object-state proxy: no camera)
+        over["obs_mode"] = spec.model_config.get("obs_mode", "rgb")
     if args.max_decisions:
         over["max_decisions"] = args.max_decisions
     if not args.domain_randomization:
@@ -479,7 +481,7 @@ def settings_key(spec: PolicySpec, cfg, args: Args) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def plot_sr_vs_n(rows: list[dict], path: Path) -> Path | None:
+def plot_sr_vs_n(rows: list[dict], path: Path, note: str = "") -> Path | None:
     """Fig. F.3: SR and TF against the number of training scenes N, mean ± std over runs."""
     import matplotlib
 
@@ -508,13 +510,15 @@ def plot_sr_vs_n(rows: list[dict], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[0].set_ylim(-2, 102)
     axes[0].legend()
+    if note:
+        fig.suptitle(note, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def plot_per_scene(policies: list[dict], out_dir: Path, per_fig: int = 25) -> list[Path]:
+def plot_per_scene(policies: list[dict], out_dir: Path, per_fig: int = 25, note: str = "") -> list[Path]:
     """Figs. F.4-F.7: per-scene SR, one bar per policy label (mean over its runs), 25 scenes a figure."""
     import matplotlib
 
@@ -536,7 +540,8 @@ def plot_per_scene(policies: list[dict], out_dir: Path, per_fig: int = 25) -> li
                       fontsize=7)
         ax.set_ylabel("success rate (%)")
         ax.set_ylim(0, 105)
-        ax.set_title(f"Per-scene success rate, scenes {f}-{f + len(chunk) - 1}")
+        ax.set_title(f"Per-scene success rate, scenes {f}-{f + len(chunk) - 1}" + (f"\n{note}" if note else ""),
+                     fontsize=9 if note else None)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         fig.tight_layout()
         paths.append(out_dir / f"per_scene_{f // per_fig}.png")
@@ -803,11 +808,14 @@ def write_reports(out: Path, args: Args, specs: list[PolicySpec], sets: dict, po
     title = (f"# Evaluation: {args.episodes_per_scene} episodes per scene (seeds {args.seed}.."
              f"{args.seed + args.episodes_per_scene - 1}), deterministic={args.deterministic}, "
              f"domain randomization={args.domain_randomization}\n\n")
+    note = scene_env.OBJECT_STATE_LABEL if any(sp.model_config.get("obs_mode") == "state" for sp in specs) else ""
+    if note:
+        title += f"**{note}** (rows of obs_mode 'state' policies)\n\n"
     ss.write_bytes_atomic(out / "table.md", (title + table_markdown(rows) + (
         "\n## Inference latency of policy.act() (Table B.1)\n\n" + latency_markdown(latency) if latency else "")
     ).encode("utf-8"))
     ss.write_bytes_atomic(out / "table.csv", table_csv(rows).encode("utf-8"))
-    figures = [p for p in [plot_sr_vs_n(rows, out / "sr_vs_n.png")] + plot_per_scene(policies, out) if p]
+    figures = [p for p in [plot_sr_vs_n(rows, out / "sr_vs_n.png", note)] + plot_per_scene(policies, out, note=note) if p]
     videos = defaultdict(dict)
     for sp in specs:
         for key, ids in (sets[sp.name].items() if args.video_scenes else ()):

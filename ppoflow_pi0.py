@@ -158,6 +158,10 @@ class Args:
     """Stop the update epochs of an iteration once the epoch's mean approx-KL (k3 estimator of the unscaled
     ratio pi/pi_old, fp32, averaged over ranks so all ranks stop together) exceeds this (None = never; 0.01-0.02 is
     PPO's usual range)."""
+    target_kl_scope: Literal["epoch", "minibatch"] = "epoch"
+    """Where --target-kl is checked: "epoch" after each epoch (the remaining epochs are skipped), or "minibatch"
+    before each gradient step (Stable-Baselines3's rule: a minibatch whose approx-KL exceeds the target is not
+    applied and the update ends there, so even the first epoch can stop early)."""
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     """Policy learning-rate decay after warm-up, down to `--lr-min-factor` x lr at the last iteration."""
     lr_min_factor: float = 0.0
@@ -215,6 +219,10 @@ class PolicyConfig:
     chunk: int = 4
     action_dim: int = 7
     state_dim: int = 7
+    """Width of the state input: 7 (proprio) or 7 + scene_env.OBJECT_STATE_DIM under obs_mode "state"."""
+    obs_mode: str = "rgb"
+    """"rgb" (image + instruction + proprio, the paper's) or "state" (the object-state proxy: instruction + proprio +
+    object features, no image tokens; scene_env.EnvConfig.obs_mode). A policy runs only in envs of its own mode."""
     num_steps: int = 1
     """K integration steps of the flow / Gaussian chain."""
     image_size: int = 224
@@ -463,8 +471,12 @@ class Normalizer:
         lo, hi = x.new_tensor(lo), x.new_tensor(hi)
         return (x + 1) / 2 * (hi - lo) + lo if self.kind == "bound" else x * hi + lo
 
-    def state(self, s: torch.Tensor) -> torch.Tensor:  # [N, 7] -> [N, 7]
-        return self._fwd(s.float(), self.state_lo, self.state_hi)
+    def state(self, s: torch.Tensor) -> torch.Tensor:  # [N, S] -> [N, S]
+        """Statistics cover the first len(state_lo) dims; any further dims (object features of the object-state proxy
+        under a 7-D Bridge statistics file) pass through unchanged (metres and unit vectors: already O(1))."""
+        n = len(self.state_lo)
+        s = s.float()
+        return torch.cat([self._fwd(s[..., :n], self.state_lo, self.state_hi), s[..., n:]], -1)
 
     def action(self, a: torch.Tensor) -> torch.Tensor:  # env [.., 7] -> model [.., 7] (flow-matching targets)
         return torch.cat([self._fwd(a[..., :6].float(), self.action_lo, self.action_hi), (a[..., 6:] + 1) / 2], -1)
@@ -502,7 +514,7 @@ def preset_config(preset: str, chunk: int = 4, **overrides) -> PolicyConfig:
         raise ValueError(f"unknown preset {preset!r}: use tiny, mini, small or pi0-3b")
     pi0 = dict(vlm_config=dict(model_type="paligemma", text_config=text, vision_config=vis, projection_dim=text["hidden_size"],
                                image_token_id=text["vocab_size"]),
-               dit_config=dit, chunk_size=chunk, max_state_dim=7, max_action_dim=7)
+               dit_config=dit, chunk_size=chunk, max_state_dim=max(7, overrides.get("state_dim", 7)), max_action_dim=7)
     return PolicyConfig(preset=preset, pi0=pi0, chunk=chunk, image_size=vis["image_size"],
                         max_text_tokens=48, **overrides)
 
@@ -631,35 +643,51 @@ class PI0Policy(nn.Module):
         self.load_state_dict(new)
 
     # ---- observation -> model inputs ----
+    @property
+    def input_keys(self) -> tuple[str, ...]:
+        """The model inputs `obs_to_inputs` makes and `encode` reads (no image under the object-state proxy)."""
+        return ("rgb", "state", "ids", "mask") if self.config.obs_mode == "rgb" else ("state", "ids", "mask")
+
     def obs_to_inputs(self, obs: dict) -> dict:
-        """env obs {"rgb" u8 [N,H,W,3], "state" [N,7], "instruction"} -> stored rollout inputs (CPU tensors):
-        rgb resized to the model's image size (u8 [N,3,S,S]), raw state, token ids [N,T] and mask [N,T]."""
-        rgb = torch.as_tensor(obs["rgb"]).cpu().permute(0, 3, 1, 2)  # [N, 3, H, W]
-        s = self.config.image_size
-        if rgb.shape[-2:] != (s, s):
-            rgb = F.interpolate(rgb.float(), size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-            rgb = rgb.round().clamp(0, 255).to(torch.uint8)
-        T = self.config.max_text_tokens
-        ids = torch.full((rgb.shape[0], T), self.tokenizer.pad_id, dtype=torch.long)
-        mask = torch.zeros(rgb.shape[0], T, dtype=torch.bool)
+        """env obs {"rgb" u8 [N,H,W,3] (obs_mode "rgb" only), "state" [N,S], "instruction"} -> stored rollout inputs
+        (CPU tensors): rgb resized to the model's image size (u8 [N,3,S,S]), raw state, token ids [N,T], mask [N,T]."""
+        state = torch.as_tensor(obs["state"]).float().cpu()
+        if state.shape[-1] != self.config.state_dim:
+            raise ValueError(f"ppoflow_pi0.py: the observation's state has {state.shape[-1]} dims but this policy reads "
+                             f"{self.config.state_dim} (obs_mode {self.config.obs_mode!r}; fix: run the env with "
+                             f"--env.obs-mode {self.config.obs_mode}, the mode the policy was trained in)")
+        out = {}
+        if self.config.obs_mode == "rgb":
+            rgb = torch.as_tensor(obs["rgb"]).cpu().permute(0, 3, 1, 2)  # [N, 3, H, W]
+            s = self.config.image_size
+            if rgb.shape[-2:] != (s, s):
+                rgb = F.interpolate(rgb.float(), size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+                rgb = rgb.round().clamp(0, 255).to(torch.uint8)
+            out["rgb"] = rgb.contiguous()
+        T, N = self.config.max_text_tokens, state.shape[0]
+        ids = torch.full((N, T), self.tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros(N, T, dtype=torch.bool)
         for i, text in enumerate(obs["instruction"]):
             toks = self._token_cache.get(text) or self._token_cache.setdefault(text, self.tokenizer.encode(text)[:T])
             ids[i, : len(toks)], mask[i, : len(toks)] = torch.tensor(toks), True
-        return {"rgb": rgb.contiguous(), "state": torch.as_tensor(obs["state"]).float().cpu(), "ids": ids, "mask": mask}
+        return {**out, "state": state, "ids": ids, "mask": mask}
 
     def _additive_mask(self, allowed: torch.Tensor, dtype) -> torch.Tensor:  # bool [B, Q, KV] -> [B, 1, Q, KV]
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
     def encode(self, inp: dict) -> Prefix:
-        """Run SigLIP + Gemma over [image tokens, bos, instruction, \\n] once; keep the KV cache (the prefix)."""
+        """Run SigLIP + Gemma over [image tokens, bos, instruction, \\n] once; keep the KV cache (the prefix). Under the
+        object-state proxy (obs_mode "state") the prefix is the instruction alone: the state reaches the expert."""
         vlm, dev = self.pi0.model.vlm, self.pi0.action_out_proj.weight.device
         dtype = self.pi0.action_out_proj.weight.dtype
-        pix = inp["rgb"].to(dev).to(dtype) / 127.5 - 1.0  # [B, 3, S, S] in [-1, 1] (PaliGemma)
-        img = vlm.get_image_features(pix).pooler_output  # [B, Ni, Hv]
         txt = vlm.get_input_embeddings()(inp["ids"].to(dev))  # [B, T, Hv] (Gemma scales by sqrt(Hv))
-        emb = torch.cat([img, txt.to(img.dtype)], 1)  # [B, L, Hv]
+        emb, valid = txt, inp["mask"].to(dev)  # [B, L, Hv], [B, L]
+        if self.config.obs_mode == "rgb":
+            pix = inp["rgb"].to(dev).to(dtype) / 127.5 - 1.0  # [B, 3, S, S] in [-1, 1] (PaliGemma)
+            img = vlm.get_image_features(pix).pooler_output  # [B, Ni, Hv]
+            emb = torch.cat([img, txt.to(img.dtype)], 1)
+            valid = torch.cat([torch.ones(img.shape[:2], dtype=torch.bool, device=dev), valid], 1)
         B, L = emb.shape[:2]
-        valid = torch.cat([torch.ones(B, img.shape[1], dtype=torch.bool, device=dev), inp["mask"].to(dev)], 1)  # [B, L]
         if self.config.positions == "open_pi_zero":
             pos = torch.arange(1, L + 1, device=dev).expand(B, L)
         else:
@@ -1155,8 +1183,8 @@ def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret
     do not fill up with them either. `demos` (rgb/state/ids/mask + model-space "target" chunks) feed the
     --demo-bc-coef anchor."""
     policy.train()
-    flat = {k: batch[k].flatten(0, 1) for k in ("rgb", "state", "ids", "mask", "chain", "logp", "value", "time_left")
-            if k in batch}
+    keys = policy.input_keys  # model inputs: rgb (not under the object-state proxy), state, ids, mask
+    flat = {k: batch[k].flatten(0, 1) for k in (*keys, "chain", "logp", "value", "time_left") if k in batch}
     adv, ret = adv.flatten(), ret.flatten()
     if args.norm_adv and args.adv_norm_scope == "batch":
         adv = normalize_advantages(adv, world)  # whole batch, all ranks  # ALGO LOGIC
@@ -1167,7 +1195,7 @@ def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret
     critic = [p for n, p in policy.named_parameters() if n.startswith("value_head.")]
     actor = [p for n, p in policy.named_parameters() if p.requires_grad and not n.startswith("value_head.")]
     stats: dict[str, list] = {}
-    epochs_run = 0
+    epochs_run, stop = 0, False
     perms = [torch.randperm(B) for _ in range(args.update_epochs)]
     if args.dtype == "bfloat16":  # re-score the rollout's chains with the update's forward (shapes): ratio 1 at start
         flat["logp"] = flat["logp"].clone()
@@ -1176,7 +1204,7 @@ def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret
                 for m0 in range(0, mb, micro):
                     sub = perms[0][start : start + mb][m0 : m0 + micro]
                     with autocast(device, args.dtype):
-                        inp = _to({k: flat[k][sub] for k in ("rgb", "state", "ids", "mask")}, device)
+                        inp = _to({k: flat[k][sub] for k in keys}, device)
                         flat["logp"][sub] = policy.chain(policy.encode(inp), chain=flat["chain"][sub].to(device))[1].float().cpu()
     for perm in perms:
         epochs_run += 1
@@ -1189,7 +1217,7 @@ def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret
             optimizer.zero_grad(set_to_none=True)
             for m0 in range(0, mb, micro):
                 sub = idx[m0 : m0 + micro]
-                inp = _to({k: flat[k][sub] for k in ("rgb", "state", "ids", "mask")}, device)
+                inp = _to({k: flat[k][sub] for k in keys}, device)
                 chain = flat["chain"][sub].to(device)
                 with autocast(device, args.dtype):
                     prefix = policy.encode(inp)
@@ -1208,9 +1236,16 @@ def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret
                 for k, v in s.items():
                     stats.setdefault(k, []).append(float(v.detach()))
                 epoch_kl.append(float(s["approx_kl"]))
+            if args.target_kl is not None and args.target_kl_scope == "minibatch":  # ALGO LOGIC
+                mb_kl = float(allreduce_sum(torch.tensor([float(np.mean(epoch_kl[-math.ceil(mb / micro):]))],
+                                                         dtype=torch.float64), world)) / world
+                if mb_kl > args.target_kl:  # this step would leave the trust region: skip it and stop
+                    optimizer.zero_grad(set_to_none=True)
+                    stop = True
+                    break
             if args.demo_bc_coef > 0 and demos is not None and train_policy:  # BC anchor to the demos (Eq. 1)
                 d = torch.randint(0, demos["target"].shape[0], (min(args.demo_batch_size, demos["target"].shape[0]),))
-                bc = policy.flow_matching_loss(_to({k: demos[k][d] for k in ("rgb", "state", "ids", "mask")}, device),
+                bc = policy.flow_matching_loss(_to({k: demos[k][d] for k in keys}, device),
                                                demos["target"][d].to(device))
                 (args.demo_bc_coef * bc).backward()
                 stats.setdefault("demo_bc_loss", []).append(float(bc.detach()))
@@ -1225,10 +1260,12 @@ def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret
         kl = float(allreduce_sum(torch.tensor([float(np.mean(epoch_kl)) if epoch_kl else 0.0], dtype=torch.float64),
                                  world)) / world  # same value on every rank: all stop together
         stats.setdefault("epoch_kl", []).append(kl)
-        if args.target_kl is not None and kl > args.target_kl:  # ALGO LOGIC
+        if stop or (args.target_kl is not None and args.target_kl_scope == "epoch" and kl > args.target_kl):  # ALGO LOGIC
             break
     out = {k: float(np.mean(v)) for k, v in stats.items()}
     out["epochs_run"] = float(epochs_run)
+    out["kl_stops"] = float(stop)
+    out["grad_steps"] = float(len(stats.get("grad_norm", [])))
     out["explained_variance"] = explained_variance(flat["value"], ret)
     return out
 
@@ -1288,10 +1325,14 @@ def load_demo_batch(args: Args, policy: PI0Policy) -> dict:
         raise FileNotFoundError(f"ppoflow_pi0.py: --demos: {args.demos!r} does not exist, but --demo-bc-coef "
                                 f"{args.demo_bc_coef} needs it (fix: pass the demos.pt written by train_imitation.py)")
     d = torch.load(args.demos, map_location="cpu", weights_only=True)
-    missing = [k for k in ("rgb", "state", "ids", "mask", "action") if k not in d]
+    missing = [k for k in (*policy.input_keys, "action") if k not in d]
     if missing:
-        raise ss.SchemaError(args.demos, "demos", f"missing {missing} (fix: use a demos.pt of train_imitation.py)")
-    out = {k: d[k] for k in ("rgb", "state", "ids", "mask")}
+        raise ss.SchemaError(args.demos, "demos", f"missing {missing} (fix: use a demos.pt of train_imitation.py made "
+                                                  f"with --env.obs-mode {policy.config.obs_mode})")
+    if d["state"].shape[-1] != policy.config.state_dim:
+        raise ss.SchemaError(args.demos, "demos", f"states have {d['state'].shape[-1]} dims, the policy reads "
+                                                  f"{policy.config.state_dim} (fix: demos of the same --env.obs-mode)")
+    out = {k: d[k] for k in policy.input_keys}
     out["target"] = policy.normalizer.action(d["action"].float())
     return out
 
@@ -1342,12 +1383,25 @@ def setup_distributed(device_flag: str) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def obs_overrides(env: EnvConfig) -> dict:
+    """The PolicyConfig fields fixed by the env's observation mode (the object-state proxy widens the state)."""
+    return dict(obs_mode=env.obs_mode, state_dim=scene_env.state_dim(env))
+
+
 def finetune_overrides(args: Args) -> dict:
-    """The PolicyConfig fields this run's flags set on top of a preset or an --init checkpoint."""
+    """The PolicyConfig fields this run's flags set on top of a preset or an --init checkpoint. Under the object-state
+    proxy the value head always reads the state: the instruction-only prefix makes z_t the same in every state."""
     return dict(num_steps=args.num_inference_steps, log_sigma_min=args.log_sigma_min, log_sigma_max=args.log_sigma_max,
                 lora_rank=args.lora_rank, lora_alpha=float(max(args.lora_rank, 1)), lora_expert=args.lora_expert,
-                freeze_vlm=args.freeze_vlm, freeze_siglip=args.freeze_siglip, value_state=args.value_state,
-                value_time=args.value_time_to_go)
+                freeze_vlm=args.freeze_vlm, freeze_siglip=args.freeze_siglip,
+                value_state=args.value_state or args.env.obs_mode == "state", value_time=args.value_time_to_go)
+
+
+def check_obs_mode(config: PolicyConfig, env: EnvConfig, what: str) -> None:
+    """A policy runs only in envs of the observation mode it was trained in."""
+    if config.obs_mode != env.obs_mode:
+        raise ValueError(f"ppoflow_pi0.py: {what} is an obs_mode {config.obs_mode!r} policy but --env.obs-mode is "
+                         f"{env.obs_mode!r} (fix: pass --env.obs-mode {config.obs_mode})")
 
 
 def build_policy(args: Args) -> PI0Policy:
@@ -1355,7 +1409,8 @@ def build_policy(args: Args) -> PI0Policy:
     ft = finetune_overrides(args)
     if args.init is None:
         print(f"[ppoflow] no --init: random {args.preset} weights (use train_imitation.py for a starting point)")
-        return PI0Policy(preset_config(args.preset, args.env.chunk, **ft), Normalizer.from_stats_file(args.stats_file),
+        return PI0Policy(preset_config(args.preset, args.env.chunk, **ft, **obs_overrides(args.env)),
+                         Normalizer.from_stats_file(args.stats_file),
                          {"kind": "hf", "path": args.tokenizer_path} if args.tokenizer_path else {"kind": "bytes"})
     base = load_policy(args.init, stats_file=args.stats_file, tokenizer_path=args.tokenizer_path,
                        open_pi_zero={"num_kv_heads": args.init_num_kv_heads, "vision_heads": args.init_vision_heads})
@@ -1363,6 +1418,7 @@ def build_policy(args: Args) -> PI0Policy:
         print(f"[ppoflow] --init is a {base.config.preset!r} model: using it (ignoring --preset {args.preset})")
     if base.config.chunk != args.env.chunk:
         raise ValueError(f"--init predicts chunks of {base.config.chunk} but --env.chunk is {args.env.chunk}")
+    check_obs_mode(base.config, args.env, f"--init {args.init}")
     policy = PI0Policy(PolicyConfig(**{**asdict(base.config), **ft}), base.normalizer, base.tokenizer_spec)
     policy.load_weights(base.state_dict(), base.lora_scaling())
     return policy
@@ -1397,6 +1453,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     if ckpt is not None:
         policy = PI0Policy(PolicyConfig(**ckpt["model_config"]), Normalizer(**ckpt["normalizer"]), ckpt["tokenizer"])
         policy.load_weights(ckpt["model"])
+        check_obs_mode(policy.config, args.env, f"--resume {args.resume}")
     else:
         policy = build_policy(args)
     policy.to(device)

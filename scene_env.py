@@ -60,6 +60,9 @@ CAMERA_K_640x480 = ((623.588, 0.0, 319.501), (0.0, 623.588, 239.545), (0.0, 0.0,
 TABLE_TOP_Z = 0.87
 GRIPPER_QPOS_CLOSED, GRIPPER_QPOS_OPEN = 0.015, 0.037
 CONTACT_FORCE_N = 0.05  # a pair is "in contact" above this normal force (SimplerEnv uses 0.05 N too)
+PROPRIO_DIM = 7  # ee xyz + rpy in the robot base frame, gripper opening (ee_state)
+OBJECT_STATE_DIM = 14  # EnvConfig.obs_mode "state": target xyz, yaw sin/cos, extents; destination xyz, extents
+OBJECT_STATE_LABEL = "object-state proxy: no pretrained VLM, visual generalisation not tested"
 
 
 @dataclass
@@ -82,6 +85,15 @@ class EnvConfig:
     """When Eq. A.1 (success) and partial success are evaluated: "chunk" once per decision, at its last control
     step (training: no contact queries inside a chunk; a success that holds only mid-chunk is missed and time to
     finish has 0.8 s resolution), or "step" after every control step (evaluate.py's default: 0.2 s resolution)."""
+    obs_mode: Literal["rgb", "state"] = "rgb"
+    """What the policy observes besides the instruction. "rgb": the Bridge camera image + the 7-D proprio (the paper's
+    observation; every stage's default). "state": the OBJECT-STATE PROXY: no camera is rendered, and the state is
+    the proprio followed by `OBJECT_STATE_DIM` simulator features of the target and destination (`object_state`).
+    A research proxy for RL at CPU scale (no pretrained VLM, visual generalisation not tested); no robot has it."""
+    reward: Literal["sparse", "shaped"] = "sparse"
+    """Decision-level reward. "sparse": 1 on success (Eq. A.1). "shaped": success + (phi(s') - phi(s)), potential-based
+    shaping (Ng et al. 1999: the optimal policy is unchanged) with phi = GenScene-v1's `normalized_dense` reward
+    (reach, grasp, lift, place stages; 1 on success). Success stays what is evaluated and reported."""
     contact_query: Literal["batched", "pairwise"] = "batched"
     """CPU contact check of Eq. A.1: "batched" one pass over the contact list for every pair, "pairwise" ManiSkill's
     query per pair (the same result, ~14x the passes: the pre-issue-13 path, kept for benchmarks/bench_rollout.py)."""
@@ -374,7 +386,7 @@ class GenSceneEnv(BaseEnv):
     """
 
     SUPPORTED_OBS_MODES = ("rgb", "rgb+segmentation", "state_dict", "none")
-    SUPPORTED_REWARD_MODES = ("sparse", "none")
+    SUPPORTED_REWARD_MODES = ("sparse", "dense", "normalized_dense", "none")
 
     def __init__(self, *args, manifests: list[str], scene_assignment: list[int] | None = None,
                  env_cfg: EnvConfig | dict = EnvConfig(), **kwargs):
@@ -619,6 +631,25 @@ class GenSceneEnv(BaseEnv):
     def compute_sparse_reward(self, obs, action, info):
         return info["success"].float()
 
+    def compute_dense_reward(self, obs, action, info):
+        """ManiSkill's staged dense reward (PickCube's pattern), in [0, 5]: reach (1 - tanh(10 d), d = ee to target
+        centre), grasp (+1), lift (+[0, 1] up to `lift_threshold_m` while grasped), place (1 - tanh(10 d_xy) to the
+        destination while grasped), and 5 on success (Eq. A.1)."""
+        priv = self.privileged_state()
+        ee = self.agent.controller.controllers["arm"].ee_pose_at_base.p
+        centre = priv["target_bottom"].clone()
+        centre[:, 2] += priv["target_height"] / 2
+        reach = 1 - torch.tanh(10 * torch.linalg.norm(ee - centre, dim=1))
+        grasped = info["grasped"].float()
+        lift = ((self.target.pose.p[:, 2] - self.target_start_z) / self.cfg.lift_threshold_m).clamp(0, 1) * grasped
+        d_xy = torch.linalg.norm(priv["target_bottom"][:, :2] - priv["dest_bottom"][:, :2], dim=1)
+        place = (1 - torch.tanh(10 * d_xy)) * grasped
+        reward = reach + grasped + lift + place  # ALGO LOGIC
+        return torch.where(info["success"], torch.full_like(reward, 5.0), reward)
+
+    def compute_normalized_dense_reward(self, obs, action, info):
+        return self.compute_dense_reward(obs, action, info) / 5.0
+
     def _get_obs_extra(self, info: dict):
         return dict(state=ee_state(self))
 
@@ -670,6 +701,27 @@ def ee_state(env) -> "torch.Tensor":
     finger = env.agent.robot.get_qpos()[:, -2:].mean(-1, keepdim=True)
     opening = ((finger - GRIPPER_QPOS_CLOSED) / (GRIPPER_QPOS_OPEN - GRIPPER_QPOS_CLOSED)).clamp(0, 1)
     return torch.cat([pose.p, _rpy(pose.q), opening], dim=-1).float()
+
+
+def object_state(priv: dict) -> "torch.Tensor":
+    """[N, OBJECT_STATE_DIM] float32 object features of EnvConfig.obs_mode "state", from `privileged_state` (robot base
+    frame, metres): target bottom-centre xyz, sin and cos of its yaw, bbox extents; destination bottom-centre xyz,
+    bbox extents. What a perfect object detector would report; no camera is involved."""
+    import torch
+
+    yaw = priv["target_yaw"]
+    return torch.cat([priv["target_bottom"], torch.sin(yaw)[:, None], torch.cos(yaw)[:, None], priv["target_size"],
+                      priv["dest_bottom"], priv["dest_size"]], dim=1).float()
+
+
+def obs_keys(cfg: EnvConfig) -> tuple[str, ...]:
+    """The tensor entries of an observation under `cfg.obs_mode` (besides "instruction")."""
+    return ("rgb", "state") if cfg.obs_mode == "rgb" else ("state",)
+
+
+def state_dim(cfg: EnvConfig) -> int:
+    """Width of obs["state"] under `cfg.obs_mode`."""
+    return PROPRIO_DIM + (OBJECT_STATE_DIM if cfg.obs_mode == "state" else 0)
 
 
 def simpler_privileged_state(env) -> dict:
@@ -897,13 +949,19 @@ class ChunkRunner:
                       human_render_camera_configs=dict(width=cfg.render_size[0], height=cfg.render_size[1],
                                                        intrinsic=scaled_intrinsic(*cfg.render_size)),
                       max_episode_steps=None, render_mode="rgb_array" if record and record.video else None)
+        state_only = cfg.obs_mode == "state"  # the object-state proxy: no sensor is rendered
         if self.kind == "gen":
             self.manifests = [v for _, v in scene_specs]
-            env = gym.make("GenScene-v1", obs_mode="rgb", reward_mode="sparse", manifests=self.manifests,
-                           env_cfg=dataclasses.asdict(cfg), **common)  # plain data: a trajectory's JSON holds it
+            env = gym.make("GenScene-v1", obs_mode="state_dict" if state_only else "rgb",
+                           reward_mode="normalized_dense" if cfg.reward == "shaped" else "sparse",
+                           manifests=self.manifests, env_cfg=dataclasses.asdict(cfg), **common)  # plain data (JSON)
         else:
+            if cfg.reward == "shaped":
+                raise ValueError(f"--env.reward shaped: the shaping potential is GenScene-v1's dense reward; "
+                                 f"{scene_specs[0][1]} (SimplerEnv) has none (fix: --env.reward sparse for SimplerEnv)")
             self.manifests = [SIMPLER_PREFIX + scene_specs[0][1]]
-            env = gym.make(scene_specs[0][1], obs_mode="rgb+segmentation", control_mode=CONTROL_MODE, **common)
+            env = gym.make(scene_specs[0][1], obs_mode="state_dict" if state_only else "rgb+segmentation",
+                           control_mode=CONTROL_MODE, **common)
         self.recorder = None
         if record is not None:
             from mani_skill.utils.wrappers.record import RecordEpisode
@@ -922,6 +980,7 @@ class ChunkRunner:
         self.success_step = torch.full((num_envs,), -1, dtype=torch.long)
         self.partial = torch.zeros(num_envs, dtype=torch.bool)
         self.src_start_z = torch.zeros(num_envs)
+        self.potential = torch.zeros(num_envs)  # phi(s) of the shaped reward at the current decision's start
         low, high = self.env.single_action_space.low, self.env.single_action_space.high
         self.act_low, self.act_high = torch.as_tensor(low), torch.as_tensor(high)
 
@@ -940,8 +999,16 @@ class ChunkRunner:
         return [self.env.manifest(i).scene_id for i in range(self.num_envs)]
 
     def _obs(self, raw: dict) -> dict:
+        text = list(self.env.get_language_instruction())
+        if self.cfg.obs_mode == "state":  # [N, 7 + OBJECT_STATE_DIM]: proprio, then the object-state proxy
+            priv = self.env.privileged_state() if self.kind == "gen" else simpler_privileged_state(self.env)
+            return {"state": torch.cat([ee_state(self.env), object_state(priv)], 1).cpu(), "instruction": text}
         rgb = raw["sensor_data"][CAMERA_UID]["rgb"].cpu()  # [N, H, W, 3] uint8
-        return {"rgb": rgb, "state": ee_state(self.env).cpu(), "instruction": list(self.env.get_language_instruction())}
+        return {"rgb": rgb, "state": ee_state(self.env).cpu(), "instruction": text}
+
+    def _potential(self):
+        """[N] phi(s) of the shaped reward (EnvConfig.reward): GenScene-v1's normalized dense reward, 1 on success."""
+        return self.env.compute_normalized_dense_reward(None, None, self.env.get_info()).float().cpu()
 
     def _src(self):
         return self.env.objs[self.env.source_obj_name] if self.kind == "simpler" else self.env.target
@@ -964,6 +1031,8 @@ class ChunkRunner:
         self.decisions[idx], self.steps[idx], self.success_step[idx], self.partial[idx] = 0, 0, -1, False
         self.src_start_z[idx] = self._src().pose.p[idx, 2].cpu()
         self.expert.reset(idx)
+        if self.cfg.reward == "shaped":
+            self.potential[idx] = self._potential()[idx]
         self.episodes += 1 if env_idx is None else len(env_idx)
         return self._obs(raw)
 
@@ -983,7 +1052,7 @@ class ChunkRunner:
                     continue  # Eq. A.1 is checked at the chunk's end only (EnvConfig.success_check)
                 info = self.env.get_info()
             else:
-                raw, _, _, _, info = self.gym_env.step(a)
+                raw, env_reward, _, _, info = self.gym_env.step(a)  # the chunk's last step (and every step recorded)
                 self.steps += 1
             succ = info["success"].cpu().bool()
             newly = succ & (self.success_step < 0)
@@ -1001,16 +1070,20 @@ class ChunkRunner:
         info = {"success": terminated.clone(), "elapsed_steps": elapsed_steps,
                 "elapsed_s": elapsed_steps.float() * self.cfg.control_dt, "partial_success": self.partial.clone(),
                 "scene_id": self.scene_ids()}
+        reward = terminated.float()
+        if self.cfg.reward == "shaped":  # success + phi(s') - phi(s) (potential-based shaping)  # ALGO LOGIC
+            phi = torch.where(terminated, 1.0, env_reward.float().cpu())  # normalized_dense at the chunk's end
+            reward, self.potential = reward + phi - self.potential, phi
         done = terminated | truncated
         if done.any():
             info["final_observation"] = {k: (v.clone() if hasattr(v, "clone") else list(v)) for k, v in obs.items()}
             idx = torch.nonzero(done)[:, 0]
             new = self.reset(env_idx=None if len(idx) == self.num_envs else idx.tolist())
-            for key in ("rgb", "state"):
+            for key in obs_keys(self.cfg):
                 obs[key][idx] = new[key][idx] if len(idx) < self.num_envs else new[key]
             obs["instruction"] = new["instruction"]
             info["scene_id"] = self.scene_ids()
-        return obs, terminated.float(), terminated, truncated, info
+        return obs, reward, terminated, truncated, info
 
     def expert_actions(self, chunk: int | None = None):
         """[N, C, 7] the scripted expert's next chunk from privileged state."""
@@ -1060,13 +1133,14 @@ class _ChunkWorker:
 
         self.specs, self.cfg, self.seed, self.record, self.runner = specs, cfg, seed, record, None
         s = cfg.image_size
-        self.observation_space = gym.spaces.Dict({"rgb": gym.spaces.Box(0, 255, (s, s, 3), np.uint8),
-                                                  "state": gym.spaces.Box(-np.inf, np.inf, (7,), np.float32)})
+        spaces = {"rgb": gym.spaces.Box(0, 255, (s, s, 3), np.uint8),
+                  "state": gym.spaces.Box(-np.inf, np.inf, (state_dim(cfg),), np.float32)}
+        self.observation_space = gym.spaces.Dict({k: spaces[k] for k in obs_keys(cfg)})
         self.action_space = gym.spaces.Box(-np.inf, np.inf, (cfg.chunk, 7), np.float32)
         self.np_random = None
 
     def _np(self, obs: dict) -> dict:
-        return {"rgb": obs["rgb"][0].numpy(), "state": obs["state"][0].numpy()}
+        return {k: obs[k][0].numpy() for k in obs_keys(self.cfg)}
 
     def reset(self, *, seed=None, options=None):
         if self.runner is None:
@@ -1082,8 +1156,8 @@ class _ChunkWorker:
                "truncated": bool(trunc[0]), "scene_id": info["scene_id"][0], "instruction": obs["instruction"][0]}
         if "final_observation" in info:
             f = info["final_observation"]
-            out["final_obs"] = {"rgb": f["rgb"][0].numpy(), "state": f["state"][0].numpy(),  # gymnasium's key: it
-                                "instruction": f["instruction"][0]}  # batches these as one object per env
+            out["final_obs"] = {**self._np(f), "instruction": f["instruction"][0]}  # gymnasium's key: it batches
+            # these as one object per env
         return self._np(obs), float(rew[0]), False, False, out
 
     def get_wrapper_attr(self, name: str):  # what AsyncVectorEnv.call uses (this is not a gym.Wrapper)
@@ -1158,8 +1232,9 @@ class ChunkVecEnv:
     def _torch_obs(self, obs: dict, instructions: list[str]) -> dict:
         import torch
 
-        return {"rgb": torch.from_numpy(np.asarray(obs["rgb"])), "state": torch.from_numpy(np.asarray(obs["state"])).float(),
-                "instruction": list(instructions)}
+        out = {k: torch.from_numpy(np.asarray(obs[k])) for k in obs_keys(self.cfg)}
+        out["state"] = out["state"].float()
+        return {**out, "instruction": list(instructions)}
 
     def reset(self, seed: int | None = None) -> tuple[dict, dict]:
         """Reset every env (env i with seed + i) -> (obs, info), gymnasium's convention; info: scene_id, instruction."""
@@ -1190,16 +1265,18 @@ class ChunkVecEnv:
             o, rew, _, _, inf = self.pool.step(actions.numpy())
             obs = self._torch_obs(o, inf["instruction"])
             term, trunc = torch.as_tensor(inf["terminated"]), torch.as_tensor(inf["truncated"])
-            rew = term.float()
+            rew = torch.as_tensor(rew)  # each worker's ChunkRunner reward (sparse or shaped)
             info = {"success": torch.as_tensor(inf["success"]), "elapsed_s": torch.as_tensor(inf["elapsed_s"]).float(),
                     "elapsed_steps": torch.as_tensor(inf["elapsed_steps"]).long(),
                     "partial_success": torch.as_tensor(inf["partial_success"]), "scene_id": list(inf["scene_id"])}
             if "final_obs" in inf:  # rows of envs that did not end are copies of the current obs
                 rows = list(inf["final_obs"])  # [N] objects, None where the env did not end
-                fo = {"rgb": obs["rgb"].clone(), "state": obs["state"].clone(), "instruction": list(obs["instruction"])}
+                keys = obs_keys(self.cfg)
+                fo = {**{k: obs[k].clone() for k in keys}, "instruction": list(obs["instruction"])}
                 for i, f in enumerate(rows):
                     if f is not None:
-                        fo["rgb"][i], fo["state"][i] = torch.from_numpy(f["rgb"]), torch.from_numpy(f["state"])
+                        for k in keys:
+                            fo[k][i] = torch.from_numpy(f[k])
                         fo["instruction"][i] = f["instruction"]
                 info["final_observation"] = fo
         # an episode ends at its first success, so ManiSkill's success_once / success_at_end are `success` here
@@ -1346,7 +1423,7 @@ def main(args: Args) -> dict:
     obs, _ = venv.reset(seed=args.seed)
     done_eps = torch.zeros(args.num_envs, dtype=torch.long)
     results, steps = [], 0
-    frames = [obs["rgb"][0].numpy()]
+    frames = [obs["rgb"][0].numpy()] if args.video_dir else []
     while (done_eps < args.episodes).any():
         obs, rew, term, trunc, info = venv.step(venv.expert_actions())
         steps += args.num_envs * venv.chunk

@@ -122,6 +122,7 @@ def collect_demos(envs, policy, episodes: int, max_decisions: int, success_only:
     kept: list[dict] = []
     raw_episodes: list[dict] = []  # the env's own frames and texts: the LeRobotDataset (lerobot_format.py)
     n_ep = n_succ = 0
+    keep_raw = keep_raw and "rgb" in obs  # the object-state proxy has no frames to write
     for _ in range(max_decisions):
         action = torch.as_tensor(envs.expert_actions()).float()  # [N, C, 7] privileged scripted expert
         inp = policy.obs_to_inputs(obs)
@@ -146,7 +147,7 @@ def collect_demos(envs, policy, episodes: int, max_decisions: int, success_only:
     if not kept:
         raise RuntimeError(f"the scripted expert solved 0 of {n_ep} episodes: check the scenes (compose_scene.py QA) "
                            "or pass --no-success-only")
-    demos = {k: torch.stack([t[k] for t in kept]) for k in ("rgb", "state", "ids", "mask", "action")}
+    demos = {k: torch.stack([t[k] for t in kept]) for k in (*policy.input_keys, "action")}
     demos["episodes"], demos["expert_success_rate"] = torch.tensor(n_ep), torch.tensor(n_succ / max(n_ep, 1))
     return demos, raw_episodes
 
@@ -180,8 +181,9 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     if args.init:
         policy = pp.load_policy(args.init, stats_file=args.stats_file or pp.DEFAULT_STATS, tokenizer_path=args.tokenizer_path,
                                 **ft)
+        pp.check_obs_mode(policy.config, args.env, f"--init {args.init}")
     else:
-        policy = pp.PI0Policy(pp.preset_config(args.preset, args.env.chunk, **ft),
+        policy = pp.PI0Policy(pp.preset_config(args.preset, args.env.chunk, **ft, **pp.obs_overrides(args.env)),
                               pp.Normalizer.from_stats_file(args.stats_file or pp.DEFAULT_STATS), tok)
     envs = None
     if args.dataset:
@@ -206,7 +208,9 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
             envs.close()
             envs = (env_fn or _make_vec_env)(scenes, args.num_envs, args.env, args.seed, args.env_workers) \
                 if args.eval_episodes else None
-        if args.write_dataset:
+        if args.write_dataset and not raw:
+            print("[imitation] no LeRobotDataset: the object-state proxy (--env.obs-mode state) renders no frames")
+        elif args.write_dataset:
             import lerobot_format as lf
 
             lf.write_dataset(out / "dataset", raw, fps=1.0 / (args.env.chunk * args.env.control_dt))
@@ -228,7 +232,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     M, t0, losses = len(target), time.time(), []
     for step in range(1, args.steps + 1):
         idx = torch.randint(0, M, (min(args.batch_size, M),), generator=g)
-        inp = {k: demos[k][idx].to(device) for k in ("rgb", "state", "ids", "mask")}
+        inp = {k: demos[k][idx].to(device) for k in policy.input_keys}
         loss = policy.flow_matching_loss(inp, target[idx].to(device))  # Eq. 1  # ALGO LOGIC
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
