@@ -32,6 +32,7 @@ import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -83,6 +84,10 @@ class Args:
     (and more than 8 mm) while settling."""
     render: bool = True
     """Write qa_render.png per scene and scenes/qa_contact_sheet.png."""
+    object_region: Literal["table", "manifest"] = "table"
+    """Object-pose DR of the solvability QA's episodes (scene_env.EnvConfig.object_region): "table" draws every
+    object over Table A.2's region at each reset (issue 26), "manifest" the narrow boxes around the nominal layout
+    (the pre-issue-26 QA, for comparison). Manifests record the region either way."""
 
     @property
     def out_summary(self) -> Path:
@@ -126,33 +131,16 @@ def footprint_radius(bbox) -> float:
     return 0.5 * math.hypot(bbox[0], bbox[1])
 
 
-def project_to_image(points_world: np.ndarray, width: int = 640, height: int = 480) -> np.ndarray:
-    """Pixel (u, v) of world points in the nominal Bridge 3rd-view camera ([M, 3] -> [M, 2]; nan behind it)."""
-    p0, r0 = scene_env.camera_world_pose()
-    c = (points_world - p0) @ r0  # camera frame: x forward, y left, z up (SAPIEN)
-    k = scene_env.scaled_intrinsic(width, height)
-    z = np.where(c[:, 0] > 1e-6, c[:, 0], np.nan)
-    return np.stack([k[0, 0] * -c[:, 1] / z + k[0, 2], k[1, 1] * -c[:, 2] / z + k[1, 2]], axis=1)
+project_to_image = scene_env.project_to_image  # one definition of "the camera sees it" (the env draws with it too)
 
 
 def in_view(xy, yaw_free_radius: float, height: float, margin_px: float = 6.0) -> bool:
     """The object's bounding cylinder (footprint circle at any yaw, bottom and top rims) projects inside the
     640x480 image."""
-    x, y = xy
-    r = yaw_free_radius
-    ang = np.linspace(0, 2 * math.pi, 12, endpoint=False)
-    pts = np.array([scene_env.base_to_world([x + r * math.cos(a), y + r * math.sin(a), dz]) for a in ang
-                    for dz in (0, height)])
-    uv = project_to_image(pts)
-    return bool(np.all(np.isfinite(uv)) and np.all(uv[:, 0] >= margin_px) and np.all(uv[:, 0] <= 640 - margin_px)
-                and np.all(uv[:, 1] >= margin_px) and np.all(uv[:, 1] <= 480 - margin_px))
+    return scene_env.footprint_in_view(xy, yaw_free_radius, height, margin_px)
 
 
-# The gripper starts 13.5 cm above the table at this (x, y) of the robot base frame (fingertips ~12 cm; lower with
-# Table A.2's joint noise): a tall bucket or bin placed under it is hit by the robot at reset and pushed away.
-EE_START_XY = (0.29, -0.006)
-TALL_M = 0.08  # objects at least this tall keep their footprint out of ...
-EE_KEEPOUT_M = 0.05  # ... this radius around EE_START_XY
+EE_START_XY, TALL_M, EE_KEEPOUT_M = scene_env.EE_START_XY, scene_env.TALL_M, scene_env.EE_KEEPOUT_M
 
 
 def sample_layout(bboxes: list[list[float]], rng: np.random.Generator, margin: float, tries: int = 300):
@@ -356,17 +344,21 @@ def solver_passed(successes: int, args: Args) -> bool:
 
 
 def solver_check(runner, args: Args, seed: int) -> dict:
-    """Solvability QA: the scripted expert on k seeded, fully randomised episodes (Table A.2 DR on)."""
+    """Solvability QA: the scripted expert on k seeded, fully randomised episodes (Table A.2 DR on; with
+    --object-region table each episode draws a new layout over the whole region)."""
     _set_dr(runner, True)
+    runner.env.cfg.object_region = args.object_region
     eps = []
     for j in range(args.solver_attempts):
         runner.reset(seed=seed + j)
+        inv = runner.env.agent.robot.pose.inv()  # the layout this episode drew (base frame x, y; QA record)
+        layout = {n: [round(float(v), 3) for v in (inv * a.pose).p[0, :2]] for n, a in runner.env.obj_actors[0].items()}
         for _ in range(runner.cfg.max_decisions):
             _, _, term, trunc, info = runner.step(runner.expert_actions())
             if term[0] or trunc[0]:
                 break
         eps.append({"seed": seed + j, "success": bool(info["success"][0]), "partial": bool(info["partial_success"][0]),
-                    "elapsed_s": round(float(info["elapsed_s"][0]), 2)})
+                    "elapsed_s": round(float(info["elapsed_s"][0]), 2), "layout": layout})
         if sum(e["success"] for e in eps) >= args.solver_min_successes and args.solver_stop_early:
             break
     n_ok = sum(e["success"] for e in eps)
@@ -380,7 +372,7 @@ def solver_check(runner, args: Args, seed: int) -> dict:
     if n_ok and not passed:
         reason = (f"scripted expert succeeded in only {n_ok}/{len(eps)} seeded episodes (--solver-min-successes "
                   f"{args.solver_min_successes})")
-    return {"passed": passed, "reason": reason, "successes": n_ok, "episodes": eps}
+    return {"passed": passed, "reason": reason, "successes": n_ok, "episodes": eps, "object_region": args.object_region}
 
 
 def compose_one(scene_dir: str, args: Args) -> dict:
@@ -493,7 +485,8 @@ def _compose(scene_dir: Path, args: Args) -> dict:
                 x_range=xr, y_range=yr, yaw_range=[0.0, 2 * math.pi]))
         m = ss.SceneManifest(scene_id=graph.scene_id, task=graph.task, scene_graph="scene_graph.json", objects=mobjs,
                              success={"target": goal.subject, "destination": goal.object, "relation": goal.relation},
-                             table=table, background=background, lighting=lighting, qa={}, args=_args_dict(args))
+                             table=table, background=background, lighting=lighting, qa={}, args=_args_dict(args),
+                             object_region=dict(scene_env.OBJECT_REGION))
         cand = scene_dir / "manifest.candidate.json"
         ss.save_manifest(m, cand)
         runner = _runner(cand)
@@ -616,13 +609,15 @@ def main(args: Args) -> dict:
                "rejected": {r["scene_id"]: r["reason"] for r in results if r["status"] == "rejected"},
                "acceptance_rate": len(ok) / max(len(results), 1),
                "expert_success_rate": wins / max(eps, 1), "expert_episodes": eps,
+               "expert_object_region": args.object_region,
                "timings_s": {r["scene_id"]: r.get("seconds", 0.0) for r in results},
                "total_s": round(time.time() - t0, 1), "scenes": results}
     ss.write_json_atomic(args.out_summary, summary)
     if args.render:
         contact_sheet(scenes_dir, results, scenes_dir / "qa_contact_sheet.png")
     print(f"composed {len(results)} scenes: {len(ok)} accepted ({summary['acceptance_rate']:.0%}), "
-          f"{len(summary['rejected'])} rejected; scripted expert {wins}/{eps} episodes on accepted scenes; "
+          f"{len(summary['rejected'])} rejected; scripted expert {wins}/{eps} episodes on accepted scenes "
+          f"({'object poses over the whole Table A.2 region' if args.object_region == 'table' else 'narrow manifest boxes'}); "
           f"summary {args.out_summary}")
     for sid, why in summary["rejected"].items():
         print(f"  rejected {sid}: {why}")

@@ -116,6 +116,11 @@ class EnvConfig:
     """Physics time (s) objects settle after placement at reset, before the robot moves."""
     lift_threshold_m: float = 0.025
     """Partial success: the target was grasped and lifted this far above its start height."""
+    object_region: Literal["table", "manifest"] = "table"
+    """Where dr_object_pose draws each object's x/y at every reset: "table" over Table A.2's region (x [0.2, 0.4] m,
+    y [-0.15, 0.15] m, yaw [0, 2 pi); the manifest's `object_region`) intersected per object size with the camera
+    view and the table, footprints disjoint (issue 26); "manifest" the composer's narrow per-object boxes around
+    the nominal layout (x_range / y_range, half-width <= 4 cm: the pre-issue-26 behaviour, for comparison)."""
 
     @property
     def control_dt(self) -> float:
@@ -293,18 +298,107 @@ def reaimed_camera_local_pose(offset, robot_z_offset: float = 0.0, table_top_z: 
     return rb.T @ (p1 - base_p), mat_to_quat(rb.T @ r1)
 
 
+# Table A.2 object-pose region (robot base frame) as the env draws it at every reset (EnvConfig.object_region =
+# "table"): centres in x [0.2, 0.4] m, y [-0.15, 0.15] m, yaw [0, 2 pi), per object intersected with what the Bridge
+# camera sees (its yaw-free bounding cylinder inside the 640x480 image) and with the table top, tall objects clear
+# of the gripper's start, all footprints (bbox circles + margin_m) disjoint. A manifest's `object_region` overrides
+# these keys; manifests written before it existed get these defaults.
+OBJECT_REGION = {"x": list(ss.OBJECT_X_RANGE_M), "y": list(ss.OBJECT_Y_RANGE_M), "yaw": [0.0, 2 * math.pi],
+                 "margin_m": 0.015, "view_margin_px": 6.0}
+# The gripper starts 13.5 cm above the table at this (x, y) of the robot base frame (fingertips ~12 cm; lower with
+# Table A.2's joint noise): a tall bucket or bin placed under it is hit by the robot at reset and pushed away.
+EE_START_XY = (0.29, -0.006)
+TALL_M = 0.08  # objects at least this tall keep their footprint out of ...
+EE_KEEPOUT_M = 0.05  # ... this radius around EE_START_XY
+
+
+def project_to_image(points_world: np.ndarray, width: int = 640, height: int = 480) -> np.ndarray:
+    """Pixel (u, v) of world points in the nominal Bridge 3rd-view camera ([M, 3] -> [M, 2]; nan behind it)."""
+    p0, r0 = camera_world_pose()
+    c = (points_world - p0) @ r0  # camera frame: x forward, y left, z up (SAPIEN)
+    k = scaled_intrinsic(width, height)
+    z = np.where(c[:, 0] > 1e-6, c[:, 0], np.nan)
+    return np.stack([k[0, 0] * -c[:, 1] / z + k[0, 2], k[1, 1] * -c[:, 2] / z + k[1, 2]], axis=1)
+
+
+_RIM = np.stack([np.cos(np.linspace(0, 2 * math.pi, 12, endpoint=False)),
+                 np.sin(np.linspace(0, 2 * math.pi, 12, endpoint=False))], axis=1)
+
+
+def footprint_in_view(xy, yaw_free_radius: float, height: float, margin_px: float = 6.0) -> bool:
+    """The object's bounding cylinder (footprint circle at any yaw, bottom and top rims) projects inside the
+    640x480 image of the nominal Bridge camera."""
+    rim = np.asarray(xy, dtype=np.float64) + yaw_free_radius * _RIM  # [12, 2] base frame
+    pts = np.concatenate([np.column_stack([ROBOT_POSE_P[0] - rim[:, 0], ROBOT_POSE_P[1] - rim[:, 1],
+                                           np.full(len(rim), TABLE_TOP_Z + dz)]) for dz in (0.0, height)])
+    uv = project_to_image(pts)
+    return bool(np.all(np.isfinite(uv)) and np.all(uv[:, 0] >= margin_px) and np.all(uv[:, 0] <= 640 - margin_px)
+                and np.all(uv[:, 1] >= margin_px) and np.all(uv[:, 1] <= 480 - margin_px))
+
+
+def object_region(m: ss.SceneManifest | None = None) -> dict:
+    """The region a manifest's objects are drawn over (OBJECT_REGION, with the manifest's `object_region` keys)."""
+    return {**OBJECT_REGION, **((m.object_region or {}) if m is not None else {})}
+
+
+def centre_allowed(xy, bbox, region: dict, table: dict | None = None) -> bool:
+    """An object of extents `bbox` may stand with its centre at `xy` (base frame) under `region`: centre inside the
+    region's x/y box, its yaw-free footprint on the table top and inside the camera image, a tall object clear of
+    the gripper's start."""
+    x, y = xy
+    r = 0.5 * math.hypot(bbox[0], bbox[1])
+    if not (region["x"][0] <= x <= region["x"][1] and region["y"][0] <= y <= region["y"][1]):
+        return False
+    if table and "size" in table:
+        (sx, sy), (cx, cy) = table["size"][:2], table.get("center_xy", [0.3, 0.0])
+        if abs(x - cx) > sx / 2 - r or abs(y - cy) > sy / 2 - r:
+            return False
+    if bbox[2] >= TALL_M and math.hypot(x - EE_START_XY[0], y - EE_START_XY[1]) < r + EE_KEEPOUT_M:
+        return False
+    return footprint_in_view(xy, r, bbox[2], region.get("view_margin_px", 6.0))
+
+
 def sample_layout(objects: list[ss.ManifestObject], rng: np.random.Generator, tries: int = 50,
-                  margin: float = 0.01) -> list[tuple[float, float, float]]:
-    """Table A.2 object-pose DR: x, y, yaw uniform in each object's ranges, footprints (bbox circles + margin)
-    disjoint by rejection sampling; falls back to the nominal poses if no disjoint draw is found."""
+                  margin: float = 0.01, region: dict | None = None, table: dict | None = None,
+                  with_fallback: bool = False):
+    """Table A.2 object-pose DR -> [(x, y, yaw)] per object (base frame).
+
+    region None (EnvConfig.object_region="manifest", the pre-issue-26 behaviour): x, y, yaw uniform in each object's
+    narrow manifest box (x_range / y_range / yaw_range), footprints (bbox circles + `margin`) disjoint by
+    rejection; after `tries` failed draws, the nominal layout.
+    region given ("table", the default): each object's centre uniform over the region (`object_region`; per object
+    where `centre_allowed`), yaw uniform in region["yaw"], footprints (bbox circles + region["margin_m"]) disjoint:
+    objects placed in manifest order (destination, target, distractors), each with up to 200 draws, the whole
+    layout re-drawn up to `tries` times; if none fits, the narrow-box draw above (never silent: with_fallback=True
+    returns (poses, fell_back) and the env counts them, GenSceneEnv.layout_stats)."""
+    if region is not None:
+        radius = [0.5 * math.hypot(o.bbox_m[0], o.bbox_m[1]) for o in objects]
+        gap = float(region.get("margin_m", OBJECT_REGION["margin_m"]))
+        (x0, x1), (y0, y1) = region["x"], region["y"]
+        for _ in range(tries):
+            placed: list[tuple[float, float, float]] = []
+            for i, o in enumerate(objects):
+                for _ in range(200):
+                    x, y = float(rng.uniform(x0, x1)), float(rng.uniform(y0, y1))
+                    if all(math.hypot(x - q[0], y - q[1]) > radius[i] + radius[j] + gap for j, q in enumerate(placed)) \
+                            and centre_allowed((x, y), o.bbox_m, region, table):
+                        placed.append((x, y, float(rng.uniform(*region["yaw"]))))
+                        break
+                else:
+                    break
+            if len(placed) == len(objects):
+                return (placed, False) if with_fallback else placed
+        poses = sample_layout(objects, rng, tries, margin)
+        return (poses, True) if with_fallback else poses
     radius = [0.5 * math.hypot(o.bbox_m[0], o.bbox_m[1]) for o in objects]
     for _ in range(tries):
         poses = [(rng.uniform(*o.x_range), rng.uniform(*o.y_range), rng.uniform(*o.yaw_range)) for o in objects]
         ok = all(math.hypot(poses[i][0] - poses[j][0], poses[i][1] - poses[j][1]) > radius[i] + radius[j] + margin
                  for i in range(len(objects)) for j in range(i))
         if ok:
-            return poses
-    return [(o.init_xyz[0], o.init_xyz[1], o.init_yaw) for o in objects]
+            return (poses, False) if with_fallback else poses
+    poses = [(o.init_xyz[0], o.init_xyz[1], o.init_yaw) for o in objects]
+    return (poses, True) if with_fallback else poses
 
 
 def parse_scene(scene: str | os.PathLike) -> tuple[str, str]:
@@ -544,8 +638,16 @@ class GenSceneEnv(BaseEnv):
                 rng = self._batched_episode_rng[i]  # per-env RNG: same draws on CPU and GPU for the same seeds
                 m = self.manifest(i)
                 objs = m.objects
-                poses = (sample_layout(objs, rng) if cfg.dr_object_pose
-                         else [(o.init_xyz[0], o.init_xyz[1], o.init_yaw) for o in objs])
+                poses, fell_back = (sample_layout(objs, rng, region=object_region(m) if cfg.object_region == "table"
+                                                  else None, table=m.table, with_fallback=True) if cfg.dr_object_pose
+                                    else ([(o.init_xyz[0], o.init_xyz[1], o.init_yaw) for o in objs], False))
+                self.layout_stats = stats = getattr(self, "layout_stats", {"draws": 0, "fallbacks": 0})
+                stats["draws"] += int(cfg.dr_object_pose)
+                if fell_back:  # counted (env.layout_stats) and logged, never silent
+                    stats["fallbacks"] += 1
+                    logging.getLogger(__name__).warning(
+                        "object-pose DR: no disjoint %s layout of %s found, used the fallback (narrow boxes / nominal "
+                        "layout); counted in GenSceneEnv.layout_stats", cfg.object_region, m.scene_id)
                 top = float(self.table_top_z[i])
                 for o, (x, y, yaw) in zip(objs, poses):
                     p = base_to_world([x, y, o.init_xyz[2] + 0.002], top)

@@ -617,7 +617,9 @@ class ManifestObject:
     """Nominal pose in the robot base frame; z = height of the object's base above the table top."""
     init_yaw: float
     x_range: list[float]
-    """Domain-randomisation range of x (Table A.2 by default; per object so layouts stay disjoint)."""
+    """Narrow domain-randomisation box of x around init_xyz (half-width <= 4 cm, any draw disjoint): used only with
+    EnvConfig.object_region="manifest" and as the fallback layout; by default the env draws over the manifest's
+    object_region (Table A.2)."""
     y_range: list[float]
     yaw_range: list[float]
 
@@ -643,11 +645,19 @@ class SceneManifest:
     """Hash of everything above; `validate` recomputes it."""
     args: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    object_region: dict = field(default_factory=dict)
+    """Where the env draws the objects at every reset (Table A.2; scene_env.OBJECT_REGION's keys): {"x": [lo, hi],
+    "y": [lo, hi], "yaw": [lo, hi], "margin_m": footprint gap, "view_margin_px": ...}, per object intersected with
+    the camera view and the table. Empty in manifests written before issue 26 (the env then uses
+    scene_env.OBJECT_REGION). Objects' x_range / y_range are the narrow boxes around the nominal layout
+    (EnvConfig.object_region="manifest"); init_xyz / init_yaw the nominal layout (QA renders, videos)."""
 
     def hashed_content(self) -> dict:
         d = to_dict(self)
         for k in ("content_hash", "args"):
             d.pop(k, None)
+        if not d.get("object_region"):  # absent before issue 26: old manifests keep their hash
+            d.pop("object_region", None)
         return d
 
     def object(self, name: str) -> ManifestObject:
@@ -684,7 +694,12 @@ def scene_manifest_from_dict(data: Any, source: str = "<manifest>", check_hash: 
                       objects=objects, success=success.data, table=d.get("table", dict),
                       background=d.get("background", dict, default={}), lighting=d.get("lighting", dict, default={}),
                       qa=d.get("qa", dict, default={}), content_hash=d.get("content_hash", str, default=""),
-                      args=d.get("args", dict, default={}))
+                      args=d.get("args", dict, default={}), object_region=d.get("object_region", dict, default={}))
+    for key in ("x", "y", "yaw"):
+        if key in m.object_region:
+            v = m.object_region[key]
+            if not (isinstance(v, list) and len(v) == 2 and all(isinstance(t, (int, float)) for t in v) and v[0] <= v[1]):
+                d.fail(f"object_region.{key}", f"expected [lo, hi] with lo <= hi, got {v!r}")
     if check_hash and m.content_hash and m.content_hash != content_hash(m.hashed_content()):
         d.fail("content_hash", "does not match the manifest's content: the file was edited by hand or is "
                "corrupt; re-run compose_scene.py for this scene (or clear content_hash to accept the edit)")

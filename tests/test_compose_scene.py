@@ -72,6 +72,11 @@ def test_compose_cli_accepts_and_rejects_with_reasons(tmp_path):
     assert "already solved" in summary["rejected"]["solved_block"]
     m = ss.load_manifest(scenes / "ok_block" / "manifest.json")  # validates schema + content hash
     assert m.qa["settle"]["passed"] and m.qa["solver"]["successes"] == 1
+    # issue 26: the manifest records Table A.2's region (the env draws there at every reset), the QA ran under it
+    assert m.object_region["x"] == [0.2, 0.4] and m.object_region["y"] == [-0.15, 0.15]
+    assert m.qa["solver"]["object_region"] == "table" and summary["expert_object_region"] == "table"
+    assert set(m.qa["solver"]["episodes"][0]["layout"]) == {o.name for o in m.objects}
+    assert "whole Table A.2 region" in out.stdout
     assert (scenes / "ok_block" / "qa_render.png").stat().st_size > 1000 and (scenes / "qa_contact_sheet.png").exists()
     for o in m.objects:
         assert ss.OBJECT_X_RANGE_M[0] <= o.x_range[0] <= o.x_range[1] <= ss.OBJECT_X_RANGE_M[1]
@@ -133,3 +138,28 @@ def test_tall_objects_stay_clear_of_the_gripper_start():
         assert xy is not None
         d = math.hypot(xy[0][0] - cs.EE_START_XY[0], xy[0][1] - cs.EE_START_XY[1])
         assert d >= cs.footprint_radius([0.1, 0.1]) + cs.EE_KEEPOUT_M
+
+
+def _pre_issue26_in_view(xy, r, height, margin_px=6.0):
+    """compose_scene.in_view as it was before issue 26 (moved to scene_env.footprint_in_view)."""
+    x, y = xy
+    ang = np.linspace(0, 2 * math.pi, 12, endpoint=False)
+    pts = np.array([cs.scene_env.base_to_world([x + r * math.cos(a), y + r * math.sin(a), dz]) for a in ang
+                    for dz in (0, height)])
+    uv = cs.project_to_image(pts)
+    return bool(np.all(np.isfinite(uv)) and np.all(uv[:, 0] >= margin_px) and np.all(uv[:, 0] <= 640 - margin_px)
+                and np.all(uv[:, 1] >= margin_px) and np.all(uv[:, 1] <= 480 - margin_px))
+
+
+def test_narrow_boxes_and_nominal_layouts_are_as_before_issue_26():
+    """The composer's nominal layouts and narrow x/y boxes (what --env.object-region manifest draws in) come out as
+    before: the view test moved to scene_env unchanged, the same seeds give the same layouts and boxes."""
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        xy, r, h = (rng.uniform(0.15, 0.45), rng.uniform(-0.2, 0.2)), rng.uniform(0.01, 0.13), rng.uniform(0.01, 0.2)
+        assert cs.in_view(xy, r, h) == _pre_issue26_in_view(xy, r, h)
+    bboxes = [[0.14, 0.14, 0.02], [0.03, 0.03, 0.04], [0.05, 0.05, 0.1]]
+    xy = cs.sample_layout(bboxes, np.random.default_rng(0), margin=0.015)
+    w = cs.dr_halfwidth(xy, bboxes, 0.015)
+    boxes = [cs.dr_ranges(x, y, w, cs.footprint_radius(b), b[2]) for (x, y), b in zip(xy, bboxes)]
+    assert 0.0 <= w <= 0.04 and all(xr[1] - xr[0] <= 0.08 + 1e-9 and yr[1] - yr[0] <= 0.08 + 1e-9 for xr, yr in boxes)

@@ -197,6 +197,107 @@ def test_sample_layout_disjoint_and_in_range():
                 assert math.hypot(poses[i][0] - poses[j][0], poses[i][1] - poses[j][1]) > 0.0848 + 0.01
 
 
+def _mobj(name, bbox, xy=(0.3, 0.0), w=0.0):
+    return ss.ManifestObject(name, "target", name, ".", "v.glb", ["c.obj"], 1.0, list(bbox), 0.1, 0.5,
+                             [xy[0], xy[1], 0.0], 0.0, [xy[0] - w, xy[0] + w], [xy[1] - w, xy[1] + w], [0.0, 2 * math.pi])
+
+
+TABLE = {"size": [0.9, 1.2, 0.87], "center_xy": [0.3, 0.0]}
+
+
+def test_table_region_draws_stay_in_region_visible_and_disjoint():
+    """Issue 26: every draw (many seeds) puts each centre in Table A.2's box where the camera sees the object's
+    yaw-free footprint, footprints disjoint with the margin, yaw over a full turn; the target covers the region."""
+    objs = [_mobj("plate", [0.18, 0.18, 0.03]), _mobj("block", [0.04, 0.03, 0.05]), _mobj("can", [0.06, 0.06, 0.12]),
+            _mobj("box", [0.08, 0.05, 0.05])]
+    region = scene_env.object_region()
+    assert region["x"] == [0.2, 0.4] and region["y"] == [-0.15, 0.15] and region["yaw"] == [0.0, 2 * math.pi]
+    rad = [0.5 * math.hypot(*o.bbox_m[:2]) for o in objs]
+    draws = []
+    for seed in range(300):
+        poses, fell_back = scene_env.sample_layout(objs, np.random.default_rng(seed), region=region, table=TABLE,
+                                                   with_fallback=True)
+        assert not fell_back
+        draws.append(poses)
+        for i, (x, y, yaw) in enumerate(poses):
+            assert 0.2 <= x <= 0.4 and -0.15 <= y <= 0.15 and 0.0 <= yaw < 2 * math.pi
+            assert scene_env.footprint_in_view((x, y), rad[i], objs[i].bbox_m[2])
+            assert scene_env.centre_allowed((x, y), objs[i].bbox_m, region, TABLE)
+            for j in range(i):
+                assert math.hypot(x - poses[j][0], y - poses[j][1]) > rad[i] + rad[j] + region["margin_m"]
+        # the tall can never stands under the gripper's start
+        assert math.hypot(poses[2][0] - scene_env.EE_START_XY[0], poses[2][1] - scene_env.EE_START_XY[1]) >= \
+            rad[2] + scene_env.EE_KEEPOUT_M
+    d = np.array(draws)  # [seeds, objects, 3]
+    assert np.ptp(d[:, 1, 0]) > 0.18 and np.ptp(d[:, 1, 1]) > 0.27  # the target spans the region (0.2 x 0.3 m)
+    assert np.ptp(d[:, 1, 2]) > 6.0
+    # a manifest's own region narrows it (and is validated by the schema)
+    small = {**region, "x": [0.25, 0.3], "y": [0.0, 0.1]}
+    for seed in range(20):
+        (x, y, _), = scene_env.sample_layout(objs[1:2], np.random.default_rng(seed), region=small)
+        assert 0.25 <= x <= 0.3 and 0.0 <= y <= 0.1
+
+
+def _pre_issue26_sample_layout(objects, rng, tries=50, margin=0.01):
+    """scene_env.sample_layout as it was before issue 26 (the reference of --env.object-region manifest)."""
+    radius = [0.5 * math.hypot(o.bbox_m[0], o.bbox_m[1]) for o in objects]
+    for _ in range(tries):
+        poses = [(rng.uniform(*o.x_range), rng.uniform(*o.y_range), rng.uniform(*o.yaw_range)) for o in objects]
+        if all(math.hypot(poses[i][0] - poses[j][0], poses[i][1] - poses[j][1]) > radius[i] + radius[j] + margin
+               for i in range(len(objects)) for j in range(i)):
+            return poses
+    return [(o.init_xyz[0], o.init_xyz[1], o.init_yaw) for o in objects]
+
+
+def test_different_seeds_move_the_target_and_narrow_boxes_keep_the_old_draws():
+    objs = [_mobj("plate", [0.16, 0.16, 0.02], (0.33, -0.07), 0.01), _mobj("block", [0.03, 0.03, 0.04], (0.26, 0.06), 0.01),
+            _mobj("can", [0.05, 0.05, 0.09], (0.38, 0.1), 0.01)]
+    region = scene_env.object_region()
+    far = [math.dist(scene_env.sample_layout(objs, np.random.default_rng(s), region=region)[1][:2],
+                     scene_env.sample_layout(objs, np.random.default_rng(s + 1000), region=region)[1][:2])
+           for s in range(100)]
+    assert np.mean(np.array(far) >= 0.05) > 0.75  # two resets with different seeds: >= 5 cm apart in most draws
+    # region None ("manifest"): the pre-issue-26 draw, the same numbers from the same RNG state, inside the boxes
+    for s in range(20):
+        old = scene_env.sample_layout(objs, np.random.default_rng(s))
+        new, fell_back = scene_env.sample_layout(objs, np.random.default_rng(s), region=None, with_fallback=True)
+        assert old == new and not fell_back
+        assert new == _pre_issue26_sample_layout(objs, np.random.default_rng(s))
+        assert all(o.x_range[0] <= p[0] <= o.x_range[1] and o.y_range[0] <= p[1] <= o.y_range[1]
+                   for o, p in zip(objs, new))
+
+
+def test_layout_fallback_is_reported_not_silent():
+    """No disjoint layout fits: the draw says so (the env counts it); the fallback is the narrow boxes' draw."""
+    objs = [_mobj("a", [0.25, 0.25, 0.05], (0.3, 0.0)), _mobj("b", [0.25, 0.25, 0.05], (0.3, 0.0))]
+    poses, fell_back = scene_env.sample_layout(objs, np.random.default_rng(0), tries=5, region=scene_env.object_region(),
+                                               with_fallback=True)
+    assert fell_back and [p[:2] for p in poses] == [(0.3, 0.0), (0.3, 0.0)]
+    poses, fell_back = scene_env.sample_layout(objs, np.random.default_rng(0), tries=5, with_fallback=True)
+    assert fell_back  # the narrow boxes' own fallback (nominal layout) is reported too
+
+
+def test_manifest_records_the_region_and_old_manifests_still_load(tmp_path):
+    m = ss.SceneManifest(scene_id="s", task="t", scene_graph="g.json", objects=[_mobj("a", [0.03, 0.03, 0.04]),
+                         _mobj("b", [0.1, 0.1, 0.02], (0.35, 0.05))], success={"target": "a", "destination": "b",
+                         "relation": "ON"}, table=dict(TABLE), background={}, lighting={}, qa={})
+    old = ss.load_manifest(ss.save_manifest(m, tmp_path / "old.json"))  # pre-issue-26: no region, hash as before
+    raw = ss.read_json(tmp_path / "old.json")
+    raw.pop("object_region")
+    ss.write_json_atomic(tmp_path / "older.json", raw)  # written by the code before the field existed
+    assert ss.load_manifest(tmp_path / "older.json").object_region == {} and old.object_region == {}
+    assert scene_env.object_region(old) == scene_env.OBJECT_REGION
+    m.object_region = dict(scene_env.OBJECT_REGION, x=[0.22, 0.38])
+    back = ss.load_manifest(ss.save_manifest(m, tmp_path / "new.json"))
+    assert back.object_region["x"] == [0.22, 0.38] and scene_env.object_region(back)["y"] == [-0.15, 0.15]
+    raw = ss.read_json(tmp_path / "new.json")
+    raw["object_region"]["x"] = [0.4, 0.2]
+    raw["content_hash"] = ""
+    ss.write_json_atomic(tmp_path / "bad.json", raw)
+    with pytest.raises(ss.SchemaError, match="object_region.x"):
+        ss.load_manifest(tmp_path / "bad.json")
+
+
 def test_expert_presses_flat_targets_onto_the_table():
     """The grasp height: fingertips 1 mm above the table for a die, 4 mm into it for a 4 mm fork (pure planning)."""
     import torch
@@ -358,6 +459,47 @@ def _teleport(env, name, xyz_base, z_extra=0.0):
     env.obj_actors[0][name].set_pose(Pose.create_from_pq(p=torch.tensor(p, dtype=torch.float32)[None],
                                                          q=torch.tensor([[0.0, 0, 0, 1]])))
     env.obj_actors[0][name].set_linear_velocity(torch.zeros(1, 3))
+
+
+@pytest.mark.timeout(240)
+def test_genscene_draws_object_poses_over_the_region_and_counts_fallbacks(tiny):
+    """Issue 26 in the simulator: by default the target lands anywhere in Table A.2's region at each reset (>= 5 cm
+    apart between seeds in most resets); --env.object-region manifest keeps the manifest's 1 cm boxes; a region no
+    layout fits in falls back to the boxes and is counted in env.layout_stats."""
+    venv, man = tiny
+    env = venv.runner.env
+    m = env.manifest(0)
+
+    def block_xy():
+        return (env.agent.robot.pose.inv() * env.obj_actors[0]["red_block"].pose).p[0, :2].numpy().astype(float)
+
+    assert env.cfg.object_region == "table"
+    xy = []
+    for seed in range(10, 16):
+        venv.reset(seed=seed)
+        xy.append(block_xy())
+    xy = np.array(xy)
+    assert np.all((xy[:, 0] > 0.19) & (xy[:, 0] < 0.41) & (np.abs(xy[:, 1]) < 0.16))
+    apart = [np.linalg.norm(xy[k] - xy[k + 1]) >= 0.05 for k in range(len(xy) - 1)]
+    assert sum(apart) >= 3, xy
+    before = dict(env.layout_stats)
+    env.cfg.object_region = "manifest"
+    try:
+        for seed in (10, 11):
+            venv.reset(seed=seed)
+            x, y = block_xy()
+            o = m.object("red_block")
+            assert o.x_range[0] - 3e-3 <= x <= o.x_range[1] + 3e-3 and o.y_range[0] - 3e-3 <= y <= o.y_range[1] + 3e-3
+        env.cfg.object_region = "table"
+        m.object_region = {"x": [0.3, 0.3], "y": [0.0, 0.0]}  # no room for three objects: every draw falls back
+        venv.reset(seed=12)
+        x, y = block_xy()
+        assert abs(x - 0.26) < 0.015 and abs(y - 0.06) < 0.015  # the narrow box around the nominal layout
+    finally:
+        env.cfg.object_region = "table"
+        m.object_region = {}
+    assert env.layout_stats["draws"] == before["draws"] + 3
+    assert env.layout_stats["fallbacks"] == before["fallbacks"] + 1
 
 
 @pytest.mark.timeout(240)
