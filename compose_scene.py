@@ -375,6 +375,39 @@ def solver_check(runner, args: Args, seed: int) -> dict:
     return {"passed": passed, "reason": reason, "successes": n_ok, "episodes": eps, "object_region": args.object_region}
 
 
+def input_files(scene_dir: Path, args: Args) -> list[Path]:
+    """The files a composed scene depends on: its scene graph, its asset links, and each linked asset's record and
+    the meshes that record names. Unreadable links or records: what could be listed (compose reports the error)."""
+    files = [scene_dir / "scene_graph.json", scene_dir / "asset_links.json"]
+    try:
+        links = ss.load_asset_links(scene_dir / "asset_links.json")
+        root = resolve_links_assets(scene_dir, links, Path(args.assets_dir))
+        for rel in links.objects.values():
+            files.append(root / rel / "asset.json")
+            rec = ss.load_asset_record(root / rel)
+            files += [root / rel / rec.paths["visual"], *(root / rel / c for c in rec.paths["collision"])]
+    except (ss.SchemaError, OSError, KeyError, TypeError, ValueError):
+        pass
+    return files
+
+
+def inputs_hash(scene_dir: Path, args: Args) -> str:
+    """Content hash of input_files: a manifest composed from other inputs is stale."""
+    return ss.content_hash({str(f): (zlib.crc32(f.read_bytes()), f.stat().st_size) if f.is_file() else "missing"
+                            for f in input_files(scene_dir, args)})
+
+
+def stale_reason(scene_dir: Path, m: ss.SceneManifest, args: Args) -> str | None:
+    """Why an existing manifest no longer matches its inputs (None: it does): the inputs hash stored at compose
+    time differs, or (manifests older than that hash) an input file is newer than the manifest."""
+    stored = (m.args or {}).get("inputs_hash")
+    if stored is not None:
+        return None if stored == inputs_hash(scene_dir, args) else "inputs changed since it was composed"
+    t = (scene_dir / "manifest.json").stat().st_mtime_ns
+    newer = [f.name for f in input_files(scene_dir, args) if f.is_file() and f.stat().st_mtime_ns > t]
+    return f"{', '.join(newer)} newer than the manifest" if newer else None
+
+
 def compose_one(scene_dir: str, args: Args) -> dict:
     """Compose one scene; never raises (a bad scene is a rejection with its reason)."""
     t0 = time.time()
@@ -397,6 +430,7 @@ def _compose(scene_dir: Path, args: Args) -> dict:
     problems = ss.check_scene_graph(graph)
     if problems:
         return {"status": "rejected", "reason": "scene graph: " + "; ".join(problems)}
+    stamp = inputs_hash(scene_dir, args)  # of the inputs as read now, before any is loaded
     links = ss.load_asset_links(scene_dir / "asset_links.json")
     assets_root = resolve_links_assets(scene_dir, links, Path(args.assets_dir))
     goal, notes = graph.goal, []
@@ -485,8 +519,8 @@ def _compose(scene_dir: Path, args: Args) -> dict:
                 x_range=xr, y_range=yr, yaw_range=[0.0, 2 * math.pi]))
         m = ss.SceneManifest(scene_id=graph.scene_id, task=graph.task, scene_graph="scene_graph.json", objects=mobjs,
                              success={"target": goal.subject, "destination": goal.object, "relation": goal.relation},
-                             table=table, background=background, lighting=lighting, qa={}, args=_args_dict(args),
-                             object_region=dict(scene_env.OBJECT_REGION))
+                             table=table, background=background, lighting=lighting, qa={},
+                             args={**_args_dict(args), "inputs_hash": stamp}, object_region=dict(scene_env.OBJECT_REGION))
         cand = scene_dir / "manifest.candidate.json"
         ss.save_manifest(m, cand)
         runner = _runner(cand)
@@ -579,6 +613,10 @@ def main(args: Args) -> dict:
         if (d / "manifest.json").exists() and not args.force:
             try:
                 m = ss.load_manifest(d / "manifest.json")
+                why = stale_reason(d, m, args)
+                if why:
+                    print(f"{d.name}: composing again: {why}")
+                    raise ss.SchemaError(str(d / "manifest.json"), "", why)
                 solver = m.qa.get("solver", {})
                 results.append({"scene_id": d.name, "status": "skipped", "reason": "already composed (use --force)",
                                 "solver_successes": solver.get("successes", 0),
@@ -627,4 +665,6 @@ def main(args: Args) -> dict:
 if __name__ == "__main__":
     import tyro
 
-    main(tyro.cli(Args))
+    done = main(tyro.cli(Args))
+    if done["scenes"] and not done["accepted"]:  # nothing usable came out: a script must not carry on
+        raise SystemExit(f"error: every scene was rejected ({len(done['rejected'])}); see the reasons above")

@@ -38,6 +38,15 @@ import numpy as np
 import scene_schema as ss
 
 SCHEMA_VERSION = 1
+# The hard safety envelope: the limit flags may narrow it, no flag can widen it (check_safety_limits refuses a bad
+# value before anything moves). The WidowX 250 S reaches ~0.65 m; z = 0 is the table under the base.
+ENVELOPE_LO, ENVELOPE_HI = (0.05, -0.45, 0.0), (0.60, 0.45, 0.60)  # m, robot base frame
+ENVELOPE_MAX_STEP_TRANSLATION_M = 0.05
+ENVELOPE_MAX_STEP_ROTATION_RAD = 0.5
+ENVELOPE_CONTROL_HZ = (0.5, 1000.0)  # 1000 Hz: the fakes in the tests; the paper runs 5 Hz
+ENVELOPE_MAX_MOVING_TIME_S = 5.0
+ENVELOPE_MAX_JOINT_MARGIN_RAD = 0.5
+ENVELOPE_MAX_INFERENCE_TIMEOUT_S = 600.0
 LABEL_KEYS = {"p": "partial success", "s": "success", "d": "dynamics failure", "f": "semantic failure"}
 BRIDGE_INSTALL = ("the BridgeData robot server client: `pip install -e widowx_envs` from a clone of "
                   "https://github.com/rail-berkeley/bridge_data_robot (and its dependency "
@@ -127,6 +136,8 @@ class Args:
     """Interbotix: Position_I_Gain register."""
     pos_d_gain: int | None = None
     """Interbotix: Position_D_Gain register."""
+    inference_timeout_s: float = 20.0
+    """Watchdog: a policy call that takes longer holds the arm and ends the session (the trial is not logged)."""
     estop_action: Literal["hold", "torque_off", "gravity_compensation"] = "hold"
     """Interbotix e-stop: hold the measured joint positions, torque off (the arm drops!), or gravity compensation (floats, needs the gc node)."""
     verbose: bool = False
@@ -158,6 +169,71 @@ class Args:
 # ---------------------------------------------------------------------------------------------
 
 
+def safety_limit_errors(args: Args) -> list[str]:
+    """What is wrong with the safety-limit flags: each limit must be a finite number, positive, ordered (workspace
+    lo < hi) and inside the hard envelope (the ENVELOPE_* constants). Empty when all are fine."""
+    errs = []
+
+    def number(flag: str, v, lo: float, hi: float, lo_open: bool = True, default=None) -> None:
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            x = math.nan
+        if not (math.isfinite(x) and (x > lo if lo_open else x >= lo) and x <= hi):
+            fix = f" (default {default})" if default is not None else ""
+            errs.append(f"--{flag} {v}: must be a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}]{fix}")
+
+    d = Args()
+    number("max-step-translation-m", args.max_step_translation_m, 0.0, ENVELOPE_MAX_STEP_TRANSLATION_M,
+           default=d.max_step_translation_m)
+    number("max-step-rotation-rad", args.max_step_rotation_rad, 0.0, ENVELOPE_MAX_STEP_ROTATION_RAD,
+           default=d.max_step_rotation_rad)
+    number("control-hz", args.control_hz, ENVELOPE_CONTROL_HZ[0], ENVELOPE_CONTROL_HZ[1], lo_open=False,
+           default=d.control_hz)
+    if args.moving_time_s is not None:
+        number("moving-time-s", args.moving_time_s, 0.0, ENVELOPE_MAX_MOVING_TIME_S, default="1 / control_hz")
+    number("joint-limit-margin-rad", args.joint_limit_margin_rad, 0.0, ENVELOPE_MAX_JOINT_MARGIN_RAD, lo_open=False,
+           default=d.joint_limit_margin_rad)
+    number("gripper-pressure", args.gripper_pressure, 0.0, 1.0, lo_open=False, default=d.gripper_pressure)
+    number("inference-timeout-s", args.inference_timeout_s, 0.0, ENVELOPE_MAX_INFERENCE_TIMEOUT_S,
+           default=d.inference_timeout_s)
+    if not isinstance(args.gripper_debounce, int) or not 1 <= args.gripper_debounce <= 100:
+        errs.append(f"--gripper-debounce {args.gripper_debounce}: must be an integer in [1, 100] (default 2)")
+    def vec(v) -> tuple[np.ndarray, str]:
+        try:
+            a = np.asarray(v, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            return np.full(0, np.nan), repr(v)
+        return a, " ".join(f"{x:g}" for x in a)
+
+    box = []
+    for flag, v in (("workspace-lo", args.workspace_lo), ("workspace-hi", args.workspace_hi)):
+        a, text = vec(v)
+        env = f"{' '.join(map(str, ENVELOPE_LO))} .. {' '.join(map(str, ENVELOPE_HI))}"
+        if a.shape != (3,) or not np.isfinite(a).all():
+            errs.append(f"--{flag} {text}: must be 3 finite numbers (x y z, m)")
+        elif np.any(a < ENVELOPE_LO) or np.any(a > ENVELOPE_HI):
+            errs.append(f"--{flag} {text}: outside the hard envelope {env}")
+        else:
+            box.append(a)
+    if len(box) == 2 and not np.all(box[0] < box[1]):
+        errs.append(f"--workspace-lo {vec(box[0])[1]} must be below --workspace-hi {vec(box[1])[1]} on every axis "
+                    "(swapped?)")
+    if args.backend == "interbotix" and len(box) == 2:  # reset moves the arm to start_pose
+        sp, text = vec(args.start_pose)
+        if sp.shape != (6,) or not np.isfinite(sp).all() or np.any(sp[:3] < box[0]) or np.any(sp[:3] > box[1]):
+            errs.append(f"--start-pose {text}: must be 6 finite numbers with x y z inside the workspace box")
+    return errs
+
+
+def check_safety_limits(args: Args) -> None:
+    """Refuse bad safety-limit flags with one line naming each (SystemExit), before anything moves."""
+    errs = safety_limit_errors(args)
+    if errs:
+        raise SystemExit("error: unsafe limit flags, nothing was sent to the robot: " + "; ".join(errs)
+                         + ". Fix the flags (the hard envelope is ENVELOPE_* in deploy_widowx.py; no flag widens it)")
+
+
 def clamp_step(delta: np.ndarray, max_trans: float, max_rot: float) -> tuple[np.ndarray, bool]:
     """Limit one ee delta [6]: translation norm <= max_trans (direction kept), each rotation <= max_rot."""
     delta = np.asarray(delta, dtype=np.float64).copy()
@@ -187,7 +263,8 @@ def safe_ee_delta(pose: np.ndarray, delta: np.ndarray, lo, hi, max_trans: float,
     The entry check comes first: a non-finite delta (NaN / inf from the policy) or a non-finite pose (a bad
     robot reading, so the box cannot be checked) is refused as a hold, the zero delta, with the reason
     "non_finite_action" / "non_finite_pose". Whatever comes in, the result is finite, within the step limits and,
-    from a pose inside the box, lands inside it.
+    from a pose inside the box, lands inside it. The safety layer only ever removes motion: from a pose outside
+    the box each axis may stay or move back toward it, never further out, so a zero delta stays zero.
     """
     delta, pose = np.asarray(delta, dtype=np.float64).reshape(-1)[:6], np.asarray(pose, dtype=np.float64).reshape(-1)
     if delta.shape != (6,) or not np.isfinite(delta).all():
@@ -198,11 +275,12 @@ def safe_ee_delta(pose: np.ndarray, delta: np.ndarray, lo, hi, max_trans: float,
     delta, c1 = clamp_step(delta, max_trans, max_rot)
     if c1:
         reasons.append("step")
-    target, c2 = clamp_to_workspace(pose[:3] + delta[:3], np.asarray(lo), np.asarray(hi))
+    p = pose[:3]
+    lo_p, hi_p = np.minimum(np.asarray(lo, dtype=np.float64), p), np.maximum(np.asarray(hi, dtype=np.float64), p)
+    target, c2 = clamp_to_workspace(p + delta[:3], lo_p, hi_p)  # the box stretched to hold the pose: never pushes
     if c2:
         reasons.append("workspace")
-        delta[:3] = target - pose[:3]
-        delta, _ = clamp_step(delta, max_trans, max_rot)  # a pose outside the box re-enters at <= max speed
+        delta[:3] = target - p  # per axis no longer than before: still within the step limit
     if not np.isfinite(delta).all():  # belt and braces: never send one
         return np.zeros(6), ["non_finite_action"]
     return delta, reasons
@@ -398,21 +476,25 @@ def write_summary(out: Path, sessions: dict[str, list[dict]], args: dict) -> dic
 
 
 class DeadlineScheduler:
-    """Keeps a fixed rate: wait() sleeps until the next deadline; an overrun resyncs instead of bursting."""
+    """Paces commands: call wait() right before each command. The first returns at once; each later one returns
+    on the next deadline of a fixed-rate grid, and never less than one period after the previous return, so two
+    commands are never closer than one control period. An overrun (e.g. a slow inference) is counted and starts a
+    fresh period from now: no burst of catch-up commands."""
 
     def __init__(self, period: float, clock: Callable[[], float] = time.perf_counter, sleep=time.sleep):
         self.period, self.clock, self.sleep = period, clock, sleep
-        self.next, self.overruns = clock() + period, 0
+        self.next, self.overruns = None, 0
 
     def wait(self) -> None:
         now = self.clock()
-        if now > self.next:  # missed the deadline: count it and start a fresh period from now
+        if self.next is None:
+            self.next = now
+        elif now > self.next:  # missed the deadline: count it, go now
             self.overruns += 1
-            self.next = now + self.period
-            return
-        if self.period > 0:
+        elif self.period > 0:
             self.sleep(self.next - now)
-        self.next += self.period
+            now = self.clock()
+        self.next = max(self.next, now) + self.period  # the next command at least one period after this one
 
 
 class EStop:
@@ -464,10 +546,12 @@ class EStop:
             print(f"[E-STOP] robot.stop() failed: {e!r} - USE THE HARDWARE STOP", file=sys.stderr)
 
     def install_signal_handlers(self) -> Callable[[], None]:
-        """SIGINT/SIGTERM -> e-stop; a second Ctrl-C kills the process. Returns a restore function."""
+        """SIGINT/SIGTERM -> e-stop; a second SIGINT or SIGTERM raises KeyboardInterrupt. Returns a restore function."""
         old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
         def handler(signum, frame):
+            if self.triggered:  # a second stop: the arm is held already; nothing (not a hung policy) may keep us
+                raise KeyboardInterrupt(f"second stop signal ({signal.Signals(signum).name})")
             self.trigger(signal.Signals(signum).name)
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -774,6 +858,7 @@ class DryRunRobot:
 
 
 def make_robot(args: Args, scene: dict, image_size: int, max_steps: int) -> Robot:
+    check_safety_limits(args)  # the bridge server gets the box at init, interbotix moves at reset
     if args.backend == "sim":
         if not scene.get("scene_id"):
             raise SystemExit(f"error: {args.trials_file}: scene {scene['scene']!r} has no scene_id; the sim backend "
@@ -836,6 +921,8 @@ class RandomPolicy:
 class ScriptedPolicy:
     """The sim's privileged expert (ChunkVecEnv.expert_actions); sim backend only."""
 
+    inline = True  # reads the in-process sim: runs on the control thread (see infer)
+
     def __init__(self, get_robot: Callable[[], Any]):
         self.get_robot = get_robot
 
@@ -843,6 +930,31 @@ class ScriptedPolicy:
         robot = self.get_robot()
         robot = getattr(robot, "robot", robot)  # through DryRunRobot
         return robot.env.expert_actions()  # [1, C_env, 7]
+
+
+class RawCheckedPolicy:
+    """A ppoflow_pi0 policy whose raw model output is checked before the model's own conversion to env actions,
+    which reads a NaN gripper as "close" (`where(a > 0.5, 1, -1)`) and clamps inf into range. Every non-finite raw
+    value becomes NaN in the env action, which run_trial holds: zero arm delta, the gripper keeps its state."""
+
+    def __init__(self, policy):
+        self.policy, self.config = policy, policy.config
+
+    def act(self, obs: dict, deterministic: bool = True):
+        import torch
+
+        p = self.policy  # the body of PI0Policy.act, with the raw chain kept
+        chain, _, _ = p.chain(p.encode(p.obs_to_inputs(obs)), deterministic=deterministic)
+        raw = chain[:, -1].detach().cpu()  # [N, C, 7] model space
+        env = p.normalizer.env_action(raw, p.config.action_clip).cpu()  # [N, C, 7]
+        return torch.where(torch.isfinite(raw), env, torch.full_like(env, float("nan")))
+
+
+def nonfinite_weights(model) -> list[str]:
+    """Names of the model's parameters holding NaN or inf."""
+    import torch
+
+    return [n for n, t in model.named_parameters() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def load_policy(args: Args, get_robot: Callable[[], Any]) -> tuple[Any, int, int]:
@@ -860,7 +972,12 @@ def load_policy(args: Args, get_robot: Callable[[], Any]) -> tuple[Any, int, int
     import ppoflow_pi0
 
     policy = ppoflow_pi0.load_policy(args.ckpt, device=args.device)
-    return policy, args.image_size, int(policy.config.chunk)
+    bad = nonfinite_weights(policy)
+    if bad:
+        raise SystemExit(f"error: checkpoint {args.ckpt} has non-finite (NaN / inf) weights in {len(bad)} tensors "
+                         f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): refusing to run it on the robot. "
+                         "Use an earlier ckpt_*.pt of the run (training diverged, or the file is corrupt)")
+    return RawCheckedPolicy(policy), args.image_size, int(policy.config.chunk)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -877,12 +994,46 @@ def hold(robot: Robot) -> None:
         print(f"[hold] robot.stop() failed: {e!r} - USE THE HARDWARE STOP", file=sys.stderr, flush=True)
 
 
+def infer(policy, obs: dict, timeout_s: float, estop: EStop) -> tuple[Any, str | None]:
+    """policy.act under a watchdog: (actions [1, C, 7], None), or (None, "estop") when a stop arrives first, or
+    (None, "inference_timeout") after timeout_s. The call runs in a daemon thread, so neither a hung policy nor a
+    stop signal waits on it (a hung call is left behind; it cannot keep the process alive). A policy marked
+    `inline` (the sim expert, which steps the sim's own state) runs on this thread."""
+    import torch
+
+    if getattr(policy, "inline", False):
+        with torch.no_grad():
+            return policy.act(obs, deterministic=True), None
+    box, done = {}, threading.Event()
+
+    def work():
+        try:
+            with torch.no_grad():
+                box["out"] = policy.act(obs, deterministic=True)
+        except BaseException as e:  # surfaces on the control thread
+            box["err"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="policy-inference", daemon=True).start()
+    deadline = time.perf_counter() + timeout_s
+    while not done.wait(0.01):
+        if estop.triggered:
+            return None, "estop"
+        if time.perf_counter() > deadline:
+            return None, "inference_timeout"
+    if "err" in box:
+        raise box["err"]
+    return box["out"], None
+
+
 def run_trial(robot: Robot, policy, command: str, args: Args, estop: EStop, image_size: int, chunk_len: int,
               camera: Camera | None, keyboard: KeyboardWatcher, seed: int) -> dict:
     """Reset, then run max_decisions * C control steps: a new chunk whenever the last one is used up,
     one safety-filtered command per step at the control rate. Returns outcome, latencies, safety counts."""
     import torch
 
+    check_safety_limits(args)
     with estop.guard() as ok:
         if ok:
             robot.reset(seed=seed)
@@ -908,11 +1059,17 @@ def run_trial(robot: Robot, policy, command: str, args: Args, estop: EStop, imag
                 if not queue:  # ALGO LOGIC: open-loop execution of the whole C-step chunk (Table A.1)
                     state = np.concatenate([obs["ee_pose"], [obs["gripper"]]]).astype(np.float32)  # [7]
                     t0 = time.perf_counter()
-                    with torch.no_grad():
-                        acts = policy.act({"rgb": torch.from_numpy(rgb)[None], "state": torch.from_numpy(state)[None],
-                                           "instruction": [command]}, deterministic=True)  # [1, C, 7]
-                    queue = list(acts[0].detach().cpu().numpy().astype(np.float64))
+                    acts, stalled = infer(policy, {"rgb": torch.from_numpy(rgb)[None], "state": torch.from_numpy(state)[None],
+                                                   "instruction": [command]}, args.inference_timeout_s, estop)  # [1, C, 7]
                     infer_ms.append((time.perf_counter() - t0) * 1e3)
+                    if stalled:
+                        ended_by = stalled
+                        if stalled == "inference_timeout":
+                            print(f"[watchdog] policy inference took over {args.inference_timeout_s} s: holding the arm",
+                                  file=sys.stderr, flush=True)
+                            hold(robot)
+                        break
+                    queue = list(acts[0].detach().cpu().numpy().astype(np.float64))
                     decisions += 1
                 action = queue.pop(0)  # [7]: ee delta xyz (m), rpy (rad), gripper +1 open / -1 close
                 base = obs.get("target_pose", obs["ee_pose"])
@@ -921,6 +1078,7 @@ def run_trial(robot: Robot, policy, command: str, args: Args, estop: EStop, imag
                 n_nonfinite += any(r.startswith("non_finite") for r in why)
                 want = gripper_open_from_action(action[6])  # None (non-finite): keep the gripper as it is
                 want_open = debounce.update(debounce.is_open if want is None else want)
+                sched.wait()  # right before the command: never two commands within one control period
                 t_cmd = time.perf_counter()
                 with estop.guard() as ok:  # no command can slip out after an e-stop's halt
                     if not ok:
@@ -930,6 +1088,9 @@ def run_trial(robot: Robot, policy, command: str, args: Args, estop: EStop, imag
                     if switched:
                         robot.set_gripper(want_open)
                         sent_open = want_open
+                        if estop.triggered:  # a stop that arrived during set_gripper: no arm command after it
+                            ended_by = "estop"
+                            break
                     refused = robot.apply_ee_delta(delta)
                 cmd_ms.append((time.perf_counter() - t_cmd) * 1e3)
                 if refused:
@@ -945,7 +1106,6 @@ def run_trial(robot: Robot, policy, command: str, args: Args, estop: EStop, imag
                     ended_by = "success" if out["success"] else "env_truncated"
                 elif keyboard.end.is_set():
                     ended_by = "operator"
-                sched.wait()
                 step_ms.append((time.perf_counter() - t_step) * 1e3)
     except BaseException:  # policy / camera / backend error, Ctrl-C: hold the arm first, then surface the error
         hold(robot)
@@ -1013,6 +1173,7 @@ def main(args: Args) -> dict:
         doc = write_summary(out, sessions, arg_dict)
         print(summary_markdown(doc["sessions"]) + f"\nwrote {out}/summary.md")
         return doc
+    check_safety_limits(args)  # before any file is written or anything moves
     if args.auto_label and args.backend != "sim":
         raise SystemExit("error: --auto-label needs --backend sim; on hardware the operator labels each trial")
     if args.camera == "robot" and args.backend == "interbotix":
@@ -1031,7 +1192,7 @@ def main(args: Args) -> dict:
     todo = [p for p in plan if p[3] not in done]
     print(f"session {sdir}: {len(plan)} trials planned, {len(plan) - len(todo)} already logged, {len(todo)} to run")
 
-    estop, robot, robot_key, camera = EStop(), None, None, None
+    estop, robot, robot_key, camera, stalled = EStop(), None, None, None, None
     policy, image_size, chunk_len = load_policy(args, lambda: robot) if todo else (None, args.image_size, 4)
     restore = estop.install_signal_handlers() if threading.current_thread() is threading.main_thread() else (lambda: None)
     keyboard = KeyboardWatcher(estop)
@@ -1053,6 +1214,9 @@ def main(args: Args) -> dict:
             print(f"[{key}] {scene['command']!r}")
             res = run_trial(robot, policy, scene["command"], args, estop, image_size, chunk_len, camera, keyboard,
                             seed=args.seed + trial_i)
+            if res["ended_by"] == "inference_timeout":  # a system fault, not the policy's trial: never labelled
+                stalled = key
+                break
             if res["ended_by"] == "estop" and (args.auto_label or labels is not None):
                 print(f"[{key}] e-stopped: not logged (only an operator labels an interrupted trial)")
                 break
@@ -1091,6 +1255,10 @@ def main(args: Args) -> dict:
     if estop.triggered:
         print(f"E-STOP ({estop.reason}): session halted; rerun the same command to resume", file=sys.stderr)
         raise SystemExit(2)
+    if stalled:
+        raise SystemExit(f"error: [{stalled}] policy inference took longer than --inference-timeout-s "
+                         f"{args.inference_timeout_s}: the arm was held and the trial is not logged. Check the policy's "
+                         "device, then rerun the same command to resume")
     return doc
 
 

@@ -620,10 +620,24 @@ def measure_latency(policy, preset: str, ks: tuple[int, ...], batch: int, iters:
 # ---------------------------------------------------------------------------------------------
 
 
+def asset_files_hash(manifest_path: str) -> str:
+    """Content hash of the asset files a manifest loads (each object's visual GLB and collision OBJs): a rebuilt
+    asset (a template edit) is another scene even when the manifest is byte for byte the same."""
+    files = {}
+    for o in ss.load_manifest(manifest_path).objects:
+        d = ss.resolve_asset_dir(manifest_path, o)
+        for rel in [o.visual, *o.collision]:
+            f = d / rel
+            files[str(f)] = file_sha256(f) if f.is_file() else "missing"
+    return ss.content_hash(files)
+
+
 def scene_hashes(paths: dict[str, str]) -> dict[str, str]:
-    """Content hash of every scene's manifest (SimplerEnv tasks: their id), part of each episode's resume key."""
-    return {s: p if s.startswith("simpler:") else (ss.load_manifest(p).content_hash
-                                                   or ss.content_hash(ss.read_json(p))) for s, p in paths.items()}
+    """Content hash of every scene's manifest and of the asset files it loads (SimplerEnv tasks: their id), part of
+    each episode's resume key."""
+    return {s: p if s.startswith("simpler:") else
+            (ss.load_manifest(p).content_hash or ss.content_hash(ss.read_json(p))) + "+" + asset_files_hash(p)
+            for s, p in paths.items()}
 
 
 def default_out_dir(args: Args, specs: list[PolicySpec]) -> Path:

@@ -880,6 +880,11 @@ def read_checkpoint(path: str | os.PathLike, expected: str = "a pi0 policy check
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         got = f"a {type(ckpt).__name__}" + (f" with keys {sorted(ckpt)[:6]}" if isinstance(ckpt, dict) else "")
         raise CheckpointError(f"{path}: is {got} with no 'model' entry; expected {expected}")
+    stored = ckpt.pop(CONTENT_HASH_KEY, None)  # written by torch_save_atomic (checkpoints older than it have none)
+    if stored is not None and stored != content_sha256(ckpt):
+        raise CheckpointError(f"{path}: content hash mismatch: the file is corrupt (a flipped bit or a damaged copy; "
+                              f"the zip container itself is intact); expected {expected}. Re-copy it, or point at "
+                              "another ckpt_*.pt of the run")
     return ckpt
 
 
@@ -905,12 +910,62 @@ def check_resumable(ckpt: dict, path: str, args: "Args") -> None:
         raise CheckpointError(f"{path}: this run's model flags disagree with the checkpoint's ({'; '.join(diff)}). "
                               "Resume with the original command's flags (see the run's args.json), or start a new run "
                               "with --init instead of --resume")
+    diff = [f"--{k.replace('_', '-')}: checkpoint {v!r}, now {get(now, k)!r}"
+            for k, v in resume_flag_changes(a, now).items() if k not in resume_free_flags(a, now)]
+    if diff:
+        raise CheckpointError(f"{path}: a --resume must repeat the run's flags; these differ ({'; '.join(diff)}). "
+                              "Resume with the original command's flags (see the run's args.json), or start a new run "
+                              "from this checkpoint with --init and another --out")
+    run_dir, own = Path(args.out or f"runs/{args.exp_name}_s{args.seed}").resolve(), a.get("out")
+    if Path(path).resolve().parent != run_dir and (own is None or Path(own).resolve() != run_dir):
+        raise CheckpointError(f"{path}: a checkpoint of another run (its run folder: {own or Path(path).parent}) "
+                              f"resumed into {run_dir}: that run's metric rows would be lost. Resume with --out set to "
+                              "the checkpoint's run folder, or start a new run from it with --init")
+
+
+# Flags a --resume may change: where the run logs and what it runs on, never what it learns. num_iterations only
+# with a constant learning rate (it sets the decay of the others).
+RESUME_FREE_FLAGS = ("resume", "dry_run", "device", "track", "wandb_project", "wandb_entity", "wandb_group",
+                     "env_workers", "save_every", "compile_act", "exp_name", "out")
+
+
+def resume_free_flags(a: dict, now: dict) -> set[str]:
+    free = set(RESUME_FREE_FLAGS)
+    if a.get("lr_schedule", "constant") == "constant" == now.get("lr_schedule") and not a.get("warmup_iterations"):
+        free.add("num_iterations")
+    return free
+
+
+def resume_flag_changes(a: dict, now: dict) -> dict[str, Any]:
+    """Flags (dotted for nested ones, e.g. env.chunk) whose value in `now` differs from the checkpoint's args `a`
+    -> the checkpoint's value; flags the checkpoint does not record (added to Args later) are not compared."""
+    def flat(d: dict, pre: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) else {pre + k: v})
+        return out
+    old, new = flat(json.loads(json.dumps(a, default=str))), flat(json.loads(json.dumps(now, default=str)))
+    return {k: v for k, v in old.items() if k in new and new[k] != v}
 
 
 def truncate_metrics(path: Path, iteration: int) -> int:
     """Keep the metric rows of iterations 1..iteration (once each, the last copy): what a resume from that
     iteration's checkpoint continues after (rows a killed run wrote past its last checkpoint are re-run, so
     they would otherwise appear twice). Returns the number of rows dropped."""
+    have = set()
+    if path.exists():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                have.add(json.loads(line).get("iteration"))
+            except (ValueError, AttributeError):  # a torn or foreign line
+                pass
+    missing = [i for i in range(1, iteration + 1) if i not in have]
+    if missing:
+        span = f"{missing[0]}-{missing[-1]}" if len(missing) > 1 else str(missing[0])
+        raise CheckpointError(f"{path}: a resume from iteration {iteration} needs the metric rows of iterations "
+                              f"1-{iteration}, but {len(missing)} are missing ({span}): the checkpoint belongs to "
+                              "another run folder, or this one lost its metrics. Resume in the checkpoint's own run "
+                              "folder (--out), or start a new run from it with --init")
     if not path.exists():
         return 0
     ss.repair_jsonl_tail(path)
@@ -1032,9 +1087,45 @@ def export_pretrained(policy: PI0Policy, folder: str | os.PathLike) -> Path:
     return final
 
 
+CONTENT_HASH_KEY = "content_sha256"
+
+
+def content_sha256(obj: Any) -> str:
+    """sha256 of a checkpoint's content (dict keys sorted, every tensor's dtype, shape and bytes): what
+    torch_save_atomic stores and read_checkpoint verifies, so a flipped bit inside an intact zip is caught."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def walk(x):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode())
+                walk(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for v in x:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(x).encode())
+    walk(obj)
+    return h.hexdigest()
+
+
 def torch_save_atomic(obj: Any, path: Path) -> None:
+    """torch.save through a temp file and a rename (a kill leaves the old file or the new one, never half of one);
+    a policy checkpoint gets its content hash. remove_stale_tmp cleans the temp files of killed saves."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if isinstance(obj, dict) and obj.get("kind") == "pi0_policy":
+        obj = {**obj, CONTENT_HASH_KEY: content_sha256({k: v for k, v in obj.items() if k != CONTENT_HASH_KEY})}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -1044,6 +1135,26 @@ def torch_save_atomic(obj: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_tmp(folder: Path) -> list[Path]:
+    """Delete the temp files torch_save_atomic leaves when a save is killed (`.<name>.<pid>.<random>.tmp`, GBs at
+    pi0-3b), except those of a process still alive. Returns what was removed."""
+    removed = []
+    for f in Path(folder).glob(".*.tmp") if Path(folder).is_dir() else []:
+        parts = f.name.split(".")
+        pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
+        if pid is not None and pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue  # a live process is writing it
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        f.unlink(missing_ok=True)
+        removed.append(f)
+    return removed
 
 
 def policy_checkpoint(policy: PI0Policy, **extra) -> dict:
@@ -1445,8 +1556,17 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
         if dropped:
             print(f"[ppoflow] {out / 'metrics.jsonl'}: dropped {dropped} row(s) past iteration "
                   f"{int(ckpt['iteration']) if ckpt else 0} (they are re-run from the checkpoint)")
-        ss.write_json_atomic(out / "args.json", {"schema_version": ss.SCHEMA_VERSION, "args": ss.to_dict(args),
-                                                 "batch_size": args.batch_size, "world_size": world})
+        for f in remove_stale_tmp(out):
+            print(f"[ppoflow] removed {f}: the temp file of a killed checkpoint save")
+        doc = {"schema_version": ss.SCHEMA_VERSION, "args": ss.to_dict(args), "batch_size": args.batch_size,
+               "world_size": world}
+        if ckpt is not None:  # keep the earlier commands of this run; record what this resume changed (free flags)
+            old = ss.read_json(out / "args.json") if (out / "args.json").is_file() else {}
+            doc["args_history"] = old.pop("args_history", []) + ([old] if old else [])
+            doc["resumed_from"] = {"checkpoint": str(args.resume), "iteration": int(ckpt["iteration"]),
+                                   "changed": {k: v for k, v in resume_flag_changes(ckpt.get("args") or {},
+                                                                                    doc["args"]).items() if k != "resume"}}
+        ss.write_json_atomic(out / "args.json", doc)
     if args.num_envs % world:
         raise ValueError(f"--num-envs {args.num_envs} must be divisible by the {world} ranks")
     seed_everything(args.seed)  # identical model init on every rank

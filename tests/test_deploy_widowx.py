@@ -51,9 +51,13 @@ def test_safe_ee_delta_workspace_box():
     assert why == ["workspace"] and math.isclose(pose[2] + d[2], 0.0, abs_tol=1e-12)  # stops at the table
     d, why = dw.safe_ee_delta(pose, np.array([0.1, 0.0, 0.0, 0, 0, 0.5]), lo, hi, 0.03, 0.3)  # fast, inside the box
     assert why == ["step"] and np.allclose(d, [0.03, 0, 0, 0, 0, 0.3])
-    outside = np.array([0.7, 0.0, 0.2, 0, 0, 0])  # starts outside: re-enters at no more than the step limit
+    outside = np.array([0.7, 0.0, 0.2, 0, 0, 0])  # starts outside: the safety layer never adds motion
     d, why = dw.safe_ee_delta(outside, np.zeros(6), lo, hi, 0.03, 0.3)
-    assert "workspace" in why and math.isclose(d[0], -0.03)
+    assert why == [] and np.array_equal(d, np.zeros(6))
+    d, why = dw.safe_ee_delta(outside, np.array([-0.02, 0, 0, 0, 0, 0]), lo, hi, 0.03, 0.3)  # back toward the box
+    assert why == [] and math.isclose(d[0], -0.02)
+    d, why = dw.safe_ee_delta(outside, np.array([0.02, 0.01, 0, 0, 0, 0]), lo, hi, 0.03, 0.3)  # further out: refused
+    assert why == ["workspace"] and d[0] == 0.0 and math.isclose(d[1], 0.01)
 
 
 def test_joint_limits_debouncer_and_gripper_convention():
@@ -120,14 +124,22 @@ def test_trial_stats_match_table_2_definitions():
 
 def test_deadline_scheduler_keeps_rate_and_counts_overruns():
     t = [0.0]
-    slept = []
+    slept, sent = [], []
     sched = dw.DeadlineScheduler(0.2, clock=lambda: t[0], sleep=lambda s: (slept.append(s), t.__setitem__(0, t[0] + s)))
+    sched.wait()  # the first command goes at once
+    sent.append(t[0])
     t[0] += 0.05
     sched.wait()  # 50 ms of work -> sleep 150 ms
+    sent.append(t[0])
     assert math.isclose(slept[-1], 0.15) and math.isclose(t[0], 0.2)
-    t[0] += 0.5  # a 500 ms overrun: no burst of catch-up steps, a fresh period from now
+    t[0] += 0.5  # a 500 ms overrun: the late command goes now, then a fresh period: no burst of catch-up steps
     sched.wait()
+    sent.append(t[0])
     assert sched.overruns == 1 and math.isclose(sched.next, 0.9)
+    t[0] += 0.001
+    sched.wait()  # right after the late one: waits a whole period
+    sent.append(t[0])
+    assert min(np.diff(sent)) >= 0.2 - 1e-9
 
 
 @pytest.mark.parametrize("other_thread", [False, True])

@@ -486,3 +486,21 @@ def test_a_broken_scene_is_reported_and_the_rest_evaluated(fake_world, monkeypat
     assert res["errors"] == [{"policy": "scripted", "scene": "scene_2", "error": "RuntimeError: collision mesh missing"}]
     assert set(res["policies"][0]["per_scene"]) == {"scene_0", "scene_1", "scene_3", "scene_4"}
     assert res["policies"][0]["sets"]["all"]["episodes"] == 24
+
+
+def test_resume_reruns_scenes_whose_asset_files_were_rebuilt(fake_world):
+    """Issue 25: the manifest is the same byte for byte, the collision mesh it loads was rebuilt (a template edit)."""
+    root = fake_world["root"]
+    asset = root / "scenes" / "assets" / "x"  # the fake manifests' asset_dir ../assets/x
+    asset.mkdir(parents=True)
+    (asset / "v.glb").write_bytes(b"glb v1")
+    (asset / "c.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    args = ev.Args(policy=("scripted",), out_dir=str(root / "e"), **{**fake_world["args"], "episodes_per_scene": 2})
+    ev.main(args)
+    fake_world["made"].clear()
+    ev.main(args)
+    assert fake_world["made"] == []  # nothing changed: every episode reused
+    (asset / "c.obj").write_text("v 0 0 0\nv 2 0 0\nv 0 2 0\nf 1 2 3\n")
+    res = ev.main(args)
+    assert sorted(s for s, _ in fake_world["made"]) == fake_world["ids"]  # every scene loading it ran again
+    assert res["policies"][0]["sets"]["all"]["episodes"] == 10

@@ -214,3 +214,49 @@ def test_graph_whose_scene_id_differs_from_its_folder_is_skipped_with_reason(tmp
     graphs, errors = ga.load_graphs(tmp_path / "scenes", None)
     assert graphs == [] and "differs from its folder 'renamed_folder'" in errors[0]
     assert not (tmp_path / "scenes" / "real_id").exists()
+
+
+def test_compose_without_force_recomposes_a_scene_whose_inputs_changed(tmp_path, monkeypatch):
+    """Issue 25: a composed scene is skipped only while its inputs (graph, links, asset files) are the ones it was
+    composed from; otherwise the old manifest and its QA verdict would be kept."""
+    import compose_scene as cs
+    from test_evaluate import fake_manifests
+
+    scenes = tmp_path / "scenes"
+    fake_manifests(scenes, ["s0", "s1"])
+    for sid in ("s0", "s1"):
+        (scenes / sid / "scene_graph.json").write_text('{"v": 1}')
+        (scenes / sid / "asset_links.json").write_text('{"v": 1}')
+    args = cs.Args(scenes_dir=str(scenes), render=False)
+    for sid in ("s0", "s1"):  # composed from these inputs
+        m = ss.load_manifest(scenes / sid / "manifest.json")
+        m.args = {"inputs_hash": cs.inputs_hash(scenes / sid, args)}
+        ss.save_manifest(m, scenes / sid / "manifest.json")
+    ran = []
+    monkeypatch.setattr(cs, "compose_one", lambda d, a: (ran.append(Path(d).name),
+                                                         {"scene_id": Path(d).name, "status": "accepted"})[1])
+    cs.main(args)
+    assert ran == []  # unchanged: both skipped
+    (scenes / "s1" / "scene_graph.json").write_text('{"v": 2}')
+    cs.main(args)
+    assert ran == ["s1"]
+    m = ss.load_manifest(scenes / "s0" / "manifest.json")  # a manifest from before the hash: input mtimes decide
+    m.args = {}
+    ss.save_manifest(m, scenes / "s0" / "manifest.json")
+    assert cs.stale_reason(scenes / "s0", m, args) is None
+    time.sleep(0.01)
+    (scenes / "s0" / "asset_links.json").write_text('{"v": 2}')
+    assert "asset_links.json newer than the manifest" in cs.stale_reason(scenes / "s0", m, args)
+
+
+def test_compose_cli_exits_non_zero_when_every_scene_is_rejected(tmp_path):
+    import subprocess
+
+    sdir = tmp_path / "scenes" / "bad"
+    sdir.mkdir(parents=True)
+    (sdir / "scene_graph.json").write_text("{not json")
+    (sdir / "asset_links.json").write_text("{}")
+    r = subprocess.run([sys.executable, str(ROOT / "compose_scene.py"), "--scenes-dir", str(tmp_path / "scenes"),
+                        "--no-render"], capture_output=True, text=True, timeout=120)
+    assert "0 accepted" in r.stdout and "1 rejected" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert r.returncode != 0 and "every scene was rejected" in r.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -131,3 +132,95 @@ def test_args_json_of_a_resumed_run_is_the_resumed_command(tmp_path):
     P.main(fast_args(run, num_iterations=2, eval_every=0, resume=str(run / "ckpt_1.pt")), env_fn=FakeVecEnv)
     doc = json.loads((run / "args.json").read_text())
     assert doc["args"]["resume"] == str(run / "ckpt_1.pt") and doc["args"]["num_iterations"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 25: resumes that cannot lie
+# ---------------------------------------------------------------------------------------------
+
+CHANGED = {"learning_rate": 0.5, "seed": 9, "gamma": 0.5, "ratio_power": 0.5, "clip_coef": 0.5, "num_envs": 6,
+           "scene_ids": ["simpler:StackGreenCubeOnYellowCubeBakedTexInScene-v1"]}
+
+
+def test_resume_refuses_every_changed_training_flag_and_names_it(tmp_path):
+    run = P.main(fast_args(tmp_path / "r", num_iterations=1, eval_every=0), env_fn=FakeVecEnv)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for flag, value in CHANGED.items():
+        with pytest.raises(P.CheckpointError, match=f"must repeat the run's flags.*--{flag.replace('_', '-')}: "
+                                                    f"checkpoint .*, now {re.escape(repr(value))}"):
+            P.main(fast_args(run, num_iterations=2, eval_every=0, resume=str(run / "ckpt_1.pt"), **{flag: value}),
+                   env_fn=FakeVecEnv)
+    with pytest.raises(P.CheckpointError) as e:  # several at once: each one named
+        P.main(fast_args(run, num_iterations=2, eval_every=0, resume=str(run / "ckpt_1.pt"), learning_rate=0.5,
+                         gamma=0.5), env_fn=FakeVecEnv)
+    assert "--learning-rate: checkpoint 0.001, now 0.5" in str(e.value) and "--gamma: checkpoint 0.99, now 0.5" in str(e.value)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing touched
+
+
+def test_resume_keeps_the_args_history_and_records_free_changes(tmp_path):
+    run = P.main(fast_args(tmp_path / "r", num_iterations=1, eval_every=0), env_fn=FakeVecEnv)
+    first = json.loads((run / "args.json").read_text())
+    P.main(fast_args(run, num_iterations=2, eval_every=0, save_every=2, resume=str(run / "ckpt_1.pt")),
+           env_fn=FakeVecEnv)
+    P.main(fast_args(run, num_iterations=3, eval_every=0, save_every=2, resume=str(run / "ckpt_2.pt")),
+           env_fn=FakeVecEnv)
+    doc = json.loads((run / "args.json").read_text())
+    assert doc["args"]["num_iterations"] == 3 and len(doc["args_history"]) == 2
+    assert doc["args_history"][0] == first and doc["args_history"][1]["args"]["num_iterations"] == 2
+    assert doc["resumed_from"]["iteration"] == 2 and doc["resumed_from"]["changed"] == {"num_iterations": 2}
+    assert doc["args_history"][1]["resumed_from"]["changed"] == {"num_iterations": 1, "save_every": 1}
+    assert [r["iteration"] for r in _rows(run)] == [1, 2, 3]
+
+
+def test_resume_of_another_runs_checkpoint_or_into_an_empty_folder_is_refused(tmp_path):
+    run = P.main(fast_args(tmp_path / "a", num_iterations=3, eval_every=0), env_fn=FakeVecEnv)
+    with pytest.raises(P.CheckpointError, match="another run .* metric rows would be lost"):
+        P.main(fast_args(tmp_path / "b", num_iterations=6, eval_every=0, resume=str(run / "ckpt_2.pt")),
+               env_fn=FakeVecEnv)
+    assert not (tmp_path / "b").exists()
+    other = tmp_path / "c"  # the checkpoint copied into a folder without the run's metrics
+    other.mkdir()
+    (other / "ckpt_2.pt").write_bytes((run / "ckpt_2.pt").read_bytes())
+    with pytest.raises(P.CheckpointError, match=r"iterations 1-2, but 2 are missing \(1-2\)"):
+        P.main(fast_args(other, num_iterations=6, eval_every=0, resume=str(other / "ckpt_2.pt")), env_fn=FakeVecEnv)
+    assert sorted(p.name for p in other.iterdir()) == ["ckpt_2.pt"]
+
+
+def _flip_a_bit_in_the_largest_tensor(path: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little") \
+        + int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    data[start + info.file_size // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_bit_flipped_checkpoint_is_refused(tmp_path):
+    ck = tmp_path / "ckpt_1.pt"
+    P.torch_save_atomic(P.policy_checkpoint(tiny_policy(), iteration=1, args={}), ck)
+    assert P.load_policy(ck) is not None  # intact: verified and loaded
+    _flip_a_bit_in_the_largest_tensor(ck)
+    assert torch.load(ck, weights_only=True)["kind"] == "pi0_policy"  # torch itself still reads it
+    with pytest.raises(P.CheckpointError, match="content hash mismatch"):
+        P.load_policy(ck)
+
+
+def test_stale_tmp_files_of_killed_saves_are_removed_at_start(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = run / ".ckpt_3.pt.999999999.x1.tmp"  # no such pid
+        older = run / ".ckpt_2.pt.abc123.tmp"  # the name before the pid was in it
+        busy = run / f".ckpt_4.pt.{live.pid}.y2.tmp"
+        for f in (dead, older, busy):
+            f.write_bytes(b"half a checkpoint")
+        P.main(fast_args(run, num_iterations=1, eval_every=0), env_fn=FakeVecEnv)
+        assert not dead.exists() and not older.exists() and busy.exists()
+        assert not [f for f in run.glob(".*.tmp") if f != busy]  # the run's own saves left none
+    finally:
+        live.kill()
+        live.wait()
