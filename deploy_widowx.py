@@ -972,6 +972,10 @@ def load_policy(args: Args, get_robot: Callable[[], Any]) -> tuple[Any, int, int
     import ppoflow_pi0
 
     policy = ppoflow_pi0.load_policy(args.ckpt, device=args.device)
+    if getattr(policy.config, "obs_mode", "rgb") != "rgb":
+        raise SystemExit(f"error: checkpoint {args.ckpt} is an object-state proxy policy (obs_mode "
+                         f"{policy.config.obs_mode!r}): it reads object poses from the simulator, which a real robot "
+                         "does not have. Deploy a pixel policy (trained with --env.obs-mode rgb, the default)")
     bad = nonfinite_weights(policy)
     if bad:
         raise SystemExit(f"error: checkpoint {args.ckpt} has non-finite (NaN / inf) weights in {len(bad)} tensors "

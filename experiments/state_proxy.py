@@ -58,10 +58,15 @@ RECIPE = (
 class Args:
     scenes_dir: str
     """Composed scenes (`<id>/manifest.json`)."""
-    train_scenes: list[str]
-    """Scene ids PPOFlow and the imitation start train on (issue 27: >= 4 from >= 2 task families)."""
+    train_scenes: list[str] = field(default_factory=list)
+    """Scene ids PPOFlow and the imitation start train on (issue 27: >= 4 from >= 2 task families). Empty: chosen by
+    `pick_scenes` (--num-train-scenes of them, both relation families)."""
     heldout_scenes: list[str] = field(default_factory=list)
-    """Scene ids evaluated but never trained on (shown apart)."""
+    """Scene ids evaluated but never trained on (shown apart). Empty with empty --train-scenes: chosen by `pick_scenes`."""
+    num_train_scenes: int = 4
+    """Training scenes `pick_scenes` chooses when --train-scenes is empty."""
+    num_heldout_scenes: int = 2
+    """Held-out scenes `pick_scenes` chooses when --train-scenes is empty."""
     out_dir: str = "out/state_proxy"
     """Experiment folder: runs/il, runs/ppo_s<seed>, eval/, report.md, report.json, learning_curves.png, steps.json."""
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
@@ -138,6 +143,28 @@ def collapse_check(train_sr: list[float], k: int = 5) -> tuple[float, float]:
     return sum(train_sr[:k]) / max(1, len(train_sr[:k])), sum(train_sr[-k:]) / max(1, len(train_sr[-k:]))
 
 
+def pick_scenes(scenes_dir: str, n_train: int, n_heldout: int) -> tuple[list[str], list[str]]:
+    """A deterministic split of composed scenes: those whose composer QA saw the scripted expert solve every episode,
+    sorted by id and interleaved by relation family (ON, IN, ON, ...) so both families are in each part; the first
+    n_train train, the next n_heldout are held out."""
+    import scene_schema as ss
+
+    fams: dict[str, list[str]] = {}
+    for p in ss.find_manifests(scenes_dir):
+        m = ss.load_manifest(p)
+        solver = (m.qa or {}).get("solver") or {}
+        eps = solver.get("episodes") or []
+        if eps and all(e.get("success") for e in eps):
+            fams.setdefault(m.success.get("relation", "ON"), []).append(m.scene_id)
+    order = [sorted(v) for _, v in sorted(fams.items())]
+    mixed = [ids[k] for k in range(max(map(len, order), default=0)) for ids in order if k < len(ids)]
+    if len(mixed) < n_train + n_heldout:
+        raise SystemExit(f"state_proxy.py: {scenes_dir} has {len(mixed)} fully solved composed scene(s), "
+                         f"--num-train-scenes + --num-heldout-scenes need {n_train + n_heldout} (fix: compose more "
+                         "scenes or name them with --train-scenes / --heldout-scenes)")
+    return mixed[:n_train], mixed[n_train:n_train + n_heldout]
+
+
 # ---------------------------------------------------------------------------------------------
 # The experiment
 # ---------------------------------------------------------------------------------------------
@@ -159,11 +186,13 @@ def results_per_scene(path: Path) -> dict[str, dict]:
 
 
 def main(args: Args) -> Path:
-    if len(args.train_scenes) < 1:
-        raise SystemExit("state_proxy.py: --train-scenes is empty (fix: name >= 4 composed scene ids)")
     out = Path(args.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     args.scenes_dir = str(Path(args.scenes_dir).resolve())
+    if not args.train_scenes:
+        args.train_scenes, args.heldout_scenes = pick_scenes(args.scenes_dir, args.num_train_scenes,
+                                                             args.num_heldout_scenes)
+        print(f"[scenes] train {args.train_scenes}, held out {args.heldout_scenes} (pick_scenes)")
     (out / "args.json").write_text(json.dumps({"schema_version": 1, "args": asdict(args), "recipe": RECIPE}, indent=2))
     logs, steps = out / "logs", out / "steps.json"
     t0 = time.time()
@@ -226,10 +255,15 @@ def write_report(out: Path, args: Args, start: Path, runs: dict[int, Path], per:
         curves[f"seed {seed}"] = cur
     mean, lo, hi = seed_interval(lifts)
     hk0, hn0 = pooled(per["start"], ho) if ho else (0, 0)
-    verdict = (f"**Verdict ({LABEL}):** PPOFlow's final checkpoints lift the start from {k0 / n0:.1%} to "
+    # several seeds: the interval's unit is the seed; one seed: Newcombe's interval over its evaluation episodes
+    unit = (f"95% t-interval over {len(rows)} seeds" if len(rows) > 1 else
+            f"95% Newcombe interval over {rows[0]['final'][1]} + {n0} episodes (one PPOFlow seed)")
+    vlo, vhi = (lo, hi) if len(rows) > 1 else rows[0]["ci95"]
+    shown = "excludes 0: a lift" if vlo > 0 else "below 0: a drop" if vhi < 0 else "includes 0: no lift shown"
+    verdict = (f"**Verdict ({LABEL}):** PPOFlow's final checkpoint{'s' if len(rows) > 1 else ''} "
+               f"{'lift' if mean > 0 else 'move'} the start from {k0 / n0:.1%} to "
                f"{sum(r['final'][0] / r['final'][1] for r in rows) / len(rows):.1%} on the {len(tr)} training scenes: "
-               f"mean lift {mean:+.1%}, 95% t-interval over {len(rows)} seeds [{lo:+.1%}, {hi:+.1%}]"
-               + (" (excludes 0)" if lo > 0 else " (does not exclude 0)" if lo == lo else ""))
+               f"{'mean ' if len(rows) > 1 else ''}lift {mean:+.1%}, {unit} [{vlo:+.1%}, {vhi:+.1%}] ({shown}).")
     plot_curves(curves, out / "learning_curves.png", f"PPOFlow per seed, rollout SR on {len(tr)} training scenes\n({LABEL})",
                 baselines={f"start (deterministic, eval seeds): {k0 / n0:.2f}": k0 / n0})
     lines = [f"# PPOFlow on the object-state proxy ({LABEL})\n", verdict + "\n",
@@ -259,7 +293,8 @@ def write_report(out: Path, args: Args, start: Path, runs: dict[int, Path], per:
     (out / "report.md").write_text(text)
     (out / "report.json").write_text(json.dumps({"label": LABEL, "start": str(start), "start_train": [k0, n0],
                                                  "start_heldout": [hk0, hn0], "seeds": rows,
-                                                 "mean_lift": mean, "ci95_seeds": [lo, hi], "recipe": RECIPE,
+                                                 "mean_lift": mean, "ci95_seeds": [lo, hi], "verdict": verdict,
+                                                 "verdict_ci95": [vlo, vhi], "recipe": RECIPE,
                                                  "ppo_extra": args.ppo_extra}, indent=2))
     return text
 

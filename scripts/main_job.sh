@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# The main job, end to end on the offline defaults, in two parts, then one report:
+# The main job, end to end on the offline defaults, then one report:
 #   A. the scene pipeline on your task list: rule-based designer -> procedural assets -> composed, QA'd
-#      ManiSkill scenes (contact sheet, QA sheet);
-#   B. the method: experiments/learning_demo.py on one generated scene (designed, generated and composed by
-#      the same stages) -> imitation from scripted demos -> PPOFlow -> both policies evaluated on the same
-#      fresh seeds with 95% intervals -> a sim deployment trial of the PPOFlow policy;
-#   -> out/main/report.md (and report.html): open it first.
+#      ManiSkill scenes with object poses drawn over Table A.2's region at every reset (contact sheet, QA sheet);
+#   B. the method across the job's own scenes (experiments/state_proxy.py): an imitation start stopped early,
+#      PPOFlow with the frozen recipe, the FINAL checkpoint and the start evaluated on the same fresh seeds on
+#      the training scenes and on held-out ones. It runs on the OBJECT-STATE PROXY (no pretrained VLM, visual
+#      generalisation not tested): the policy reads object poses from the simulator instead of pixels;
+#   C. a sim deployment rehearsal of a pixel policy (the proxy cannot run on a robot: no simulator state there);
+#   -> out/main/report.md (and report.html): open it first; it leads with the verdict.
 # CPU physics with software rendering and the tiny policy preset; installs what is missing first. Every
 # stage skips work whose outputs exist, so a re-run continues where a stopped one ended.
 #   bash scripts/main_job.sh                          # writes everything under out/main
+#   SEED=2 OUT=out/main_s2 bash scripts/main_job.sh   # another PPOFlow seed (the scenes and start are the same)
 #   OUT=/tmp/run TASKS=my_tasks.txt bash scripts/main_job.sh
 # Budgets are environment variables (defaults: see below and the README for the measured wall time):
-#   IL_EPISODES IL_STEPS PPO_ITERS PPO_ENVS EVAL_EPISODES WORKERS LEARN_TASK
+#   SEED IL_EPISODES IL_STEPS PPO_EXTRA EVAL_EPISODES WORKERS PIXEL_EPISODES PIXEL_STEPS
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -24,42 +27,56 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 OUT="${OUT:-out/main}"
 TASKS="${TASKS:-examples/tasks.txt}"
 WORKERS="${WORKERS:-2}"
-IL_EPISODES="${IL_EPISODES:-150}"
+SEED="${SEED:-1}"
+IL_EPISODES="${IL_EPISODES:-200}"
 IL_STEPS="${IL_STEPS:-4000}"
-PPO_ITERS="${PPO_ITERS:-25}"
-PPO_ENVS="${PPO_ENVS:-8}"
-EVAL_EPISODES="${EVAL_EPISODES:-100}"
-LEARN_TASK="${LEARN_TASK:-put the green block on the plate}"
+PPO_EXTRA="${PPO_EXTRA:-}"
+EVAL_EPISODES="${EVAL_EPISODES:-50}"
+PIXEL_EPISODES="${PIXEL_EPISODES:-40}"
+PIXEL_STEPS="${PIXEL_STEPS:-1000}"
 mkdir -p "$OUT"
-step() { printf '\n=== %s ===\n' "$*"; }
+WALL="$OUT/step_wall_s.tsv"
+step() { printf '\n=== %s ===\n' "$*"; STEP_NAME="$*"; STEP_T0=$SECONDS; }
+done_step() { printf '%s\t%s\n' "$STEP_NAME" "$((SECONDS - STEP_T0))" >> "$WALL"; }
+: > "$WALL"
 
 step "1/6 scene designer: $TASKS -> $OUT/scenes"
 python scene_designer.py --tasks "$TASKS" --out-dir "$OUT/scenes"
+done_step
 
 step "2/6 sim-ready assets (procedural backend, QA with retries) -> $OUT/assets"
 python generate_assets.py --scenes-dir "$OUT/scenes" --assets-dir "$OUT/assets" --workers "$WORKERS"
+done_step
 
-step "3/6 compose scenes (layout, physics QA, scripted-expert solvability QA)"
+step "3/6 compose scenes (layout, physics QA, scripted-expert solvability QA under full pose randomisation)"
 python compose_scene.py --scenes-dir "$OUT/scenes" --assets-dir "$OUT/assets" --workers "$WORKERS"
+done_step
 
-step "4/6 the method on one scene: imitation -> PPOFlow -> evaluation with intervals ($LEARN_TASK)"
-python experiments/learning_demo.py --out-dir "$OUT/learning" --task "$LEARN_TASK" \
-  --il-episodes "$IL_EPISODES" --il-steps "$IL_STEPS" --ppo-num-envs "$PPO_ENVS" --ppo-iterations "$PPO_ITERS" \
-  --eval-episodes "$EVAL_EPISODES"
+step "4/6 the method across the job's scenes (object-state proxy): imitation start -> PPOFlow seed $SEED -> evaluation"
+python experiments/state_proxy.py --scenes-dir "$OUT/scenes" --out-dir "$OUT/learning" --seeds "$SEED" \
+  --il-episodes "$IL_EPISODES" --il-steps "$IL_STEPS" --eval-episodes-per-scene "$EVAL_EPISODES" \
+  --ppo-extra="$PPO_EXTRA"
+done_step
 
-step "5/6 a sim deployment trial of the PPOFlow policy (deploy_widowx.py, sim backend, auto labels)"
-PPO_CKPT="$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["ppo_checkpoint"])' "$OUT/learning/report.json")"
-python - "$OUT" "$LEARN_TASK" <<'PY'
+step "5/6 a sim deployment rehearsal of a pixel policy (imitation on the first training scene, 64 px camera)"
+FIRST_SCENE="$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["args"]["train_scenes"][0])' "$OUT/learning/args.json")"
+[ -f "$OUT/pixel_il/ckpt_final.pt" ] || python train_imitation.py --scenes-dir "$OUT/scenes" --scene-ids "$FIRST_SCENE" \
+  --out "$OUT/pixel_il" --preset tiny --env.image-size 64 --num-envs "$WORKERS" --episodes "$PIXEL_EPISODES" \
+  --steps "$PIXEL_STEPS" --save-every "$PIXEL_STEPS" --num-inference-steps 1 --device cpu --no-write-dataset
+python - "$OUT" "$FIRST_SCENE" <<'PY'
 import json, pathlib, sys
-out, task = pathlib.Path(sys.argv[1]), sys.argv[2]
-scene = sorted((out / "learning" / "scenes").glob("*/manifest.json"))[0]
-trials = [{"scene": scene.parent.name, "command": task, "distractors": [], "scene_id": str(scene.resolve())}]
+out, scene_id = pathlib.Path(sys.argv[1]), sys.argv[2]
+m = json.loads((out / "scenes" / scene_id / "manifest.json").read_text())
+trials = [{"scene": scene_id, "command": m["task"], "distractors": [],
+           "scene_id": str((out / "scenes" / scene_id / "manifest.json").resolve())}]
 (out / "deploy").mkdir(parents=True, exist_ok=True)
 (out / "deploy" / "trials.json").write_text(json.dumps(trials, indent=1))
 PY
-python deploy_widowx.py --backend sim --ckpt "$PPO_CKPT" --trials-file "$OUT/deploy/trials.json" \
-  --trials-per-scene 2 --auto-label --out-dir "$OUT/deploy" --session sim-ppoflow
+python deploy_widowx.py --backend sim --ckpt "$OUT/pixel_il/ckpt_final.pt" --trials-file "$OUT/deploy/trials.json" \
+  --trials-per-scene 2 --auto-label --out-dir "$OUT/deploy" --session sim-pixel-il
+done_step
 
 step "6/6 the report"
 python experiments/report.py --out-dir "$OUT" --tasks "$TASKS"
+done_step
 echo "open first: $OUT/report.md (or report.html)"

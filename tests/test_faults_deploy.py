@@ -361,6 +361,20 @@ def test_checkpoint_with_nan_weights_is_refused_at_load(fake_bridge, tmp_path):
     assert fake_bridge.instances == []  # refused before the robot was touched
 
 
+def test_object_state_proxy_checkpoint_is_refused_at_load(fake_bridge, tmp_path):
+    """Issue 27: a policy of the object-state proxy reads simulator object poses, which no real robot has."""
+    import scene_env
+
+    P, _ = _tiny_policy()
+    cfg = P.preset_config("tiny", 4, **P.obs_overrides(scene_env.EnvConfig(obs_mode="state")))
+    pol = P.PI0Policy(cfg, P.Normalizer.from_stats_file(P.DEFAULT_STATS), {"kind": "bytes"})
+    ckpt = tmp_path / "runs" / "state" / "ckpt_final.pt"
+    P.torch_save_atomic(P.policy_checkpoint(pol, iteration=0), ckpt)
+    with pytest.raises(SystemExit, match="object-state proxy policy .* a real robot does not have"):
+        dw.main(_protocol_args(tmp_path, policy="ckpt", ckpt=str(ckpt), trials_per_scene=1, labels="s,s"))
+    assert fake_bridge.instances == []  # refused before the robot was touched
+
+
 @pytest.mark.timeout(120)
 def test_nonfinite_raw_model_output_holds_and_keeps_the_gripper(fake_bridge, monkeypatch):
     import torch
