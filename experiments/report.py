@@ -1,8 +1,8 @@
 """One report a person opens: the main job's outputs gathered into <out>/report.md and report.html.
 
 It only reads what the stages wrote (no new numbers): the task list, the asset contact sheet, the scene QA sheet
-and composer summary, the learning demonstration's table with intervals and its learning curve, rollout GIFs of the
-evaluated policies played at real time, and the sim deployment trial's summary. Each item gets one line saying
+and composer summary, the object-state proxy study's verdict, table with intervals and learning curves, and the sim
+deployment rehearsal's summary; the wall time of every step. Each item gets one line saying
 what it shows; a missing item is listed as missing with the stage that makes it, never silently dropped.
 
     python experiments/report.py --out-dir out/main          # what scripts/main_job.sh runs last
@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scene_schema
@@ -27,14 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scene_schema
 @dataclass
 class Args:
     out_dir: str = "out/main"
-    """The main job's folder: scenes/, assets/, learning/ (experiments/learning_demo.py), deploy/."""
+    """The main job's folder: scenes/, assets/, learning/ (experiments/state_proxy.py), pixel_il/, deploy/."""
     tasks: str = "examples/tasks.txt"
     """The task list the scene pipeline ran on."""
-    gifs: int = 2
-    """Rollout GIFs per evaluated policy (first episodes of the evaluation)."""
-    decision_s: float = 0.8
-    """Seconds of robot time per recorded frame (one frame per chunk decision: C = 4 control steps at 5 Hz), so
-    the GIFs play at real time."""
 
 
 def read_json(path: Path) -> dict | None:
@@ -44,76 +37,35 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
-def rollout_gifs(eval_dir: Path, dest: Path, per_policy: int, frame_s: float) -> list[tuple[str, Path]]:
-    """evaluate.py's per-episode clips (videos/episodes/<policy slug>/<scene>__<seed>.npz) -> real-time GIFs,
-    captioned with the policy's label from results.json."""
-    import imageio.v2 as imageio
-
-    import scene_schema as ss
-
-    res = read_json(eval_dir / "results.json") or {}
-    label = {ss.slugify(p["name"], 64): p["label"] for p in res.get("policies", [])}
-    out = []
-    for pol in sorted((eval_dir / "videos" / "episodes").glob("*")):
-        for clip in sorted(pol.glob("*.npz"))[:per_policy]:
-            z = np.load(clip)
-            ok = bool(z["success"])
-            gif = dest / f"{pol.name}__{clip.stem}.gif"
-            gif.parent.mkdir(parents=True, exist_ok=True)
-            imageio.mimwrite(gif, list(z["frames"]), duration=frame_s * 1000, loop=0)
-            out.append((f"{label.get(pol.name, pol.name)}: {clip.stem.rsplit('__', 1)[0]}, seed "
-                        f"{clip.stem.rsplit('__', 1)[-1]}, {'success' if ok else 'failure'}", gif))
-    return out
-
-
 def section_learning(out: Path, rel, args: Args) -> list[str]:
+    """Step 4: the study of experiments/state_proxy.py (its report.md body: verdict, table, curve, per scene)."""
     learn = out / "learning"
-    rep = read_json(learn / "report.json")
-    if rep is None:
-        return ["## 4. The method: PPOFlow vs its imitation start", "",
-                "_missing: `learning/report.json` (step 4 of scripts/main_job.sh, experiments/learning_demo.py) did "
-                "not finish; re-run the main job to resume it._", ""]
-    d, lo, hi = rep["diff_newcombe95"]
-    il, ppo = rep["il"], rep["ppo"]
-    verdict = (f"**PPOFlow lifted the success rate by {d:+.3f}; the 95% interval [{lo:+.3f}, {hi:+.3f}] excludes zero.**"
-               if lo > 0 else
-               f"**At this budget the lift is not shown: the difference is {d:+.3f} with a 95% interval "
-               f"[{lo:+.3f}, {hi:+.3f}] that includes zero.** Read the curve below for what was learned; "
-               "benchmarks/RESULTS.md has the longer runs.")
-    task = rep.get("args", {}).get("task", "?")
-    lines = ["## 4. The method: PPOFlow vs its imitation start", "",
-             f"One generated scene (`{task}`), the tiny pi0 preset, imitation from scripted demos, then PPOFlow; both "
-             f"policies evaluated deterministically on the same {il['episodes']} fresh seeds.", "",
-             "| policy | successes / episodes | SR | Wilson 95% | TF of successes (s) |", "|---|---|---|---|---|"]
-    for name, key, r in (("imitation start", "IL (start)", il), ("PPOFlow", "PPOFlow", ppo)):
-        tf = rep.get("tf_s", {}).get(key)
-        lines.append(f"| {name} | {r['successes']}/{r['episodes']} | {r['sr']:.3f} | [{r['wilson95'][0]:.3f}, "
-                     f"{r['wilson95'][1]:.3f}] | {'-' if tf is None else f'{tf:.2f}'} |")
-    lines += ["", verdict, "",
-              f"PPOFlow checkpoint: iteration {rep['ppo_iteration_evaluated']} (rule: {rep['ppo_selection']}, fixed "
-              f"before the run), {rep['ppo_control_steps']} control steps, {rep['ppo_wall_s_to_checkpoint']:.0f} s of "
-              "rollout + update.", ""]
-    if (learn / "learning_curve.png").exists():
-        lines += ["Learning curve: rollout (stochastic) and in-training deterministic success rate against env "
-                  "decisions, with the imitation start and the evaluated checkpoint marked.", "",
-                  f"![learning curve]({rel(learn / 'learning_curve.png')})", ""]
-    gifs = rollout_gifs(learn / "eval", out / "report_files", args.gifs, args.decision_s)
-    if gifs:
-        lines += ["Rollouts (the policy's own camera, one frame per chunk decision, played at real time):", ""]
-        lines += [f"- {cap}<br>![{cap}]({rel(g)})" for cap, g in gifs]
-        lines.append("")
-    import scene_schema as ss
+    body = learn / "report.md"
+    if not body.exists():
+        return ["## 4. The method: PPOFlow vs its imitation start (object-state proxy)", "",
+                "_missing: `learning/report.md` (step 4 of scripts/main_job.sh, experiments/state_proxy.py) did not "
+                "finish; re-run the main job to resume it._", ""]
+    text = body.read_text(encoding="utf-8")
+    text = re.sub(r"^# .*\n", "", text, count=1)  # its title becomes this section's
+    text = re.sub(r"!\[([^\]]*)\]\((?!/)([^)]+)\)", lambda m: f"![{m.group(1)}]({rel(learn / m.group(2))})", text)
+    return ["## 4. The method: PPOFlow vs its imitation start (object-state proxy: no pretrained VLM, visual "
+            "generalisation not tested)", "",
+            "The job's own generated scenes, split into training and held-out ones; an imitation start stopped "
+            "early, then PPOFlow with the frozen recipe; the start and the FINAL PPOFlow checkpoint evaluated "
+            "deterministically on the same fresh seeds. The policy reads the target's and destination's poses from "
+            "the simulator instead of an image: it shows what RL does at this machine's scale, not vision.", "",
+            text.strip(), ""]
 
-    res = read_json(learn / "eval" / "results.json") or {}
-    label = {ss.slugify(p["name"], 64): p["label"] for p in res.get("policies", [])}
-    vids = [(label.get(k, k), Path(v)) for k, vs in res.get("render_videos", {}).items() for v in vs]
-    if vids:
-        lines += ["The same episodes through the render camera (ManiSkill `RecordEpisode`: 640x480, every control "
-                  "step, played at real time; `trajectory.h5` beside each video replays it):", ""]
-        lines += [f"- {lab}: {v.parent.name}<br>[{v.parent.name}/video.mp4]"
-                  f"({os.path.relpath(v.resolve(), out.resolve())})" for lab, v in vids]
-        lines.append("")
-    return lines
+
+def step_times(out: Path) -> list[str]:
+    """The wall time of each step of scripts/main_job.sh (its step_wall_s.tsv)."""
+    f = out / "step_wall_s.tsv"
+    rows = [line.split("\t") for line in f.read_text().splitlines() if "\t" in line] if f.exists() else []
+    if not rows:
+        return ["_missing: step_wall_s.tsv (scripts/main_job.sh writes it)_", ""]
+    total = sum(int(t) for _, t in rows)
+    return (["| step | wall time |", "|---|---:|"] + [f"| {n} | {int(t) // 60} min {int(t) % 60:02d} s |" for n, t in rows]
+            + [f"| **total** | {total // 60} min {total % 60:02d} s |", ""])
 
 
 def main(args: Args) -> Path:
@@ -123,9 +75,12 @@ def main(args: Args) -> Path:
              if t.strip() and not t.lstrip().startswith("#")] if Path(args.tasks).is_file() else []
     summary = read_json(out / "scenes" / "compose_summary.json") or {}
     accepted, rejected = summary.get("accepted", []), summary.get("rejected", {})
-    md = ["# Main job report", "",
+    verdict = (read_json(out / "learning" / "report.json") or {}).get("verdict", "_no verdict: step 4 did not finish_")
+    md = ["# Main job report", "", verdict, "",
           "What the offline main job (`bash scripts/main_job.sh`) built and learned, in the order it ran. Open this "
-          "file first; every figure below is a file next to it.", "",
+          "file first; every figure below is a file next to it.", "", "## Wall time of each step", ""]
+    md += step_times(out)
+    md += [
           "## 1. The task list", "", f"{len(tasks)} plain-language tasks ({args.tasks}):", ""]
     md += [f"{i + 1}. {t}" for i, t in enumerate(tasks)] + [""]
     md += ["## 2. Generated assets", ""]
@@ -148,8 +103,12 @@ def main(args: Args) -> Path:
     if trials:
         body = trials[0].read_text(encoding="utf-8").strip()
         body = re.sub(r"^#+ .*\n", "", body, count=1)
-        md += [f"deploy_widowx.py's trial protocol on the sim backend with the PPOFlow checkpoint (Table 2 columns; "
-               f"log: {rel(trials[0].parent / 'trials.jsonl')}):", "", body, ""]
+        md += [f"deploy_widowx.py's trial protocol on the sim backend, at the robot's 5 Hz, with a PIXEL policy: "
+               "imitation on the first training scene from the 64 px camera (`pixel_il/`, a small budget). The "
+               "object-state proxy of step 4 cannot run on a robot (no simulator state there), so this rehearses the "
+               "protocol, the safety layer and the trial log with what a robot could run; its success rate says "
+               f"little about the method (Table 2 columns; log: {rel(trials[0].parent / 'trials.jsonl')}):", "",
+               body, ""]
     else:
         md += ["_missing: deploy/<session>/summary.md (deploy_widowx.py --backend sim)_", ""]
     text = "\n".join(md) + "\n"

@@ -206,7 +206,8 @@ def main(args: Args) -> Path:
         *(["--demos", str(il / "demos.pt")] if (il / "demos.pt").exists() else [])], il / "ckpt_final.pt", logs, steps,
         args.dry_run)
     # 1b. the early stop: the start is chosen among the imitation checkpoints on development seeds
-    cand = [il / f"ckpt_{s}.pt" for s in range(args.il_save_every, args.il_steps + 1, args.il_save_every)]
+    cand = [il / f"ckpt_{s}.pt" for s in sorted({*range(args.il_save_every, args.il_steps + 1, args.il_save_every),
+                                                 args.il_steps})]
     sel = out / "eval_il_select"
     run_step("il_select", evaluate_cmd(args, cand, [f"step {c.stem.split('_')[1]}" for c in cand], args.train_scenes,
                                        args.il_select_episodes, args.il_select_seed, sel),

@@ -14,7 +14,7 @@
 #   SEED=2 OUT=out/main_s2 bash scripts/main_job.sh   # another PPOFlow seed (the scenes and start are the same)
 #   OUT=/tmp/run TASKS=my_tasks.txt bash scripts/main_job.sh
 # Budgets are environment variables (defaults: see below and the README for the measured wall time):
-#   SEED IL_EPISODES IL_STEPS PPO_EXTRA EVAL_EPISODES WORKERS PIXEL_EPISODES PIXEL_STEPS
+#   SEED IL_EPISODES IL_STEPS PPO_EXTRA EVAL_EPISODES WORKERS PIXEL_EPISODES PIXEL_STEPS NUM_TRAIN NUM_HELDOUT
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -34,6 +34,8 @@ PPO_EXTRA="${PPO_EXTRA:-}"
 EVAL_EPISODES="${EVAL_EPISODES:-50}"
 PIXEL_EPISODES="${PIXEL_EPISODES:-40}"
 PIXEL_STEPS="${PIXEL_STEPS:-1000}"
+NUM_TRAIN="${NUM_TRAIN:-4}"
+NUM_HELDOUT="${NUM_HELDOUT:-2}"
 mkdir -p "$OUT"
 WALL="$OUT/step_wall_s.tsv"
 step() { printf '\n=== %s ===\n' "$*"; STEP_NAME="$*"; STEP_T0=$SECONDS; }
@@ -54,8 +56,8 @@ done_step
 
 step "4/6 the method across the job's scenes (object-state proxy): imitation start -> PPOFlow seed $SEED -> evaluation"
 python experiments/state_proxy.py --scenes-dir "$OUT/scenes" --out-dir "$OUT/learning" --seeds "$SEED" \
-  --il-episodes "$IL_EPISODES" --il-steps "$IL_STEPS" --eval-episodes-per-scene "$EVAL_EPISODES" \
-  --ppo-extra="$PPO_EXTRA"
+  --num-train-scenes "$NUM_TRAIN" --num-heldout-scenes "$NUM_HELDOUT" --il-episodes "$IL_EPISODES" \
+  --il-steps "$IL_STEPS" --eval-episodes-per-scene "$EVAL_EPISODES" --ppo-extra="$PPO_EXTRA"
 done_step
 
 step "5/6 a sim deployment rehearsal of a pixel policy (imitation on the first training scene, 64 px camera)"

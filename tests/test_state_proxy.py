@@ -200,3 +200,31 @@ def test_state_proxy_driver_end_to_end_at_a_tiny_budget(tmp_path):
         args = json.loads((root / f"out/runs/ppo_s{s}/args.json").read_text())["args"]
         assert args["env"]["obs_mode"] == "state" and args["learning_rate"] == 3e-6 and args["num_iterations"] == 2
         assert args["env"]["max_decisions"] == 4
+
+
+@pytest.mark.timeout(1200)
+def test_main_job_end_to_end_at_a_tiny_budget(tmp_path):
+    """Issue 29: scripts/main_job.sh runs every step at a tiny budget and its report leads with a verdict line, then
+    the proxy's table and curve, the deployment rehearsal of a pixel policy and the wall time of every step."""
+    import os
+
+    tasks = tmp_path / "tasks.txt"
+    tasks.write_text("put the green block on the plate\nput the red cube in the bowl\n")
+    env = {**os.environ, "OUT": str(tmp_path / "main"), "TASKS": str(tasks), "SEED": "3", "NUM_TRAIN": "1",
+           "NUM_HELDOUT": "1", "IL_EPISODES": "2", "IL_STEPS": "4", "EVAL_EPISODES": "2", "PIXEL_EPISODES": "1",
+           "PIXEL_STEPS": "2", "WORKERS": "2",
+           "PPO_EXTRA": "--num-iterations 2 --num-envs 2 --num-steps 4 --minibatch-size 4 --critic-warmup-iterations 1"}
+    r = subprocess.run(["bash", str(REPO / "scripts/main_job.sh")], capture_output=True, text=True, timeout=1150,
+                       cwd=REPO, env=env)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    report = (tmp_path / "main/report.md").read_text()
+    lines = report.splitlines()
+    assert lines[0] == "# Main job report" and lines[2].startswith("**Verdict (" + sp.LABEL)
+    sections = [x for x in lines if x.startswith("## ")]
+    assert sections[0] == "## Wall time of each step" and sections[-1] == "## 5. A sim deployment trial"
+    assert any(x.startswith("## 4. The method") and "object-state proxy" in x for x in sections)
+    assert "| PPOFlow seed 3 |" in report and "learning_curves.png" in report and "PIXEL policy" in report
+    for n in range(1, 7):
+        assert f"| {n}/6 " in report  # the wall time of every step
+    rep = json.loads((tmp_path / "main/learning/report.json").read_text())
+    assert rep["seeds"][0]["seed"] == 3 and len(rep["verdict_ci95"]) == 2
