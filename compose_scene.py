@@ -10,12 +10,15 @@ For every `scenes/<id>/scene_graph.json` + `asset_links.json`:
    `--max-upscale`, and oversized destinations (40-50 cm trays, towels) are scaled into the workspace.
 2. Layout: destination, target and distractors on the table with disjoint footprints (bbox circles + margin),
    centres inside Table A.2's x [0.2, 0.4] m, y [-0.15, 0.15] m of the robot base frame (SimplerEnv's Bridge
-   objects sit at x 0.23-0.38 m there) and every bbox corner inside the Bridge camera image; per-object DR
-   ranges chosen so any randomised layout stays disjoint. Background (table size/colour, floor, walls) and
+   objects sit at x 0.23-0.38 m there) and every bbox corner inside the Bridge camera image: the nominal layout
+   (QA renders, videos). The manifest records the region the env draws every object over at each reset
+   (`object_region`, scene_env.OBJECT_REGION); the per-object narrow boxes around the nominal layout, chosen so
+   any draw in them stays disjoint, remain for `--env.object-region manifest` and as the env's counted fallback. Background (table size/colour, floor, walls) and
    lighting are drawn per scene from a seeded palette, honouring colour words in the graph's `background`.
 3. Physics QA in SAPIEN (GenScene-v1): objects settle without drifting, tipping, interpenetrating, touching or
    falling off, and the goal does not hold at the start. A failing layout is re-sampled.
-4. Solvability QA: the scripted expert runs `--solver-attempts` seeded, fully randomised episodes and must succeed
+4. Solvability QA: the scripted expert runs `--solver-attempts` seeded, fully randomised episodes (each a new
+   layout over the whole region with the default `--object-region table`; the summary says which) and must succeed
    in --solver-min-successes of them (a majority); else the target is re-scaled (grasp failures: thin ones up, wide ones down) or the layout
    re-placed, then rejected. A crowded table first loses its largest distractors, then the destination (and a long
    target) shrink to make room.

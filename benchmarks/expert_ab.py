@@ -39,6 +39,9 @@ class Args:
     """Only scenes whose id contains one of these substrings (default: all)."""
     image_size: int = 32
     """Policy-camera size (the expert does not look; small is fast)."""
+    object_region: str = "table"
+    """Object-pose DR (scene_env.EnvConfig.object_region): "table" over Table A.2's region at every reset (issue
+    26), "manifest" the composer's narrow boxes (pre-issue-26)."""
 
 
 def expert_config(overrides: list[str]) -> scene_env.ExpertConfig:
@@ -54,8 +57,9 @@ def expert_config(overrides: list[str]) -> scene_env.ExpertConfig:
     return dataclasses.replace(base, **kv)
 
 
-def run(manifest: Path, cfg: scene_env.ExpertConfig, seeds: list[int], image_size: int) -> list[bool]:
-    env_cfg = scene_env.EnvConfig(image_size=image_size)
+def run(manifest: Path, cfg: scene_env.ExpertConfig, seeds: list[int], image_size: int,
+        object_region: str = "table") -> list[bool]:
+    env_cfg = scene_env.EnvConfig(image_size=image_size, object_region=object_region)
     r = scene_env.ChunkRunner([("gen", str(manifest))], 1, env_cfg, "physx_cpu", seed=0)
     r.expert = scene_env.ScriptedExpert(1, cfg)
     out = []
@@ -82,7 +86,7 @@ def main(args: Args) -> dict:
     tot = dict.fromkeys(cfgs, 0)
     print(f"{'scene':48s} {'  '.join(cfgs)}   (of {len(args.seeds)})")
     for m in scenes:
-        k = {name: sum(run(m, c, args.seeds, args.image_size)) for name, c in cfgs.items()}
+        k = {name: sum(run(m, c, args.seeds, args.image_size, args.object_region)) for name, c in cfgs.items()}
         for name in cfgs:
             tot[name] += k[name]
         print(f"{m.parent.name[:48]:48s} " + " ".join(f"{k[name]:2d}" for name in cfgs), flush=True)
