@@ -172,7 +172,7 @@ def test_recipe_flags_parse_with_the_trainer_cli(tmp_path):
     import tyro
 
     a = tyro.cli(pp.Args, args=["--scenes-dir", str(tmp_path), *shlex.split(sp.RECIPE)])
-    assert a.env.obs_mode == "state" and a.target_kl_scope == "minibatch" and a.demo_bc_coef == 0.5
+    assert a.env.obs_mode == "state" and a.target_kl == 0.02 and a.demo_bc_coef == 0.5
 
 
 @pytest.mark.timeout(900)
