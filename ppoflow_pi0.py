@@ -1036,7 +1036,10 @@ EXPORT_CONFIG, EXPORT_HEADS = "policy_config.json", "policy_heads.safetensors"
 
 def merged_pi0(policy: PI0Policy) -> nn.Module:
     """A copy of `policy.pi0` whose LoRA adapters peft has merged into the base weights and removed (plain
-    transformers modules again)."""
+    transformers modules again), as transformers' PI0 runs it alone: the action expert's token embedding (never read:
+    PI0Policy drops it) is back as zeros, so from_pretrained finds every key, and the padding rows / columns of the
+    action and state projections (past action_dim / state_dim; this policy feeds zeros there and drops those outputs)
+    are zero, so transformers' own sample_actions over max_action_dim dims follows the policy's chain exactly."""
     import copy
 
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -1047,18 +1050,169 @@ def merged_pi0(policy: PI0Policy) -> nn.Module:
             mod.merge()
             parent, _, attr = name.rpartition(".")
             setattr(pi0.get_submodule(parent) if parent else pi0, attr, mod.get_base_layer())
+    dit, w = pi0.config.dit_config, pi0.action_out_proj.weight
+    pi0.model.dit.embed_tokens = nn.Embedding(dit.vocab_size, dit.hidden_size, dit.pad_token_id, device=w.device,
+                                              dtype=w.dtype)
+    with torch.no_grad():
+        nn.init.zeros_(pi0.model.dit.embed_tokens.weight)
+        A, S = policy.config.action_dim, policy.config.state_dim
+        pi0.action_out_proj.weight[A:] = 0
+        pi0.action_out_proj.bias[A:] = 0
+        pi0.embed_action_time.action_in_proj.weight[:, A:] = 0
+        pi0.embed_action_time.state_proj.weight[:, S:] = 0
     return pi0
 
 
-def export_pretrained(policy: PI0Policy, folder: str | os.PathLike) -> Path:
-    """The policy as a transformers folder that `PI0ForConditionalGeneration.from_pretrained` reads: config.json +
-    model.safetensors (LoRA merged), the tokenizer (tokenizer.json; the byte tokenizer as a PreTrainedTokenizerFast),
-    and two side files `load_policy` reads back: policy_config.json (chunk, K, sigma bounds, time / position
-    conventions, normalisation statistics) and policy_heads.safetensors (noise and value heads)."""
+def processor_stats(n: Normalizer) -> dict:
+    """The policy's normalisation as transformers' PI0Processor applies it, (x - mean) / std: "bound" p01/p99 -> [-1, 1]
+    is mean = (lo + hi) / 2, std = (hi - lo) / 2 (the policy then clips the state to [-1, 1]); the gripper action
+    [-1, 1] -> openness [0, 1] is mean -1, std 2."""
+    def ms(lo, hi):
+        lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+        if n.kind != "bound":
+            return lo.tolist(), hi.tolist()
+        half = np.maximum(hi - lo, 1e-6) / 2
+        return (lo + half).tolist(), half.tolist()
+    sm, sd = ms(n.state_lo, n.state_hi)
+    am, ad = ms(n.action_lo, n.action_hi)
+    return {"state_mean": sm, "state_std": sd, "actions_mean": am + [-1.0], "actions_std": ad + [2.0]}
+
+
+def norm_stats(n: Normalizer) -> dict:
+    """openpi's norm_stats.json ({"norm_stats": {"state" | "actions": {mean, std, q01, q99}}}): its quantile
+    normalisation, (x - q01) / (q99 - q01) * 2 - 1, is this policy's "bound" one."""
+    p = processor_stats(n)
+    return {"norm_stats": {"state": {"mean": p["state_mean"], "std": p["state_std"], "q01": list(n.state_lo),
+                                     "q99": list(n.state_hi)},
+                           "actions": {"mean": p["actions_mean"], "std": p["actions_std"],
+                                       "q01": list(n.action_lo) + [-1.0], "q99": list(n.action_hi) + [1.0]}},
+            "normalization": n.kind, "gripper": "the model predicts openness in [0, 1]: > 0.5 -> +1 open, else -1 close"}
+
+
+def _flags(d: dict, prefix: str = "") -> list[str]:
+    """A tyro command line that sets the arguments in `d` (nested dataclasses as --env.x)."""
+    out = []
+    for k, v in d.items():
+        name = f"{prefix}{k.replace('_', '-')}"
+        if isinstance(v, dict):
+            out += _flags(v, f"{name}.")
+        elif isinstance(v, bool):
+            out.append(f"--{name}" if v else f"--{prefix}no-{k.replace('_', '-')}")
+        elif isinstance(v, (list, tuple)):
+            out += [f"--{name}", *map(str, v)] if v else []
+        elif v is not None:
+            out += [f"--{name}", str(v)]
+    return out
+
+
+_CARD_CAVEAT = """
+**Caveat**: this checkpoint was trained in another flow-time / position / soft-capping convention than transformers'
+PI0 (see `policy_config.json`): `sample_actions` does not reproduce it; load it with the project's `load_policy`.
+"""
+
+
+def model_card(policy: PI0Policy, source: dict | None = None) -> str:
+    """README.md of an exported folder: what trained it (command and arguments), on what data, what it reached, and
+    how to run it with transformers alone. `source` (export_source): the checkpoint's path, args, iteration, demos and
+    the run's last metrics."""
+    import shlex
+
+    source, c = source or {}, policy.config
+    a = source.get("args") or {}
+    stage = "ppoflow_pi0.py" if "ratio_power" in a else "train_imitation.py" if a else None
+    diff = a
+    if stage == "ppoflow_pi0.py":  # the flags that differ from the defaults (every argument: the run's args.json)
+        dflt = ss.to_dict(Args())
+        diff = {k: v for k, v in a.items() if dflt.get(k) != v and k != "env"}
+        diff["env"] = {k: v for k, v in (a.get("env") or {}).items() if (dflt.get("env") or {}).get(k) != v}
+    cmd = f"python {stage} " + " ".join(shlex.quote(x) for x in _flags(diff)) if stage else "(not in the checkpoint)"
+    data = ", ".join(a.get("scene_ids") or []) or f"the composed scenes of `{a.get('scenes_dir', '?')}`"
+    demos = source.get("demos")
+    data += (f"; scripted-expert demos: {json.dumps(demos)}" if demos else
+             "; PPOFlow rollouts in those scenes" if stage == "ppoflow_pi0.py" else "")
+    rows = [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in (source.get("metrics") or {}).items()
+            if k.startswith(("charts/success", "eval/", "charts/time_to_finish", "losses/flow", "iteration", "step"))]
+    same = c.flow_time == "transformers" and c.positions == "transformers" and not c.attn_softcap
+    kind = "bound (p01 / p99 -> [-1, 1]) written as mean / std" if policy.normalizer.kind == "bound" else "mean / std"
+    img, T = c.image_size, c.max_text_tokens
+    return f"""---
+library_name: transformers
+pipeline_tag: robotics
+tags: [pi0, robotics, vla, maniskill, widowx]
+---
+
+# pi0 policy (`{c.preset}` preset) for the WidowX 250 S in generated ManiSkill 3 scenes
+
+A `PI0ForConditionalGeneration` exported by `python ppoflow_pi0.py export` from `{source.get('ckpt', '?')}`
+(iteration {source.get('iteration', '?')}).
+
+- **Trained by**: `{cmd}` (every argument: the run's `args.json`)
+- **Data**: {data}
+- **Observation**: one {img}x{img} RGB image (the Bridge 3rd-view camera), the instruction, the robot state
+  [ee x, y, z, roll, pitch, yaw, gripper opening 0..1] in the robot base frame.
+- **Action**: a chunk of {c.chunk} control steps (5 Hz) of [ee delta xyz (m), delta rpy (rad), gripper +1 open / -1 close].
+- **Inference**: K = {c.num_steps} Euler step(s) (`config.num_inference_steps`), chunk {c.chunk} (`config.chunk_size`).
+
+## Results (the run's last metrics)
+
+| metric | value |
+|---|---|
+{chr(10).join(rows) or '| (no metrics.jsonl beside the checkpoint) | |'}
+
+## Run it with transformers alone
+
+```python
+import torch
+from transformers import AutoProcessor, PI0ForConditionalGeneration
+
+model = PI0ForConditionalGeneration.from_pretrained("<this folder>").eval()
+processor = AutoProcessor.from_pretrained("<this folder>")
+inputs = processor(images=[image], text=["put the carrot on the plate"], state=[state],  # image: {img}x{img} uint8 RGB
+                   max_length=processor.image_seq_length + {T}, truncation=True)
+inputs["state"] = inputs["state"].clamp(-1, 1)  # the policy clips its normalised state
+out = model.sample_actions(**inputs)[0, :, :7].clamp(-1, 1)  # [chunk, 7] normalised (K and chunk: config.json)
+mean, std = torch.tensor(processor.actions_mean), torch.tensor(processor.actions_std)
+action = out * std + mean  # ee deltas in env units
+action[:, 6] = torch.where(out[:, 6] > 0.5, 1.0, -1.0)  # gripper: openness > 0.5 -> +1 open, else -1 close
+```
+
+`noise=` (shape [1, {c.chunk}, config.max_action_dim]) makes it deterministic. The normalisation statistics
+({kind}) are PI0Processor's state / actions mean and std in `processor_config.json`, and in openpi's layout in
+`norm_stats.json`.
+{'' if same else _CARD_CAVEAT}
+## With the project
+
+`ppoflow_pi0.load_policy("<this folder>")` restores the whole policy (noise and value heads from
+`policy_heads.safetensors`, conventions and statistics from `policy_config.json`) for evaluation or more PPOFlow.
+"""
+
+
+def _pi0_processor(policy: PI0Policy, tokenizer):
+    """transformers' PI0Processor for this policy: its image size (SigLIP's PIL image processor: PI0's own needs
+    torchvision, which has no CPU build for this torch), image tokens per image, statistics and chunk."""
+    from transformers import PI0Processor, SiglipImageProcessorPil
+
+    vis, s = policy.pi0.config.vlm_config.vision_config, policy.config.image_size
+    improc = SiglipImageProcessorPil(size={"height": s, "width": s})
+    improc.image_seq_length = (vis.image_size // vis.patch_size) ** 2  # PI0Processor reads it (saved with it)
+    return PI0Processor(image_processor=improc, tokenizer=tokenizer, max_state_dim=policy.pi0.config.max_state_dim,
+                        chunk_size=policy.config.chunk, **processor_stats(policy.normalizer))
+
+
+def export_pretrained(policy: PI0Policy, folder: str | os.PathLike, source: dict | None = None) -> Path:
+    """The policy as a transformers folder that `PI0ForConditionalGeneration.from_pretrained` reads without warnings:
+    config.json (the policy's K as num_inference_steps, its chunk as chunk_size) + model.safetensors (LoRA merged), a
+    PI0Processor (AutoProcessor: tokenizer, image processor, state / action statistics), norm_stats.json (openpi's
+    layout), a model card README.md (`source`: export_source), and two side files `load_policy` reads back:
+    policy_config.json (chunk, K, sigma bounds, time / position conventions, normalisation statistics) and
+    policy_heads.safetensors (noise and value heads)."""
     from safetensors.torch import save_file
 
     import shutil
 
+    if policy.config.obs_mode != "rgb":  # transformers' PI0 reads images; the proxy's state is simulator-only
+        raise ValueError("ppoflow_pi0.py export: this is an object-state proxy policy (obs_mode 'state'): transformers' "
+                         "PI0 has no input for simulator object poses (fix: export a pixel policy, --env.obs-mode rgb)")
     final = Path(folder)
     if final.exists() and any(final.iterdir()):
         raise FileExistsError(f"export: {final} exists and is not empty (fix: another --out, or remove it)")
@@ -1068,19 +1222,25 @@ def export_pretrained(policy: PI0Policy, folder: str | os.PathLike) -> Path:
     pi0 = merged_pi0(policy)
     for c in (pi0.config.vlm_config.text_config, pi0.config.dit_config):
         c._attn_implementation = "eager"  # soft-capping is ours: policy_config.json's attn_softcap restores it
-    pi0.save_pretrained(out)
+    pi0.config.num_inference_steps, pi0.config.chunk_size = policy.config.num_steps, policy.config.chunk
     if policy.tokenizer_spec.get("kind") == "hf":
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(policy.tokenizer_spec["path"]).save_pretrained(out)
+        tok = AutoTokenizer.from_pretrained(policy.tokenizer_spec["path"])
     else:
-        ByteTokenizer().as_pretrained().save_pretrained(out)
+        tok = ByteTokenizer().as_pretrained()
+    processor = _pi0_processor(policy, tok)  # adds PaliGemma's <image> (and <loc>/<seg>) tokens to the tokenizer
+    pi0.config.vlm_config.image_token_id = processor.image_token_id  # what the processor writes per image token
+    pi0.save_pretrained(out)
+    processor.save_pretrained(out)
+    ss.write_json_atomic(out / "norm_stats.json", norm_stats(policy.normalizer))
     sd = policy.state_dict()
     save_file({k: v.detach().cpu().contiguous() for k, v in sd.items() if k.startswith(("noise_head.", "value_head."))},
               str(out / EXPORT_HEADS))
     cfg = {**asdict(policy.config), "lora_rank": 0, "lora_expert": False, "pi0": {}}  # pi0: config.json
     ss.write_json_atomic(out / EXPORT_CONFIG, {"schema_version": CKPT_SCHEMA_VERSION, "model_config": cfg,
                                                "normalizer": asdict(policy.normalizer)})
+    ss.write_bytes_atomic(out / "README.md", model_card(policy, source).encode("utf-8"))
     if final.exists():
         final.rmdir()  # empty (checked above)
     out.rename(final)
@@ -1117,6 +1277,17 @@ def content_sha256(obj: Any) -> str:
             h.update(repr(x).encode())
     walk(obj)
     return h.hexdigest()
+
+
+def export_source(ckpt_path: str | os.PathLike) -> dict:
+    """What the model card says about a checkpoint: its path, args, iteration, demos, and the last value of every
+    metric in the run's metrics.jsonl beside it."""
+    ck, mpath = read_checkpoint(ckpt_path), Path(ckpt_path).parent / "metrics.jsonl"
+    last = {}
+    for r in ss.read_jsonl(mpath) if mpath.exists() else []:
+        last.update({k: v for k, v in r.items() if v is not None})
+    return {"ckpt": str(ckpt_path), "args": ck.get("args"), "iteration": ck.get("iteration"), "demos": ck.get("demos"),
+            "metrics": last}
 
 
 def torch_save_atomic(obj: Any, path: Path) -> None:
@@ -1689,14 +1860,15 @@ class ExportArgs:
     ckpt: str
     """A ckpt_*.pt of ppoflow_pi0.py / train_imitation.py."""
     out: str
-    """Folder to write (transformers save_pretrained layout + policy_config.json + policy_heads.safetensors)."""
+    """Folder to write (transformers save_pretrained layout, processor, norm_stats.json, README.md model card,
+    policy_config.json, policy_heads.safetensors)."""
 
 
 if __name__ == "__main__":
     try:
         if sys.argv[1:2] == ["export"]:
             a = tyro.cli(ExportArgs, args=sys.argv[2:])
-            print(f"[export] {export_pretrained(load_policy(a.ckpt), a.out)}")
+            print(f"[export] {export_pretrained(load_policy(a.ckpt), a.out, export_source(a.ckpt))}")
             raise SystemExit(0)
         main(tyro.cli(Args))
     except CheckpointError as e:  # a bad --resume / --init file: one clear line, no traceback

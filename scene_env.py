@@ -63,6 +63,7 @@ CONTACT_FORCE_N = 0.05  # a pair is "in contact" above this normal force (Simple
 PROPRIO_DIM = 7  # ee xyz + rpy in the robot base frame, gripper opening (ee_state)
 OBJECT_STATE_DIM = 14  # EnvConfig.obs_mode "state": target xyz, yaw sin/cos, extents; destination xyz, extents
 OBJECT_STATE_LABEL = "object-state proxy: no pretrained VLM, visual generalisation not tested"
+FELL_OFF_M = 0.1  # info["fail"]: the target is this far below its start height (it left the table)
 
 
 @dataclass
@@ -125,6 +126,13 @@ class EnvConfig:
     @property
     def control_dt(self) -> float:
         return 1.0 / self.control_freq
+
+
+def _portable(path: str) -> str:
+    """`path` relative to the working directory when it lies below it (a recorded trajectory replays from a copy of
+    the run's folder tree, e.g. the repository root), else absolute."""
+    rel = os.path.relpath(os.path.abspath(path))
+    return path if rel.startswith("..") else rel
 
 
 @dataclass(frozen=True)
@@ -468,7 +476,7 @@ class BridgeWidowXForGenScene(WidowX250SBridgeDatasetFlatTable):
         return []
 
 
-@register_env("GenScene-v1", max_episode_steps=None)
+@register_env("GenScene-v1", max_episode_steps=EnvConfig.max_decisions * EnvConfig.chunk)  # 25 decisions x 4 steps
 class GenSceneEnv(BaseEnv):
     """Tabletop scene from a SceneManifest per parallel env (heterogeneous scenes per env index).
 
@@ -727,7 +735,8 @@ class GenSceneEnv(BaseEnv):
         grasped = self.agent.is_grasping(self.target)
         lifted = self.target.pose.p[:, 2] - self.target_start_z > self.cfg.lift_threshold_m
         self.partial |= grasped & lifted
-        return dict(success=success, partial_success=self.partial.clone(), grasped=grasped,
+        fail = self.target.pose.p[:, 2] < self.target_start_z - FELL_OFF_M  # ManiSkill's key: knocked off the table
+        return dict(success=success, fail=fail, partial_success=self.partial.clone(), grasped=grasped,
                     target_on_table=on_table, target_touches_robot=touch_robot, target_on_destination=on_dest)
 
     def compute_sparse_reward(self, obs, action, info):
@@ -1056,7 +1065,8 @@ class ChunkRunner:
             self.manifests = [v for _, v in scene_specs]
             env = gym.make("GenScene-v1", obs_mode="state_dict" if state_only else "rgb",
                            reward_mode="normalized_dense" if cfg.reward == "shaped" else "sparse",
-                           manifests=self.manifests, env_cfg=dataclasses.asdict(cfg), **common)  # plain data (JSON)
+                           manifests=[_portable(m) for m in self.manifests] if record else self.manifests,  # relative
+                           env_cfg=dataclasses.asdict(cfg), **common)  # plain data: a trajectory's JSON holds them
         else:
             if cfg.reward == "shaped":
                 raise ValueError(f"--env.reward shaped: the shaping potential is GenScene-v1's dense reward; "
@@ -1076,6 +1086,7 @@ class ChunkRunner:
         self.env = env.unwrapped
         self.expert = ScriptedExpert(num_envs)
         self.rng = np.random.default_rng(seed)
+        self._last_seed = int(seed)  # auto-resets derive their explicit seeds from it (reset)
         self.episodes = 0
         self.decisions = torch.zeros(num_envs, dtype=torch.long)
         self.steps = torch.zeros(num_envs, dtype=torch.long)
@@ -1128,6 +1139,11 @@ class ChunkRunner:
                                                                                  self.num_envs).tolist())
         if isinstance(seed, (int, np.integer)) and self.num_envs > 1:  # env i gets seed + i on every backend (an
             seed = [int(seed) + i for i in range(self.num_envs)]  # int would make ManiSkill derive envs 1..N-1's)
+        if seed is None and self.num_envs == 1:  # an auto-reset: an explicit seed from the last one, so the recorded
+            # episode_seed / reset_kwargs replay it (ManiSkill's replay_trajectory); unseeded it records seed 0
+            seed = int(np.random.SeedSequence([self._last_seed, self.episodes]).generate_state(1)[0] % 2**31)
+        if seed is not None:
+            self._last_seed = int(np.asarray(seed).ravel()[0])
         raw, _ = self.gym_env.reset(seed=seed, options=options)
         idx = slice(None) if env_idx is None else torch.as_tensor(env_idx)
         self.decisions[idx], self.steps[idx], self.success_step[idx], self.partial[idx] = 0, 0, -1, False

@@ -72,8 +72,11 @@ class Args:
     dataset: str | None = None
     """Train from a LeRobotDataset of demos (an earlier run's <out>/dataset) instead of collecting: any image size
     and tokenizer, since frames and task texts are stored raw."""
-    write_dataset: bool = True
-    """Also write the collected demos as a LeRobotDataset (v2.1 layout) to <out>/dataset."""
+    write_dataset: bool = False
+    """Also write the kept demos as a LeRobotDataset to <out>/dataset: one frame per control step (image, state, 7-D
+    action) at the control rate, re-rendered from the recorded trajectories (implies --record-trajectories)."""
+    dataset_version: Literal["v3.0", "v2.1"] = "v3.0"
+    """LeRobot format of --write-dataset: v3.0 (LeRobot >= 0.4) or v2.1 (LeRobot 0.3, openpi-era code)."""
     record_trajectories: bool = False
     """Also record every expert episode as ManiSkill RecordEpisode trajectories in <out>/trajectories (env states and
     actions per control step, one .h5 + .json per env worker): a dataset at another image size is then re-rendered
@@ -193,14 +196,14 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     else:
         scenes = pp.resolve_scenes(pp.Args(scenes_dir=args.scenes_dir, scene_ids=args.scene_ids))
         rec = {}
-        if args.record_trajectories:
+        if args.record_trajectories or args.write_dataset:  # the dataset's per-control-step frames come from these
             import scene_env
 
             rec["record"] = scene_env.Recording(str(out / "trajectories"), source="scripted expert (train_imitation.py)")
         envs = (env_fn or _make_vec_env)(scenes, args.num_envs, args.env, args.seed, args.env_workers, **rec)
         t0 = time.time()
         budget = args.max_collect_decisions or 4 * args.episodes * args.env.max_decisions // args.num_envs + 1
-        demos, raw = collect_demos(envs, policy, args.episodes, budget, args.success_only, args.seed, args.write_dataset)
+        demos, _ = collect_demos(envs, policy, args.episodes, budget, args.success_only, args.seed, keep_raw=False)
         print(f"[imitation] {len(demos['action'])} transitions from {int(demos['episodes'])} expert episodes "
               f"(expert success {float(demos['expert_success_rate']):.2f}) in {time.time() - t0:.0f}s")
         pp.torch_save_atomic(demos, out / "demos.pt")
@@ -213,7 +216,10 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
         elif args.write_dataset:
             import lerobot_format as lf
 
-            lf.write_dataset(out / "dataset", raw, fps=1.0 / (args.env.chunk * args.env.control_dt))
+            eps = lf.episodes_from_trajectories(sorted((out / "trajectories").glob("*.h5")), args.env.image_size,
+                                                success_only=args.success_only)
+            lf.write_dataset(out / "dataset", eps, fps=args.env.control_freq, chunk=args.env.chunk,
+                             version=args.dataset_version)
     stats = args.stats if args.stats != "auto" else ("file" if args.stats_file else "init" if args.init else "demos")
     if stats == "file":
         policy.normalizer = pp.Normalizer.from_stats_file(args.stats_file or pp.DEFAULT_STATS)

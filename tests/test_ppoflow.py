@@ -638,3 +638,46 @@ def test_dry_run_counts_parameters_on_meta_and_writes_nothing(tmp_path):
     assert P.memory_estimate(fast_args(tmp_path, micro_batch_size=64))["activations_gb"] > est["activations_gb"]
     P.main(args)
     assert not (tmp_path / "run").exists()
+
+
+def test_export_config_holds_the_checkpoint_k_and_transformers_alone_reproduces_the_policy(tmp_path):
+    """Issue 31: config.json carries the checkpoint's K and chunk (from_pretrained + defaults = the trained policy),
+    every weight is found (no missing-key warning), AutoProcessor loads, and transformers' own processor +
+    sample_actions give the policy's deterministic actions from the same noise; the model card and openpi-style
+    statistics are written."""
+    import json
+
+    from transformers import AutoProcessor, PI0ForConditionalGeneration
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from ecosystem_reference import reference
+
+    pol = tiny_policy(num_steps=3).eval()
+    P.torch_save_atomic(P.policy_checkpoint(pol, iteration=7, args={"ratio_power": 0.2, "scenes_dir": "scenes"}),
+                        tmp_path / "ckpt.pt")
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    P.export_pretrained(P.load_policy(tmp_path / "ckpt.pt"), tmp_path / "hf", P.export_source(tmp_path / "ckpt.pt"))
+    cfg = json.loads((tmp_path / "hf/config.json").read_text())
+    assert cfg["num_inference_steps"] == ck["model_config"]["num_steps"] == 3 and cfg["chunk_size"] == pol.config.chunk
+    model, info = PI0ForConditionalGeneration.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    processor = AutoProcessor.from_pretrained(tmp_path / "hf")
+    g = np.random.default_rng(0)
+    S = pol.config.image_size
+    ref = reference(pol, g.integers(0, 256, (2, S, S, 3), dtype=np.uint8),
+                    (np.array([0.3, 0, 0.1, 0, 0, 0, 1]) + 0.05 * g.normal(size=(2, 7))).astype(np.float32),
+                    ["put the carrot on the plate", "pick up the spoon"])
+    for i in range(2):
+        inputs = processor(images=[ref["rgb"][i]], text=[str(ref["text"][i])], state=ref["state"][i:i + 1],
+                           max_length=processor.image_seq_length + pol.config.max_text_tokens, truncation=True)
+        inputs["state"] = inputs["state"].clamp(-1, 1)
+        noise = torch.zeros(1, model.config.chunk_size, model.config.max_action_dim)
+        noise[0, :, :7] = torch.from_numpy(ref["noise"][i])
+        out = model.eval().sample_actions(**inputs, noise=noise)[0, :, :7].clamp(-1, 1)  # K from config.json
+        act = out * torch.tensor(processor.actions_std) + torch.tensor(processor.actions_mean)
+        act[:, 6] = torch.where(out[:, 6] > 0.5, 1.0, -1.0)
+        torch.testing.assert_close(act, torch.from_numpy(ref["action"][i]), rtol=0, atol=1e-5)
+    card = (tmp_path / "hf/README.md").read_text()
+    assert "python ppoflow_pi0.py" in card and "K = 3" in card and "from_pretrained" in card
+    stats = json.loads((tmp_path / "hf/norm_stats.json").read_text())["norm_stats"]
+    assert stats["state"]["q01"] == list(pol.normalizer.state_lo) and len(stats["actions"]["q99"]) == 7
