@@ -890,6 +890,8 @@ def main(args: Args) -> dict:
         raise SystemExit(f"--max-attempts must be >= 1 (got {args.max_attempts})")
     if args.backend == "command" and not args.command_template:
         raise SystemExit("--backend command needs --command-template, e.g. 'my-t23d --prompt {prompt} --seed {seed} --out {out}'")
+    if not re.fullmatch(r"[A-Za-z0-9]{1,8}", args.command_out_ext):  # joined into a file name in the build folder
+        raise SystemExit(f"--command-out-ext must be a file extension such as glb or obj (got {args.command_out_ext!r})")
     if args.backend == "library" and not (args.library_dir and Path(args.library_dir).is_dir()) and not args.library_fallback:
         raise SystemExit(f"--backend library needs an existing --library-dir (got {args.library_dir!r})")
     scenes_dir, assets_dir = Path(args.scenes_dir), Path(args.assets_dir)
@@ -914,7 +916,10 @@ def main(args: Args) -> dict:
                         or rec.args.get("color", r["color"]) != r["color"]):
                 hit = False  # built from an older version of its template, proportions or colour rule: rebuild
                 rebuilt.append(aid)
-        except (FileNotFoundError, ss.SchemaError, OSError):
+        except FileNotFoundError:
+            hit = False
+        except (ss.SchemaError, OSError, ValueError) as e:  # a bad cached record (an escaping path, a NUL): rebuilt
+            print(f"[generate_assets] {aid}: cached record unusable, rebuilding it: {e}")
             hit = False
         (cached if hit else todo).append(r)
     print(f"[generate_assets] {len(graphs)} scene(s), {len(reqs)} unique asset(s), {len(mine)} in shard {shard[0]}/{shard[1]}: "
