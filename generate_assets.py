@@ -261,23 +261,42 @@ def generate_library(req: dict, seed: int, library_dir: str) -> tuple[trimesh.Tr
     return _load_mesh(pick), {"backend": "library", "source": str(pick)}
 
 
+def _kill_command(pgid: int, marker: str) -> None:
+    """Kill the command's process group, and any process that carries its run marker in its environment (a child
+    that left the group with setsid); Linux /proc only for the latter."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # the group is already gone
+        pass
+    needle = f"GENSCENE_COMMAND_RUN={marker}".encode()
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle in env.read_bytes().split(b"\0"):
+                os.kill(int(env.parent.name), signal.SIGKILL)
+        except (OSError, ValueError):  # gone, or not ours to read
+            pass
+
+
 def generate_command(req: dict, seed: int, template: str, out: Path, timeout_s: float, ext: str) -> tuple[trimesh.Trimesh, dict]:
     """Run the external text-to-3D command (no shell); a non-zero exit, timeout, missing or unreadable
     output raises with the command's stderr tail."""
     out = out / f"raw_{seed}.{ext}"
     subs = {"{prompt}": req["description"], "{seed}": str(seed), "{out}": str(out), "{category}": req["category"]}
     argv = [re.sub("|".join(map(re.escape, subs)), lambda m: subs[m.group(0)], tok) for tok in shlex.split(template)]
-    # its own process group: a time-out kills the command and every child it started (no orphans left running)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # its own process group, killed whenever the command ends (success, failure, time-out, Ctrl-C): no child it
+    # started (a detached server, a stray `sleep`) outlives it
+    marker = uuid.uuid4().hex
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            start_new_session=True, env={**os.environ, "GENSCENE_COMMAND_RUN": marker})
     try:
-        stdout, stderr = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise RuntimeError(f"command timed out after {timeout_s:.0f} s (its process group was killed): {argv[0]}") from None
-    except BaseException:  # Ctrl-C or a dying worker: take the children down too
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_command(proc.pid, marker)
+            proc.communicate()
+            raise RuntimeError(f"command timed out after {timeout_s:.0f} s (its process group was killed): {argv[0]}") from None
+    finally:
+        _kill_command(proc.pid, marker)
     if proc.returncode != 0:
         raise RuntimeError(f"command exited with {proc.returncode}: {(stderr or stdout).strip()[-300:]}")
     if not out.exists() or out.stat().st_size == 0:

@@ -145,6 +145,41 @@ def test_command_timeout_kills_the_whole_process_group(tmp_path):
     assert not _alive(child), "the command's child (a grandchild of the stage) was left running"
 
 
+DETACHING_T23D = """
+import subprocess, sys, pathlib
+own_session = sys.argv[3] == "setsid"
+child = subprocess.Popen(["sleep", "120"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=own_session)
+pathlib.Path(sys.argv[1]).write_text(str(child.pid))
+pathlib.Path(sys.argv[2]).write_text(
+    "v 0 0 0\\nv 0.05 0 0\\nv 0 0.05 0\\nv 0 0 0.05\\nf 1 3 2\\nf 1 2 4\\nf 1 4 3\\nf 2 3 4\\n")
+"""
+
+
+@pytest.mark.parametrize("detach", ["same_group", "setsid"])
+def test_a_successful_command_leaves_no_detached_child_running(tmp_path, detach):
+    """Issue 25 item 11: a command that succeeds but leaves a detached `sleep` behind (in its process group, or in
+    a session of its own) used to leave it running; the group (and any process carrying the run's marker) is
+    killed whenever the command ends."""
+    script, pidfile = tmp_path / "detach.py", tmp_path / "child.pid"
+    script.write_text(DETACHING_T23D)
+    req = {"description": "a red block", "category": "block"}
+    mesh, prov = ga.generate_command(req, 0, f"{sys.executable} {script} {pidfile} {{out}} {detach}", tmp_path, 30.0, "obj")
+    assert len(mesh.faces) == 4 and prov["backend"] == "command"
+    child = int(pidfile.read_text())
+    for _ in range(50):
+        if not _alive(child):
+            break
+        time.sleep(0.1)
+    alive = _alive(child)
+    if alive:
+        import os
+        import signal
+
+        os.kill(child, signal.SIGKILL)  # do not leave it behind when the test fails
+    assert not alive, "the command's detached child was left running after it succeeded"
+
+
 def test_every_asset_rejected_exits_nonzero_with_the_reason(tmp_path):
     script = tmp_path / "fail.py"
     script.write_text("import sys; sys.exit(3)\n")
