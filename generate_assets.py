@@ -718,8 +718,10 @@ def build_asset(req: dict, args: Args) -> dict:
                   "size_m_requested": req["size_m"], "graspable": req["graspable"], "receptacle": req["receptacle"],
                   "provenance": facts.get("provenance"), "seconds": round(time.time() - t0, 3),
                   "cpu_seconds": round(time.process_time() - c0, 3), "scenes": req["scenes"],
-                  "run": {k: v for k, v in vars(args).items() if k not in ("scene_ids",)}},
+                  "run": {k: v for k, v in public_args(args).items() if k not in ("scene_ids",)}},
             reject_reason=None if accepted else f"failed QA in all {attempts} attempt(s); last: {last[-1].check}: {last[-1].reason}")
+        # one scrub of the final record: a VLM reply (or its error) that echoes the key, in any form, is not stored
+        rec = ss.asset_record_from_dict(ss.scrub_secrets(ss.to_dict(rec), run_secrets(args)), str(work / "asset.json"))
         ss.save_asset_record(rec, work / "asset.json")
         dest = root / aid
         if dest.exists():  # replacing a cached (rejected / overwritten) asset: swap, then delete the old one
@@ -738,6 +740,16 @@ def build_asset(req: dict, args: Args) -> dict:
     return {"asset_id": aid, "accepted": accepted, "attempts": attempts, "seconds": time.time() - t0,
             "cpu_seconds": time.process_time() - c0,
             "first_attempt": first, "reject_reason": rec.reject_reason, "category": req["category"]}
+
+
+def run_secrets(args: Args) -> list[str | None]:
+    """What must never be written: the VLM key and the password of a credentials URL."""
+    return [os.environ.get(args.vlm_api_key_env), *ss.url_credentials(args.vlm_base_url)]
+
+
+def public_args(args: Args) -> dict:
+    """The args as written to args.json and asset.json: no URL credentials, no key."""
+    return ss.scrub_secrets({**vars(args), "vlm_base_url": ss.strip_url_credentials(args.vlm_base_url)}, run_secrets(args))
 
 
 def _worker_init() -> None:
@@ -909,6 +921,7 @@ def main(args: Args) -> dict:
         raise SystemExit(f"--max-attempts must be >= 1 (got {args.max_attempts})")
     if args.backend == "command" and not args.command_template:
         raise SystemExit("--backend command needs --command-template, e.g. 'my-t23d --prompt {prompt} --seed {seed} --out {out}'")
+    ss.check_key_env_name("--vlm-api-key-env", args.vlm_api_key_env)
     if not re.fullmatch(r"[A-Za-z0-9]{1,8}", args.command_out_ext):  # joined into a file name in the build folder
         raise SystemExit(f"--command-out-ext must be a file extension such as glb or obj (got {args.command_out_ext!r})")
     if args.backend == "library" and not (args.library_dir and Path(args.library_dir).is_dir()) and not args.library_fallback:
@@ -916,7 +929,7 @@ def main(args: Args) -> dict:
     scenes_dir, assets_dir = Path(args.scenes_dir), Path(args.assets_dir)
     assets_dir.mkdir(parents=True, exist_ok=True)
     tag = "" if shard[1] == 1 else f"_shard{shard[0]}of{shard[1]}"
-    ss.write_json_atomic(assets_dir / f"args{tag}.json", {"schema_version": ss.SCHEMA_VERSION, "stage": "generate_assets", "args": vars(args)})
+    ss.write_json_atomic(assets_dir / f"args{tag}.json", {"schema_version": ss.SCHEMA_VERSION, "stage": "generate_assets", "args": public_args(args)})
     stale = clean_stale_tmp(assets_dir)
     if stale:
         print(f"[generate_assets] removed {len(stale)} build folder(s) of killed runs from {assets_dir / '.tmp'}")
@@ -978,6 +991,7 @@ def main(args: Args) -> dict:
         "scenes_fully_linked": n_links,
         "rejected": {r["asset_id"]: r["reject_reason"] for r in results if not r["accepted"]},
     }
+    summary = ss.scrub_secrets(summary, run_secrets(args))  # reasons quote VLM replies and errors
     ss.write_json_atomic(assets_dir / f"summary{tag}.json", summary)
     rate = "n/a" if summary["acceptance_rate"] is None else f"{summary['acceptance_rate']:.1%}"
     att = "n/a" if summary["mean_attempts_per_accepted"] is None else f"{summary['mean_attempts_per_accepted']:.2f}"

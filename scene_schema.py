@@ -176,6 +176,83 @@ def content_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+# ---------------------------------------------------------------------------------------------
+# Secrets: nothing a stage writes or prints may carry an API key or URL credentials
+# ---------------------------------------------------------------------------------------------
+
+# Key-like tokens that must never be stored even when they are not this run's key (OpenAI-style, bearer headers).
+SECRET_PATTERNS = re.compile(r"(sk-[A-Za-z0-9_\-]{12,}|(?i:bearer)\s+[A-Za-z0-9._\-]{12,})")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def secret_forms(secret: str | None) -> list[str]:
+    """The key and its base64 echoes (standard and URL-safe, at each of the 3 byte alignments inside a longer
+    base64 text: only the characters that depend on the key alone)."""
+    if not secret:
+        return []
+    import base64
+
+    forms = {secret}
+    raw = secret.encode()
+    for pad in range(3):
+        for enc in (base64.b64encode, base64.urlsafe_b64encode):
+            text = enc(b"\0" * pad + raw).decode()
+            core = text[4 if pad else 0:((pad + len(raw)) // 3) * 4]
+            if len(core) >= 12:
+                forms.add(core)
+    return sorted(forms, key=len, reverse=True)
+
+
+def scrub_secrets(obj: Any, secrets: Iterable[str | None] = ()) -> Any:
+    """`obj` (a string or a parsed JSON value: dict keys and every string inside) without the given secrets, their
+    base64 forms, or anything key-like. Applied to decoded text, so a JSON-escaped key (sk\\u002d...) is caught."""
+    if isinstance(obj, str):
+        for s in secrets:
+            for form in secret_forms(s):
+                obj = obj.replace(form, "***")
+        return SECRET_PATTERNS.sub("***", obj)
+    if isinstance(obj, dict):
+        return {scrub_secrets(k, secrets): scrub_secrets(v, secrets) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [scrub_secrets(v, secrets) for v in obj]
+    return obj
+
+
+def strip_url_credentials(url: str | None) -> str | None:
+    """`http://user:key@host/v1` -> `http://host/v1` (the form written to args files and logs)."""
+    if not url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def url_credentials(url: str | None) -> list[str]:
+    """The password of a URL's userinfo (a secret to scrub wherever it is echoed; the URL is never written with it)."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        parts = urlsplit(url or "")
+    except ValueError:
+        return []
+    return [unquote(parts.password)] if parts.password and len(parts.password) >= 6 else []
+
+
+def check_key_env_name(flag: str, name: str) -> None:
+    """`--llm-api-key-env` takes the NAME of a variable, not the key: a value that is no variable name is refused
+    without being echoed (it is probably the key)."""
+    if not ENV_NAME.fullmatch(name or ""):
+        raise SystemExit(f"{flag} takes the name of an environment variable that holds the key (e.g. OPENAI_API_KEY), "
+                         f"not the key itself; the value given ({len(name or '')} characters) is not a variable name "
+                         "and was not written anywhere")
+
+
 def normalize_text(text: str) -> str:
     """Lower-case, collapse whitespace, strip punctuation at the ends: the form hashed into ids."""
     return re.sub(r"\s+", " ", text.strip().lower()).strip(" .,!?;:")
