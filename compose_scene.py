@@ -289,12 +289,10 @@ _HULLS: dict[tuple[str, str, float], np.ndarray] = {}
 
 def _hull_points(manifest_path: str, o: ss.ManifestObject) -> np.ndarray:
     """Vertices of an object's collision parts in its own frame, scaled ([M, 3]; cached per asset)."""
-    import trimesh
-
     key = (str(ss.resolve_asset_dir(manifest_path, o)), ",".join(o.collision), o.scale)
     if key not in _HULLS:
         d = ss.resolve_asset_dir(manifest_path, o)
-        _HULLS[key] = np.concatenate([trimesh.load(str(d / c), force="mesh").vertices for c in o.collision]) * o.scale
+        _HULLS[key] = np.concatenate([scene_env.collision_mesh(d / c).vertices for c in o.collision]) * o.scale
     return _HULLS[key]
 
 
@@ -449,6 +447,11 @@ def _compose(scene_dir: Path, args: Args) -> dict:
     for name, rec in recs.items():
         if not rec.accepted:
             return {"status": "rejected", "reason": f"asset {rec.asset_id} for {name!r} was rejected: {rec.reject_reason}"}
+        for c in rec.paths["collision"]:  # a corrupt part (random bytes, a NaN vertex) named now, not deep in PhysX
+            try:
+                scene_env.collision_mesh(assets_root / rec.asset_id / c)
+            except ValueError as e:
+                return {"status": "rejected", "reason": f"asset {rec.asset_id} for {name!r}: {e}"}
     scale = {o.name: 1.0 for o in sim}
     # ALGO LOGIC: the paper's "object too large" failure: scale the target down to fit the gripper, or reject
     tb = recs[goal.subject].bbox_m

@@ -12,6 +12,12 @@ SIGINT, SIGTERM) halts the arm at once; ENTER (or e) ends a trial when the opera
 the same command resumes. The operator labels each trial with quick keys (p s d f, combinations
 like "pd"); the summary reports PSR, SR, DFR, SFR, TF per scene and overall.
 
+The limit flags themselves cannot create motion: each must be finite, positive, ordered (workspace lo < hi) and
+inside a hard envelope (the ENVELOPE_* constants below; no flag widens them), or the session stops with one clear
+error before the robot is touched. An inference watchdog (`--inference-timeout-s`, default 20 s) holds the arm and
+ends the session when a policy call hangs; a NaN raw model output holds the arm, a checkpoint with non-finite
+weights is refused at load, and the e-stop is re-checked between the gripper and the arm command.
+
     python deploy_widowx.py --backend sim --policy scripted --trials-file examples/trials.json --auto-label
     python deploy_widowx.py --backend bridge --ckpt runs/ppo/ckpt_final.pt --trials-file examples/trials.json
     python deploy_widowx.py --compare trials/bridge-il trials/bridge-ppo --session il_vs_ppo

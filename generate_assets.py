@@ -261,23 +261,42 @@ def generate_library(req: dict, seed: int, library_dir: str) -> tuple[trimesh.Tr
     return _load_mesh(pick), {"backend": "library", "source": str(pick)}
 
 
+def _kill_command(pgid: int, marker: str) -> None:
+    """Kill the command's process group, and any process that carries its run marker in its environment (a child
+    that left the group with setsid); Linux /proc only for the latter."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # the group is already gone
+        pass
+    needle = f"GENSCENE_COMMAND_RUN={marker}".encode()
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if needle in env.read_bytes().split(b"\0"):
+                os.kill(int(env.parent.name), signal.SIGKILL)
+        except (OSError, ValueError):  # gone, or not ours to read
+            pass
+
+
 def generate_command(req: dict, seed: int, template: str, out: Path, timeout_s: float, ext: str) -> tuple[trimesh.Trimesh, dict]:
     """Run the external text-to-3D command (no shell); a non-zero exit, timeout, missing or unreadable
     output raises with the command's stderr tail."""
     out = out / f"raw_{seed}.{ext}"
     subs = {"{prompt}": req["description"], "{seed}": str(seed), "{out}": str(out), "{category}": req["category"]}
     argv = [re.sub("|".join(map(re.escape, subs)), lambda m: subs[m.group(0)], tok) for tok in shlex.split(template)]
-    # its own process group: a time-out kills the command and every child it started (no orphans left running)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # its own process group, killed whenever the command ends (success, failure, time-out, Ctrl-C): no child it
+    # started (a detached server, a stray `sleep`) outlives it
+    marker = uuid.uuid4().hex
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            start_new_session=True, env={**os.environ, "GENSCENE_COMMAND_RUN": marker})
     try:
-        stdout, stderr = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise RuntimeError(f"command timed out after {timeout_s:.0f} s (its process group was killed): {argv[0]}") from None
-    except BaseException:  # Ctrl-C or a dying worker: take the children down too
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_command(proc.pid, marker)
+            proc.communicate()
+            raise RuntimeError(f"command timed out after {timeout_s:.0f} s (its process group was killed): {argv[0]}") from None
+    finally:
+        _kill_command(proc.pid, marker)
     if proc.returncode != 0:
         raise RuntimeError(f"command exited with {proc.returncode}: {(stderr or stdout).strip()[-300:]}")
     if not out.exists() or out.stat().st_size == 0:
@@ -699,8 +718,10 @@ def build_asset(req: dict, args: Args) -> dict:
                   "size_m_requested": req["size_m"], "graspable": req["graspable"], "receptacle": req["receptacle"],
                   "provenance": facts.get("provenance"), "seconds": round(time.time() - t0, 3),
                   "cpu_seconds": round(time.process_time() - c0, 3), "scenes": req["scenes"],
-                  "run": {k: v for k, v in vars(args).items() if k not in ("scene_ids",)}},
+                  "run": {k: v for k, v in public_args(args).items() if k not in ("scene_ids",)}},
             reject_reason=None if accepted else f"failed QA in all {attempts} attempt(s); last: {last[-1].check}: {last[-1].reason}")
+        # one scrub of the final record: a VLM reply (or its error) that echoes the key, in any form, is not stored
+        rec = ss.asset_record_from_dict(ss.scrub_secrets(ss.to_dict(rec), run_secrets(args)), str(work / "asset.json"))
         ss.save_asset_record(rec, work / "asset.json")
         dest = root / aid
         if dest.exists():  # replacing a cached (rejected / overwritten) asset: swap, then delete the old one
@@ -719,6 +740,16 @@ def build_asset(req: dict, args: Args) -> dict:
     return {"asset_id": aid, "accepted": accepted, "attempts": attempts, "seconds": time.time() - t0,
             "cpu_seconds": time.process_time() - c0,
             "first_attempt": first, "reject_reason": rec.reject_reason, "category": req["category"]}
+
+
+def run_secrets(args: Args) -> list[str | None]:
+    """What must never be written: the VLM key and the password of a credentials URL."""
+    return [os.environ.get(args.vlm_api_key_env), *ss.url_credentials(args.vlm_base_url)]
+
+
+def public_args(args: Args) -> dict:
+    """The args as written to args.json and asset.json: no URL credentials, no key."""
+    return ss.scrub_secrets({**vars(args), "vlm_base_url": ss.strip_url_credentials(args.vlm_base_url)}, run_secrets(args))
 
 
 def _worker_init() -> None:
@@ -890,12 +921,15 @@ def main(args: Args) -> dict:
         raise SystemExit(f"--max-attempts must be >= 1 (got {args.max_attempts})")
     if args.backend == "command" and not args.command_template:
         raise SystemExit("--backend command needs --command-template, e.g. 'my-t23d --prompt {prompt} --seed {seed} --out {out}'")
+    ss.check_key_env_name("--vlm-api-key-env", args.vlm_api_key_env)
+    if not re.fullmatch(r"[A-Za-z0-9]{1,8}", args.command_out_ext):  # joined into a file name in the build folder
+        raise SystemExit(f"--command-out-ext must be a file extension such as glb or obj (got {args.command_out_ext!r})")
     if args.backend == "library" and not (args.library_dir and Path(args.library_dir).is_dir()) and not args.library_fallback:
         raise SystemExit(f"--backend library needs an existing --library-dir (got {args.library_dir!r})")
     scenes_dir, assets_dir = Path(args.scenes_dir), Path(args.assets_dir)
     assets_dir.mkdir(parents=True, exist_ok=True)
     tag = "" if shard[1] == 1 else f"_shard{shard[0]}of{shard[1]}"
-    ss.write_json_atomic(assets_dir / f"args{tag}.json", {"schema_version": ss.SCHEMA_VERSION, "stage": "generate_assets", "args": vars(args)})
+    ss.write_json_atomic(assets_dir / f"args{tag}.json", {"schema_version": ss.SCHEMA_VERSION, "stage": "generate_assets", "args": public_args(args)})
     stale = clean_stale_tmp(assets_dir)
     if stale:
         print(f"[generate_assets] removed {len(stale)} build folder(s) of killed runs from {assets_dir / '.tmp'}")
@@ -914,7 +948,10 @@ def main(args: Args) -> dict:
                         or rec.args.get("color", r["color"]) != r["color"]):
                 hit = False  # built from an older version of its template, proportions or colour rule: rebuild
                 rebuilt.append(aid)
-        except (FileNotFoundError, ss.SchemaError, OSError):
+        except FileNotFoundError:
+            hit = False
+        except (ss.SchemaError, OSError, ValueError) as e:  # a bad cached record (an escaping path, a NUL): rebuilt
+            print(f"[generate_assets] {aid}: cached record unusable, rebuilding it: {e}")
             hit = False
         (cached if hit else todo).append(r)
     print(f"[generate_assets] {len(graphs)} scene(s), {len(reqs)} unique asset(s), {len(mine)} in shard {shard[0]}/{shard[1]}: "
@@ -954,6 +991,7 @@ def main(args: Args) -> dict:
         "scenes_fully_linked": n_links,
         "rejected": {r["asset_id"]: r["reject_reason"] for r in results if not r["accepted"]},
     }
+    summary = ss.scrub_secrets(summary, run_secrets(args))  # reasons quote VLM replies and errors
     ss.write_json_atomic(assets_dir / f"summary{tag}.json", summary)
     rate = "n/a" if summary["acceptance_rate"] is None else f"{summary['acceptance_rate']:.1%}"
     att = "n/a" if summary["mean_attempts_per_accepted"] is None else f"{summary['mean_attempts_per_accepted']:.2f}"

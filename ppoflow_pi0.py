@@ -72,6 +72,10 @@ class Args:
     cut back to that iteration). Pass the original command's model flags: a mismatch is an error. Guarantee: the
     resumed run is bitwise the uninterrupted one when the env is deterministic (tested with a fake env); with the
     real env it is the same run up to rendering noise (lavapipe frames differ by up to 6/255 between identical runs)."""
+    resume_allow_changes: tuple[str, ...] = ()
+    """With --resume: training flags this resume may change on purpose, e.g. `--resume-allow-changes learning-rate
+    num-iterations` (the new values take effect, the learning rate included, and args.json records them under
+    resumed_from.allowed_changes). Model flags can never change on a resume; any other difference is still refused."""
     preset: str = "tiny"
     """Model size when not given by `--init`/`--resume`: tiny (CPU tests), small, pi0-3b (the paper's)."""
     stats_file: str = DEFAULT_STATS
@@ -910,12 +914,14 @@ def check_resumable(ckpt: dict, path: str, args: "Args") -> None:
         raise CheckpointError(f"{path}: this run's model flags disagree with the checkpoint's ({'; '.join(diff)}). "
                               "Resume with the original command's flags (see the run's args.json), or start a new run "
                               "with --init instead of --resume")
+    free = resume_free_flags(a, now) | allowed_resume_changes(args)
     diff = [f"--{k.replace('_', '-')}: checkpoint {v!r}, now {get(now, k)!r}"
-            for k, v in resume_flag_changes(a, now).items() if k not in resume_free_flags(a, now)]
+            for k, v in resume_flag_changes(a, now).items() if k not in free]
     if diff:
         raise CheckpointError(f"{path}: a --resume must repeat the run's flags; these differ ({'; '.join(diff)}). "
-                              "Resume with the original command's flags (see the run's args.json), or start a new run "
-                              "from this checkpoint with --init and another --out")
+                              "Resume with the original command's flags (see the run's args.json), name the intended "
+                              "ones in --resume-allow-changes, or start a new run from this checkpoint with --init "
+                              "and another --out")
     run_dir, own = Path(args.out or f"runs/{args.exp_name}_s{args.seed}").resolve(), a.get("out")
     if Path(path).resolve().parent != run_dir and (own is None or Path(own).resolve() != run_dir):
         raise CheckpointError(f"{path}: a checkpoint of another run (its run folder: {own or Path(path).parent}) "
@@ -925,7 +931,7 @@ def check_resumable(ckpt: dict, path: str, args: "Args") -> None:
 
 # Flags a --resume may change: where the run logs and what it runs on, never what it learns. num_iterations only
 # with a constant learning rate (it sets the decay of the others).
-RESUME_FREE_FLAGS = ("resume", "dry_run", "device", "track", "wandb_project", "wandb_entity", "wandb_group",
+RESUME_FREE_FLAGS = ("resume", "resume_allow_changes", "dry_run", "device", "track", "wandb_project", "wandb_entity", "wandb_group",
                      "env_workers", "save_every", "compile_act", "exp_name", "out")
 
 
@@ -936,7 +942,22 @@ def resume_free_flags(a: dict, now: dict) -> set[str]:
     return free
 
 
-def resume_flag_changes(a: dict, now: dict) -> dict[str, Any]:
+def allowed_resume_changes(args: "Args") -> set[str]:
+    """--resume-allow-changes as Args field names (learning-rate -> learning_rate, env.max-decisions ->
+    env.max_decisions); an unknown name or a model flag is an error."""
+    known = set(resume_flag_changes(ss.to_dict(args), {}, keys_only=True))
+    names = {n.strip().lstrip("-").replace("-", "_") for n in args.resume_allow_changes if n.strip()}
+    for n in sorted(names):
+        if n in RESUME_MODEL_FLAGS:
+            raise CheckpointError(f"--resume-allow-changes {n.replace('_', '-')}: a model flag; the checkpoint's model "
+                                  "and optimizer were built from it. Start a new run with --init instead")
+        if n not in known:
+            raise CheckpointError(f"--resume-allow-changes {n.replace('_', '-')}: not a flag of ppoflow_pi0.py "
+                                  "(e.g. learning-rate, num-iterations, gamma, env.max-decisions)")
+    return names
+
+
+def resume_flag_changes(a: dict, now: dict, keys_only: bool = False) -> dict[str, Any]:
     """Flags (dotted for nested ones, e.g. env.chunk) whose value in `now` differs from the checkpoint's args `a`
     -> the checkpoint's value; flags the checkpoint does not record (added to Args later) are not compared."""
     def flat(d: dict, pre: str = "") -> dict:
@@ -945,6 +966,8 @@ def resume_flag_changes(a: dict, now: dict) -> dict[str, Any]:
             out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) else {pre + k: v})
         return out
     old, new = flat(json.loads(json.dumps(a, default=str))), flat(json.loads(json.dumps(now, default=str)))
+    if keys_only:  # every flag name, dotted
+        return old
     return {k: v for k, v in old.items() if k in new and new[k] != v}
 
 
@@ -1736,7 +1759,9 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
             doc["args_history"] = old.pop("args_history", []) + ([old] if old else [])
             doc["resumed_from"] = {"checkpoint": str(args.resume), "iteration": int(ckpt["iteration"]),
                                    "changed": {k: v for k, v in resume_flag_changes(ckpt.get("args") or {},
-                                                                                    doc["args"]).items() if k != "resume"}}
+                                                                                    doc["args"]).items()
+                                               if k not in ("resume", "resume_allow_changes")},
+                                   "allowed_changes": sorted(allowed_resume_changes(args))}
         ss.write_json_atomic(out / "args.json", doc)
     if args.num_envs % world:
         raise ValueError(f"--num-envs {args.num_envs} must be divisible by the {world} ranks")
@@ -1771,6 +1796,10 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start = int(ckpt["iteration"])
+        if allowed_resume_changes(args) & {"learning_rate", "critic_learning_rate"}:  # the optimizer state carries
+            for i, lr in enumerate((args.learning_rate, args.critic_learning_rate)):  # the old rates: use the new
+                scheduler.base_lrs[i] = optimizer.param_groups[i]["initial_lr"] = lr
+                optimizer.param_groups[i]["lr"] = lr * scheduler.lr_lambdas[i](scheduler.last_epoch)
     scenes = resolve_scenes(args)
     env_fn = env_fn or scene_env.make_vec_env
     envs = env_fn(scene_env.rank_scenes(scenes, args.num_envs // world, rank, world), args.num_envs // world, args.env,

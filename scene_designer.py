@@ -518,15 +518,17 @@ The initial layout must not already satisfy the goal.
 - background: short descriptions of setting, table, floor, walls and lighting."""
 
 
-# Key-like tokens that must never be stored even when they are not this run's key (OpenAI-style, bearer headers).
-SECRET_PATTERNS = re.compile(r"(sk-[A-Za-z0-9_\-]{12,}|(?i:bearer)\s+[A-Za-z0-9._\-]{12,})")
+def _scrub(text, secret) -> str:
+    """Remove the API key (a string, or a list of secrets), its base64 forms and anything key-like from text or a
+    parsed JSON value that will be stored, logged or sent back (scene_schema.scrub_secrets)."""
+    return ss.scrub_secrets(text, [secret] if secret is None or isinstance(secret, str) else secret)
 
 
-def _scrub(text: str, secret: str | None) -> str:
-    """Remove the API key (and anything key-like) from text that will be stored, logged or sent back."""
-    if secret:
-        text = text.replace(secret, "***")
-    return SECRET_PATTERNS.sub("***", text)
+def public_args(args: Args, secret) -> dict:
+    """The args as written to args.json / index.json: no URL credentials, no key anywhere."""
+    d = dataclasses.asdict(args)
+    d["llm_base_url"] = ss.strip_url_credentials(d["llm_base_url"])
+    return _scrub(d, secret)
 
 
 def graph_from_llm_reply(content: str, task: str, scene_id: str, rng: random.Random) -> SceneGraph:
@@ -560,6 +562,8 @@ def graph_from_llm_reply(content: str, task: str, scene_id: str, rng: random.Ran
                 o["size_m"] = list(c.size_m)
         elif o.get("size_m") is None:
             o["size_m"] = list(GENERIC_SIZE_M.get(o["role"], GENERIC_SIZE_M["target"]))
+    if not isinstance(data.get("background") or {}, dict):
+        raise DesignError(f"background: expected a JSON object, got {type(data['background']).__name__}")
     setting = str((data.get("background") or {}).get("setting", "")).lower().replace(" ", "_")
     bg = make_background(rng, setting if setting in SETTINGS.values() else "kitchen")
     bg["llm"] = data.get("background")
@@ -572,7 +576,7 @@ def graph_from_llm_reply(content: str, task: str, scene_id: str, rng: random.Ran
 
 
 def design_llm(client, task: str, scene_id: str, seed: int, n: int, args: Args, avoid: set[str],
-               secret: str | None = None) -> SceneGraph:
+               secret: str | list | None = None) -> SceneGraph:
     """Ask the model, validate, feed the problems back; DesignError with every attempt's reason on failure."""
     cats = ", ".join(sorted(k for k in CATEGORIES if k != "table"))
     messages = [{"role": "system", "content": LLM_SYSTEM_PROMPT.replace("{categories}", cats)},
@@ -595,7 +599,9 @@ def design_llm(client, task: str, scene_id: str, seed: int, n: int, args: Args, 
             problems = qa_problems(g) + (["identical to another variant of this task; choose different distractors "
                                           "and background"] if signature(g) in avoid else [])
         except DesignError as e:
-            problems = [str(e)]
+            problems = [_scrub(str(e), secret)]
+        except Exception as e:  # noqa: BLE001 - a wrong-typed field the checks did not foresee: an invalid reply
+            problems = [_scrub(f"unusable reply ({type(e).__name__}: {e})", secret)[:300]]
         if not problems:
             g.designer = {"name": "llm", "model": args.llm_model, "seed": seed, "attempts": attempt}
             return g
@@ -661,7 +667,7 @@ def load_tasks(task_flags: list[str], tasks_file: str | None) -> list[str]:
 
 
 def design_scene(task: str, variant: int, scene_id: str, args: Args, avoid: set[str], client=None,
-                 client_error: str | None = None, secret: str | None = None) -> SceneGraph:
+                 client_error: str | None = None, secret: str | list | None = None) -> SceneGraph:
     """One scene with the chosen designer; rules variants are re-drawn until distinct from `avoid`."""
     n_range = args.distractor_range
     fallback_reason, unreachable = client_error, False
@@ -686,7 +692,7 @@ def design_scene(task: str, variant: int, scene_id: str, args: Args, avoid: set[
     return g
 
 
-def write_index(out: Path, entries: list[IndexEntry], args: Args) -> Path:
+def write_index(out: Path, entries: list[IndexEntry], args: Args, secret=None) -> Path:
     """index.json: this run's entries plus earlier entries for other (task, variant) pairs."""
     path, old = out / "index.json", []
     if path.exists():
@@ -697,9 +703,9 @@ def write_index(out: Path, entries: list[IndexEntry], args: Args) -> Path:
     current = {(ss.normalize_text(e.task), e.variant) for e in entries}
     merged = [e for e in old if (ss.normalize_text(e.task), e.variant) not in current] + entries
     counts = {s: sum(e.status == s for e in merged) for s in ("ok", "exists", "rejected")}
-    return ss.write_json_atomic(path, {"schema_version": ss.SCHEMA_VERSION, "generated_by": "scene_designer.py",
-                                       "args": dataclasses.asdict(args), "counts": counts,
-                                       "entries": [ss.to_dict(e) for e in merged]})
+    return ss.write_json_atomic(path, _scrub({"schema_version": ss.SCHEMA_VERSION, "generated_by": "scene_designer.py",
+                                              "args": public_args(args, secret), "counts": counts,
+                                              "entries": [ss.to_dict(e) for e in merged]}, secret))
 
 
 def main(args: Args) -> list[IndexEntry]:
@@ -718,10 +724,12 @@ def main(args: Args) -> list[IndexEntry]:
         args.distractor_range
     except DesignError as e:
         raise SystemExit(str(e)) from None
+    ss.check_key_env_name("--llm-api-key-env", args.llm_api_key_env)
+    # every secret this run could see: the key, and the password of a credentials URL
+    secret = [os.environ.get(args.llm_api_key_env), *ss.url_credentials(args.llm_base_url)]
     out.mkdir(parents=True, exist_ok=True)
     ss.write_json_atomic(out / "args.json", {"schema_version": ss.SCHEMA_VERSION, "stage": "scene_designer",
-                                             "args": dataclasses.asdict(args)})
-    secret = os.environ.get(args.llm_api_key_env) if args.designer == "llm" else None
+                                             "args": public_args(args, secret)})
     client, client_error = make_llm_client(args) if args.designer == "llm" else (None, None)
     if client_error:
         print(f"warning: LLM designer unavailable ({client_error}); using the rules designer", file=sys.stderr)
@@ -746,7 +754,7 @@ def main(args: Args) -> list[IndexEntry]:
             failures = failures + 1 if g.designer.get("llm_unreachable") else 0
             if client is not None and args.llm_circuit_breaker and failures >= args.llm_circuit_breaker:
                 client, client_error = None, (f"circuit breaker: every request of {failures} consecutive scenes "
-                                              f"failed (endpoint {args.llm_base_url or 'api.openai.com'}); the rest "
+                                              f"failed (endpoint {ss.strip_url_credentials(args.llm_base_url) or 'api.openai.com'}); the rest "
                                               "of the batch uses the rules designer")
                 print(f"warning: {client_error}", file=sys.stderr)
             for u in g.designer.get("unknown_nouns", []):
@@ -756,6 +764,8 @@ def main(args: Args) -> list[IndexEntry]:
             problems = qa_problems(g)
             if problems:
                 raise DesignError("QA rejected the graph: " + "; ".join(problems))
+            # one scrub of the final object, after every string was decoded (a JSON-escaped key is literal now)
+            g = ss.scene_graph_from_dict(_scrub(ss.to_dict(g), secret), str(path))
             ss.save_scene_graph(g, path)
             avoid.add(signature(g))
             entries.append(IndexEntry(task, k, "ok", scene_id, designer=g.designer.get("name")))
@@ -764,7 +774,7 @@ def main(args: Args) -> list[IndexEntry]:
                 traceback.print_exc()
             entries.append(IndexEntry(task, k, "rejected", reason=_scrub(f"{e}" if isinstance(e, DesignError)
                                       else f"{type(e).__name__}: {e}", secret), designer=args.designer))
-    index = write_index(out, entries, args)
+    index = write_index(out, entries, args, secret)
     counts = {s: sum(e.status == s for e in entries) for s in ("ok", "exists", "rejected")}
     print(f"scene designer: {counts['ok']} written, {counts['exists']} kept, {counts['rejected']} rejected -> {index}")
     for task in dict.fromkeys(e.task for e in entries if e.status == "rejected"):  # one line per task

@@ -429,6 +429,18 @@ def _collision_mesh(path: str, mtime_ns: int):
     and the target's again for its vertices; a composer process rebuilds envs around the same assets)."""
     import trimesh
 
+    try:  # the file as the simulator will read it (process=False: trimesh would silently drop a NaN vertex)
+        raw = trimesh.load(path, force="mesh", process=False)
+    except Exception as e:  # noqa: BLE001 - any parser error means a corrupt file
+        raise ValueError(f"{path}: not a readable collision mesh ({type(e).__name__}: {e}); re-run "
+                         "generate_assets.py --overwrite for this asset") from None
+    if not isinstance(raw, trimesh.Trimesh) or len(raw.faces) == 0:
+        raise ValueError(f"{path}: no triangles could be read (corrupt or not a mesh file); re-run "
+                         "generate_assets.py --overwrite for this asset")
+    if not np.isfinite(raw.vertices).all():
+        bad = int((~np.isfinite(raw.vertices).all(axis=1)).sum())
+        raise ValueError(f"{path}: {bad} vertex/vertices with NaN or inf coordinates; re-run generate_assets.py "
+                         "--overwrite for this asset")
     return trimesh.load(path, force="mesh")
 
 

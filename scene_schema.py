@@ -176,6 +176,83 @@ def content_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+# ---------------------------------------------------------------------------------------------
+# Secrets: nothing a stage writes or prints may carry an API key or URL credentials
+# ---------------------------------------------------------------------------------------------
+
+# Key-like tokens that must never be stored even when they are not this run's key (OpenAI-style, bearer headers).
+SECRET_PATTERNS = re.compile(r"(sk-[A-Za-z0-9_\-]{12,}|(?i:bearer)\s+[A-Za-z0-9._\-]{12,})")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def secret_forms(secret: str | None) -> list[str]:
+    """The key and its base64 echoes (standard and URL-safe, at each of the 3 byte alignments inside a longer
+    base64 text: only the characters that depend on the key alone)."""
+    if not secret:
+        return []
+    import base64
+
+    forms = {secret}
+    raw = secret.encode()
+    for pad in range(3):
+        for enc in (base64.b64encode, base64.urlsafe_b64encode):
+            text = enc(b"\0" * pad + raw).decode()
+            core = text[4 if pad else 0:((pad + len(raw)) // 3) * 4]
+            if len(core) >= 12:
+                forms.add(core)
+    return sorted(forms, key=len, reverse=True)
+
+
+def scrub_secrets(obj: Any, secrets: Iterable[str | None] = ()) -> Any:
+    """`obj` (a string or a parsed JSON value: dict keys and every string inside) without the given secrets, their
+    base64 forms, or anything key-like. Applied to decoded text, so a JSON-escaped key (sk\\u002d...) is caught."""
+    if isinstance(obj, str):
+        for s in secrets:
+            for form in secret_forms(s):
+                obj = obj.replace(form, "***")
+        return SECRET_PATTERNS.sub("***", obj)
+    if isinstance(obj, dict):
+        return {scrub_secrets(k, secrets): scrub_secrets(v, secrets) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [scrub_secrets(v, secrets) for v in obj]
+    return obj
+
+
+def strip_url_credentials(url: str | None) -> str | None:
+    """`http://user:key@host/v1` -> `http://host/v1` (the form written to args files and logs)."""
+    if not url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def url_credentials(url: str | None) -> list[str]:
+    """The password of a URL's userinfo (a secret to scrub wherever it is echoed; the URL is never written with it)."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        parts = urlsplit(url or "")
+    except ValueError:
+        return []
+    return [unquote(parts.password)] if parts.password and len(parts.password) >= 6 else []
+
+
+def check_key_env_name(flag: str, name: str) -> None:
+    """`--llm-api-key-env` takes the NAME of a variable, not the key: a value that is no variable name is refused
+    without being echoed (it is probably the key)."""
+    if not ENV_NAME.fullmatch(name or ""):
+        raise SystemExit(f"{flag} takes the name of an environment variable that holds the key (e.g. OPENAI_API_KEY), "
+                         f"not the key itself; the value given ({len(name or '')} characters) is not a variable name "
+                         "and was not written anywhere")
+
+
 def normalize_text(text: str) -> str:
     """Lower-case, collapse whitespace, strip punctuation at the ends: the form hashed into ids."""
     return re.sub(r"\s+", " ", text.strip().lower()).strip(" .,!?;:")
@@ -192,6 +269,21 @@ def asset_id_for(description: str, category: str, generator: str, seed: int) -> 
     key = {"description": normalize_text(description), "category": normalize_text(category),
            "generator": generator, "seed": int(seed)}
     return f"{slugify(category, 24)}-{content_hash(key, 12)}"
+
+
+def path_problem(rel: Any, *, name_only: bool = False) -> str | None:
+    """Why `rel` cannot be joined under a folder a stage owns (None: it can): not a non-empty string, absolute,
+    '..', a NUL or another control character; name_only: also no folder separators (an asset id is one folder
+    name). Every path read from a file goes through this before it is joined."""
+    if not isinstance(rel, str) or not rel.strip():
+        return f"expected a non-empty path string, got {rel!r:.60}"
+    if any(ord(c) < 32 or ord(c) == 127 for c in rel):
+        return f"{rel!r:.80} contains a NUL or control character"
+    if name_only and ("/" in rel or "\\" in rel or rel in (".", "..")):
+        return f"{rel!r:.80} must be a single folder name (no '/', not '.' or '..')"
+    if Path(rel).is_absolute() or ".." in Path(rel).parts:
+        return f"{rel!r:.80} must be a relative path inside the asset folder (no '..', not absolute)"
+    return None
 
 
 def to_dict(obj: Any) -> Any:
@@ -522,15 +614,19 @@ def asset_record_from_dict(data: Any, source: str = "<asset record>") -> AssetRe
                     attempt=q.get("attempt", int), seed=q.get("seed", int)) for q in d.children("qa", default=[])]
     accepted = d.get("accepted", bool)
     paths = d.get("paths", dict, default={})
+    if path_problem(d.text("asset_id"), name_only=True):  # stages join it under the assets folder
+        d.fail("asset_id", path_problem(d.data["asset_id"], name_only=True))
+    p = _Doc(paths, source, "paths")
     if accepted:
-        p = _Doc(paths, source, "paths")
         p.text("visual")
         collision = p.get("collision", list)
         if not collision or not all(isinstance(c, str) and c for c in collision):
             p.fail("collision", "an accepted asset needs at least one collision mesh path")
-        for key, rel in [("visual", paths["visual"])] + [(f"collision[{i}]", c) for i, c in enumerate(collision)]:
-            if Path(rel).is_absolute() or ".." in Path(rel).parts:  # assets are self-contained folders
-                p.fail(key, f"{rel!r} must be a relative path inside the asset folder (no '..', not absolute)")
+    named = [(k, paths[k]) for k in ("visual", "thumb") if k in paths]
+    named += [(f"collision[{i}]", c) for i, c in enumerate(paths.get("collision") or [])]
+    for key, rel in named:  # assets are self-contained folders
+        if path_problem(rel):
+            p.fail(key, path_problem(rel))
     rec = AssetRecord(
         asset_id=d.text("asset_id"), description=d.text("description"), category=d.text("category"),
         backend=d.text("backend"), seed=d.get("seed", int), accepted=accepted,
@@ -552,6 +648,9 @@ def load_asset_record(path: str | os.PathLike) -> AssetRecord:
     if path.is_dir():
         path = path / "asset.json"
     rec = asset_record_from_dict(read_json(path), str(path))
+    if rec.asset_id != path.parent.name:  # compose names the folder by the record's id: they must agree
+        raise SchemaError(str(path), "asset_id", f"{rec.asset_id!r} differs from its folder {path.parent.name!r}; "
+                          "re-run generate_assets.py --overwrite (it writes them equal)")
     if rec.accepted:
         root = path.parent.resolve()
         for key, rel in [("visual", rec.paths["visual"])] + [("collision", c) for c in rec.paths["collision"]]:
@@ -586,8 +685,10 @@ def load_asset_links(path: str | os.PathLike) -> AssetLinks:
     d.version()
     objects, failed = d.get("objects", dict), d.get("failed", dict, default={})
     for k, v in objects.items():
-        if not isinstance(v, str) or not v:
-            d.fail(f"objects.{k}", "expected an asset id string")
+        if path_problem(v, name_only=True):  # an asset id: one folder name under assets_dir
+            d.fail(f"objects.{k}", path_problem(v, name_only=True))
+    if "\0" in d.text("assets_dir"):
+        d.fail("assets_dir", "contains a NUL character")
     return AssetLinks(scene_id=d.text("scene_id"), assets_dir=d.text("assets_dir"), objects=objects, failed=failed)
 
 
@@ -680,6 +781,13 @@ def scene_manifest_from_dict(data: Any, source: str = "<manifest>", check_hash: 
             friction=o.number("friction", lo=0.0), init_xyz=o.vector("init_xyz", 3),
             init_yaw=o.number("init_yaw"), x_range=o.vector("x_range", 2), y_range=o.vector("y_range", 2),
             yaw_range=o.vector("yaw_range", 2)))
+        if path_problem(objects[-1].asset_id, name_only=True):
+            o.fail("asset_id", path_problem(objects[-1].asset_id, name_only=True))
+        if "\0" in objects[-1].asset_dir:
+            o.fail("asset_dir", "contains a NUL character")
+        for key, rel in [("visual", objects[-1].visual)] + [(f"collision[{i}]", c) for i, c in enumerate(objects[-1].collision)]:
+            if path_problem(rel):  # relative to asset_dir, inside it
+                o.fail(key, path_problem(rel))
         for key in ("x_range", "y_range", "yaw_range"):
             lo, hi = getattr(objects[-1], key)
             if lo > hi:
@@ -724,7 +832,11 @@ def resolve_asset_dir(manifest_path: str | os.PathLike, obj: ManifestObject) -> 
     """Absolute asset folder of a manifest object (paths in manifests are relative to their folder)."""
     base = Path(manifest_path)
     base = base if base.is_dir() else base.parent
-    return (base / obj.asset_dir).resolve()
+    d = (base / obj.asset_dir).resolve()
+    for rel in [obj.visual, *obj.collision]:  # validated as relative without '..'; a symlink may still point out
+        if path_problem(rel) or not (d / rel).resolve().is_relative_to(d):
+            raise SchemaError(str(manifest_path), f"objects.{obj.name}", f"{rel!r} resolves outside its asset folder {d}")
+    return d
 
 
 def find_manifests(scenes_dir: str | os.PathLike, scene_ids: Iterable[str] | None = None) -> list[Path]:

@@ -145,6 +145,41 @@ def test_command_timeout_kills_the_whole_process_group(tmp_path):
     assert not _alive(child), "the command's child (a grandchild of the stage) was left running"
 
 
+DETACHING_T23D = """
+import subprocess, sys, pathlib
+own_session = sys.argv[3] == "setsid"
+child = subprocess.Popen(["sleep", "120"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=own_session)
+pathlib.Path(sys.argv[1]).write_text(str(child.pid))
+pathlib.Path(sys.argv[2]).write_text(
+    "v 0 0 0\\nv 0.05 0 0\\nv 0 0.05 0\\nv 0 0 0.05\\nf 1 3 2\\nf 1 2 4\\nf 1 4 3\\nf 2 3 4\\n")
+"""
+
+
+@pytest.mark.parametrize("detach", ["same_group", "setsid"])
+def test_a_successful_command_leaves_no_detached_child_running(tmp_path, detach):
+    """Issue 25 item 11: a command that succeeds but leaves a detached `sleep` behind (in its process group, or in
+    a session of its own) used to leave it running; the group (and any process carrying the run's marker) is
+    killed whenever the command ends."""
+    script, pidfile = tmp_path / "detach.py", tmp_path / "child.pid"
+    script.write_text(DETACHING_T23D)
+    req = {"description": "a red block", "category": "block"}
+    mesh, prov = ga.generate_command(req, 0, f"{sys.executable} {script} {pidfile} {{out}} {detach}", tmp_path, 30.0, "obj")
+    assert len(mesh.faces) == 4 and prov["backend"] == "command"
+    child = int(pidfile.read_text())
+    for _ in range(50):
+        if not _alive(child):
+            break
+        time.sleep(0.1)
+    alive = _alive(child)
+    if alive:
+        import os
+        import signal
+
+        os.kill(child, signal.SIGKILL)  # do not leave it behind when the test fails
+    assert not alive, "the command's detached child was left running after it succeeded"
+
+
 def test_every_asset_rejected_exits_nonzero_with_the_reason(tmp_path):
     script = tmp_path / "fail.py"
     script.write_text("import sys; sys.exit(3)\n")
@@ -260,3 +295,154 @@ def test_compose_cli_exits_non_zero_when_every_scene_is_rejected(tmp_path):
                         "--no-render"], capture_output=True, text=True, timeout=120)
     assert "0 accepted" in r.stdout and "1 rejected" in r.stdout, r.stdout + r.stderr[-2000:]
     assert r.returncode != 0 and "every scene was rejected" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 25 items 8-9: every path a stage joins is contained; corrupt meshes are named
+# ---------------------------------------------------------------------------------------------
+
+BOX_OBJ = "v 0 0 0\nv 0.05 0 0\nv 0 0.05 0\nv 0 0 0.05\nf 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n"
+
+
+def _real_asset(root: Path, folder: str, asset_id: str | None = None, collision: str = BOX_OBJ) -> Path:
+    """An accepted asset folder with a tiny tetrahedron as its visual and collision mesh."""
+    d = _record(root.parent, asset_id=asset_id or folder)
+    d = d.rename(root / folder) if d != root / folder else d
+    (d / "collision_0.obj").write_text(collision)
+    (d / "visual.glb").write_text(BOX_OBJ)
+    return d
+
+
+def _compose_scene(tmp_path: Path, links_objects: dict[str, str]) -> Path:
+    """scenes/s (a cube onto a tray) whose asset_links.json names `links_objects` under ../../assets."""
+    g = scene("s", obj("cube", "target", "block", "a red block", (0.05, 0.05, 0.05), "red", graspable=True),
+              obj("tray", "destination", "tray", "a black tray", (0.3, 0.22, 0.025)), relation="ON")
+    sdir = tmp_path / "scenes" / "s"
+    ss.save_scene_graph(g, sdir / "scene_graph.json")
+    (sdir / "asset_links.json").write_text(json.dumps({"schema_version": ss.SCHEMA_VERSION, "scene_id": "s",
+                                                       "assets_dir": "../../assets", "objects": links_objects}))
+    return sdir
+
+
+@pytest.fixture
+def compose_env(tmp_path, monkeypatch):
+    """compose_scene with the simulator replaced by a tripwire: a scene that gets as far as the physics QA would
+    have loaded its meshes (and written their paths into a candidate manifest)."""
+    import compose_scene as cs
+
+    def tripwire(manifest):
+        raise RuntimeError("the simulator was reached")
+
+    monkeypatch.setattr(cs, "_runner", tripwire)
+    (tmp_path / "assets").mkdir()
+    _real_asset(tmp_path / "assets", "tray")
+    return cs
+
+
+@pytest.mark.parametrize("case", ["links_dotdot", "links_absolute", "record_id_dotdot", "record_id_other_folder"])
+def test_compose_refuses_asset_ids_and_links_that_leave_the_assets_folder(tmp_path, compose_env, case):
+    """Issue 25 item 8: an asset_links.json entry or an asset.json asset_id pointing outside the assets folder is
+    a clear rejection naming the file and the value, before any mesh is loaded or any path written."""
+    cs = compose_env
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    _real_asset(outside, "evil")  # a perfectly loadable asset, just not inside assets/
+    if case == "links_dotdot":
+        links, file, value = {"cube": "../outside/evil", "tray": "tray"}, "asset_links.json", "../outside/evil"
+    elif case == "links_absolute":
+        links, file, value = {"cube": str(outside / "evil"), "tray": "tray"}, "asset_links.json", str(outside / "evil")
+    else:
+        value = "../outside/evil" if case == "record_id_dotdot" else "tray"
+        _real_asset(tmp_path / "assets", "cube", asset_id=value)
+        links, file = {"cube": "cube", "tray": "tray"}, "asset.json"
+    sdir = _compose_scene(tmp_path, links)
+    res = cs.compose_one(str(sdir), cs.Args(scenes_dir=str(tmp_path / "scenes"), render=False))
+    assert res["status"] == "rejected" and "simulator was reached" not in res["reason"], res
+    assert file in res["reason"] and repr(value)[1:-1] in res["reason"], res["reason"]
+    assert not (sdir / "manifest.json").exists() and not (sdir / "manifest.candidate.json").exists()
+
+
+@pytest.mark.parametrize("value,field", [("../x", "asset_id"), ("/etc", "asset_id"), ("a/b", "asset_id")])
+def test_asset_records_and_links_refuse_ids_that_are_not_one_folder_name(tmp_path, value, field):
+    with pytest.raises(ss.SchemaError, match=field):
+        ss.load_asset_record(_record(tmp_path, asset_id=value))
+    p = tmp_path / "asset_links.json"
+    p.write_text(json.dumps({"schema_version": ss.SCHEMA_VERSION, "scene_id": "s", "assets_dir": "a",
+                             "objects": {"cube": value}}))
+    with pytest.raises(ss.SchemaError, match=r"asset_links.json: objects.cube: .*single folder name|objects.cube: .*relative"):
+        ss.load_asset_links(p)
+
+
+@pytest.mark.parametrize("field,value", [("asset_id", "../../etc"), ("visual", "../../../etc/passwd"),
+                                         ("collision", ["/etc/passwd"]), ("visual", "v.glb\u0000.txt")])
+def test_manifests_refuse_paths_that_leave_their_asset_folder(tmp_path, field, value):
+    """resolve_asset_dir joins asset_dir with the manifest's visual / collision: contained like asset.json."""
+    from test_evaluate import fake_manifests
+
+    p = fake_manifests(tmp_path / "scenes", ["s0"])[0]
+    d = json.loads(p.read_text())
+    d["objects"][0][field], d["content_hash"] = value, ""
+    p.write_text(json.dumps(d))
+    with pytest.raises(ss.SchemaError, match=r"manifest.json: objects\[0\]\." + field):
+        ss.load_manifest(p)
+
+
+def test_resolve_asset_dir_refuses_a_symlinked_mesh_pointing_outside(tmp_path):
+    from test_evaluate import fake_manifests
+
+    p = fake_manifests(tmp_path / "scenes", ["s0"])[0]
+    m = ss.load_manifest(p)
+    (tmp_path / "scenes" / "assets" / "x").mkdir(parents=True)
+    (tmp_path / "scenes" / "assets" / "x" / "c.obj").symlink_to(tmp_path / "secret.obj")
+    with pytest.raises(ss.SchemaError, match="resolves outside its asset folder"):
+        ss.resolve_asset_dir(p, m.objects[0])
+
+
+@pytest.mark.parametrize("kind", ["random_bytes", "nan_vertex", "inf_vertex", "empty"])
+def test_a_corrupt_collision_file_is_a_rejection_naming_the_file(tmp_path, compose_env, kind):
+    """Issue 25 item 9: random bytes used to fail with an error naming no file, a NaN vertex used to pass (trimesh
+    drops it; the simulator reads the raw file)."""
+    import os
+
+    import scene_env
+
+    cs = compose_env
+    body = {"random_bytes": os.urandom(600), "nan_vertex": BOX_OBJ.replace("v 0 0.05 0", "v 0 nan 0").encode(),
+            "inf_vertex": BOX_OBJ.replace("v 0 0 0.05", "v 0 0 inf").encode(), "empty": b""}[kind]
+    d = _real_asset(tmp_path / "assets", "cube")
+    (d / "collision_0.obj").write_bytes(body)
+    with pytest.raises(ValueError, match=str(d / "collision_0.obj")):
+        scene_env.collision_mesh(d / "collision_0.obj")
+    sdir = _compose_scene(tmp_path, {"cube": "cube", "tray": "tray"})
+    res = cs.compose_one(str(sdir), cs.Args(scenes_dir=str(tmp_path / "scenes"), render=False))
+    assert res["status"] == "rejected" and str(d / "collision_0.obj") in res["reason"], res
+    assert not (sdir / "manifest.json").exists()
+
+
+def test_a_sound_tetrahedron_passes_the_collision_check(tmp_path):
+    import scene_env
+
+    d = _real_asset(tmp_path, "cube")
+    assert len(scene_env.collision_mesh(d / "collision_0.obj").vertices) == 4
+
+
+def test_a_nul_in_a_cached_asset_path_is_one_rebuilt_asset_not_an_aborted_run(tmp_path, capsys):
+    """Issue 25 item 9: `visual.glb\\u0000.txt` in a cached asset.json used to abort the whole asset run with a
+    ValueError traceback; now the record is refused with its field and that one asset is rebuilt."""
+    g = scene("s", obj("cube", "target", "block", "a red block", (0.05, 0.04, 0.03), "red", graspable=True),
+              obj("tray", "destination", "tray", "a black tray", (0.3, 0.22, 0.025)), relation="ON")
+    write_scenes(tmp_path / "scenes", [g])
+    args = args_for(tmp_path, stability_check=False)
+    ga.main(args)
+    links = ss.load_asset_links(tmp_path / "scenes" / "s" / "asset_links.json")
+    rec_path = tmp_path / "assets" / links.objects["cube"] / "asset.json"
+    d = json.loads(rec_path.read_text())
+    d["paths"]["visual"] = "visual.glb\u0000.txt"
+    rec_path.write_text(json.dumps(d))
+    with pytest.raises(ss.SchemaError, match="paths.visual: .*NUL"):
+        ss.load_asset_record(rec_path)
+    capsys.readouterr()
+    summary = ga.main(args)  # no traceback: that asset is rebuilt, the other one stays cached
+    assert summary["generated"] == 1 and summary["accepted"] == 1 and summary["cached"] == 1
+    assert "cached record unusable, rebuilding it" in capsys.readouterr().out
+    assert ss.load_asset_record(rec_path).paths["visual"] == "visual.glb"

@@ -224,3 +224,27 @@ def test_stale_tmp_files_of_killed_saves_are_removed_at_start(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_resume_allow_changes_applies_and_records_the_named_changes_only(tmp_path):
+    """Issue 25 item 5: --resume-allow-changes lets a resume change the named training flags on purpose; the new
+    learning rate really reaches the optimizer (its state carried the old one), args.json records the names, and
+    every other difference, a model flag or an unknown name is still refused before anything is written."""
+    run = P.main(fast_args(tmp_path / "r", num_iterations=1, eval_every=0), env_fn=FakeVecEnv)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    resume = dict(num_iterations=2, eval_every=0, resume=str(run / "ckpt_1.pt"), learning_rate=0.5, gamma=0.5)
+    with pytest.raises(P.CheckpointError, match="--seed: checkpoint 3, now 9"):  # an unnamed change
+        P.main(fast_args(run, seed=9, resume_allow_changes=("learning-rate", "gamma"), **resume), env_fn=FakeVecEnv)
+    with pytest.raises(P.CheckpointError, match="--resume-allow-changes lora-rank: a model flag"):
+        P.main(fast_args(run, resume_allow_changes=("learning-rate", "gamma", "lora-rank"), **resume), env_fn=FakeVecEnv)
+    with pytest.raises(P.CheckpointError, match="--resume-allow-changes learnin-rate: not a flag"):
+        P.main(fast_args(run, resume_allow_changes=("learnin-rate", "gamma"), **resume), env_fn=FakeVecEnv)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # refusals touch nothing
+    P.main(fast_args(run, resume_allow_changes=("learning-rate", "--gamma"), **resume), env_fn=FakeVecEnv)
+    doc = json.loads((run / "args.json").read_text())
+    assert doc["resumed_from"]["allowed_changes"] == ["gamma", "learning_rate"]
+    assert doc["resumed_from"]["changed"] == {"learning_rate": 1e-3, "gamma": 0.99, "num_iterations": 1}
+    assert doc["args"]["learning_rate"] == 0.5 and len(doc["args_history"]) == 1
+    ckpt = torch.load(run / "ckpt_2.pt", map_location="cpu", weights_only=True)
+    assert ckpt["scheduler"]["base_lrs"][0] == 0.5 and ckpt["optimizer"]["param_groups"][0]["initial_lr"] == 0.5
+    assert [r["iteration"] for r in _rows(run)] == [1, 2]

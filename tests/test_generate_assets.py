@@ -396,7 +396,7 @@ else:
 """
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(400)  # 189 s measured at load 9 on 2 cores
 def test_command_backend_good_and_corrupt_outputs(tmp_path):
     script = tmp_path / "fake_t23d.py"
     script.write_text(MESH_SCRIPT)
@@ -501,3 +501,35 @@ def test_cli_smoke_workers_shards_and_cache(tmp_path):
             assert ss.load_asset_record(tmp_path / "scenes" / sid / links.assets_dir / aid).accepted
     bad = subprocess.run(base + ["--shard", "2/2"], capture_output=True, text=True, env=env, timeout=60, cwd=REPO)
     assert bad.returncode != 0 and "i/n" in (bad.stderr + bad.stdout)
+
+
+KEY = "sk-test-SECRET-0123456789abcdefXYZ"
+
+
+@pytest.mark.timeout(180)
+def test_vlm_echoes_of_the_key_and_url_credentials_reach_no_file(tmp_path, monkeypatch):
+    """Issue 25 item 10: a VLM reply carrying the key JSON-escaped or in base64 (in the stored QA reason), and a key
+    in --vlm-base-url's userinfo (args.json, asset.json's run args) are written nowhere; --vlm-api-key-env given
+    the key itself is refused before anything is written."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    b64 = base64.b64encode(KEY.encode()).decode()
+    reason = json.dumps({"pass": True, "reason": f"fine, {KEY} / {b64}"}).replace(KEY, KEY.replace("-", "\\u002d"))
+    assert KEY not in reason
+    server = FakeOpenAI(lambda body: reason)
+    host = server.url.split("//", 1)[1]
+    try:
+        write_scenes(tmp_path / "scenes", [scene(
+            "vlm", obj("pen", "target", "pen", "a blue pen", (0.14, 0.012, 0.012), "blue", graspable=True),
+            obj("tray", "destination", "tray", "a black tray", (0.3, 0.22, 0.025)), (), "ON")])
+        s = ga.main(args_for(tmp_path, max_attempts=1, vlm_base_url=f"http://bob:{KEY}@{host}", vlm_model="fake"))
+    finally:
+        server.close()
+    assert s["generated"] == 2
+    recs = records_by_category(tmp_path / "assets")
+    assert any("***" in q.reason for q in recs["pen"].qa if q.check == "semantic")  # the reply was stored, scrubbed
+    leaks = [f"{p}" for p in tmp_path.rglob("*") if p.is_file() for n in (KEY, b64[:40], "bob:")
+             if n.encode() in p.read_bytes()]
+    assert leaks == []
+    with pytest.raises(SystemExit, match="name of an environment variable") as e:
+        ga.main(args_for(tmp_path / "t", vlm_api_key_env=KEY))
+    assert KEY not in str(e.value) and not (tmp_path / "t").exists()

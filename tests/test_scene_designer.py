@@ -445,3 +445,78 @@ def test_cli_smoke_sample_tasks(tmp_path):
     assert r.returncode == 0 and "rejected" in r.stdout and "work surface" in r.stdout
     r = _cli("--tasks", str(tmp_path / "nope.txt"), "--out-dir", str(out))
     assert r.returncode != 0 and "does not exist" in r.stderr
+
+
+# --------------------------------------------------------------------------------------------- issue 25 item 10
+
+KEY = "sk-test-SECRET-0123456789abcdefXYZ"
+
+
+def _files_with(root: Path, *needles: str) -> list[str]:
+    return [f"{p}: {n!r}" for p in root.rglob("*") if p.is_file() for n in needles if n.encode() in p.read_bytes()]
+
+
+def _b64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_a_json_escaped_or_base64_echo_of_the_key_reaches_no_file(tmp_path, monkeypatch, capsys):
+    """The scrub used to run on the raw reply: `sk\\u002dtest...` passed it and decoded into the literal key in
+    scene_graph.json; a base64 echo landed in fallback_reason. Now one scrub runs on the final objects."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    escaped = llm_reply("put the apple in the bowl", mutate=lambda r: r["objects"][4].update(
+        description=f"a mug labelled {KEY}")).replace(KEY, KEY.replace("-", "\\u002d"))
+    assert KEY not in escaped and json.loads(escaped)["objects"][4]["description"].endswith(KEY)
+    replies = [escaped] + [f"not JSON; key={_b64(KEY)} or {_b64('x' + KEY)} or {_b64('xy' + KEY)}"] * 3
+    server = FakeLLM(replies)
+    try:
+        sd.main(sd.Args(task=["put the apple in the bowl", "put the pen in the cup"], out_dir=str(tmp_path / "s"),
+                        designer="llm", llm_base_url=server.url, llm_attempts=3, llm_timeout_s=10))
+    finally:
+        server.close()
+    graphs = {g.task: g for g in (ss.load_scene_graph(p) for p in (tmp_path / "s").glob("*/scene_graph.json"))}
+    assert graphs["put the apple in the bowl"].designer["name"] == "llm"  # the escaped reply was used...
+    assert "***" in json.dumps(ss.to_dict(graphs["put the apple in the bowl"]))  # ...with the key scrubbed
+    assert "fallback_reason" in graphs["put the pen in the cup"].designer  # the base64 echoes fell back
+    cores = [_b64(KEY)[:40], _b64("x" + KEY)[4:40], _b64("xy" + KEY)[4:40]]
+    assert _files_with(tmp_path, KEY, *cores) == []
+    out, err = capsys.readouterr()
+    assert KEY not in out + err and not any(c in out + err for c in cores)
+
+
+def test_credentials_in_the_base_url_or_the_key_env_flag_are_never_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-other-0000000000000000")
+    server = FakeLLM([llm_reply("put the apple in the bowl")])
+    host = server.url.split("//", 1)[1]
+    try:
+        sd.main(sd.Args(task=["put the apple in the bowl"], out_dir=str(tmp_path / "s"), designer="llm",
+                        llm_base_url=f"http://alice:{KEY}@{host}", llm_attempts=1, llm_timeout_s=10))
+    finally:
+        server.close()
+    assert _files_with(tmp_path, KEY, "alice") == []
+    written = json.loads((tmp_path / "s" / "args.json").read_text())["args"]["llm_base_url"]
+    assert written == server.url  # the endpoint is still recorded, without its userinfo
+    assert json.loads((tmp_path / "s" / "index.json").read_text())["args"]["llm_base_url"] == server.url
+    with pytest.raises(SystemExit, match="name of an environment variable") as e:  # the key given as the env name
+        sd.main(sd.Args(task=["put the pen in the cup"], out_dir=str(tmp_path / "t"), designer="llm",
+                        llm_api_key_env=KEY))
+    assert KEY not in str(e.value) and not (tmp_path / "t").exists()
+    out, err = capsys.readouterr()
+    assert KEY not in out + err
+
+
+@pytest.mark.parametrize("mutate", [lambda r: r.update(background=["kitchen"]),
+                                    lambda r: r.update(background="a kitchen")])
+def test_a_reply_with_a_wrong_typed_field_falls_back_to_the_rules_designer(tmp_path, mutate, capsys):
+    server = FakeLLM([llm_reply("put the apple in the bowl", mutate=mutate)])
+    try:
+        entries = sd.main(sd.Args(task=["put the apple in the bowl"], out_dir=str(tmp_path / "s"), designer="llm",
+                                  llm_base_url=server.url, llm_attempts=1, llm_timeout_s=10))
+    finally:
+        server.close()
+    assert [e.status for e in entries] == ["ok"]
+    g = ss.load_scene_graph(next((tmp_path / "s").glob("*/scene_graph.json")))
+    assert g.designer["name"] == "rules" and g.designer["fallback_from"] == "llm" and g.designer["fallback_reason"]
+    assert "Traceback" not in capsys.readouterr().err
