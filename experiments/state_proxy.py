@@ -262,7 +262,7 @@ def write_report(out: Path, args: Args, start: Path, runs: dict[int, Path], per:
     vlo, vhi = (lo, hi) if len(rows) > 1 else rows[0]["ci95"]
     shown = "excludes 0: a lift" if vlo > 0 else "below 0: a drop" if vhi < 0 else "includes 0: no lift shown"
     verdict = (f"**Verdict ({LABEL}):** PPOFlow's final checkpoint{'s' if len(rows) > 1 else ''} "
-               f"{'lift' if mean > 0 else 'move'} the start from {k0 / n0:.1%} to "
+               f"{'lift' if vlo > 0 else 'move'} the start from {k0 / n0:.1%} to "
                f"{sum(r['final'][0] / r['final'][1] for r in rows) / len(rows):.1%} on the {len(tr)} training scenes: "
                f"{'mean ' if len(rows) > 1 else ''}lift {mean:+.1%}, {unit} [{vlo:+.1%}, {vhi:+.1%}] ({shown}).")
     plot_curves(curves, out / "learning_curves.png", f"PPOFlow per seed, rollout SR on {len(tr)} training scenes\n({LABEL})",
