@@ -118,6 +118,19 @@ def machine_info() -> dict:
     return info
 
 
+def t_interval(xs: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t interval over independent units (training seeds); NaN bounds with one unit."""
+    from scipy import stats
+
+    n = len(xs)
+    m = sum(xs) / n
+    if n < 2:
+        return m, float("nan"), float("nan")
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+    h = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    return m, m - h, m + h
+
+
 def run_step(name: str, cmd: list[str], done: Path | None, log_dir: Path, steps_file: Path, dry_run: bool = False,
              cwd: Path | None = None) -> float:
     """Run one stage CLI unless `done` exists; stdout+stderr to <log_dir>/<name>.log; wall time into steps.json."""

@@ -25,7 +25,6 @@ Steps (each a subprocess of a stage CLI, skipped when its output exists, so an i
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import sys
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scene_scaling import machine_info, plot_curves, read_curve, run_step, stage  # noqa: E402
+from scene_scaling import machine_info, plot_curves, read_curve, run_step, stage, t_interval  # noqa: E402
 from evaluate import newcombe_diff  # noqa: E402
 
 LABEL = "object-state proxy: no pretrained VLM, visual generalisation not tested"  # scene_env.OBJECT_STATE_LABEL
@@ -100,21 +99,8 @@ class Args:
 
 
 # ---------------------------------------------------------------------------------------------
-# Statistics (pure): the interval's unit is the training seed
+# Statistics (pure; the seed-level interval is scene_scaling.t_interval: its unit is the training seed)
 # ---------------------------------------------------------------------------------------------
-
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
-def seed_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and two-sided 95% Student-t interval over seeds (nan bounds with one seed)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan"), float("nan")
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    h = (T975.get(n - 1) or 1.96) * sd / math.sqrt(n)
-    return mean, mean - h, mean + h
 
 
 def pooled(per_scene: dict, scenes: list[str]) -> tuple[int, int]:
@@ -254,7 +240,7 @@ def write_report(out: Path, args: Args, start: Path, runs: dict[int, Path], per:
                      "rollout_last5": last, "no_collapse": last >= first, "heldout": [hk, hn]})
         lifts.append(d)
         curves[f"seed {seed}"] = cur
-    mean, lo, hi = seed_interval(lifts)
+    mean, lo, hi = t_interval(lifts)
     hk0, hn0 = pooled(per["start"], ho) if ho else (0, 0)
     # several seeds: the interval's unit is the seed; one seed: Newcombe's interval over its evaluation episodes
     unit = (f"95% t-interval over {len(rows)} seeds" if len(rows) > 1 else

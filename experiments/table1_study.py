@@ -27,7 +27,6 @@ wall time and machine load.
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import sys
 import time
@@ -39,7 +38,7 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scene_scaling import (ROOT, env_flags, machine_info, make_scenes, plot_curves, read_curve,  # noqa: E402
-                           run_step, stage)
+                           run_step, stage, t_interval)
 from evaluate import newcombe_diff, wilson_interval  # noqa: E402
 
 # The no-early-stopping recipe (benchmarks/RESULTS.md, "recipe development", dev seeds 7000+): from an 8-scene start at
@@ -179,19 +178,6 @@ def disjoint_pools(a: Path, b: Path) -> list[str]:
         return out
     ka, kb = keys(a), keys(b)
     return sorted(k for k, v in kb.items() if k in ka or v in set(ka.values()))
-
-
-def t_interval(xs: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t interval over independent units (training seeds); NaN bounds with one unit."""
-    from scipy import stats
-
-    n = len(xs)
-    m = sum(xs) / n
-    if n < 2:
-        return m, float("nan"), float("nan")
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
-    h = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
-    return m, m - h, m + h
 
 
 def success_rate(episodes: list[dict], label: str, scenes: list[str]) -> tuple[int, int]:

@@ -156,10 +156,10 @@ def test_minibatch_target_kl_stops_inside_the_first_epoch(tmp_path):
 
 
 def test_seed_interval_and_early_stop_rule():
-    m, lo, hi = sp.seed_interval([0.2, 0.3, 0.4])
+    m, lo, hi = sp.t_interval([0.2, 0.3, 0.4])
     assert m == pytest.approx(0.3) and lo == pytest.approx(0.3 - 4.303 * 0.1 / 3 ** 0.5, abs=1e-4)
     assert hi == pytest.approx(0.3 + 4.303 * 0.1 / 3 ** 0.5, abs=1e-4)
-    assert all(x != x for x in sp.seed_interval([0.5])[1:])  # one seed: no interval, not a made-up one
+    assert all(x != x for x in sp.t_interval([0.5])[1:])  # one seed: no interval, not a made-up one
     assert sp.choose_start([(500, 0.05), (1000, 0.25), (1500, 0.45)], (0.2, 0.5)) == 1000  # earliest in band
     assert sp.choose_start([(500, 0.05), (1000, 0.6), (1500, 0.9)], (0.2, 0.5)) == 1000  # nearest the band
     assert sp.choose_start([(500, 0.0), (1000, 0.1)], (0.2, 0.5)) == 1000
