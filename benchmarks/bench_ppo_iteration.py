@@ -64,7 +64,7 @@ def main(args: Args) -> list[dict]:
 
     import ppoflow_pi0 as pp
     import scene_env
-    from state_proxy import RECIPE
+    from common import STATE_PROXY_RECIPE as RECIPE
 
     base = tyro.cli(pp.Args, args=["--scenes-dir", ".", *shlex.split(RECIPE)])  # the recipe's update settings
     setups = {}

@@ -29,8 +29,8 @@ from typing import Literal
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scene_scaling import (env_flags, machine_info, make_scenes, plot_curves, read_curve,  # noqa: E402
-                           ppo_flags, run_step, select_checkpoint, stage, wald_diff)
+from common import (env_flags, machine_info, make_scenes, plot_curves, read_curve,  # noqa: E402
+                    ppo_flags, run_step, select_checkpoint, stage, wald_diff)
 from evaluate import newcombe_diff, wilson_interval  # noqa: E402
 
 

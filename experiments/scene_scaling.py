@@ -18,11 +18,7 @@ command, wall time and machine of every step, which is the budget of the experim
 from __future__ import annotations
 
 import json
-import math
-import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,9 +27,10 @@ from typing import Literal
 
 import tyro
 
-ROOT = Path(__file__).resolve().parent.parent  # the repository: stage scripts live here
-sys.path.insert(0, str(ROOT))
-from evaluate import newcombe_diff, wilson_interval  # noqa: E402  (the one implementation of both)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (ROOT, env_flags, machine_info, make_scenes, plot_curves, ppo_flags, read_curve,  # noqa: E402
+                    run_step, select_checkpoint, stage)
+
 DEFAULT_TASKS = ("put the green block on the plate", "put the carrot on the plate", "put the red cube in the bowl",
                  "put the spoon on the towel", "put the banana in the basket", "place the red mug on the saucer")
 
@@ -99,191 +96,6 @@ class Args:
     @property
     def h_size(self) -> int:
         return self.split_size or max(self.ns)
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers shared with experiments/learning_demo.py
-# ---------------------------------------------------------------------------------------------
-
-
-def machine_info() -> dict:
-    """Conditions a figure depends on: host, cores, load, library versions."""
-    info = {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-            "cpus": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]}
-    for mod in ("torch", "mani_skill", "sapien", "transformers"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - a missing library is a fact to report, not an error
-            info[mod] = None
-    return info
-
-
-def t_interval(xs: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t interval over independent units (training seeds); NaN bounds with one unit."""
-    from scipy import stats
-
-    n = len(xs)
-    m = sum(xs) / n
-    if n < 2:
-        return m, float("nan"), float("nan")
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
-    h = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
-    return m, m - h, m + h
-
-
-def run_step(name: str, cmd: list[str], done: Path | None, log_dir: Path, steps_file: Path, dry_run: bool = False,
-             cwd: Path | None = None) -> float:
-    """Run one stage CLI unless `done` exists; stdout+stderr to <log_dir>/<name>.log; wall time into steps.json."""
-    steps = json.loads(steps_file.read_text()) if steps_file.exists() else {}
-    if done is not None and done.exists():
-        print(f"[skip] {name}: {done} exists")
-        return steps.get(name, {}).get("wall_s", 0.0)
-    print(f"[run ] {name}: {shlex.join(cmd)}", flush=True)
-    if dry_run:
-        return 0.0
-    log_dir.mkdir(parents=True, exist_ok=True)
-    # one BLAS/OpenMP thread per process unless told otherwise: env workers already occupy the cores, and on a
-    # shared 2-core machine 2 spinning OpenMP threads made a tiny-model gradient step 4-10x slower (measured)
-    env = {**os.environ, "LP_NUM_THREADS": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-           "PYTHONPATH": str(ROOT)}
-    t0, load0 = time.time(), os.getloadavg()[0]
-    with open(log_dir / f"{name}.log", "w") as log:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env).returncode
-    wall = time.time() - t0
-    if rc != 0:
-        tail = (log_dir / f"{name}.log").read_text(errors="replace")[-3000:]
-        raise SystemExit(f"step {name} failed (exit {rc}); log {log_dir / f'{name}.log'}:\n{tail}")
-    steps[name] = {"cmd": shlex.join(cmd), "wall_s": round(wall, 1), "loadavg_start": load0,
-                   "loadavg_end": os.getloadavg()[0], "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    steps_file.parent.mkdir(parents=True, exist_ok=True)
-    steps_file.write_text(json.dumps(steps, indent=2))
-    print(f"[done] {name}: {wall:.0f} s", flush=True)
-    return wall
-
-
-def stage(script: str) -> list[str]:
-    """The command prefix of a stage CLI of this repository."""
-    return [sys.executable, str(ROOT / script)]
-
-
-def wald_diff(k1: int, n1: int, k0: int, n0: int) -> tuple[float, float, float]:
-    """p1 - p0 with the Wald 95% interval (for reference)."""
-    p1, p0 = k1 / n1, k0 / n0
-    h = 1.96 * math.sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0)
-    return p1 - p0, p1 - p0 - h, p1 - p0 + h
-
-
-def select_checkpoint(run: Path, window: int = 5) -> Path:
-    """The saved checkpoint of a PPOFlow run with the highest in-training eval SR; ties: the higher mean rollout SR
-    over the `window` iterations after it (the policy the checkpoint holds, still learning)."""
-    ms = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    roll = {m["iteration"]: m.get("charts/success_rate") for m in ms}
-    cands = []
-    for m in ms:
-        it, ev = m["iteration"], m.get("eval/success_rate")
-        if ev is not None and (run / f"ckpt_{it}.pt").exists():
-            after = [roll[i] for i in range(it + 1, it + 1 + window) if roll.get(i) is not None]
-            cands.append((ev, sum(after) / len(after) if after else -1.0, it))
-    if not cands:
-        raise SystemExit(f"{run}: no checkpoint with an in-training evaluation (run ppoflow_pi0.py with --eval-every "
-                         "and --save-every on the same iterations), or pass --select final")
-    return run / f"ckpt_{max(cands)[2]}.pt"
-
-
-def read_curve(metrics: Path) -> dict[str, list]:
-    """Learning curve of a PPOFlow run: env decisions vs training (stochastic) and eval (deterministic) SR."""
-    cur = {"step": [], "train_sr": [], "eval_step": [], "eval_sr": []}
-    for line in metrics.read_text().splitlines() if metrics.exists() else []:
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line of a run that is still writing
-        if "global_step" not in r:
-            continue
-        if r.get("charts/success_rate") is not None:
-            cur["step"].append(r["global_step"])
-            cur["train_sr"].append(r["charts/success_rate"])
-        if r.get("eval/success_rate") is not None:
-            cur["eval_step"].append(r["global_step"])
-            cur["eval_sr"].append(r["eval/success_rate"])
-    return cur
-
-
-def plot_curves(curves: dict[str, dict], path: Path, title: str, baselines: dict[str, float] | None = None,
-                smooth: int = 5, marks: dict[str, float] | None = None) -> Path:
-    """Success rate vs env steps (chunk decisions) for several runs; training SR smoothed over `smooth` iterations;
-    `baselines` are horizontal lines (label -> SR), `marks` vertical ones (label -> env step)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    for i, (label, c) in enumerate(curves.items()):
-        col = f"C{i}"
-        if c["step"]:
-            y = np.asarray(c["train_sr"], float)
-            k = min(smooth, len(y))
-            ys = np.convolve(y, np.ones(k) / k, mode="valid")
-            ax.plot(c["step"], y, color=col, alpha=0.25, lw=0.8)
-            ax.plot(c["step"][k - 1:], ys, color=col, lw=1.8, label=f"{label}: rollout SR ({k}-iter mean)")
-        if c["eval_step"]:
-            ax.plot(c["eval_step"], c["eval_sr"], "o--", color=col, ms=4, lw=1, label=f"{label}: deterministic eval SR")
-    for j, (label, y) in enumerate((baselines or {}).items()):
-        ax.axhline(y, color="k", ls=":" if j else "-.", lw=1, label=label)
-    for label, x in (marks or {}).items():
-        ax.axvline(x, color="grey", ls="--", lw=1, label=label)
-    ax.set_xlabel("env steps (chunk decisions; x4 control steps)")
-    ax.set_ylabel("success rate")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def make_scenes(out: Path, tasks: list[str], variants: int, distractors: str, seed: int, workers: int,
-                log_dir: Path, steps_file: Path, dry_run: bool, name: str = "", compose_extra: list[str] = (),
-                assets: Path | None = None, asset_seed: int | None = None) -> Path:
-    """design -> assets -> compose into <out>/scenes, <out>/assets; returns the scenes folder. `name` prefixes the
-    step names (several pools in one experiment); `compose_extra` are extra compose_scene.py flags; `assets` another
-    asset folder (assets are content-addressed, so pools sharing one reuse each other's objects); `asset_seed` the
-    generator's seed when it is not `seed` (the same description and asset seed give the same object instance)."""
-    scenes, assets = out / "scenes", assets or out / "assets"
-    cmd = stage("scene_designer.py") + [a for t in tasks for a in ("--task", t)] + [
-        "--variants-per-task", str(variants), "--num-distractors", distractors, "--seed", str(seed),
-        "--out-dir", str(scenes)]
-    run_step(f"{name}design", cmd, scenes / "index.json", log_dir, steps_file, dry_run)
-    marker = scenes / "assets_done.json"  # per pool: a shared asset folder's contact sheet says nothing about this pool
-    run_step(f"{name}assets", stage("generate_assets.py") + ["--scenes-dir", str(scenes), "--assets-dir", str(assets),
-                                                             "--seed", str(seed if asset_seed is None else asset_seed),
-                                                             "--workers", str(workers)],
-             marker, log_dir, steps_file, dry_run)
-    if not dry_run and not marker.exists():
-        marker.write_text(json.dumps({"assets_dir": str(assets)}))
-    run_step(f"{name}compose", stage("compose_scene.py") + ["--scenes-dir", str(scenes), "--assets-dir", str(assets),
-                                                            "--seed", str(seed), "--workers", str(workers),
-                                                            *compose_extra],
-             scenes / "compose_summary.json", log_dir, steps_file, dry_run)
-    return scenes
-
-
-def env_flags(image_size: int, max_decisions: int) -> list[str]:
-    return ["--env.image-size", str(image_size), "--env.max-decisions", str(max_decisions)]
-
-
-def ppo_flags(args) -> list[str]:
-    """ppoflow_pi0.py's budget flags from a driver's --ppo-* fields (same names in both drivers); --ppo-extra last."""
-    return ["--num-envs", str(args.ppo_num_envs),  # CPU: one worker process per env
-            "--num-steps", str(args.ppo_num_steps), "--minibatch-size", str(args.ppo_minibatch),
-            "--update-epochs", str(args.ppo_update_epochs), "--num-iterations", str(args.ppo_iterations),
-            "--learning-rate", str(args.ppo_lr), "--critic-learning-rate", str(args.ppo_critic_lr),
-            "--device", "cpu", *shlex.split(args.ppo_extra)]
 
 
 # ---------------------------------------------------------------------------------------------

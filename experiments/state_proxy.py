@@ -34,23 +34,9 @@ from pathlib import Path
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scene_scaling import machine_info, plot_curves, read_curve, run_step, stage, t_interval  # noqa: E402
+from common import STATE_PROXY_LABEL as LABEL, STATE_PROXY_RECIPE as RECIPE  # noqa: E402
+from common import machine_info, plot_curves, read_curve, run_step, stage, t_interval  # noqa: E402
 from evaluate import newcombe_diff  # noqa: E402
-
-LABEL = "object-state proxy: no pretrained VLM, visual generalisation not tested"  # scene_env.OBJECT_STATE_LABEL
-# The frozen PPOFlow recipe on the object-state proxy (benchmarks/RESULTS.md, "PPOFlow recipe (issue 27)"): every
-# flag of ppoflow_pi0.py that differs from its (paper) defaults, in one place. --ppo-extra goes after it (an ablation
-# arm overrides single flags; tyro takes the last value).
-RECIPE = (
-    "--env.obs-mode state --env.image-size 64 "
-    "--num-envs 8 --num-steps 100 --minibatch-size 100 --update-epochs 4 "  # 800 decisions = 3200 control steps / it
-    "--target-kl 0.02 "  # checked after each epoch: the later epochs are skipped once one passes it
-    "--learning-rate 5e-6 --critic-learning-rate 1e-3 --critic-warmup-iterations 3 "  # tiny actor steps, fast critic
-    "--lr-schedule cosine --lr-min-factor 0.1 "  # hold the lift: the step size decays to 0.1x over the run
-    "--gamma 1.0 --no-bootstrap-truncated "  # objective: success within the episode (a time-out is a failure)
-    "--demo-bc-coef 0.5 "  # behaviour-cloning anchor to the start's own demos
-    "--num-iterations 40"  # 32k decisions (128k control steps): <= 30 min on 2 cores
-)
 
 
 @dataclass

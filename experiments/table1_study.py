@@ -37,8 +37,8 @@ from typing import Literal
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scene_scaling import (ROOT, env_flags, machine_info, make_scenes, plot_curves, read_curve,  # noqa: E402
-                           run_step, stage, t_interval)
+from common import (ROOT, env_flags, machine_info, make_scenes, plot_curves, read_curve,  # noqa: E402
+                    run_step, stage, t_interval)
 from evaluate import newcombe_diff, wilson_interval  # noqa: E402
 
 # The no-early-stopping recipe (benchmarks/RESULTS.md, "recipe development", dev seeds 7000+): from an 8-scene start at

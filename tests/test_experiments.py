@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "experiments")]
 import evaluate as ev  # noqa: E402
 import learning_demo as ld  # noqa: E402
-import scene_scaling as sc  # noqa: E402
+import common as sc  # noqa: E402
 
 
 def test_intervals_match_newcombe_1998():
