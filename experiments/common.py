@@ -31,7 +31,7 @@ STATE_PROXY_RECIPE = (
     "--lr-schedule cosine --lr-min-factor 0.1 "  # hold the lift: the step size decays to 0.1x over the run
     "--gamma 1.0 --no-bootstrap-truncated "  # objective: success within the episode (a time-out is a failure)
     "--demo-bc-coef 0.5 "  # behaviour-cloning anchor to the start's own demos
-    "--num-iterations 40"  # 32k decisions (128k control steps): <= 30 min on 2 cores
+    "--num-iterations 80"  # 64k decisions (256k control steps): ~17-20 min on 2 cores (40 left seeds still rising)
 )
 
 

@@ -58,15 +58,17 @@ class Args:
     """PPOFlow seeds (one run each, all from the same start)."""
     il_seed: int = 0
     """Seed of demo collection and imitation."""
-    il_episodes: int = 200
-    """Successful scripted-expert demos kept (spread over the training scenes)."""
-    il_steps: int = 4000
+    il_episodes: int = 400
+    """Successful scripted-expert demos kept (spread over the training scenes). 200 gave an unstable imitation
+    curve under full pose randomisation (0, 0, 0, 1, 8, 4, 5, 2 of 40 at steps 500-4000); 400 a steady one."""
+    il_steps: int = 6000
     """Imitation gradient steps at most (the start is chosen among its checkpoints, see --il-band)."""
-    il_save_every: int = 500
+    il_save_every: int = 1000
     """Imitation checkpoint interval: the candidates of the early stop."""
-    il_band: tuple[float, float] = (0.2, 0.5)
-    """Deterministic SR band of the start on the training scenes (DPPO / issue 27: 20-50%)."""
-    il_select_episodes: int = 10
+    il_band: tuple[float, float] = (0.25, 0.5)
+    """Deterministic SR band of the start on the training scenes (DPPO / issue 27: 20-50%). The lower edge is 25% on
+    the development seeds so that the start stays above 20% on fresh seeds (a 20% pick of session 9 was 11% there)."""
+    il_select_episodes: int = 20
     """Episodes per training scene when choosing the start (development seeds)."""
     il_select_seed: int = 100
     """First development seed of the start's choice (disjoint from --eval-seed..)."""
