@@ -18,6 +18,7 @@ Other stages use: `load_policy(path)`, `PI0Policy.act(obs, deterministic=True)`,
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -542,11 +543,68 @@ def _softcap_attention(module, query, key, value, attention_mask, scaling, dropo
     return torch.matmul(w, value).transpose(1, 2).contiguous(), w
 
 
+@functools.cache
+def _prefix_cache_class() -> type:
+    """transformers is imported lazily in this file (the CLI's --help and the dry run stay fast)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    class PrefixCache(DynamicCache):
+        """The VLM prefix's keys/values; see `prefix_cache`."""
+
+        def __init__(self, layers: list | None = None, read_only: bool = False):
+            super().__init__()
+            self.read_only = read_only
+            if layers is not None:
+                self.layers = layers  # the writer's, shared
+
+        def reader(self) -> "PrefixCache":
+            return PrefixCache(self.layers, read_only=True)
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            if self.read_only:
+                layer = self.layers[layer_idx]
+                return torch.cat([layer.keys, key_states], -2), torch.cat([layer.values, value_states], -2)
+            while len(self.layers) <= layer_idx:
+                self.layers.append(DynamicLayer())
+            layer = self.layers[layer_idx]
+            if not layer.is_initialized:
+                layer.lazy_initialization(key_states, value_states)
+            layer.keys, layer.values = key_states, value_states
+            return key_states, value_states
+
+    return PrefixCache
+
+
+def prefix_cache():
+    """A transformers cache for the VLM prefix that never grows, so activation checkpointing can keep it.
+
+    transformers drops `past_key_values` inside checkpointed layers in train mode (a layer replayed in backward would
+    update the cache a second time), which left the prefix empty under --grad-checkpointing. This cache makes both
+    uses idempotent: the writer (given to the VLM in `encode`) stores each layer's keys/values by replacing what was
+    there, so a replay writes the same tensors again; the reader (`.reader()`, given to the expert) returns the prefix
+    plus the step's own keys/values and stores nothing, so every one of the K steps, and every replay, sees the same
+    L prefix tokens. Layers may therefore keep it under checkpointing (`enable_grad_checkpointing`)."""
+    return _prefix_cache_class()()
+
+
+def enable_grad_checkpointing(policy: "PI0Policy") -> None:
+    """--grad-checkpointing: transformers' non-reentrant activation checkpointing of every SigLIP, Gemma and expert
+    layer, keeping the prefix cache inside checkpointed layers (it is idempotent: `prefix_cache`). Non-reentrant, so
+    the gradient reaches the VLM through the prefix keys/values the expert attends to."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    policy.pi0.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    for m in policy.pi0.modules():
+        if isinstance(m, GradientCheckpointingLayer):
+            m._can_checkpoint_with_cache = True
+
+
 @dataclass
 class Prefix:
     """The VLM's output for one decision, reused by all K expert steps and the value head."""
 
-    cache: Any  # transformers DynamicCache with the prefix keys/values of every layer
+    cache: Any  # read-only prefix_cache with the prefix keys/values of every layer
     valid: torch.Tensor  # [B, L] bool, non-padding prefix tokens
     state: torch.Tensor  # [B, max_state_dim] normalised, padded robot state
     z: torch.Tensor  # [B, Hv] stop-gradient pooled VLM feature z_t
@@ -696,13 +754,14 @@ class PI0Policy(nn.Module):
             pos = torch.arange(1, L + 1, device=dev).expand(B, L)
         else:
             pos = (valid.long().cumsum(1) - 1).clamp_min(0)
+        cache = prefix_cache()
         out = vlm.language_model(inputs_embeds=emb, attention_mask=self._additive_mask(valid[:, None, :].expand(B, L, L), emb.dtype),
-                                 position_ids=pos, use_cache=True, **self._attn_kw)
+                                 position_ids=pos, past_key_values=cache, use_cache=True, **self._attn_kw)
         h = out.last_hidden_state.float()
         z = (h * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)  # [B, Hv] masked mean
         state = self.normalizer.state(inp["state"].to(dev))
         state = F.pad(state, (0, self.pi0.config.max_state_dim - state.shape[-1])).to(dtype)
-        return Prefix(cache=out.past_key_values, valid=valid, state=state, z=z.detach())  # z_t = sg(E(o_t))
+        return Prefix(cache=cache.reader(), valid=valid, state=state, z=z.detach())  # z_t = sg(E(o_t))
 
     def velocity(self, prefix: Prefix, a: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """Flow velocity dA/dtau (paper convention) of the action expert at (A^tau [B,C,A], tau [B]) -> [B, C, A]."""
@@ -721,14 +780,18 @@ class PI0Policy(nn.Module):
         else:
             pos = prefix.valid.sum(1, keepdim=True) + torch.arange(C + 1, device=dev)
         out = pi0.model.dit(inputs_embeds=emb, attention_mask=self._additive_mask(allowed, emb.dtype), position_ids=pos,
-                            past_key_values=prefix.cache, use_cache=True, **self._attn_kw)
-        prefix.cache.crop(L - prefix.cache.get_seq_length())  # drop this step's suffix keys/values: the prefix is reused by the next step
+                            past_key_values=prefix.cache, use_cache=True, **self._attn_kw)  # reads the prefix, stores nothing
         v = pi0.action_out_proj(out.last_hidden_state[:, 1:])[..., :A].float()  # [B, C, A]
         return v if c.flow_time == "paper" else -v
 
     def log_sigma(self, a: torch.Tensor, z: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        """Noise head sigma_phi(A^tau, z_t, tau) (Eq. 4), log std bounded to [log_sigma_min, log_sigma_max]."""
-        raw = self.noise_head(torch.cat([a.flatten(1), z, tau[:, None]], -1)).view_as(a)
+        """Noise head sigma_phi(A^tau, z_t, tau) (Eq. 4), log std bounded to [log_sigma_min, log_sigma_max].
+        Computed outside autocast, in the head's own dtype (fp32 master weights in training): in bf16 the bounded
+        log std took ~25 distinct values over [-2.5, -2.0], a quantised sigma in every log-prob of Eq. 5."""
+        w = self.noise_head[0].weight
+        x = torch.cat([a.flatten(1).float(), z.float(), tau[:, None].float()], -1).to(w.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            raw = self.noise_head(x).view(a.shape).float()
         return bounded_log_std(raw, self.config.log_sigma_min, self.config.log_sigma_max)
 
     def chain(self, prefix: Prefix, chain: torch.Tensor | None = None, deterministic: bool = False):
@@ -1776,7 +1839,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     if args.grad_checkpointing:
-        policy.pi0.gradient_checkpointing_enable()  # transformers' layers recompute activations in backward
+        enable_grad_checkpointing(policy)  # transformers' layers recompute activations in backward
     act_fn = torch.compile(lambda inp, tl: _sample(policy, inp, tl, device)) if args.compile_act else None
     if world > 1:
         import torch.distributed as dist
