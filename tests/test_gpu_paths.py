@@ -70,3 +70,138 @@ def test_noise_head_log_std_is_fp32_under_bf16_autocast():
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)  # bf16: errors up to ~8e-3 (25 distinct values)
     assert got.unique().numel() > 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU partial reset (scene_env.py): ManiSkill's own GPU-sim setters, on PhysX buffers held as CPU tensors
+# ---------------------------------------------------------------------------------------------
+
+
+class _Buffer:
+    def __init__(self, t):
+        self.t = t
+
+    def torch(self):
+        return self.t
+
+
+def fake_gpu_scene(n: int = 4, dof: int = 8):
+    """A ManiSkillScene stand-in with gpu_sim_enabled: the robot is one Articulation over all n sub-scenes (rigid
+    body rows 0..n-1 are its root links), each env has a target Actor built in its own sub-scene (rows n..2n-1) and a
+    kinematic camera mount spans every sub-scene (rows 2n..3n-1). The structs are ManiSkill's real Actor /
+    Articulation / Link classes; their setters index the buffers exactly as on the GPU."""
+    from types import MethodType, SimpleNamespace
+
+    from mani_skill.envs.scene import ManiSkillScene, StateDictRegistry
+    from mani_skill.utils.structs.actor import Actor
+    from mani_skill.utils.structs.articulation import Articulation
+    from mani_skill.utils.structs.link import Link
+
+    g = torch.Generator().manual_seed(0)
+    px = SimpleNamespace(cuda_rigid_body_data=_Buffer(torch.randn(3 * n, 13, generator=g)),
+                         cuda_articulation_qpos=_Buffer(torch.randn(n, dof, generator=g)),
+                         cuda_articulation_qvel=_Buffer(torch.randn(n, dof, generator=g)))
+    scene = SimpleNamespace(gpu_sim_enabled=True, parallel_in_single_scene=False, device=torch.device("cpu"), px=px,
+                            _reset_mask=torch.ones(n, dtype=torch.bool))
+
+    def struct(cls, rows, scene_idxs, **kw):
+        o = object.__new__(cls)
+        o.__dict__.update(scene=scene, _scene_idxs=torch.tensor(scene_idxs, dtype=torch.int32), _objs=[None] * len(rows),
+                          _bodies=[None] * len(rows), _body_data_name="cuda_rigid_body_data", hidden=False,
+                          _body_data_index=torch.tensor(rows), **kw)
+        return o
+
+    root = struct(Link, list(range(n)), list(range(n)), name="root")
+    robot = struct(Articulation, list(range(n)), list(range(n)), name="robot", root=root, max_dof=dof,
+                   _data_index=torch.arange(n, dtype=torch.int32))
+    actors = {f"target_{i}": struct(Actor, [n + i], [i], name=f"target_{i}", px_body_type="dynamic") for i in range(n)}
+    actors["camera_mount"] = struct(Actor, list(range(2 * n, 3 * n)), list(range(n)), name="camera_mount",
+                                    px_body_type="kinematic")
+    scene.state_dict_registry = StateDictRegistry(actors=actors, articulations={"robot": robot})
+    scene.get_sim_state = MethodType(ManiSkillScene.get_sim_state, scene)
+    scene.set_sim_state = MethodType(ManiSkillScene.set_sim_state, scene)
+    return scene
+
+
+def test_gpu_partial_reset_puts_back_only_the_running_envs_rows():
+    import scene_env
+
+    n = 4
+    scene = fake_gpu_scene(n)
+    before = scene.get_sim_state()  # the snapshot _initialize_episode takes before the settle steps
+    assert before["articulations"]["robot"].shape[0] == n and before["actors"]["target_2"].shape[0] == 1
+    px = scene.px
+    for buf in (px.cuda_rigid_body_data, px.cuda_articulation_qpos, px.cuda_articulation_qvel):
+        buf.t.add_(1.0)  # the settle steps moved every sub-scene
+    after = {k: v.t.clone() for k, v in vars(px).items()}
+    keep = torch.tensor([True, False, True, True])  # env 1 is being reset
+    with pytest.raises(RuntimeError, match="shape mismatch|must match"):  # what the old code did: all n rows
+        scene.set_sim_state(before, torch.nonzero(keep)[:, 0])
+    for k, v in after.items():  # undo what the failed call wrote before it raised (and its reset mask)
+        getattr(px, k).t.copy_(v)
+    scene._reset_mask[:] = True
+    scene_env.restore_running_envs(scene, before, keep)
+    assert scene._reset_mask.all()  # ManiSkill put the caller's mask back
+    state = scene.get_sim_state()
+    for i in range(n):
+        ref = before if keep[i] else None
+        got_robot, got_target = state["articulations"]["robot"][i], state["actors"][f"target_{i}"][0]
+        got_mount = state["actors"]["camera_mount"][i]
+        if ref is not None:  # running env: exactly its snapshot
+            torch.testing.assert_close(got_robot, before["articulations"]["robot"][i], rtol=0, atol=0)
+            torch.testing.assert_close(got_target, before["actors"][f"target_{i}"][0], rtol=0, atol=0)
+            torch.testing.assert_close(got_mount, before["actors"]["camera_mount"][i], rtol=0, atol=0)
+        else:  # the env being reset keeps its new (settled) state
+            torch.testing.assert_close(got_robot, before["articulations"]["robot"][i] + 1, rtol=0, atol=1e-6)
+            torch.testing.assert_close(got_target, before["actors"][f"target_{i}"][0] + 1, rtol=0, atol=1e-6)
+
+
+def test_gpu_partial_reset_keeps_the_running_envs_controller_targets(monkeypatch):
+    """ManiSkill's reset calls controller.reset() with the reset mask on every env: the real PDEEPoseController /
+    PDJointPosController reset below snaps every target to the reached pose; GenSceneEnv.reset puts the running
+    envs' targets back."""
+    from types import SimpleNamespace
+
+    from mani_skill.agents.controllers.base_controller import CombinedController
+    from mani_skill.agents.controllers.pd_ee_pose import PDEEPoseController
+    from mani_skill.agents.controllers.pd_joint_pos import PDJointPosController
+    from mani_skill.envs.sapien_env import BaseEnv
+    from mani_skill.utils.structs.pose import Pose
+
+    import scene_env
+
+    n = 4
+    scene = SimpleNamespace(gpu_sim_enabled=True, _reset_mask=torch.ones(n, dtype=torch.bool), device=torch.device("cpu"))
+    reached_q, reached_pose = torch.zeros(n, 6), Pose.create_from_pq(p=torch.zeros(n, 3))
+
+    class Arm(PDEEPoseController):  # ManiSkill's reset logic; the joint / link reads answer the reached pose
+        qpos = property(lambda self: reached_q)
+        ee_pose_at_base = property(lambda self: Pose.create(reached_pose.raw_pose.clone()))
+
+    class Gripper(PDJointPosController):
+        qpos = property(lambda self: reached_q[:, :1])
+
+    arm, grip = object.__new__(Arm), object.__new__(Gripper)
+    for c, d in ((arm, 6), (grip, 1)):
+        c.scene, c.config = scene, SimpleNamespace(use_target=True, interpolate=False)
+        c._target_qpos, c._start_qpos = torch.arange(n * d).float().view(n, d) + 1, torch.ones(n, d)
+    arm._target_pose = Pose.create_from_pq(p=torch.arange(3 * n).float().view(n, 3) + 1)
+    ctrl = object.__new__(CombinedController)
+    ctrl.controllers = {"arm": arm, "gripper": grip}
+    targets = arm._target_pose.raw_pose.clone(), arm._target_qpos.clone(), grip._target_qpos.clone()
+
+    def maniskill_reset_tail(self, seed=None, options=None):  # sapien_env.BaseEnv.reset, after _initialize_episode
+        self.scene._reset_mask = torch.ones(self.num_envs, dtype=torch.bool)
+        self.agent.controller.reset()
+        return {}, {}
+
+    monkeypatch.setattr(BaseEnv, "reset", maniskill_reset_tail)
+    env = object.__new__(scene_env.GenSceneEnv)
+    env.__dict__.update(scene=scene, num_envs=n, agent=SimpleNamespace(controller=ctrl))
+    env.reset(options={"env_idx": torch.tensor([1])})
+    keep = torch.tensor([True, False, True, True])
+    torch.testing.assert_close(arm._target_pose.raw_pose[keep], targets[0][keep])  # old code: snapped to 0
+    torch.testing.assert_close(arm._target_qpos[keep], targets[1][keep])
+    torch.testing.assert_close(grip._target_qpos[keep], targets[2][keep])
+    torch.testing.assert_close(arm._target_pose.raw_pose[1], reached_pose.raw_pose[1])  # the reset env: reached pose
+    assert float(arm._target_qpos[1].abs().sum()) == 0.0
