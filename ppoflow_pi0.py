@@ -206,6 +206,13 @@ class Args:
     # ---- bookkeeping ----
     save_every: int = 10
     """Checkpoint every N iterations (plus ckpt_final.pt)."""
+    keep_checkpoints: int = 0
+    """Keep only the newest N `ckpt_<iteration>.pt` files of the run (0 = keep all); ckpt_final.pt is always kept."""
+    checkpoint_weights: Literal["changed", "full"] = "changed"
+    """"changed": with --init, checkpoints hold only what training changes (trainable parameters: LoRA adapters,
+    expert, heads; plus optimizer, scheduler, RNG) and a reference to the --init file the frozen weights come from
+    (loading needs that file; at pi0-3b ~1-4 GB instead of ~16 GB). "full": every weight (a self-contained file).
+    Without --init checkpoints are always full."""
     eval_every: int = 10
     """Deterministic evaluation (sigma = 0), one episode per env, every N iterations (0 = never)."""
 
@@ -995,7 +1002,8 @@ def check_resumable(ckpt: dict, path: str, args: "Args") -> None:
 # Flags a --resume may change: where the run logs and what it runs on, never what it learns. num_iterations only
 # with a constant learning rate (it sets the decay of the others).
 RESUME_FREE_FLAGS = ("resume", "resume_allow_changes", "dry_run", "device", "track", "wandb_project", "wandb_entity", "wandb_group",
-                     "env_workers", "save_every", "compile_act", "exp_name", "out")
+                     "env_workers", "save_every", "keep_checkpoints", "checkpoint_weights", "compile_act", "exp_name",
+                     "out")
 
 
 def resume_free_flags(a: dict, now: dict) -> set[str]:
@@ -1102,7 +1110,7 @@ def load_policy(path: str | os.PathLike, device: str = "cpu", stats_file: str = 
         scaling = cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else 0.0
         cfg = PolicyConfig(**{**asdict(cfg), **overrides})
         policy = PI0Policy(cfg, Normalizer(**ckpt["normalizer"]), ckpt["tokenizer"])
-        policy.load_weights(ckpt["model"], scaling)
+        policy.load_weights(checkpoint_weights(ckpt, path), scaling)
     else:  # open-pi-zero: {"model": state_dict, ...}
         cfg, sd = convert_open_pi_zero(ckpt["model"], **(open_pi_zero or {}))
         vocab = cfg.pi0["vlm_config"]["text_config"]["vocab_size"]
@@ -1115,6 +1123,46 @@ def load_policy(path: str | os.PathLike, device: str = "cpu", stats_file: str = 
         policy = PI0Policy(cfg, Normalizer.from_stats_file(stats_file), tok)
         policy.load_weights(sd)
     return policy.to(device)
+
+
+def frozen_fingerprint(policy: PI0Policy) -> str:
+    """sha256 over the names, shapes and first 4096 values of every frozen parameter: cheap at pi0-3b, and a
+    checkpoint that refers to its --init can tell that the file there now holds other weights."""
+    return content_sha256({n: p.detach().flatten()[:4096] for n, p in policy.named_parameters() if not p.requires_grad})
+
+
+def init_reference(args: "Args") -> dict:
+    """What a "changed"-weights checkpoint records about its --init: enough for `checkpoint_weights` to rebuild the
+    frozen weights exactly as `build_policy` made them."""
+    return {"init": str(Path(args.init).resolve()), "stats_file": args.stats_file, "tokenizer_path": args.tokenizer_path,
+            "open_pi_zero": {"num_kv_heads": args.init_num_kv_heads, "vision_heads": args.init_vision_heads}}
+
+
+def checkpoint_weights(ckpt: dict, path: str | os.PathLike = "checkpoint") -> dict:
+    """The full state dict of a pi0_policy checkpoint in its own layout. A checkpoint written with a `base` reference
+    holds only the trainable entries: the frozen ones are rebuilt from its --init (as `build_policy` did) and checked
+    against the fingerprint stored at save time."""
+    if "base" not in ckpt:
+        return ckpt["model"]
+    b = ckpt["base"]
+    if not Path(b["init"]).exists():
+        raise CheckpointError(f"{path}: holds only the weights training changed; the frozen ones come from its --init "
+                              f"{b['init']}, which does not exist (fix: put that file back at this path, or resave the "
+                              "run with --checkpoint-weights full)")
+    src = load_policy(b["init"], stats_file=b["stats_file"], tokenizer_path=b["tokenizer_path"],
+                      open_pi_zero=b.get("open_pi_zero"))
+    policy = PI0Policy(PolicyConfig(**ckpt["model_config"]), Normalizer(**ckpt["normalizer"]), ckpt["tokenizer"])
+    policy.load_weights(src.state_dict(), src.lora_scaling())
+    del src
+    if frozen_fingerprint(policy) != b["frozen_sha256"]:
+        raise CheckpointError(f"{path}: its --init {b['init']} now holds other weights than the ones this run was "
+                              "trained from (frozen-weight fingerprint mismatch): restore the original --init file")
+    frozen = {n for n, p in policy.named_parameters() if not p.requires_grad}
+    missing, unexpected = policy.load_state_dict(ckpt["model"], strict=False)
+    if set(missing) != frozen or unexpected:
+        raise CheckpointError(f"{path}: its weights do not fit its model config (missing {sorted(set(missing) - frozen)[:5]}, "
+                              f"unexpected {list(unexpected)[:5]}); the file is not a checkpoint of this code")
+    return policy.state_dict()
 
 
 EXPORT_CONFIG, EXPORT_HEADS = "policy_config.json", "policy_heads.safetensors"
@@ -1414,11 +1462,30 @@ def remove_stale_tmp(folder: Path) -> list[Path]:
     return removed
 
 
-def policy_checkpoint(policy: PI0Policy, **extra) -> dict:
-    """The checkpoint contract (SPEC section 2); `extra` adds optimizer, scheduler, rng, iteration, args."""
+def policy_checkpoint(policy: PI0Policy, base: dict | None = None, **extra) -> dict:
+    """The checkpoint contract (SPEC section 2); `extra` adds optimizer, scheduler, rng, iteration, args. With `base`
+    (`init_reference`) "model" holds only the trainable entries and "base" says where the frozen ones come from
+    (`checkpoint_weights` puts them back)."""
+    sd = policy.state_dict()
+    if base is not None:
+        frozen = {n for n, p in policy.named_parameters() if not p.requires_grad}
+        sd = {k: v for k, v in sd.items() if k not in frozen}
+        extra["base"] = {**base, "frozen_sha256": frozen_fingerprint(policy)}
     return {"schema_version": CKPT_SCHEMA_VERSION, "kind": "pi0_policy", "model_config": asdict(policy.config),
             "normalizer": asdict(policy.normalizer), "tokenizer": policy.tokenizer_spec,
-            "model": {k: v.detach().cpu() for k, v in policy.state_dict().items()}, **extra}
+            "model": {k: v.detach().cpu() for k, v in sd.items()}, **extra}
+
+
+def rotate_checkpoints(folder: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` ckpt_<iteration>.pt of a run folder (ckpt_final.pt is not one of them).
+    Returns what was removed."""
+    if keep <= 0:
+        return []
+    numbered = sorted((int(m.group(1)), f) for f in Path(folder).glob("ckpt_*.pt") if (m := re.fullmatch(r"ckpt_(\d+)\.pt", f.name)))
+    old = [f for _, f in numbered[:-keep]]
+    for f in old:
+        f.unlink(missing_ok=True)
+    return old
 
 
 def rng_state() -> dict:
@@ -1831,7 +1898,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     seed_everything(args.seed)  # identical model init on every rank
     if ckpt is not None:
         policy = PI0Policy(PolicyConfig(**ckpt["model_config"]), Normalizer(**ckpt["normalizer"]), ckpt["tokenizer"])
-        policy.load_weights(ckpt["model"])
+        policy.load_weights(checkpoint_weights(ckpt, args.resume))
         check_obs_mode(policy.config, args.env, f"--resume {args.resume}")
     else:
         policy = build_policy(args)
@@ -1913,11 +1980,13 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                       f"clip {upd['clipfrac']:.3f} rollout {t1 - t0:.1f}s update {t2 - t1:.1f}s")
                 last = it + 1 == args.num_iterations
                 if (it + 1) % args.save_every == 0 or last:
-                    ck = policy_checkpoint(policy, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                    base = init_reference(args) if args.init and args.checkpoint_weights == "changed" else None
+                    ck = policy_checkpoint(policy, base, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                                            rng=rngs, iteration=it + 1, args=ss.to_dict(args))
                     torch_save_atomic(ck, out / f"ckpt_{it + 1}.pt")
                     if last:
                         torch_save_atomic(ck, out / "ckpt_final.pt")
+                    rotate_checkpoints(out, args.keep_checkpoints)
     finally:
         envs.close()
         if wb is not None:

@@ -205,3 +205,53 @@ def test_gpu_partial_reset_keeps_the_running_envs_controller_targets(monkeypatch
     torch.testing.assert_close(grip._target_qpos[keep], targets[2][keep])
     torch.testing.assert_close(arm._target_pose.raw_pose[1], reached_pose.raw_pose[1])  # the reset env: reached pose
     assert float(arm._target_qpos[1].abs().sum()) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmarks/bench_policy.py --dtype bfloat16: the trainer's precision (autocast over fp32 masters)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_bench_policy_bf16_runs_autocast_over_fp32_masters():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_policy
+
+    out = bench_policy.main(bench_policy.Args(preset="tiny", dtype="bfloat16", batch=2, minibatch=2, repeats=1,
+                                              compile=False, grad_checkpointing=True))  # old code: dtype mismatch
+    assert out["master_dtypes"] == ["torch.float32"]  # fp32 master weights and AdamW state, as in training
+    assert out["update_ms"] > 0 and set(out["latency_ms"]) == {"eager"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints hold what training changed plus a reference to --init; the last k are kept
+# ---------------------------------------------------------------------------------------------
+
+
+def test_changed_weight_checkpoints_load_resume_and_rotate(tmp_path):
+    from test_ppoflow import fast_args
+
+    src = tiny_policy(lora_rank=0)
+    init = tmp_path / "il.pt"
+    P.torch_save_atomic(P.policy_checkpoint(src, iteration=0), init)
+    out = tmp_path / "run"
+    kw = dict(init=str(init), lora_rank=4, save_every=1, keep_checkpoints=2, eval_every=0)
+    P.main(fast_args(out, num_iterations=3, **kw), env_fn=FakeVecEnv)
+    assert sorted(f.name for f in out.glob("ckpt_*.pt")) == ["ckpt_2.pt", "ckpt_3.pt", "ckpt_final.pt"]
+    ck = torch.load(out / "ckpt_final.pt", map_location="cpu", weights_only=True)
+    assert ck["base"]["init"] == str(init.resolve()) and "optimizer" in ck
+    q = "pi0.model.vlm.language_model.layers.0.self_attn.q_proj"
+    assert f"{q}.base_layer.weight" not in ck["model"] and f"{q}.lora_B.default.weight" in ck["model"]
+    assert any(k.startswith("pi0.model.dit.") for k in ck["model"]) and "noise_head.0.weight" in ck["model"]
+    pol = P.load_policy(out / "ckpt_final.pt")  # what evaluate.py and export load
+    sd = pol.state_dict()
+    for k, v in ck["model"].items():
+        assert torch.equal(sd[k], v), k
+    assert torch.equal(sd[f"{q}.base_layer.weight"], src.state_dict()[f"{q}.weight"])
+    P.main(fast_args(out, num_iterations=4, resume=str(out / "ckpt_3.pt"), **kw), env_fn=FakeVecEnv)
+    assert sorted(f.name for f in out.glob("ckpt_*.pt")) == ["ckpt_3.pt", "ckpt_4.pt", "ckpt_final.pt"]
+    P.torch_save_atomic(P.policy_checkpoint(tiny_policy(seed=1, lora_rank=0), iteration=0), init)  # another --init
+    with pytest.raises(P.CheckpointError, match="other weights"):
+        P.load_policy(out / "ckpt_final.pt")
+    init.unlink()
+    with pytest.raises(P.CheckpointError, match="does not exist"):
+        P.load_policy(out / "ckpt_final.pt")
