@@ -366,9 +366,22 @@ def lr_factor(it: int, num_iterations: int, critic_warmup: int = 0, warmup: int 
     return warm * decay
 
 
-def explained_variance(y_pred: torch.Tensor, y: torch.Tensor) -> float:
-    var = y.var()
-    return float("nan") if var == 0 else float(1 - (y - y_pred).var() / var)
+def explained_variance(y_pred: torch.Tensor, y: torch.Tensor, world: int = 1) -> float:
+    """1 - Var(y - y_pred) / Var(y) over the whole batch of every rank (one all-reduce of sums in float64)."""
+    y, r = y.double().flatten(), (y.double() - y_pred.double()).flatten()
+    n, sy, syy, sr, srr = allreduce_sum(torch.stack([y.new_tensor(float(y.numel())), y.sum(), (y * y).sum(), r.sum(),
+                                                     (r * r).sum()]), world)
+    var_y, var_r = syy - sy * sy / n, srr - sr * sr / n  # both over n - 1 would cancel
+    return float("nan") if var_y <= 0 else float(1 - var_r / var_y)
+
+
+def reduce_stats(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """One dict of statistics from every rank's: keys ending in _min / _max take the extreme, the rest the mean."""
+    out = {}
+    for k in per_rank[0]:
+        v = [r[k] for r in per_rank]
+        out[k] = float(min(v) if k.endswith("_min") else max(v) if k.endswith("_max") else np.mean(v))
+    return out
 
 
 def merge_lora(sd: dict, scaling: float) -> dict:
@@ -1596,6 +1609,18 @@ def _sample(policy: PI0Policy, inp: dict, time_left, device):
     return chain, logp, log_std, policy.value(prefix, time_left)
 
 
+def restore_rng(saved: list[dict], seed: int, iteration: int, rank: int, world: int) -> None:
+    """A resume's RNG: each rank's saved stream when the world size is the one saved; otherwise (no stream saved for
+    this rank layout) each rank is reseeded from (seed, iteration, rank): its own stream, never a copy of rank 0's."""
+    if len(saved) == world:
+        set_rng_state(saved[rank])
+        return
+    seed_everything(env_seed(seed, iteration, rank, 3))
+    if rank == 0:
+        print(f"[ppoflow] resumed on {world} rank(s) from a {len(saved)}-rank checkpoint: each rank's RNG is reseeded "
+              f"from (seed, iteration {iteration}, rank), so this run is not bitwise the uninterrupted one")
+
+
 def allreduce_grads(params: list[torch.Tensor], world: int) -> None:
     """DDP by hand: the gradient all-reduce (mean) is the only sync between ranks."""
     if world == 1:
@@ -1697,11 +1722,12 @@ def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret
         stats.setdefault("epoch_kl", []).append(kl)
         if stop or (args.target_kl is not None and args.target_kl_scope == "epoch" and kl > args.target_kl):  # ALGO LOGIC
             break
-    out = {k: float(np.mean(v)) for k, v in stats.items()}
+    out = {k: float(min(v) if k.endswith("_min") else max(v) if k.endswith("_max") else np.mean(v))
+           for k, v in stats.items()}  # over minibatches; extremes stay extremes
     out["epochs_run"] = float(epochs_run)
     out["kl_stops"] = float(stop)
     out["grad_steps"] = float(len(stats.get("grad_norm", [])))
-    out["explained_variance"] = explained_variance(flat["value"], ret)
+    out["explained_variance"] = explained_variance(flat["value"], ret, world)  # every rank's batch
     return out
 
 
@@ -1941,7 +1967,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
         print(f"[ppoflow] {len(scenes)} scene(s), {args.num_envs} envs x {args.num_steps} steps on {world} rank(s), "
               f"{sum(p.numel() for p in rest + heads) / 1e6:.2f}M trainable params -> {out}")
     if ckpt is not None:  # restore RNG last: nothing may draw random numbers between here and the loop
-        set_rng_state(ckpt["rng"][rank] if len(ckpt["rng"]) == world else ckpt["rng"][0])
+        restore_rng(ckpt["rng"], args.seed, start, rank, world)
     else:
         seed_everything(args.seed + rank)
     try:
@@ -1963,6 +1989,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                 ev = evaluate(policy, envs, env_seed(args.seed, it, rank, 2), args.env.max_decisions)
                 m.update({"eval/success_rate": ev["success"], "eval/time_to_finish": ev["time_to_finish"]})
             m = gather_metrics(m, world)
+            upd = reduce_stats(gather_objects(upd, world)) if world > 1 else upd  # every rank's update, not rank 0's
             m.update({f"losses/{k}": v for k, v in upd.items()})
             steps = (it + 1) * args.batch_size
             m.update({"time/rollout_s": t1 - t0, "time/update_s": t2 - t1, "perf/decisions_per_s": args.batch_size / (t1 - t0),
@@ -2009,9 +2036,15 @@ def gather_objects(obj, world: int) -> list:
 
 
 def gather_metrics(m: dict[str, list], world: int) -> dict[str, float]:
-    """Per-episode lists from every rank -> global means (NaN when no episode ended)."""
+    """Per-episode lists from every rank -> global means, or the global min / max for keys ending in _min / _max
+    (NaN when no episode ended)."""
     merged = gather_objects(m, world)
-    return {k: float(np.mean(v)) if (v := [x for r in merged for x in r[k]]) else float("nan") for k in m}
+    out = {}
+    for k in m:
+        v = [x for r in merged for x in r[k]]
+        out[k] = float("nan") if not v else float(min(v) if k.endswith("_min") else max(v) if k.endswith("_max")
+                                                   else np.mean(v))
+    return out
 
 
 @dataclass

@@ -255,3 +255,62 @@ def test_changed_weight_checkpoints_load_resume_and_rotate(tmp_path):
     init.unlink()
     with pytest.raises(P.CheckpointError, match="does not exist"):
         P.load_policy(out / "ckpt_final.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics under DDP; a resume on another world size; evaluation's --dtype
+# ---------------------------------------------------------------------------------------------
+
+
+def _ev_rank(rank, world, path, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(40, generator=g) * torch.linspace(0.5, 3, 40)
+    pred = y + 0.3 * torch.randn(40, generator=g)
+    half = slice(rank * 20, rank * 20 + 20)
+    out[rank] = (P.explained_variance(pred[half], y[half], world), P.explained_variance(pred, y),
+                 P.reduce_stats(P.gather_objects({"ratio_min": float(rank), "ratio_max": float(rank), "loss": float(rank)},
+                                                 world)))
+    dist.destroy_process_group()
+
+
+def test_explained_variance_and_extremes_are_over_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = mp.Manager().dict()
+    mp.spawn(_ev_rank, args=(2, str(tmp_path / "rdv"), out), nprocs=2)
+    for rank in (0, 1):
+        ev, full, red = out[rank]
+        assert abs(ev - full) < 1e-9  # rank 0's half alone differs
+        assert red == {"ratio_min": 0.0, "ratio_max": 1.0, "loss": 0.5}
+    m = P.gather_metrics({"charts/sigma_min": [0.1, 0.3], "charts/sigma_max": [0.2, 0.4], "charts/x": [1.0, 3.0]}, 1)
+    assert m == {"charts/sigma_min": 0.1, "charts/sigma_max": 0.4, "charts/x": 2.0}  # old code: means of extremes
+
+
+def test_resume_on_another_world_size_gives_each_rank_its_own_rng():
+    P.seed_everything(0)
+    saved = [P.rng_state()]  # a 1-rank checkpoint
+    draws = []
+    for rank in (0, 1):
+        P.restore_rng(saved, seed=1, iteration=5, rank=rank, world=2)
+        draws.append(torch.rand(3))
+    P.set_rng_state(saved[0])
+    rank0_saved = torch.rand(3)
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], rank0_saved)
+
+
+def test_evaluate_offers_the_training_dtype():
+    import evaluate
+
+    assert evaluate.Args.__dataclass_fields__["dtype"].default == "float32"
+    pol = tiny_policy()
+    spec = evaluate.PolicySpec(name="p", label="p", kind="checkpoint", ckpt="x")
+    seen = []
+    orig = pol.act
+    pol.act = lambda obs, deterministic=True: (seen.append(torch.is_autocast_enabled("cpu")), orig(obs, deterministic))[1]
+    from test_ppoflow import fake_obs
+
+    act = evaluate.make_actor(spec, None, pol, True, 0, "bfloat16")
+    assert act(fake_obs(2)).dtype == torch.float32 and seen == [True]
