@@ -1705,10 +1705,15 @@ def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret
                     break
             if args.demo_bc_coef > 0 and demos is not None and train_policy:  # BC anchor to the demos (Eq. 1)
                 d = torch.randint(0, demos["target"].shape[0], (min(args.demo_batch_size, demos["target"].shape[0]),))
-                bc = policy.flow_matching_loss(_to({k: demos[k][d] for k in keys}, device),
-                                               demos["target"][d].to(device))
-                (args.demo_bc_coef * bc).backward()
-                stats.setdefault("demo_bc_loss", []).append(float(bc.detach()))
+                bc_sum = 0.0
+                for d0 in range(0, len(d), micro):  # the PPO micro-batches' size and precision: same peak memory
+                    dm = d[d0 : d0 + micro]
+                    with autocast(device, args.dtype):
+                        bc = policy.flow_matching_loss(_to({k: demos[k][dm] for k in keys}, device),
+                                                       demos["target"][dm].to(device)).float()
+                    (args.demo_bc_coef * bc * len(dm) / len(d)).backward()
+                    bc_sum += float(bc.detach()) * len(dm)
+                stats.setdefault("demo_bc_loss", []).append(bc_sum / len(d))
             allreduce_grads(params, world)
             if not train_policy:
                 for p in actor:
@@ -1799,31 +1804,69 @@ def load_demo_batch(args: Args, policy: PI0Policy) -> dict:
 
 
 def memory_estimate(args: Args, world: int = 1) -> dict:
-    """Parameter counts and a peak-memory estimate per rank, from a model built on the meta device (nothing is
-    allocated). Weights fp32 (master copy), gradients + AdamW's two moments fp32 for the trainable ones, and
-    activations of one micro-batch: tokens x hidden x layers x 34 bytes for the VLM prefix and the expert, the
-    per-layer cost of a transformer block without activation checkpointing (Korthikanti et al. 2022, bf16 ~ fp32/2).
-    A rough upper bound to size a run, not a measurement."""
+    """Parameter counts and a peak-memory estimate per rank for this run's model and flags (`memory_estimate_for`),
+    from a model built on the meta device (nothing is allocated)."""
     if args.init is None:
         cfg = preset_config(args.preset, args.env.chunk, **finetune_overrides(args))
     else:  # our checkpoint: its architecture with this run's fine-tuning mode (other formats: the --preset's sizes)
         ck = None if Path(args.init).is_dir() else read_checkpoint(args.init, "a policy checkpoint")
         base = PolicyConfig(**ck["model_config"]) if ck and ck.get("kind") == "pi0_policy" else preset_config(args.preset)
         cfg = PolicyConfig(**{**asdict(base), **finetune_overrides(args)})
+    micro = args.micro_batch_size or max(1, args.minibatch_size // world)
+    return memory_estimate_for(cfg, micro, world, args.dtype, args.grad_checkpointing)
+
+
+def _layer_activation_bytes(s: int, kv_len: int, h: int, inter: int, heads: int, head_dim: int, act_bytes: int,
+                            gated: bool) -> int:
+    """Bytes autograd keeps for one sample through one transformer layer of transformers' eager Gemma / SigLIP code
+    (s query tokens attending to kv_len keys): two norms (their input and output, computed in fp32: 4 s h at 4 bytes),
+    q, the repeated k and v, the attention output (s + 2 kv_len + s) heads head_dim, the fp32 softmax output (plus its
+    bf16 copy under autocast), and the MLP's intermediates (gated: gate, act(gate), up, product = 4 s inter; else fc1
+    and its gelu = 2 s inter). Checked against saved-tensor counts at pi0-3b width (tests/test_gpu_paths.py)."""
+    scores = heads * s * kv_len * (4 + (act_bytes if act_bytes < 4 else 0))
+    return (4 * s * h * 4 + (2 * s + 2 * kv_len) * heads * head_dim * act_bytes + scores
+            + (4 if gated else 2) * s * inter * act_bytes)
+
+
+def memory_estimate_for(cfg: PolicyConfig, micro: int, world: int = 1, dtype: str = "float32",
+                        grad_checkpointing: bool = False) -> dict:
+    """Peak training memory per rank (bytes, reported in GB) of a policy config:
+    - weights: fp32 masters of every parameter, plus under bf16 autocast the bf16 copy of every weight the forward
+      casts (frozen ones too), kept by the graph until backward;
+    - grads + AdamW: 4 + 8 bytes per trainable parameter, plus the flat all-reduce buffer (4 bytes each) with > 1 rank;
+    - activations of one micro-batch (`_layer_activation_bytes` per layer of SigLIP, the Gemma prefix and the expert's
+      K steps, each step attending to the prefix); with --grad-checkpointing only every layer's input plus one
+      layer's full activations (the recompute).
+    The demo-BC anchor runs in the same micro-batches under the same autocast, after the PPO micro-batches' backward.
+    Calibrated against a CPU measurement at pi0-3b width (tests/test_gpu_paths.py: within 15%); allocator
+    fragmentation and the CUDA context (~0.5-1 GB) come on top."""
     with torch.device("meta"):
-        policy = PI0Policy(cfg, Normalizer.from_stats_file(args.stats_file), {"kind": "bytes"})
+        policy = PI0Policy(cfg, Normalizer.from_stats_file(DEFAULT_STATS), {"kind": "bytes"})
     c = policy.config
     total = sum(p.numel() for p in policy.parameters())
     train = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-    text, dit = c.pi0["vlm_config"]["text_config"], c.pi0["dit_config"]
-    vis = c.pi0["vlm_config"]["vision_config"]
-    n_img = (vis["image_size"] // vis["patch_size"]) ** 2
-    micro = args.micro_batch_size or max(1, args.minibatch_size // world)
-    act = lambda tok, h, layers: micro * tok * h * layers * 34  # noqa: E731
-    act_b = (act(n_img, vis["hidden_size"], vis["num_hidden_layers"]) + act(n_img + c.max_text_tokens, text["hidden_size"],
-             text["num_hidden_layers"]) + act((c.num_steps + 1) * (c.chunk + 1), dit["hidden_size"], dit["num_hidden_layers"]))
-    est = {"params_total": total, "params_trainable": train, "weights_gb": 4 * total / 1e9,
-           "grads_optimizer_gb": 12 * train / 1e9, "activations_gb": act_b / 1e9, "micro_batch": micro}
+    text, dit, vis = c.pi0["vlm_config"]["text_config"], c.pi0["dit_config"], c.pi0["vlm_config"]["vision_config"]
+    b = 2 if dtype == "bfloat16" else 4
+    n_img = (vis["image_size"] // vis["patch_size"]) ** 2 if c.obs_mode == "rgb" else 0
+    L, S = n_img + c.max_text_tokens, c.chunk + 1  # prefix tokens; expert tokens per step (state + chunk)
+
+    def tower(s, kv, t, gated, steps=1):  # (all layers' activations, one layer's, the layers' inputs) per sample
+        hd = t.get("head_dim") or t["hidden_size"] // t["num_attention_heads"]
+        one = steps * _layer_activation_bytes(s, kv, t["hidden_size"], t["intermediate_size"], t["num_attention_heads"],
+                                              hd, b, gated)
+        n = t["num_hidden_layers"]
+        return n * one, one, n * steps * s * t["hidden_size"] * b
+
+    towers = ([tower(n_img, n_img, vis, False)] if n_img else []) + [tower(L, L, text, True),
+                                                                     tower(S, L + S, dit, True, steps=c.num_steps)]
+    if grad_checkpointing:  # every layer's input is kept; one layer at a time is recomputed in full
+        act = micro * (sum(t[2] for t in towers) + max(t[1] for t in towers))
+    else:
+        act = micro * sum(t[0] for t in towers)
+    est = {"params_total": total, "params_trainable": train,
+           "weights_gb": (4 + (2 if dtype == "bfloat16" else 0)) * total / 1e9,
+           "grads_optimizer_gb": (12 + (4 if world > 1 else 0)) * train / 1e9, "activations_gb": act / 1e9,
+           "micro_batch": micro}
     est["peak_gb"] = est["weights_gb"] + est["grads_optimizer_gb"] + est["activations_gb"]
     return est
 
