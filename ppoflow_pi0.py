@@ -1160,8 +1160,8 @@ def checkpoint_weights(ckpt: dict, path: str | os.PathLike = "checkpoint") -> di
     b = ckpt["base"]
     if not Path(b["init"]).exists():
         raise CheckpointError(f"{path}: holds only the weights training changed; the frozen ones come from its --init "
-                              f"{b['init']}, which does not exist (fix: put that file back at this path, or resave the "
-                              "run with --checkpoint-weights full)")
+                              f"{b['init']}, which does not exist (fix: put that file back at this path; a run whose "
+                              "checkpoints must move without it trains with --checkpoint-weights full)")
     src = load_policy(b["init"], stats_file=b["stats_file"], tokenizer_path=b["tokenizer_path"],
                       open_pi_zero=b.get("open_pi_zero"))
     policy = PI0Policy(PolicyConfig(**ckpt["model_config"]), Normalizer(**ckpt["normalizer"]), ckpt["tokenizer"])
