@@ -14,6 +14,7 @@ The result, `<out>/ckpt_final.pt`, is what `ppoflow_pi0.py --init` and `load_pol
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,10 +203,11 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     else:
         policy = pp.PI0Policy(pp.preset_config(args.preset, args.env.chunk, **ft, **pp.obs_overrides(args.env)),
                               pp.Normalizer.from_stats_file(args.stats_file or pp.DEFAULT_STATS), tok)
-    if args.env.image_size < policy.config.image_size and not (args.dataset or args.demos):
-        raise SystemExit(f"train_imitation.py: --env.image-size {args.env.image_size} is below the policy's "
-                         f"{policy.config.image_size} px input ({policy.config.preset}): every demo frame would be "
-                         f"upsampled (fix: --env.image-size {policy.config.image_size})")
+    if (policy.config.obs_mode == "rgb" and args.env.image_size < policy.config.image_size
+            and not (args.dataset or args.demos)):  # allowed (tests render small), never silent
+        print(f"[imitation] warning: --env.image-size {args.env.image_size} is below the policy's "
+              f"{policy.config.image_size} px input ({policy.config.preset}): every demo frame is upsampled "
+              f"(fix: --env.image-size {policy.config.image_size})", file=sys.stderr)
     envs = None
     if args.dataset:
         demos = demos_from_dataset(args.dataset, policy)
