@@ -89,6 +89,9 @@ class Args:
     """Expected policy preset; a checkpoint of another preset is an error."""
     device: str = "auto"
     """Torch device for the policy: "auto" (cuda when available), "cpu", "cuda"."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Policy forward precision, as ppoflow_pi0.py --dtype: bfloat16 autocasts the forward over fp32 weights (what a
+    bf16-trained policy's rollouts ran in)."""
     out_dir: Optional[str] = None
     """Output folder (default: <ckpt folder>/eval for one checkpoint, else runs/eval/<policies>)."""
     make_splits: bool = False
@@ -430,8 +433,8 @@ def run_scene(env, act: Callable, scene: str, episodes: int, seed: int, max_deci
                         "partial_success": False, "decisions": max_decisions}, frames.get(i))
 
 
-def make_actor(spec: PolicySpec, env, policy, deterministic: bool, seed: int) -> Callable:
-    """obs -> [N, C, 7] torch actions for any policy kind."""
+def make_actor(spec: PolicySpec, env, policy, deterministic: bool, seed: int, dtype: str = "float32") -> Callable:
+    """obs -> [N, C, 7] torch actions for any policy kind (checkpoints run their forward in `dtype`, --dtype)."""
     import torch
 
     if spec.kind == "scripted":
@@ -440,8 +443,12 @@ def make_actor(spec: PolicySpec, env, policy, deterministic: bool, seed: int) ->
         gen = np.random.default_rng(seed)
         return lambda obs: torch.from_numpy(random_actions(env.num_envs, env.chunk, gen))
 
+    from ppoflow_pi0 import autocast
+
+    dev = policy.pi0.action_out_proj.weight.device
+
     def act(obs):
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(dev, dtype):
             return policy.act(obs, deterministic=deterministic).float().cpu()
     return act
 
@@ -741,7 +748,7 @@ def render_episode(args: Args, pl: dict, path: str, key: tuple[str, int], policy
     try:
         torch.manual_seed(args.seed)
         episode = lambda rec_, frames: pl["on_episode"]({**rec_, "episode": seed - args.seed}, frames)  # noqa: E731
-        run_scene(env, make_actor(pl["spec"], env, policy, args.deterministic, args.seed), scene, 1, seed,
+        run_scene(env, make_actor(pl["spec"], env, policy, args.deterministic, args.seed, args.dtype), scene, 1, seed,
                   pl["cfg"].max_decisions, {key}, episode, {key})
     finally:
         env.close()  # the recorder writes the trajectory and the video (0.mp4) here
@@ -792,7 +799,7 @@ def evaluate_scenes(args: Args, plans: list[dict], paths: dict, policies: dict, 
                                                "error": f"render video: {type(e).__name__}: {e}"})
                                 print(f"[evaluate] {sp.label}: no render video of {key}: {type(e).__name__}: {e}",
                                       flush=True)
-                        run_scene(env, make_actor(sp, env, policies.get(sp.name), args.deterministic, args.seed),
+                        run_scene(env, make_actor(sp, env, policies.get(sp.name), args.deterministic, args.seed, args.dtype),
                                   scene, args.episodes_per_scene, args.seed, cfg.max_decisions,
                                   pl["todo"] - rendered[id(pl)], pl["on_episode"], pl["record"])
                     except Exception as e:

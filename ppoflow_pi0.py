@@ -18,6 +18,7 @@ Other stages use: `load_policy(path)`, `PI0Policy.act(obs, deterministic=True)`,
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -205,6 +206,13 @@ class Args:
     # ---- bookkeeping ----
     save_every: int = 10
     """Checkpoint every N iterations (plus ckpt_final.pt)."""
+    keep_checkpoints: int = 0
+    """Keep only the newest N `ckpt_<iteration>.pt` files of the run (0 = keep all); ckpt_final.pt is always kept."""
+    checkpoint_weights: Literal["changed", "full"] = "changed"
+    """"changed": with --init, checkpoints hold only what training changes (trainable parameters: LoRA adapters,
+    expert, heads; plus optimizer, scheduler, RNG) and a reference to the --init file the frozen weights come from
+    (loading needs that file; at pi0-3b ~1-4 GB instead of ~16 GB). "full": every weight (a self-contained file).
+    Without --init checkpoints are always full."""
     eval_every: int = 10
     """Deterministic evaluation (sigma = 0), one episode per env, every N iterations (0 = never)."""
 
@@ -358,9 +366,22 @@ def lr_factor(it: int, num_iterations: int, critic_warmup: int = 0, warmup: int 
     return warm * decay
 
 
-def explained_variance(y_pred: torch.Tensor, y: torch.Tensor) -> float:
-    var = y.var()
-    return float("nan") if var == 0 else float(1 - (y - y_pred).var() / var)
+def explained_variance(y_pred: torch.Tensor, y: torch.Tensor, world: int = 1) -> float:
+    """1 - Var(y - y_pred) / Var(y) over the whole batch of every rank (one all-reduce of sums in float64)."""
+    y, r = y.double().flatten(), (y.double() - y_pred.double()).flatten()
+    n, sy, syy, sr, srr = allreduce_sum(torch.stack([y.new_tensor(float(y.numel())), y.sum(), (y * y).sum(), r.sum(),
+                                                     (r * r).sum()]), world)
+    var_y, var_r = syy - sy * sy / n, srr - sr * sr / n  # both over n - 1 would cancel
+    return float("nan") if var_y <= 0 else float(1 - var_r / var_y)
+
+
+def reduce_stats(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """One dict of statistics from every rank's: keys ending in _min / _max take the extreme, the rest the mean."""
+    out = {}
+    for k in per_rank[0]:
+        v = [r[k] for r in per_rank]
+        out[k] = float(min(v) if k.endswith("_min") else max(v) if k.endswith("_max") else np.mean(v))
+    return out
 
 
 def merge_lora(sd: dict, scaling: float) -> dict:
@@ -542,11 +563,68 @@ def _softcap_attention(module, query, key, value, attention_mask, scaling, dropo
     return torch.matmul(w, value).transpose(1, 2).contiguous(), w
 
 
+@functools.cache
+def _prefix_cache_class() -> type:
+    """transformers is imported lazily in this file (the CLI's --help and the dry run stay fast)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    class PrefixCache(DynamicCache):
+        """The VLM prefix's keys/values; see `prefix_cache`."""
+
+        def __init__(self, layers: list | None = None, read_only: bool = False):
+            super().__init__()
+            self.read_only = read_only
+            if layers is not None:
+                self.layers = layers  # the writer's, shared
+
+        def reader(self) -> "PrefixCache":
+            return PrefixCache(self.layers, read_only=True)
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            if self.read_only:
+                layer = self.layers[layer_idx]
+                return torch.cat([layer.keys, key_states], -2), torch.cat([layer.values, value_states], -2)
+            while len(self.layers) <= layer_idx:
+                self.layers.append(DynamicLayer())
+            layer = self.layers[layer_idx]
+            if not layer.is_initialized:
+                layer.lazy_initialization(key_states, value_states)
+            layer.keys, layer.values = key_states, value_states
+            return key_states, value_states
+
+    return PrefixCache
+
+
+def prefix_cache():
+    """A transformers cache for the VLM prefix that never grows, so activation checkpointing can keep it.
+
+    transformers drops `past_key_values` inside checkpointed layers in train mode (a layer replayed in backward would
+    update the cache a second time), which left the prefix empty under --grad-checkpointing. This cache makes both
+    uses idempotent: the writer (given to the VLM in `encode`) stores each layer's keys/values by replacing what was
+    there, so a replay writes the same tensors again; the reader (`.reader()`, given to the expert) returns the prefix
+    plus the step's own keys/values and stores nothing, so every one of the K steps, and every replay, sees the same
+    L prefix tokens. Layers may therefore keep it under checkpointing (`enable_grad_checkpointing`)."""
+    return _prefix_cache_class()()
+
+
+def enable_grad_checkpointing(policy: "PI0Policy") -> None:
+    """--grad-checkpointing: transformers' non-reentrant activation checkpointing of every SigLIP, Gemma and expert
+    layer, keeping the prefix cache inside checkpointed layers (it is idempotent: `prefix_cache`). Non-reentrant, so
+    the gradient reaches the VLM through the prefix keys/values the expert attends to."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    policy.pi0.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    for m in policy.pi0.modules():
+        if isinstance(m, GradientCheckpointingLayer):
+            m._can_checkpoint_with_cache = True
+
+
 @dataclass
 class Prefix:
     """The VLM's output for one decision, reused by all K expert steps and the value head."""
 
-    cache: Any  # transformers DynamicCache with the prefix keys/values of every layer
+    cache: Any  # read-only prefix_cache with the prefix keys/values of every layer
     valid: torch.Tensor  # [B, L] bool, non-padding prefix tokens
     state: torch.Tensor  # [B, max_state_dim] normalised, padded robot state
     z: torch.Tensor  # [B, Hv] stop-gradient pooled VLM feature z_t
@@ -696,13 +774,14 @@ class PI0Policy(nn.Module):
             pos = torch.arange(1, L + 1, device=dev).expand(B, L)
         else:
             pos = (valid.long().cumsum(1) - 1).clamp_min(0)
+        cache = prefix_cache()
         out = vlm.language_model(inputs_embeds=emb, attention_mask=self._additive_mask(valid[:, None, :].expand(B, L, L), emb.dtype),
-                                 position_ids=pos, use_cache=True, **self._attn_kw)
+                                 position_ids=pos, past_key_values=cache, use_cache=True, **self._attn_kw)
         h = out.last_hidden_state.float()
         z = (h * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)  # [B, Hv] masked mean
         state = self.normalizer.state(inp["state"].to(dev))
         state = F.pad(state, (0, self.pi0.config.max_state_dim - state.shape[-1])).to(dtype)
-        return Prefix(cache=out.past_key_values, valid=valid, state=state, z=z.detach())  # z_t = sg(E(o_t))
+        return Prefix(cache=cache.reader(), valid=valid, state=state, z=z.detach())  # z_t = sg(E(o_t))
 
     def velocity(self, prefix: Prefix, a: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """Flow velocity dA/dtau (paper convention) of the action expert at (A^tau [B,C,A], tau [B]) -> [B, C, A]."""
@@ -721,14 +800,18 @@ class PI0Policy(nn.Module):
         else:
             pos = prefix.valid.sum(1, keepdim=True) + torch.arange(C + 1, device=dev)
         out = pi0.model.dit(inputs_embeds=emb, attention_mask=self._additive_mask(allowed, emb.dtype), position_ids=pos,
-                            past_key_values=prefix.cache, use_cache=True, **self._attn_kw)
-        prefix.cache.crop(L - prefix.cache.get_seq_length())  # drop this step's suffix keys/values: the prefix is reused by the next step
+                            past_key_values=prefix.cache, use_cache=True, **self._attn_kw)  # reads the prefix, stores nothing
         v = pi0.action_out_proj(out.last_hidden_state[:, 1:])[..., :A].float()  # [B, C, A]
         return v if c.flow_time == "paper" else -v
 
     def log_sigma(self, a: torch.Tensor, z: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        """Noise head sigma_phi(A^tau, z_t, tau) (Eq. 4), log std bounded to [log_sigma_min, log_sigma_max]."""
-        raw = self.noise_head(torch.cat([a.flatten(1), z, tau[:, None]], -1)).view_as(a)
+        """Noise head sigma_phi(A^tau, z_t, tau) (Eq. 4), log std bounded to [log_sigma_min, log_sigma_max].
+        Computed outside autocast, in the head's own dtype (fp32 master weights in training): in bf16 the bounded
+        log std took ~25 distinct values over [-2.5, -2.0], a quantised sigma in every log-prob of Eq. 5."""
+        w = self.noise_head[0].weight
+        x = torch.cat([a.flatten(1).float(), z.float(), tau[:, None].float()], -1).to(w.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            raw = self.noise_head(x).view(a.shape).float()
         return bounded_log_std(raw, self.config.log_sigma_min, self.config.log_sigma_max)
 
     def chain(self, prefix: Prefix, chain: torch.Tensor | None = None, deterministic: bool = False):
@@ -932,7 +1015,8 @@ def check_resumable(ckpt: dict, path: str, args: "Args") -> None:
 # Flags a --resume may change: where the run logs and what it runs on, never what it learns. num_iterations only
 # with a constant learning rate (it sets the decay of the others).
 RESUME_FREE_FLAGS = ("resume", "resume_allow_changes", "dry_run", "device", "track", "wandb_project", "wandb_entity", "wandb_group",
-                     "env_workers", "save_every", "compile_act", "exp_name", "out")
+                     "env_workers", "save_every", "keep_checkpoints", "checkpoint_weights", "compile_act", "exp_name",
+                     "out")
 
 
 def resume_free_flags(a: dict, now: dict) -> set[str]:
@@ -1039,7 +1123,7 @@ def load_policy(path: str | os.PathLike, device: str = "cpu", stats_file: str = 
         scaling = cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else 0.0
         cfg = PolicyConfig(**{**asdict(cfg), **overrides})
         policy = PI0Policy(cfg, Normalizer(**ckpt["normalizer"]), ckpt["tokenizer"])
-        policy.load_weights(ckpt["model"], scaling)
+        policy.load_weights(checkpoint_weights(ckpt, path), scaling)
     else:  # open-pi-zero: {"model": state_dict, ...}
         cfg, sd = convert_open_pi_zero(ckpt["model"], **(open_pi_zero or {}))
         vocab = cfg.pi0["vlm_config"]["text_config"]["vocab_size"]
@@ -1052,6 +1136,46 @@ def load_policy(path: str | os.PathLike, device: str = "cpu", stats_file: str = 
         policy = PI0Policy(cfg, Normalizer.from_stats_file(stats_file), tok)
         policy.load_weights(sd)
     return policy.to(device)
+
+
+def frozen_fingerprint(policy: PI0Policy) -> str:
+    """sha256 over the names, shapes and first 4096 values of every frozen parameter: cheap at pi0-3b, and a
+    checkpoint that refers to its --init can tell that the file there now holds other weights."""
+    return content_sha256({n: p.detach().flatten()[:4096] for n, p in policy.named_parameters() if not p.requires_grad})
+
+
+def init_reference(args: "Args") -> dict:
+    """What a "changed"-weights checkpoint records about its --init: enough for `checkpoint_weights` to rebuild the
+    frozen weights exactly as `build_policy` made them."""
+    return {"init": str(Path(args.init).resolve()), "stats_file": args.stats_file, "tokenizer_path": args.tokenizer_path,
+            "open_pi_zero": {"num_kv_heads": args.init_num_kv_heads, "vision_heads": args.init_vision_heads}}
+
+
+def checkpoint_weights(ckpt: dict, path: str | os.PathLike = "checkpoint") -> dict:
+    """The full state dict of a pi0_policy checkpoint in its own layout. A checkpoint written with a `base` reference
+    holds only the trainable entries: the frozen ones are rebuilt from its --init (as `build_policy` did) and checked
+    against the fingerprint stored at save time."""
+    if "base" not in ckpt:
+        return ckpt["model"]
+    b = ckpt["base"]
+    if not Path(b["init"]).exists():
+        raise CheckpointError(f"{path}: holds only the weights training changed; the frozen ones come from its --init "
+                              f"{b['init']}, which does not exist (fix: put that file back at this path; a run whose "
+                              "checkpoints must move without it trains with --checkpoint-weights full)")
+    src = load_policy(b["init"], stats_file=b["stats_file"], tokenizer_path=b["tokenizer_path"],
+                      open_pi_zero=b.get("open_pi_zero"))
+    policy = PI0Policy(PolicyConfig(**ckpt["model_config"]), Normalizer(**ckpt["normalizer"]), ckpt["tokenizer"])
+    policy.load_weights(src.state_dict(), src.lora_scaling())
+    del src
+    if frozen_fingerprint(policy) != b["frozen_sha256"]:
+        raise CheckpointError(f"{path}: its --init {b['init']} now holds other weights than the ones this run was "
+                              "trained from (frozen-weight fingerprint mismatch): restore the original --init file")
+    frozen = {n for n, p in policy.named_parameters() if not p.requires_grad}
+    missing, unexpected = policy.load_state_dict(ckpt["model"], strict=False)
+    if set(missing) != frozen or unexpected:
+        raise CheckpointError(f"{path}: its weights do not fit its model config (missing {sorted(set(missing) - frozen)[:5]}, "
+                              f"unexpected {list(unexpected)[:5]}); the file is not a checkpoint of this code")
+    return policy.state_dict()
 
 
 EXPORT_CONFIG, EXPORT_HEADS = "policy_config.json", "policy_heads.safetensors"
@@ -1351,11 +1475,30 @@ def remove_stale_tmp(folder: Path) -> list[Path]:
     return removed
 
 
-def policy_checkpoint(policy: PI0Policy, **extra) -> dict:
-    """The checkpoint contract (SPEC section 2); `extra` adds optimizer, scheduler, rng, iteration, args."""
+def policy_checkpoint(policy: PI0Policy, base: dict | None = None, **extra) -> dict:
+    """The checkpoint contract (SPEC section 2); `extra` adds optimizer, scheduler, rng, iteration, args. With `base`
+    (`init_reference`) "model" holds only the trainable entries and "base" says where the frozen ones come from
+    (`checkpoint_weights` puts them back)."""
+    sd = policy.state_dict()
+    if base is not None:
+        frozen = {n for n, p in policy.named_parameters() if not p.requires_grad}
+        sd = {k: v for k, v in sd.items() if k not in frozen}
+        extra["base"] = {**base, "frozen_sha256": frozen_fingerprint(policy)}
     return {"schema_version": CKPT_SCHEMA_VERSION, "kind": "pi0_policy", "model_config": asdict(policy.config),
             "normalizer": asdict(policy.normalizer), "tokenizer": policy.tokenizer_spec,
-            "model": {k: v.detach().cpu() for k, v in policy.state_dict().items()}, **extra}
+            "model": {k: v.detach().cpu() for k, v in sd.items()}, **extra}
+
+
+def rotate_checkpoints(folder: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` ckpt_<iteration>.pt of a run folder (ckpt_final.pt is not one of them).
+    Returns what was removed."""
+    if keep <= 0:
+        return []
+    numbered = sorted((int(m.group(1)), f) for f in Path(folder).glob("ckpt_*.pt") if (m := re.fullmatch(r"ckpt_(\d+)\.pt", f.name)))
+    old = [f for _, f in numbered[:-keep]]
+    for f in old:
+        f.unlink(missing_ok=True)
+    return old
 
 
 def rng_state() -> dict:
@@ -1466,6 +1609,18 @@ def _sample(policy: PI0Policy, inp: dict, time_left, device):
     return chain, logp, log_std, policy.value(prefix, time_left)
 
 
+def restore_rng(saved: list[dict], seed: int, iteration: int, rank: int, world: int) -> None:
+    """A resume's RNG: each rank's saved stream when the world size is the one saved; otherwise (no stream saved for
+    this rank layout) each rank is reseeded from (seed, iteration, rank): its own stream, never a copy of rank 0's."""
+    if len(saved) == world:
+        set_rng_state(saved[rank])
+        return
+    seed_everything(env_seed(seed, iteration, rank, 3))
+    if rank == 0:
+        print(f"[ppoflow] resumed on {world} rank(s) from a {len(saved)}-rank checkpoint: each rank's RNG is reseeded "
+              f"from (seed, iteration {iteration}, rank), so this run is not bitwise the uninterrupted one")
+
+
 def allreduce_grads(params: list[torch.Tensor], world: int) -> None:
     """DDP by hand: the gradient all-reduce (mean) is the only sync between ranks."""
     if world == 1:
@@ -1550,10 +1705,15 @@ def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret
                     break
             if args.demo_bc_coef > 0 and demos is not None and train_policy:  # BC anchor to the demos (Eq. 1)
                 d = torch.randint(0, demos["target"].shape[0], (min(args.demo_batch_size, demos["target"].shape[0]),))
-                bc = policy.flow_matching_loss(_to({k: demos[k][d] for k in keys}, device),
-                                               demos["target"][d].to(device))
-                (args.demo_bc_coef * bc).backward()
-                stats.setdefault("demo_bc_loss", []).append(float(bc.detach()))
+                bc_sum = 0.0
+                for d0 in range(0, len(d), micro):  # the PPO micro-batches' size and precision: same peak memory
+                    dm = d[d0 : d0 + micro]
+                    with autocast(device, args.dtype):
+                        bc = policy.flow_matching_loss(_to({k: demos[k][dm] for k in keys}, device),
+                                                       demos["target"][dm].to(device)).float()
+                    (args.demo_bc_coef * bc * len(dm) / len(d)).backward()
+                    bc_sum += float(bc.detach()) * len(dm)
+                stats.setdefault("demo_bc_loss", []).append(bc_sum / len(d))
             allreduce_grads(params, world)
             if not train_policy:
                 for p in actor:
@@ -1567,11 +1727,12 @@ def ppo_update(policy: PI0Policy, optimizer, batch: dict, adv: torch.Tensor, ret
         stats.setdefault("epoch_kl", []).append(kl)
         if stop or (args.target_kl is not None and args.target_kl_scope == "epoch" and kl > args.target_kl):  # ALGO LOGIC
             break
-    out = {k: float(np.mean(v)) for k, v in stats.items()}
+    out = {k: float(min(v) if k.endswith("_min") else max(v) if k.endswith("_max") else np.mean(v))
+           for k, v in stats.items()}  # over minibatches; extremes stay extremes
     out["epochs_run"] = float(epochs_run)
     out["kl_stops"] = float(stop)
     out["grad_steps"] = float(len(stats.get("grad_norm", [])))
-    out["explained_variance"] = explained_variance(flat["value"], ret)
+    out["explained_variance"] = explained_variance(flat["value"], ret, world)  # every rank's batch
     return out
 
 
@@ -1643,31 +1804,69 @@ def load_demo_batch(args: Args, policy: PI0Policy) -> dict:
 
 
 def memory_estimate(args: Args, world: int = 1) -> dict:
-    """Parameter counts and a peak-memory estimate per rank, from a model built on the meta device (nothing is
-    allocated). Weights fp32 (master copy), gradients + AdamW's two moments fp32 for the trainable ones, and
-    activations of one micro-batch: tokens x hidden x layers x 34 bytes for the VLM prefix and the expert, the
-    per-layer cost of a transformer block without activation checkpointing (Korthikanti et al. 2022, bf16 ~ fp32/2).
-    A rough upper bound to size a run, not a measurement."""
+    """Parameter counts and a peak-memory estimate per rank for this run's model and flags (`memory_estimate_for`),
+    from a model built on the meta device (nothing is allocated)."""
     if args.init is None:
         cfg = preset_config(args.preset, args.env.chunk, **finetune_overrides(args))
     else:  # our checkpoint: its architecture with this run's fine-tuning mode (other formats: the --preset's sizes)
         ck = None if Path(args.init).is_dir() else read_checkpoint(args.init, "a policy checkpoint")
         base = PolicyConfig(**ck["model_config"]) if ck and ck.get("kind") == "pi0_policy" else preset_config(args.preset)
         cfg = PolicyConfig(**{**asdict(base), **finetune_overrides(args)})
+    micro = args.micro_batch_size or max(1, args.minibatch_size // world)
+    return memory_estimate_for(cfg, micro, world, args.dtype, args.grad_checkpointing)
+
+
+def _layer_activation_bytes(s: int, kv_len: int, h: int, inter: int, heads: int, head_dim: int, act_bytes: int,
+                            gated: bool) -> int:
+    """Bytes autograd keeps for one sample through one transformer layer of transformers' eager Gemma / SigLIP code
+    (s query tokens attending to kv_len keys): two norms (their input and output, computed in fp32: 4 s h at 4 bytes),
+    q, the repeated k and v, the attention output (s + 2 kv_len + s) heads head_dim, the fp32 softmax output (plus its
+    bf16 copy under autocast), and the MLP's intermediates (gated: gate, act(gate), up, product = 4 s inter; else fc1
+    and its gelu = 2 s inter). Checked against saved-tensor counts at pi0-3b width (tests/test_gpu_paths.py)."""
+    scores = heads * s * kv_len * (4 + (act_bytes if act_bytes < 4 else 0))
+    return (4 * s * h * 4 + (2 * s + 2 * kv_len) * heads * head_dim * act_bytes + scores
+            + (4 if gated else 2) * s * inter * act_bytes)
+
+
+def memory_estimate_for(cfg: PolicyConfig, micro: int, world: int = 1, dtype: str = "float32",
+                        grad_checkpointing: bool = False) -> dict:
+    """Peak training memory per rank (bytes, reported in GB) of a policy config:
+    - weights: fp32 masters of every parameter, plus under bf16 autocast the bf16 copy of every weight the forward
+      casts (frozen ones too), kept by the graph until backward;
+    - grads + AdamW: 4 + 8 bytes per trainable parameter, plus the flat all-reduce buffer (4 bytes each) with > 1 rank;
+    - activations of one micro-batch (`_layer_activation_bytes` per layer of SigLIP, the Gemma prefix and the expert's
+      K steps, each step attending to the prefix); with --grad-checkpointing only every layer's input plus one
+      layer's full activations (the recompute).
+    The demo-BC anchor runs in the same micro-batches under the same autocast, after the PPO micro-batches' backward.
+    Calibrated against a CPU measurement at pi0-3b width (tests/test_gpu_paths.py: within 15%); allocator
+    fragmentation and the CUDA context (~0.5-1 GB) come on top."""
     with torch.device("meta"):
-        policy = PI0Policy(cfg, Normalizer.from_stats_file(args.stats_file), {"kind": "bytes"})
+        policy = PI0Policy(cfg, Normalizer.from_stats_file(DEFAULT_STATS), {"kind": "bytes"})
     c = policy.config
     total = sum(p.numel() for p in policy.parameters())
     train = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-    text, dit = c.pi0["vlm_config"]["text_config"], c.pi0["dit_config"]
-    vis = c.pi0["vlm_config"]["vision_config"]
-    n_img = (vis["image_size"] // vis["patch_size"]) ** 2
-    micro = args.micro_batch_size or max(1, args.minibatch_size // world)
-    act = lambda tok, h, layers: micro * tok * h * layers * 34  # noqa: E731
-    act_b = (act(n_img, vis["hidden_size"], vis["num_hidden_layers"]) + act(n_img + c.max_text_tokens, text["hidden_size"],
-             text["num_hidden_layers"]) + act((c.num_steps + 1) * (c.chunk + 1), dit["hidden_size"], dit["num_hidden_layers"]))
-    est = {"params_total": total, "params_trainable": train, "weights_gb": 4 * total / 1e9,
-           "grads_optimizer_gb": 12 * train / 1e9, "activations_gb": act_b / 1e9, "micro_batch": micro}
+    text, dit, vis = c.pi0["vlm_config"]["text_config"], c.pi0["dit_config"], c.pi0["vlm_config"]["vision_config"]
+    b = 2 if dtype == "bfloat16" else 4
+    n_img = (vis["image_size"] // vis["patch_size"]) ** 2 if c.obs_mode == "rgb" else 0
+    L, S = n_img + c.max_text_tokens, c.chunk + 1  # prefix tokens; expert tokens per step (state + chunk)
+
+    def tower(s, kv, t, gated, steps=1):  # (all layers' activations, one layer's, the layers' inputs) per sample
+        hd = t.get("head_dim") or t["hidden_size"] // t["num_attention_heads"]
+        one = steps * _layer_activation_bytes(s, kv, t["hidden_size"], t["intermediate_size"], t["num_attention_heads"],
+                                              hd, b, gated)
+        n = t["num_hidden_layers"]
+        return n * one, one, n * steps * s * t["hidden_size"] * b
+
+    towers = ([tower(n_img, n_img, vis, False)] if n_img else []) + [tower(L, L, text, True),
+                                                                     tower(S, L + S, dit, True, steps=c.num_steps)]
+    if grad_checkpointing:  # every layer's input is kept; one layer at a time is recomputed in full
+        act = micro * (sum(t[2] for t in towers) + max(t[1] for t in towers))
+    else:
+        act = micro * sum(t[0] for t in towers)
+    est = {"params_total": total, "params_trainable": train,
+           "weights_gb": (4 + (2 if dtype == "bfloat16" else 0)) * total / 1e9,
+           "grads_optimizer_gb": (12 + (4 if world > 1 else 0)) * train / 1e9, "activations_gb": act / 1e9,
+           "micro_batch": micro}
     est["peak_gb"] = est["weights_gb"] + est["grads_optimizer_gb"] + est["activations_gb"]
     return est
 
@@ -1768,7 +1967,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     seed_everything(args.seed)  # identical model init on every rank
     if ckpt is not None:
         policy = PI0Policy(PolicyConfig(**ckpt["model_config"]), Normalizer(**ckpt["normalizer"]), ckpt["tokenizer"])
-        policy.load_weights(ckpt["model"])
+        policy.load_weights(checkpoint_weights(ckpt, args.resume))
         check_obs_mode(policy.config, args.env, f"--resume {args.resume}")
     else:
         policy = build_policy(args)
@@ -1776,7 +1975,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     if args.grad_checkpointing:
-        policy.pi0.gradient_checkpointing_enable()  # transformers' layers recompute activations in backward
+        enable_grad_checkpointing(policy)  # transformers' layers recompute activations in backward
     act_fn = torch.compile(lambda inp, tl: _sample(policy, inp, tl, device)) if args.compile_act else None
     if world > 1:
         import torch.distributed as dist
@@ -1811,7 +2010,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
         print(f"[ppoflow] {len(scenes)} scene(s), {args.num_envs} envs x {args.num_steps} steps on {world} rank(s), "
               f"{sum(p.numel() for p in rest + heads) / 1e6:.2f}M trainable params -> {out}")
     if ckpt is not None:  # restore RNG last: nothing may draw random numbers between here and the loop
-        set_rng_state(ckpt["rng"][rank] if len(ckpt["rng"]) == world else ckpt["rng"][0])
+        restore_rng(ckpt["rng"], args.seed, start, rank, world)
     else:
         seed_everything(args.seed + rank)
     try:
@@ -1833,6 +2032,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                 ev = evaluate(policy, envs, env_seed(args.seed, it, rank, 2), args.env.max_decisions)
                 m.update({"eval/success_rate": ev["success"], "eval/time_to_finish": ev["time_to_finish"]})
             m = gather_metrics(m, world)
+            upd = reduce_stats(gather_objects(upd, world)) if world > 1 else upd  # every rank's update, not rank 0's
             m.update({f"losses/{k}": v for k, v in upd.items()})
             steps = (it + 1) * args.batch_size
             m.update({"time/rollout_s": t1 - t0, "time/update_s": t2 - t1, "perf/decisions_per_s": args.batch_size / (t1 - t0),
@@ -1850,11 +2050,13 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                       f"clip {upd['clipfrac']:.3f} rollout {t1 - t0:.1f}s update {t2 - t1:.1f}s")
                 last = it + 1 == args.num_iterations
                 if (it + 1) % args.save_every == 0 or last:
-                    ck = policy_checkpoint(policy, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                    base = init_reference(args) if args.init and args.checkpoint_weights == "changed" else None
+                    ck = policy_checkpoint(policy, base, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                                            rng=rngs, iteration=it + 1, args=ss.to_dict(args))
                     torch_save_atomic(ck, out / f"ckpt_{it + 1}.pt")
                     if last:
                         torch_save_atomic(ck, out / "ckpt_final.pt")
+                    rotate_checkpoints(out, args.keep_checkpoints)
     finally:
         envs.close()
         if wb is not None:
@@ -1877,9 +2079,15 @@ def gather_objects(obj, world: int) -> list:
 
 
 def gather_metrics(m: dict[str, list], world: int) -> dict[str, float]:
-    """Per-episode lists from every rank -> global means (NaN when no episode ended)."""
+    """Per-episode lists from every rank -> global means, or the global min / max for keys ending in _min / _max
+    (NaN when no episode ended)."""
     merged = gather_objects(m, world)
-    return {k: float(np.mean(v)) if (v := [x for r in merged for x in r[k]]) else float("nan") for k in m}
+    out = {}
+    for k in m:
+        v = [x for r in merged for x in r[k]]
+        out[k] = float("nan") if not v else float(min(v) if k.endswith("_min") else max(v) if k.endswith("_max")
+                                                   else np.mean(v))
+    return out
 
 
 @dataclass

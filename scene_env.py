@@ -476,6 +476,55 @@ from mani_skill.utils.structs.types import SimConfig  # noqa: E402
 GEN_AGENT_UID = AGENT_UID + "_gen"
 
 
+def running_env_rows(scene, snapshot: dict, keep: torch.Tensor) -> dict:
+    """The rows of a `scene.get_sim_state()` snapshot that belong to the envs in `keep` ([N] bool), per object, as
+    ManiSkill's `set_sim_state(state, env_idx)` on the GPU sim wants them: each object's setter writes the rows of its
+    own sub-scenes whose reset mask is set (the robot, one articulation over all N envs: one row per kept env; an
+    object built in sub-scene i: one row if env i is kept, else it is left out)."""
+    reg, out = scene.state_dict_registry, {}
+    for kind, objs in (("actors", reg.actors), ("articulations", reg.articulations)):
+        for name, rows in snapshot.get(kind, {}).items():
+            sel = keep.to(rows.device)[objs[name]._scene_idxs.long().to(rows.device)]
+            if sel.any():
+                out.setdefault(kind, {})[name] = rows[sel]
+    return out
+
+
+def restore_running_envs(scene, snapshot: dict, keep: torch.Tensor) -> None:
+    """GPU partial reset: put the envs still running (`keep`, [N] bool) back to `snapshot` (`scene.get_sim_state()`
+    taken before the settle steps, which step every sub-scene); the envs being reset keep their new state."""
+    scene.set_sim_state(running_env_rows(scene, snapshot, keep), torch.nonzero(keep)[:, 0].to(scene.device))
+
+
+class ControllerTargets:
+    """The arm/gripper controllers' targets of the envs still running across a GPU partial reset.
+
+    ManiSkill's `reset(options={"env_idx": ...})` sets the reset mask back to all envs before it calls
+    `controller.reset()`, which sets every env's target (ee target pose, target / start joint positions) to the pose
+    it has reached: the envs still running would lose their accumulated delta target and snap. `hold` copies the
+    targets before the reset; `restore` writes the running envs' rows back after it."""
+
+    FIELDS = ("_target_qpos", "_start_qpos", "_target_pose")
+
+    def __init__(self, controller, keep: torch.Tensor):
+        subs = controller.controllers.values() if hasattr(controller, "controllers") else [controller]
+        self.keep, self.held = keep, []
+        for c in subs:
+            for f in self.FIELDS:
+                v = getattr(c, f, None)
+                if v is not None:
+                    self.held.append((c, f, (v.raw_pose if f == "_target_pose" else v).clone()))
+
+    def restore(self) -> None:
+        for c, f, old in self.held:
+            now = getattr(c, f, None)
+            if now is None:
+                continue
+            now = now.raw_pose if f == "_target_pose" else now
+            keep = self.keep.to(now.device)
+            now[keep] = old.to(now.device)[keep]
+
+
 @register_agent(asset_download_ids=["widowx250s"])
 class BridgeWidowXForGenScene(WidowX250SBridgeDatasetFlatTable):
     """SimplerEnv's Bridge WidowX 250 S (same model, controllers, gains) without the base_link camera it carries:
@@ -649,6 +698,20 @@ class GenSceneEnv(BaseEnv):
         return b.build(name=f"{o.name}_{i}")
 
     # ---- episodes ------------------------------------------------------------------------
+    def reset(self, seed=None, options=None):
+        """ManiSkill's reset; on the GPU sim, a partial reset (`options["env_idx"]`) keeps the controller targets of
+        the envs still running (ControllerTargets)."""
+        idx = (options or {}).get("env_idx")
+        held = None
+        if idx is not None and self.gpu_sim_enabled and len(idx) < self.num_envs and self.agent is not None:
+            keep = torch.ones(self.num_envs, dtype=torch.bool)
+            keep[torch.as_tensor(idx).long().cpu()] = False
+            held = ControllerTargets(self.agent.controller, keep)
+        out = super().reset(seed=seed, options=options)
+        if held is not None:
+            held.restore()
+        return out
+
     def _initialize_episode(self, env_idx: torch.Tensor, options: dict):
         cfg, rng = self.cfg, self._episode_rng
         with torch.device(self.device):
@@ -691,12 +754,12 @@ class GenSceneEnv(BaseEnv):
             self.camera_mount.set_pose(Pose.create_from_pq(p=torch.tensor(np.array(cam_p), dtype=torch.float32),
                                                            q=torch.tensor(np.array(cam_q), dtype=torch.float32)))
             running = None  # GPU partial reset: the settle steps every sub-scene, so the envs mid-episode are
-            if self.gpu_sim_enabled and b < self.num_envs:  # snapshotted and put back afterwards (UNTESTED on GPU)
+            if self.gpu_sim_enabled and b < self.num_envs:  # snapshotted and put back afterwards
                 keep = torch.ones(self.num_envs, dtype=torch.bool)
                 keep[env_idx.cpu()] = False
                 self.scene._gpu_apply_all()
                 self.scene._gpu_fetch_all()
-                running = (torch.nonzero(keep)[:, 0].to(self.device), self.get_state_dict())
+                running = (keep, self.scene.get_sim_state())
             if self.gpu_sim_enabled:
                 self.scene._gpu_apply_all()
             for _ in range(int(cfg.settle_s * cfg.sim_freq)):
@@ -704,7 +767,10 @@ class GenSceneEnv(BaseEnv):
             if self.gpu_sim_enabled:
                 self.scene._gpu_fetch_all()
             if running is not None:
-                self.set_state_dict(running[1], running[0])
+                restore_running_envs(self.scene, running[1], running[0])
+                self.scene._gpu_apply_all()
+                self.scene.px.gpu_update_articulation_kinematics()
+                self.scene._gpu_fetch_all()
                 self.scene._reset_mask[:] = False
                 self.scene._reset_mask[env_idx] = True  # the rest of this reset acts on the envs being reset
             qpos = torch.tensor(ROBOT_INIT_QPOS).repeat(b, 1)

@@ -14,6 +14,7 @@ The result, `<out>/ckpt_final.pt`, is what `ppoflow_pi0.py --init` and `load_pol
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +103,20 @@ class Args:
     max_grad_norm: float = 1.0
     """Gradient-norm clip."""
     lora_rank: int = 0
-    """LoRA rank on the VLM (0 = train everything, the default for a from-scratch imitation policy)."""
+    """LoRA rank on the VLM (0 = train everything, the default for a from-scratch imitation policy; 32 for a
+    pretrained pi0-3b, as ppoflow_pi0.py fine-tunes it)."""
+    freeze_vlm: bool = False
+    """Freeze the whole VLM (ppoflow_pi0.py --freeze-vlm)."""
+    freeze_siglip: bool = False
+    """Freeze SigLIP (ppoflow_pi0.py --freeze-siglip)."""
+    lora_expert: bool = False
+    """LoRA (rank --lora-rank) on the action expert instead of training it fully (ppoflow_pi0.py --lora-expert)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """bfloat16: autocast the forward to bf16 over fp32 master weights and AdamW state (ppoflow_pi0.py --dtype)."""
+    micro_batch_size: int | None = None
+    """Split each batch into micro-batches of this size (gradient accumulation: same step, less memory)."""
+    grad_checkpointing: bool = False
+    """Activation checkpointing in SigLIP, the VLM and the expert (ppoflow_pi0.py --grad-checkpointing)."""
     num_inference_steps: int = 10
     """K stored in the checkpoint for deterministic flow inference (PPOFlow sets its own)."""
     log_every: int = 50
@@ -180,7 +194,8 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     pp.seed_everything(args.seed)
     tok = {"kind": "hf", "path": args.tokenizer_path} if args.tokenizer_path else {"kind": "bytes"}
-    ft = dict(lora_rank=args.lora_rank, lora_alpha=float(max(args.lora_rank, 1)), num_steps=args.num_inference_steps)
+    ft = dict(lora_rank=args.lora_rank, lora_alpha=float(max(args.lora_rank, 1)), num_steps=args.num_inference_steps,
+              freeze_vlm=args.freeze_vlm, freeze_siglip=args.freeze_siglip, lora_expert=args.lora_expert)
     if args.init:
         policy = pp.load_policy(args.init, stats_file=args.stats_file or pp.DEFAULT_STATS, tokenizer_path=args.tokenizer_path,
                                 **ft)
@@ -188,6 +203,11 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     else:
         policy = pp.PI0Policy(pp.preset_config(args.preset, args.env.chunk, **ft, **pp.obs_overrides(args.env)),
                               pp.Normalizer.from_stats_file(args.stats_file or pp.DEFAULT_STATS), tok)
+    if (policy.config.obs_mode == "rgb" and args.env.image_size < policy.config.image_size
+            and not (args.dataset or args.demos)):  # allowed (tests render small), never silent
+        print(f"[imitation] warning: --env.image-size {args.env.image_size} is below the policy's "
+              f"{policy.config.image_size} px input ({policy.config.preset}): every demo frame is upsampled "
+              f"(fix: --env.image-size {policy.config.image_size})", file=sys.stderr)
     envs = None
     if args.dataset:
         demos = demos_from_dataset(args.dataset, policy)
@@ -226,7 +246,10 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     if stats == "demos":  # normalisation from the demos (stored in the checkpoint)
         policy.normalizer = pp.Normalizer.from_data(demos["state"].numpy(), demos["action"].flatten(0, 1).numpy())
     policy.to(device).train()
+    if args.grad_checkpointing:
+        pp.enable_grad_checkpointing(policy)
     params = [p for p in policy.parameters() if p.requires_grad]
+    micro = args.micro_batch_size or args.batch_size
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps))
                                               * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, args.steps)))))
@@ -238,14 +261,19 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     M, t0, losses = len(target), time.time(), []
     for step in range(1, args.steps + 1):
         idx = torch.randint(0, M, (min(args.batch_size, M),), generator=g)
-        inp = {k: demos[k][idx].to(device) for k in policy.input_keys}
-        loss = policy.flow_matching_loss(inp, target[idx].to(device))  # Eq. 1  # ALGO LOGIC
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = 0.0
+        for m0 in range(0, len(idx), micro):  # gradient accumulation: the mean over the batch
+            sub = idx[m0 : m0 + micro]
+            inp = {k: demos[k][sub].to(device) for k in policy.input_keys}
+            with pp.autocast(device, args.dtype):
+                part = policy.flow_matching_loss(inp, target[sub].to(device)).float()  # Eq. 1  # ALGO LOGIC
+            (part * len(sub) / len(idx)).backward()
+            loss += float(part.detach()) * len(sub) / len(idx)
         gn = nn.utils.clip_grad_norm_(params, args.max_grad_norm)
         optimizer.step()
         sched.step()
-        losses.append(float(loss.detach()))
+        losses.append(loss)
         if step % args.log_every == 0 or step == args.steps:
             m = {"losses/flow_matching": float(np.mean(losses)), "losses/grad_norm": float(gn),
                  "charts/learning_rate": sched.get_last_lr()[0], "perf/samples_per_s": step * len(idx) / (time.time() - t0)}

@@ -1,6 +1,8 @@
 """Benchmark the PPOFlow pi0 policy: decision latency for K=1 vs K=10 (eager and torch.compile) and PPO update
 throughput with its model FLOP utilisation (FLOPs counted by torch's FlopCounterMode on one real update step,
 forward + backward, divided by the measured step time and the device's peak). Random weights (timing only).
+Precision as the trainer runs it: fp32 master weights and AdamW, `--dtype bfloat16` autocasts the forward passes
+(ppoflow_pi0.py --dtype); `--grad-checkpointing` as ppoflow_pi0.py --grad-checkpointing.
 
     python benchmarks/bench_policy.py --preset tiny --device cpu
     python benchmarks/bench_policy.py --preset pi0-3b --device cuda --batch 32 --minibatch 32 --dtype bfloat16
@@ -8,6 +10,7 @@ forward + backward, divided by the measured step time and the device's peak). Ra
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -27,7 +30,9 @@ class Args:
     device: str = "cpu"
     """cpu or cuda."""
     dtype: str = "float32"
-    """float32 or bfloat16 (weights and activations)."""
+    """float32, or bfloat16: autocast of the forward passes over fp32 master weights (the trainer's --dtype)."""
+    grad_checkpointing: bool = False
+    """Activation checkpointing in the update (the trainer's --grad-checkpointing)."""
     batch: int = 8
     """Envs per decision (inference batch)."""
     minibatch: int = 8
@@ -38,6 +43,8 @@ class Args:
     """Timed repetitions (after warm-up)."""
     compile: bool = True
     """Also time torch.compile'd VLM / expert."""
+    json: bool = False
+    """Also print the figures as one `BENCH_JSON {...}` line (benchmarks/gpu_check.sh reads it)."""
     peak_tflops: float | None = None
     """Device peak dense TFLOP/s for MFU (default: H100/H200 989 and A100 312 in bf16, 67 / 19.5 in fp32; none on CPU)."""
 
@@ -65,14 +72,18 @@ def timed(fn, repeats: int, device: str) -> float:
     return (time.perf_counter() - t) / repeats
 
 
-def main(args: Args) -> None:
+def main(args: Args) -> dict:
+    """Prints the figures and returns them (update ms/step, MFU or None, per mode the prefix / K=1 / K=10 ms)."""
     torch.manual_seed(0)
-    dtype = getattr(torch, args.dtype)
+    if args.dtype not in ("float32", "bfloat16"):
+        raise SystemExit(f"bench_policy.py: --dtype {args.dtype!r}: use float32 or bfloat16 (the trainer's choices)")
     pol = P.PI0Policy(P.preset_config(args.preset, lora_rank=args.lora_rank, lora_alpha=float(args.lora_rank)),
-                      P.Normalizer.from_stats_file(P.DEFAULT_STATS), {"kind": "bytes"}).to(args.device, dtype)
+                      P.Normalizer.from_stats_file(P.DEFAULT_STATS), {"kind": "bytes"}).to(args.device)
+    if args.grad_checkpointing:
+        P.enable_grad_checkpointing(pol)
     n_all = sum(p.numel() for p in pol.parameters())
     n_train = sum(p.numel() for p in pol.parameters() if p.requires_grad)
-    print(f"preset {args.preset} on {args.device} ({args.dtype}): {n_all / 1e6:.1f}M params, {n_train / 1e6:.1f}M trainable, "
+    print(f"preset {args.preset} on {args.device} ({args.dtype} autocast, fp32 masters): {n_all / 1e6:.1f}M params, {n_train / 1e6:.1f}M trainable, "
           f"image {pol.config.image_size}, threads {torch.get_num_threads()}")
     obs = {"rgb": torch.randint(0, 256, (args.batch, 224, 224, 3), dtype=torch.uint8),
            "state": torch.rand(args.batch, 7) * 0.1 + 0.3, "instruction": ["put the carrot on the plate"] * args.batch}
@@ -81,7 +92,7 @@ def main(args: Args) -> None:
 
     def decision(K):
         def run():
-            with torch.no_grad():
+            with torch.no_grad(), P.autocast(args.device, args.dtype):
                 pol.config.num_steps = K
                 prefix = pol.encode(inp)
                 pol.chain(prefix)
@@ -89,16 +100,16 @@ def main(args: Args) -> None:
         return run
 
     def prefix_only():
-        with torch.no_grad():
+        with torch.no_grad(), P.autocast(args.device, args.dtype):
             pol.encode(inp)
 
     # PPO update throughput: encode with grad + score the stored chain + heads + backward + AdamW step
     pol.config.num_steps = 1
-    args_ppo = P.Args(minibatch_size=args.minibatch, update_epochs=1)
+    args_ppo = P.Args(minibatch_size=args.minibatch, update_epochs=1, dtype=args.dtype)
     mb_obs = {**obs, "rgb": obs["rgb"][:1].expand(args.minibatch, -1, -1, -1),
               "state": obs["state"][:1].expand(args.minibatch, -1), "instruction": obs["instruction"][:1] * args.minibatch}
     mb_inp = pol.obs_to_inputs(mb_obs)
-    with torch.no_grad():
+    with torch.no_grad(), P.autocast(args.device, args.dtype):
         prefix = pol.encode(P._to(mb_inp, args.device))
         chain, logp, _ = pol.chain(prefix)
     batch = {k: v[None] for k, v in mb_inp.items()}
@@ -112,7 +123,8 @@ def main(args: Args) -> None:
         P.ppo_update(pol, opt, batch, adv, ret, args_ppo, 1, args.device)
     flops, peak = fc.get_total_flops(), device_peak(args)
     mfu = f", MFU {flops / t / (peak * 1e12):.1%} of {peak:g} TFLOP/s" if peak else " (MFU: no peak known, pass --peak-tflops)"
-    print(f"update (eager): minibatch {args.minibatch}, K=1: {t * 1e3:.0f} ms/step, {args.minibatch / t:.1f} samples/s, "
+    rescore = " (incl. the bf16 re-score forward, once per iteration in training)" if args.dtype == "bfloat16" else ""
+    print(f"update (eager{', checkpointed' if args.grad_checkpointing else ''}){rescore}: minibatch {args.minibatch}, K=1: {t * 1e3:.0f} ms/step, {args.minibatch / t:.1f} samples/s, "
           f"{flops / args.minibatch / 1e9:.2f} GFLOP/sample, {flops / t / 1e12:.3f} TFLOP/s{mfu}")
     modes = ["eager"] + (["compile"] if args.compile else [])
     for mode in modes:
@@ -133,8 +145,15 @@ def main(args: Args) -> None:
     for mode, tp, t1, t10 in rows:
         print(f"| {mode} | {tp * 1e3:.1f} | {t1 * 1e3:.1f} | {t10 * 1e3:.1f} | {t10 / t1:.2f}x |")
 
+    out = {"update_ms": t * 1e3, "mfu": flops / t / (peak * 1e12) if peak else None,
+           "latency_ms": {mode: {"prefix": tp * 1e3, "k1": t1 * 1e3, "k10": t10 * 1e3} for mode, tp, t1, t10 in rows},
+           "master_dtypes": sorted({str(p.dtype) for p in pol.parameters()})}
     if args.device == "cuda":
-        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        print(f"peak GPU memory {out['peak_gib']:.1f} GiB")
+    if args.json:
+        print("BENCH_JSON " + json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

@@ -41,6 +41,11 @@ from common import (ROOT, env_flags, machine_info, make_scenes, plot_curves, rea
                     run_step, stage, t_interval)
 from evaluate import newcombe_diff, wilson_interval  # noqa: E402
 
+# train_imitation.py on a GPU: ppoflow_pi0.py's precision there, not fp32 without micro-batches (pi0-3b: ~88 GB); from
+# a pretrained --il-init also its fine-tuning mode (LoRA on the VLM) instead of full fine-tuning
+IL_GPU = "--dtype bfloat16 --micro-batch-size 8 --grad-checkpointing"
+IL_GPU_PRETRAINED = IL_GPU + " --lora-rank 32"
+
 # The no-early-stopping recipe (benchmarks/RESULTS.md, "recipe development", dev seeds 7000+): from an 8-scene start at
 # 8.8%, this recipe's final checkpoint 11.2% vs 1.2% without the BC anchor (--target-kl 0.05 and 4x the lr had taken a
 # 52.5% start to 28.7%). The anchor reads the N = 0 start's demos (the driver passes --demos).
@@ -88,8 +93,12 @@ class Args:
     il_init: str | None = None
     """Start the N = 0 imitation from this checkpoint (train_imitation.py --init: e.g. an open-pi-zero Bridge pi0,
     the paper's start) instead of from scratch; None: from scratch."""
-    image_size: int = 64
-    """Policy image side (tiny: 64)."""
+    il_extra: str | None = None
+    """Extra train_imitation.py flags of the N = 0 start, written with "=". Default: with --device cuda, the
+    trainer's GPU precision (IL_GPU: bf16 autocast over fp32 masters, micro-batches, activation checkpointing) and,
+    with --il-init, LoRA on the VLM (IL_GPU_PRETRAINED); on CPU none."""
+    image_size: int | None = None
+    """Rendered image side (default: the policy's input, 64 for tiny, 224 for small and pi0-3b)."""
     max_decisions: int = 25
     """Episode length in chunk decisions (paper: 25)."""
     env_workers: int = 4
@@ -265,7 +274,10 @@ def main(args: Args) -> Path:
                                                "--num-splits", "1", "--split-size", str(h), "--seed", str(args.seed)],
              splits, logs, steps, args.dry_run)
     h0 = json.loads(splits.read_text())["splits"][0]["id"] if splits.exists() else [f"<H0[{i}]>" for i in range(h)]
-    envf = env_flags(args.image_size, args.max_decisions) + shlex.split(args.env_extra)
+    size = args.image_size or (64 if args.preset in ("tiny", "mini") else 224)  # the preset's input: never upsampled
+    envf = env_flags(size, args.max_decisions) + shlex.split(args.env_extra)
+    il_extra = shlex.split(args.il_extra if args.il_extra is not None else "" if args.device != "cuda"
+                           else IL_GPU_PRETRAINED if args.il_init else IL_GPU)
     k = ["--num-inference-steps", str(args.num_inference_steps)]
     runs = out / "runs"
     start = runs / "il_start/ckpt_final.pt"
@@ -273,7 +285,7 @@ def main(args: Args) -> Path:
         "--scenes-dir", str(il_pool), "--out", str(start.parent), "--preset", args.preset,
         "--num-envs", str(args.env_workers), "--episodes", str(args.il_episodes), "--steps", str(args.il_steps),
         "--save-every", str(args.il_steps), "--seed", str(args.seed), "--device", args.device, *k, *envf,
-        *(["--init", args.il_init] if args.il_init else []),
+        *(["--init", args.il_init] if args.il_init else []), *il_extra,
         *(["--demos", str(start.parent / "demos.pt")] if (start.parent / "demos.pt").exists() else [])],
         start, logs, steps, args.dry_run)
     if args.stop_after == "il_start":
