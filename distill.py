@@ -166,6 +166,16 @@ def completed_rounds(out: Path) -> int:
     return n
 
 
+def env_differences(env: EnvConfig, teacher_env: dict | None) -> list[str]:
+    """Settings of --env that differ from the teacher's training env (recorded in its checkpoint), apart from what
+    the student's camera needs: labels from another episode length, physics or randomisation are still labels, but
+    not of the states the teacher was trained on."""
+    skip = {"obs_mode", "image_size", "with_object_state", "sim_backend", "render_size"}
+    now = json.loads(json.dumps(ss.to_dict(env)))
+    return [f"{k}: teacher {v!r}, now {now[k]!r}" for k, v in (teacher_env or {}).items()
+            if k in now and k not in skip and now[k] != v]
+
+
 def check_args(args: Args) -> None:
     bad = [f"--{n.replace('_', '-')} {getattr(args, n)} (must be >= 1)" for n in
            ("rounds", "frames_per_round", "steps_per_round", "batch_size", "num_envs", "num_inference_steps", "log_every")
@@ -275,6 +285,7 @@ def collect_round(envs, student, teacher, beta_k: float, frames: int, seed: int,
     object_state [M, 14], label [M, C, 7] (the teacher's env-space chunk), teacher_acted [M], episode [M] (round-local
     ids), label_seed [M], instruction and scene_id [M] lists, and the round's rollout statistics."""
     N = envs.num_envs
+    student.eval()
     rows: dict[str, list] = {key: [] for key in ("rgb", "state", "object_state", "label", "teacher_acted", "episode",
                                                  "label_seed", "instruction", "scene_id")}
     dev = teacher.pi0.action_out_proj.weight.device
@@ -398,6 +409,8 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     teacher, teacher_args, teacher_sha = load_teacher(args, device)
     scenes = pp.resolve_scenes(teacher_scene_args(args, teacher_args))
+    if diff := env_differences(args.env, teacher_args.get("env")):
+        print(f"[distill] note: --env differs from the teacher's training env ({'; '.join(diff)})")
     done = completed_rounds(out)
     if done:
         last = pp.read_checkpoint(out / f"ckpt_round_{done - 1:03d}.pt")
@@ -408,7 +421,8 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     student = build_student(args, teacher, device)  # the last check of the inputs: nothing is written before it
     ss.write_json_atomic(out / "args.json", {"schema_version": ss.SCHEMA_VERSION, "args": ss.to_dict(args),
                                              "scenes": scenes, "teacher_sha256": teacher_sha})
-    pp.remove_stale_tmp(out)
+    for folder in (out, out / "rounds"):
+        pp.remove_stale_tmp(folder)  # temp files of saves a kill interrupted
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps)))
@@ -464,8 +478,8 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
             ck = pp.policy_checkpoint(student, optimizer=optimizer.state_dict(), scheduler=sched.state_dict(),
                                       rng=[pp.rng_state()], iteration=step, args=ss.to_dict(args), round=k,
                                       teacher_sha256=teacher_sha,
-                                      demos={"transitions": len(agg["target"]), "source": "DAgger labels of --teacher",
-                                             "episodes": sum(len(set(x["episode"].tolist())) for x in data)})
+                                      dagger={"frames": len(agg["target"]), "teacher": args.teacher,
+                                              "episodes": sum(len(set(x["episode"].tolist())) for x in data)})
             pp.torch_save_atomic(ck, out / f"ckpt_round_{k:03d}.pt")  # the round is complete from here on
             pp.torch_save_atomic(ck, out / "ckpt_final.pt")
             write_aggregate(out, data, args, teacher_sha)
