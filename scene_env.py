@@ -842,8 +842,9 @@ def object_state(priv: dict) -> "torch.Tensor":
 
 
 def obs_keys(cfg: EnvConfig) -> tuple[str, ...]:
-    """The tensor entries of an observation under `cfg.obs_mode` (besides "instruction")."""
-    return (("rgb", "state") if cfg.obs_mode == "rgb" else ("state",)) + (("object_state",) if cfg.with_object_state else ())
+    """The tensor entries of an observation under `cfg.obs_mode` and `cfg.with_object_state` (besides "instruction")."""
+    keys = ("rgb", "state") if cfg.obs_mode == "rgb" else ("state",)
+    return keys + ("object_state",) if cfg.with_object_state else keys
 
 
 def state_dim(cfg: EnvConfig) -> int:

@@ -151,6 +151,8 @@ def test_one_dagger_round_relabels_trains_writes_the_dataset_and_resumes(setup, 
     cfg = evaluate.env_config(evaluate.Args(), spec)
     assert cfg.obs_mode == "rgb" and cfg.image_size == 64 and not cfg.with_object_state
     deploy_widowx.load_policy(deploy_widowx.Args(backend="sim", ckpt=str(out / "ckpt_final.pt")), lambda: None)
+    with_obj = dataclasses.replace(cfg, with_object_state=True)  # an observation entry, not an outcome: same key
+    assert evaluate.settings_key(spec, with_obj, evaluate.Args()) == evaluate.settings_key(spec, cfg, evaluate.Args())
     # the dataset: HF datasets types the image column; lerobot_format reads back the frames and the teacher's labels
     files = sorted(str(p) for p in (out / "dataset/data").rglob("*.parquet"))
     ds = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "cache"))
