@@ -194,6 +194,11 @@ def test_one_dagger_round_relabels_trains_writes_the_dataset_and_resumes(setup, 
     with pytest.raises(distill.DistillError, match="--steps-per-round: the run's 3, now 5"):
         again("--steps-per-round", "5")
     assert again() == out and sha(out / "ckpt_final.pt") == sha(out / "ckpt_round_001.pt")
+    import shutil
+
+    shutil.rmtree(out / "dataset")  # a dataset behind the rounds (a kill while writing it) is rewritten by a re-run
+    again()
+    same_as_rounds([data0, data1])
 
 
 # ---------------------------------------------------------------------------------------------
