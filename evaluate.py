@@ -478,8 +478,10 @@ def env_config(args: Args, spec: PolicySpec):
 
 def settings_key(spec: PolicySpec, cfg, args: Args) -> str:
     """Fingerprint of everything that changes an episode's outcome; a resumed run only reuses
-    episodes with the same fingerprint."""
-    return ss.content_hash({"env": asdict(cfg), "deterministic": args.deterministic, "kind": spec.kind,
+    episodes with the same fingerprint. `with_object_state` only adds an observation entry: left out, so the
+    fingerprints of earlier evaluations stay valid."""
+    env = {k: v for k, v in asdict(cfg).items() if k != "with_object_state"}
+    return ss.content_hash({"env": env, "deterministic": args.deterministic, "kind": spec.kind,
                             "checkpoint": spec.identity})
 
 

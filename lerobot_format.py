@@ -119,10 +119,11 @@ def aggregate_stats(per_episode: list[dict]) -> dict:
 
 
 def write_dataset(root: str | Path, episodes: list[dict], fps: int, chunk: int = 1, version: str = "v3.0",
-                  robot_type: str = "widowx250s") -> Path:
+                  robot_type: str = "widowx250s", info_extra: dict | None = None) -> Path:
     """episodes: [{"rgb" u8 [T, H, W, 3], "state" [T, 7], "action" [T, 7], "task": str, "scene_id": str}], one row
     per control step. `fps`: the control rate (int); `chunk`: control steps per policy decision (info.json's
-    `action_chunk`, what read_dataset chunks by). Returns the root."""
+    `action_chunk`, what read_dataset chunks by); `info_extra`: more keys for info.json (what made the data, e.g.
+    distill.py's "dagger" entry). Returns the root."""
     if version not in VERSIONS:
         raise ValueError(f"lerobot_format.write_dataset: version {version!r}; expected one of {VERSIONS}")
     if not episodes:
@@ -172,7 +173,7 @@ def write_dataset(root: str | Path, episodes: list[dict], fps: int, chunk: int =
     info = {"codebase_version": version, "robot_type": robot_type, "total_episodes": len(episodes),
             "total_frames": index, "total_tasks": len(tasks), "chunks_size": CHUNKS_SIZE, "fps": fps,
             "splits": {"train": f"0:{len(episodes)}"}, "data_path": DATA_PATH[version], "video_path": None,
-            "features": features, "action_chunk": int(chunk)}
+            "features": features, "action_chunk": int(chunk), **(info_extra or {})}
     if v3:
         import pandas as pd
 
@@ -250,6 +251,20 @@ def to_decisions(episodes: list[dict], chunk: int) -> list[dict]:
         if T:
             out.append({**ep, "rgb": ep["rgb"][:T * chunk:chunk], "state": ep["state"][:T * chunk:chunk],
                         "action": np.asarray(ep["action"][:T * chunk]).reshape(T, chunk, -1)})
+    return out
+
+
+def from_decisions(episodes: list[dict]) -> list[dict]:
+    """One observation per decision -> write_dataset's rows, one per control step: rgb [D, H, W, 3], state [D, 7],
+    action [D, C, 7] -> C rows per decision, the decision's observation held over its chunk (the policy executes a
+    chunk open loop, so each of its C actions was chosen from that observation), action [D * C, 7]. What distill.py
+    writes (the teacher labels decisions; the env renders no frame inside a chunk). to_decisions inverts it."""
+    out = []
+    for ep in episodes:
+        action = np.asarray(ep["action"])  # [D, C, 7]
+        C = action.shape[1]
+        out.append({**ep, "rgb": np.repeat(np.asarray(ep["rgb"]), C, 0), "state": np.repeat(np.asarray(ep["state"]), C, 0),
+                    "action": action.reshape(-1, action.shape[-1])})
     return out
 
 

@@ -91,6 +91,10 @@ class EnvConfig:
     observation; every stage's default). "state": the OBJECT-STATE PROXY: no camera is rendered, and the state is
     the proprio followed by `OBJECT_STATE_DIM` simulator features of the target and destination (`object_state`).
     A research proxy for RL at CPU scale (no pretrained VLM, visual generalisation not tested); no robot has it."""
+    with_object_state: bool = False
+    """Also return obs["object_state"] [N, OBJECT_STATE_DIM] (`object_state`, the proxy's features) in every step,
+    beside what obs_mode gives: a state teacher's input while a pixel student sees the camera of the same step
+    (distill.py). No policy reads it."""
     reward: Literal["sparse", "shaped"] = "sparse"
     """Decision-level reward. "sparse": 1 on success (Eq. A.1). "shaped": success + (phi(s') - phi(s)), potential-based
     shaping (Ng et al. 1999: the optimal policy is unchanged) with phi = GenScene-v1's `normalized_dense` reward
@@ -904,8 +908,9 @@ def object_state(priv: dict) -> "torch.Tensor":
 
 
 def obs_keys(cfg: EnvConfig) -> tuple[str, ...]:
-    """The tensor entries of an observation under `cfg.obs_mode` (besides "instruction")."""
-    return ("rgb", "state") if cfg.obs_mode == "rgb" else ("state",)
+    """The tensor entries of an observation under `cfg.obs_mode` and `cfg.with_object_state` (besides "instruction")."""
+    keys = ("rgb", "state") if cfg.obs_mode == "rgb" else ("state",)
+    return keys + ("object_state",) if cfg.with_object_state else keys
 
 
 def state_dim(cfg: EnvConfig) -> int:
@@ -1191,11 +1196,15 @@ class ChunkRunner:
 
     def _obs(self, raw: dict) -> dict:
         text = list(self.env.get_language_instruction())
-        if self.cfg.obs_mode == "state":  # [N, 7 + OBJECT_STATE_DIM]: proprio, then the object-state proxy
+        obj = None
+        if self.cfg.obs_mode == "state" or self.cfg.with_object_state:
             priv = self.env.privileged_state() if self.kind == "gen" else simpler_privileged_state(self.env)
-            return {"state": torch.cat([ee_state(self.env), object_state(priv)], 1).cpu(), "instruction": text}
+            obj = object_state(priv).cpu()  # [N, OBJECT_STATE_DIM]
+        extra = {"object_state": obj} if self.cfg.with_object_state else {}
+        if self.cfg.obs_mode == "state":  # [N, 7 + OBJECT_STATE_DIM]: proprio, then the object-state proxy
+            return {"state": torch.cat([ee_state(self.env).cpu(), obj], 1), **extra, "instruction": text}
         rgb = raw["sensor_data"][CAMERA_UID]["rgb"].cpu()  # [N, H, W, 3] uint8
-        return {"rgb": rgb, "state": ee_state(self.env).cpu(), "instruction": text}
+        return {"rgb": rgb, "state": ee_state(self.env).cpu(), **extra, "instruction": text}
 
     def _potential(self):
         """[N] phi(s) of the shaped reward (EnvConfig.reward): GenScene-v1's normalized dense reward, 1 on success."""
@@ -1330,7 +1339,8 @@ class _ChunkWorker:
         self.specs, self.cfg, self.seed, self.record, self.runner = specs, cfg, seed, record, None
         s = cfg.image_size
         spaces = {"rgb": gym.spaces.Box(0, 255, (s, s, 3), np.uint8),
-                  "state": gym.spaces.Box(-np.inf, np.inf, (state_dim(cfg),), np.float32)}
+                  "state": gym.spaces.Box(-np.inf, np.inf, (state_dim(cfg),), np.float32),
+                  "object_state": gym.spaces.Box(-np.inf, np.inf, (OBJECT_STATE_DIM,), np.float32)}
         self.observation_space = gym.spaces.Dict({k: spaces[k] for k in obs_keys(cfg)})
         self.action_space = gym.spaces.Box(-np.inf, np.inf, (cfg.chunk, 7), np.float32)
         self.np_random = None

@@ -1,0 +1,522 @@
+"""DAgger distillation of an object-state teacher into a pixel pi0 student (issue 32).
+
+    python distill.py --teacher runs/proxy/ppo_s1/ckpt_final.pt --preset tiny --env.image-size 64 --out runs/distill
+    python distill.py --teacher runs/proxy/ppo_s1/ckpt_final.pt --student-init runs/il_pixel/ckpt_final.pt \
+        --env.image-size 64 --rounds 6 --frames-per-round 2000 --steps-per-round 1000 --num-envs 2 --out runs/distill_il
+
+The teacher is a policy trained under the object-state proxy (`--env.obs-mode state`: proprio + the 14 simulator
+features of target and destination, no camera), typically PPOFlow's final checkpoint. The student is the pixel
+`PI0Policy` (image + instruction + 7-D proprio), the policy evaluate.py and deploy_widowx.py run. Round k of DAgger
+(Ross et al. 2011), on the teacher's training scenes:
+  1. act: at every decision each env follows the teacher with probability beta_k = beta0 * beta_decay^k, else the
+     student (both deterministic, sigma = 0). Every env renders the camera (the student's input) and reports the
+     object state (the teacher's) in the same step (`scene_env.EnvConfig.with_object_state`);
+  2. label: the teacher's deterministic action chunk on every visited state, whoever acted;
+  3. aggregate: the round's frames join every earlier round's;
+  4. train: `--steps-per-round` gradient steps of the flow-matching loss (Eq. 1, `PI0Policy.flow_matching_loss`, the
+     loss of train_imitation.py) on the aggregate.
+With beta0 = 1, round 0 is behaviour cloning on the teacher's own rollouts.
+
+Output folder (--out):
+    args.json                 the flags (a re-run must repeat them, except --rounds and where it runs)
+    rounds/round_<k>.pt       round k's frames: env image, proprio, object state, instruction, scene, the teacher's
+                              label chunk (env space), who acted, episode ids, the label's noise seed
+    ckpt_round_<k>.pt         the student after round k: a normal pixel checkpoint (evaluate.py --ckpt, deploy_widowx.py)
+    ckpt_final.pt             the same as the last round's
+    metrics.jsonl             loss rows every --log-every steps, one summary row per round
+    dataset/                  the aggregate as a LeRobotDataset (lerobot_format.py): written after the last round (and
+                              by a re-run that finds it behind the rounds; info.json's "dagger" says how many)
+A round is complete once its checkpoint exists (its data, then its checkpoint, each written atomically): re-running
+the same command continues after the last complete round; a larger --rounds adds rounds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+import scene_schema as ss
+from scene_env import PROPRIO_DIM, EnvConfig
+
+
+@dataclass
+class Args:
+    teacher: str
+    """Object-state teacher: a ckpt_*.pt of ppoflow_pi0.py or train_imitation.py trained with --env.obs-mode state."""
+    out: str = "runs/distill"
+    """Output folder (see the module docstring); re-running into it continues the run."""
+    scenes_dir: str | None = None
+    """Folder of composed scenes (default: the teacher's --scenes-dir)."""
+    scene_ids: list[str] | None = None
+    """Distil on these scene ids (default: the teacher's training scenes: its --splits-file split, --scene-ids or
+    every manifest, then its first --num-train-scenes)."""
+    preset: str = "tiny"
+    """Student size when not given by --student-init: tiny (CPU tests), mini (CPU experiments), small, pi0-3b."""
+    student_init: str | None = None
+    """Start the student from this pixel checkpoint (e.g. a train_imitation.py policy) instead of random --preset
+    weights; it keeps its own normalisation statistics (a random student takes the teacher's: its action bounds and
+    the proprio part of its state bounds)."""
+    tokenizer_path: str | None = None
+    """Folder with a real tokenizer for a random student (default: the offline byte-level tokenizer)."""
+    seed: int = 0
+    """Seed of the student's init, the env resets, the beta draws, the label noise and the batches."""
+    device: str = "auto"
+    """"auto" (cuda when available), "cpu" or "cuda"."""
+    track: bool = False
+    """Log to Weights & Biases (metrics.jsonl is always written)."""
+    wandb_project: str = ss.WANDB_PROJECT
+    """W&B project (one for every stage)."""
+    wandb_entity: str | None = None
+    """W&B entity (team)."""
+    wandb_group: str | None = None
+    """W&B group (default: the name of the folder that holds --out)."""
+    # ---- rollouts ----
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Environment settings of the rollouts (scene_env.EnvConfig): the student's camera (--env.image-size 64 for the
+    tiny and mini presets); obs_mode stays "rgb" and the object state comes along for the teacher."""
+    num_envs: int = 2
+    """Parallel envs (env i holds scene i mod #scenes)."""
+    env_workers: int | None = None
+    """Worker processes (scene_env default: one per env; 0 = one env in this process)."""
+    # ---- DAgger budgets ----
+    rounds: int = 4
+    """DAgger rounds (a re-run with a larger value adds rounds to a finished run)."""
+    frames_per_round: int = 400
+    """Labelled frames collected per round over all envs; a frame is one decision (the image the student sees, the
+    teacher's C-step label), so the round runs ceil(frames / num_envs) vector steps."""
+    beta0: float = 1.0
+    """Probability that the teacher acts at a decision in round 0 (1: round 0 is the teacher's own rollouts)."""
+    beta_decay: float = 0.5
+    """beta_k = beta0 * beta_decay^k: the teacher's share of the acting in round k (0: the student alone after round 0)."""
+    # ---- flow-matching SFT on the aggregate ----
+    steps_per_round: int = 500
+    """Gradient steps after each round's collection, on every round's frames so far."""
+    batch_size: int = 32
+    """Frames per gradient step (drawn uniformly from the aggregate)."""
+    learning_rate: float = 1e-4
+    """AdamW learning rate: linear warm-up, then constant (rounds can be added without changing a schedule)."""
+    warmup_steps: int = 100
+    """Linear warm-up steps at the start of round 0."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip."""
+    num_inference_steps: int = 10
+    """K of the student's deterministic flow inference (stored in its checkpoint)."""
+    log_every: int = 50
+    """Gradient steps between loss rows in metrics.jsonl."""
+    dataset_version: Literal["v3.0", "v2.1"] = "v3.0"
+    """LeRobot format of <out>/dataset: v3.0 (LeRobot >= 0.4) or v2.1 (LeRobot 0.3, openpi-era code)."""
+
+
+# Flags a re-run may change: how many rounds, where it runs and where it logs; never what a round learns.
+RESUME_FREE_FLAGS = ("rounds", "env_workers", "device", "track", "wandb_project", "wandb_entity", "wandb_group",
+                     "log_every")
+
+
+class DistillError(ValueError):
+    """A bad input of distill.py: the message says what was given, what is needed and how to fix it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def beta(args: Args, k: int) -> float:
+    """The teacher's share of the acting in round k."""
+    return args.beta0 * args.beta_decay ** k  # ALGO LOGIC
+
+
+def label_seed(seed: int, k: int, decision: int) -> int:
+    """Seed of the flow noise A^0 behind the teacher's label at decision `decision` of round k: a deterministic chunk
+    (sigma = 0) still starts from a noise draw, so this seed (stored per frame) makes every label reproducible."""
+    return int(np.random.SeedSequence([seed, k, decision, 7]).generate_state(1)[0]) % 2**31
+
+
+def teacher_obs(obs: dict) -> dict:
+    """The teacher's view of a `with_object_state` observation: the object-state proxy's state, proprio then object
+    features (what `ChunkRunner._obs` gives under obs_mode "state"), and the instruction."""
+    return {"state": torch.cat([torch.as_tensor(obs["state"]).float(), torch.as_tensor(obs["object_state"]).float()], -1),
+            "instruction": list(obs["instruction"])}
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def completed_rounds(out: Path) -> int:
+    """Rounds 0..n-1 are complete: their data and checkpoint files exist (a round's checkpoint is written last)."""
+    n = 0
+    while (out / f"ckpt_round_{n:03d}.pt").exists() and (out / f"rounds/round_{n:03d}.pt").exists():
+        n += 1
+    return n
+
+
+def env_differences(env: EnvConfig, teacher_env: dict | None) -> list[str]:
+    """Settings of --env that differ from the teacher's training env (recorded in its checkpoint), apart from what
+    the student's camera needs: labels from another episode length, physics or randomisation are still labels, but
+    not of the states the teacher was trained on."""
+    skip = {"obs_mode", "image_size", "with_object_state", "sim_backend", "render_size"}
+    now = json.loads(json.dumps(ss.to_dict(env)))
+    return [f"{k}: teacher {v!r}, now {now[k]!r}" for k, v in (teacher_env or {}).items()
+            if k in now and k not in skip and now[k] != v]
+
+
+def check_args(args: Args) -> None:
+    bad = [f"--{n.replace('_', '-')} {getattr(args, n)} (must be >= 1)" for n in
+           ("rounds", "frames_per_round", "steps_per_round", "batch_size", "num_envs", "num_inference_steps", "log_every")
+           if getattr(args, n) < 1]
+    bad += [f"--{n.replace('_', '-')} {getattr(args, n)} (must be in [0, 1])" for n in ("beta0", "beta_decay")
+            if not 0.0 <= getattr(args, n) <= 1.0]
+    if bad:
+        raise DistillError(f"distill.py: {'; '.join(bad)}")
+    if args.env.obs_mode != "rgb":
+        raise DistillError(f"distill.py: --env.obs-mode {args.env.obs_mode}: the student sees pixels, so the env runs in "
+                           "obs_mode rgb and brings the object state along for the teacher (fix: drop --env.obs-mode)")
+
+
+def check_rerun(out: Path, args: Args) -> None:
+    """An existing run folder continues only with the flags it was started with (RESUME_FREE_FLAGS aside)."""
+    import ppoflow_pi0 as pp
+
+    path = out / "args.json"
+    if not path.exists():
+        return
+    old = ss.read_json(path).get("args") or {}
+    diff = {k: v for k, v in pp.resume_flag_changes(old, ss.to_dict(args)).items() if k not in RESUME_FREE_FLAGS}
+    if diff:
+        now = pp.resume_flag_changes(ss.to_dict(args), {}, keys_only=True)  # every flag, flattened (env.chunk)
+        what = "; ".join(f"--{k.replace('_', '-')}: the run's {v!r}, now {now.get(k)!r}" for k, v in diff.items())
+        raise DistillError(f"distill.py: {out} is a distillation run started with other flags ({what}). Re-run with "
+                           f"its flags (see {path}; only {', '.join(RESUME_FREE_FLAGS)} may change), or pass another --out")
+
+
+def teacher_scene_args(args: Args, teacher_args: dict):
+    """ppoflow_pi0.Args naming the scenes: the teacher's training scenes, with --scenes-dir / --scene-ids replacing
+    what the teacher recorded."""
+    import ppoflow_pi0 as pp
+
+    if args.scene_ids:
+        return pp.Args(scenes_dir=args.scenes_dir or teacher_args.get("scenes_dir") or "scenes", scene_ids=args.scene_ids)
+    if not args.scenes_dir and not teacher_args.get("scenes_dir"):
+        raise DistillError(f"distill.py: --teacher {args.teacher} records no training scenes (no args in the checkpoint); "
+                           "fix: pass --scenes-dir (and --scene-ids) of the scenes it was trained on")
+    keep = {k: teacher_args[k] for k in ("scene_ids", "splits_file", "split_index", "num_train_scenes")
+            if teacher_args.get(k) is not None}
+    return pp.Args(scenes_dir=args.scenes_dir or teacher_args["scenes_dir"], **keep)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading the teacher and the student
+# ---------------------------------------------------------------------------------------------
+
+
+def load_teacher(args: Args, device):
+    """(teacher policy in eval mode, its checkpoint's args, its content hash). Refuses anything but an object-state
+    policy checkpoint."""
+    import ppoflow_pi0 as pp
+
+    what = "the object-state teacher: a ckpt_*.pt trained with --env.obs-mode state"
+    ck = pp.read_checkpoint(args.teacher, what)
+    cfg = ck.get("model_config") or {}
+    if ck.get("kind") != "pi0_policy":
+        raise DistillError(f"distill.py: --teacher {args.teacher} is not a pi0 policy checkpoint (kind "
+                           f"{ck.get('kind')!r}); expected {what}")
+    if cfg.get("obs_mode", "rgb") != "state":
+        raise DistillError(f"distill.py: --teacher {args.teacher} is a pixel policy (obs_mode {cfg.get('obs_mode', 'rgb')!r}); "
+                           "the teacher must read the object state (fix: a checkpoint of ppoflow_pi0.py / "
+                           "train_imitation.py run with --env.obs-mode state; a pixel policy goes in --student-init)")
+    if cfg.get("chunk") != args.env.chunk:
+        raise DistillError(f"distill.py: --teacher {args.teacher} predicts chunks of {cfg.get('chunk')} but --env.chunk is "
+                           f"{args.env.chunk} (fix: --env.chunk {cfg.get('chunk')})")
+    teacher = pp.load_policy(args.teacher, device=str(device)).eval()
+    teacher.requires_grad_(False)
+    return teacher, ck.get("args") or {}, file_sha256(args.teacher)
+
+
+def build_student(args: Args, teacher, device):
+    """The pixel student: --student-init (merged to plain weights, its statistics kept) or a random --preset model
+    with the teacher's action statistics and the proprio part of its state statistics."""
+    import ppoflow_pi0 as pp
+
+    if args.student_init:
+        student = pp.load_policy(args.student_init, tokenizer_path=args.tokenizer_path, lora_rank=0,
+                                 num_steps=args.num_inference_steps)
+        if student.config.obs_mode != "rgb":
+            raise DistillError(f"distill.py: --student-init {args.student_init} is an object-state policy (obs_mode "
+                               f"{student.config.obs_mode!r}); the student must be a pixel policy (fix: a checkpoint "
+                               "trained with --env.obs-mode rgb, e.g. train_imitation.py's, or no --student-init)")
+        if student.config.chunk != args.env.chunk:
+            raise DistillError(f"distill.py: --student-init {args.student_init} predicts chunks of {student.config.chunk} "
+                               f"but the teacher and --env.chunk use {args.env.chunk}")
+    else:
+        cfg = pp.preset_config(args.preset, args.env.chunk, num_steps=args.num_inference_steps,
+                               **pp.obs_overrides(args.env))
+        n = teacher.normalizer
+        norm = pp.Normalizer(n.kind, n.state_lo[:PROPRIO_DIM], n.state_hi[:PROPRIO_DIM], n.action_lo, n.action_hi)
+        tok = {"kind": "hf", "path": args.tokenizer_path} if args.tokenizer_path else {"kind": "bytes"}
+        student = pp.PI0Policy(cfg, norm, tok)
+    return student.to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# One round: act, label, train
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def collect_round(envs, student, teacher, beta_k: float, frames: int, seed: int, k: int) -> dict:
+    """Run the beta_k-mix of teacher and student until >= `frames` decisions are labelled. Returns the frames in
+    decision-major order (decision d of env i is row d * N + i): rgb u8 [M, H, W, 3] (the env's), state [M, 7],
+    object_state [M, 14], label [M, C, 7] (the teacher's env-space chunk), teacher_acted [M], episode [M] (round-local
+    ids), label_seed [M], instruction and scene_id [M] lists, and the round's rollout statistics."""
+    N = envs.num_envs
+    student.eval()
+    rows: dict[str, list] = {key: [] for key in ("rgb", "state", "object_state", "label", "teacher_acted", "episode",
+                                                 "label_seed", "instruction", "scene_id")}
+    dev = teacher.pi0.action_out_proj.weight.device
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):  # the training RNG stream is untouched
+        gen = torch.Generator().manual_seed(seed)
+        obs, info = envs.reset(seed=seed)
+        scene_ids = list(info["scene_id"])
+        episode, next_episode = torch.arange(N), N
+        ended = succeeded = 0
+        for d in range(-(-frames // N)):
+            s = label_seed(seed, k, d)
+            torch.manual_seed(s)
+            label = teacher.act(teacher_obs(obs), deterministic=True)  # [N, C, 7] the label of every state  # ALGO LOGIC
+            by_teacher = torch.rand(N, generator=gen) < beta_k  # [N] the beta-mix, per env and decision  # ALGO LOGIC
+            action = label.clone()
+            if not by_teacher.all():
+                action[~by_teacher] = student.act(obs, deterministic=True)[~by_teacher]
+            for key, v in (("rgb", obs["rgb"]), ("state", obs["state"]), ("object_state", obs["object_state"]),
+                           ("label", label), ("teacher_acted", by_teacher), ("episode", episode.clone()),
+                           ("label_seed", torch.full((N,), s))):
+                rows[key].append(torch.as_tensor(v).cpu())
+            rows["instruction"] += list(obs["instruction"])
+            rows["scene_id"] += scene_ids
+            obs, _, term, trunc, info = envs.step(action)
+            done = (torch.as_tensor(term) | torch.as_tensor(trunc)).cpu()
+            ended += int(done.sum())
+            succeeded += int(torch.as_tensor(info["success"]).cpu()[done].sum())
+            for i in done.nonzero().flatten().tolist():
+                episode[i], next_episode = next_episode, next_episode + 1
+            scene_ids = list(info["scene_id"])
+    out = {key: (v if key in ("instruction", "scene_id") else torch.cat(v)) for key, v in rows.items()}
+    out["state"], out["object_state"], out["label"] = out["state"].float(), out["object_state"].float(), out["label"].float()
+    out.update(round=k, beta=beta_k, seed=seed, episodes_ended=ended, episodes_succeeded=succeeded)
+    return out
+
+
+def student_inputs(student, data: dict) -> dict:
+    """A round's frames as the student's model inputs (image resized to its size, tokens) and model-space targets."""
+    inp = student.obs_to_inputs({"rgb": data["rgb"], "state": data["state"], "instruction": data["instruction"]})
+    return {**{k: inp[k] for k in student.input_keys}, "target": student.normalizer.action(data["label"])}
+
+
+def train_round(student, optimizer, sched, batch: dict, steps: int, args: Args, gen: torch.Generator, device,
+                on_log: Callable[[int, dict], None]) -> list[float]:
+    """`steps` gradient steps of Eq. 1 on frames drawn uniformly from the aggregate `batch`. Returns the losses."""
+    student.train()
+    params = [p for p in student.parameters() if p.requires_grad]
+    M, losses = len(batch["target"]), []
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, M, (min(args.batch_size, M),), generator=gen)
+        loss = student.flow_matching_loss({k: batch[k][idx].to(device) for k in student.input_keys},
+                                          batch["target"][idx].to(device))  # Eq. 1  # ALGO LOGIC
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+        optimizer.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if step % args.log_every == 0 or step == steps:
+            on_log(step, {"losses/flow_matching": float(np.mean(losses[-args.log_every:])), "losses/grad_norm": float(gn),
+                          "charts/learning_rate": sched.get_last_lr()[0]})
+    student.eval()
+    return losses
+
+
+# ---------------------------------------------------------------------------------------------
+# The aggregate as a LeRobotDataset
+# ---------------------------------------------------------------------------------------------
+
+
+def dataset_episodes(data: list[dict]) -> list[dict]:
+    """Every round's frames cut into episodes (per round, per env episode, in time order), decisions with their
+    label chunks: lerobot_format.from_decisions turns them into control-step rows."""
+    eps = []
+    for r in data:
+        for e in dict.fromkeys(r["episode"].tolist()):
+            idx = (r["episode"] == e).nonzero().flatten()
+            eps.append({"rgb": r["rgb"][idx].numpy(), "state": r["state"][idx].numpy(), "action": r["label"][idx].numpy(),
+                        "task": r["instruction"][int(idx[0])], "scene_id": r["scene_id"][int(idx[0])]})
+    return eps
+
+
+def write_aggregate(out: Path, data: list[dict], args: Args, teacher_sha: str) -> Path:
+    """Rewrite <out>/dataset from every round so far: written beside it, then swapped in (an interrupted write
+    leaves the previous dataset or none; a re-run rewrites a dataset behind the rounds)."""
+    import lerobot_format as lf
+
+    root, tmp, old = out / "dataset", out / "dataset.tmp", out / "dataset.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    dagger = {"rounds": len(data), "teacher": args.teacher, "teacher_sha256": teacher_sha,
+              "frames": sum(len(r["label"]) for r in data), "beta": [r["beta"] for r in data],
+              "layout": "one decision = action_chunk rows: the observation the teacher labelled, held over the chunk; "
+                        "action = the teacher's label chunk (not necessarily what was executed: see rounds/*.pt)"}
+    lf.write_dataset(tmp, lf.from_decisions(dataset_episodes(data)), fps=args.env.control_freq, chunk=args.env.chunk,
+                     version=args.dataset_version, info_extra={"dagger": dagger})
+    shutil.rmtree(old, ignore_errors=True)
+    if root.exists():
+        root.rename(old)
+    tmp.rename(root)
+    shutil.rmtree(old, ignore_errors=True)
+    return root
+
+
+def dataset_rounds(out: Path) -> int | None:
+    info = out / "dataset/meta/info.json"
+    return (ss.read_json(info).get("dagger") or {}).get("rounds") if info.exists() else None
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+
+
+def main(args: Args, env_fn: Callable | None = None) -> Path:
+    """`env_fn(scenes, num_envs, cfg, seed, workers)` builds the vector env (default scene_env.make_vec_env)."""
+    import ppoflow_pi0 as pp
+
+    out = Path(args.out)
+    check_args(args)
+    check_rerun(out, args)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
+    teacher, teacher_args, teacher_sha = load_teacher(args, device)
+    scenes = pp.resolve_scenes(teacher_scene_args(args, teacher_args))
+    if diff := env_differences(args.env, teacher_args.get("env")):
+        print(f"[distill] note: --env differs from the teacher's training env ({'; '.join(diff)})")
+    done = completed_rounds(out)
+    if done:
+        last = pp.read_checkpoint(out / f"ckpt_round_{done - 1:03d}.pt")
+        if last.get("teacher_sha256") != teacher_sha:
+            raise DistillError(f"distill.py: --teacher {args.teacher} is not the file rounds 0-{done - 1} were labelled "
+                               "by (its content changed); continue with that teacher, or pass another --out")
+    pp.seed_everything(args.seed)
+    student = build_student(args, teacher, device)  # the last check of the inputs: nothing is written before it
+    ss.write_json_atomic(out / "args.json", {"schema_version": ss.SCHEMA_VERSION, "args": ss.to_dict(args),
+                                             "scenes": scenes, "teacher_sha256": teacher_sha})
+    for folder in (out, out / "rounds"):
+        pp.remove_stale_tmp(folder)  # temp files of saves a kill interrupted
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps)))
+    step = 0
+    if done:  # continue after the last complete round: student, optimizer, schedule and RNG as it left them
+        student.load_weights(last["model"])
+        student.normalizer = pp.Normalizer(**last["normalizer"])
+        optimizer.load_state_dict(last["optimizer"])
+        sched.load_state_dict(last["scheduler"])
+        pp.set_rng_state(last["rng"][0])
+        step = int(last["iteration"])
+        print(f"[distill] {out}: rounds 0-{done - 1} complete, continuing at round {done}")
+    metrics = out / "metrics.jsonl"
+    if metrics.exists():  # rows of a round that did not complete are written again
+        ss.repair_jsonl_tail(metrics)
+        keep = [r for r in ss.read_jsonl(metrics) if r.get("round", 0) < done]
+        ss.write_bytes_atomic(metrics, "".join(json.dumps(r) + "\n" for r in keep).encode())
+    data = [torch.load(out / f"rounds/round_{k:03d}.pt", weights_only=True) for k in range(done)]
+    batches = [student_inputs(student, r) for r in data]
+    if data and dataset_rounds(out) != done:
+        write_aggregate(out, data, args, teacher_sha)
+    if done >= args.rounds:
+        print(f"[distill] {out}: all {args.rounds} rounds are complete (--rounds more to continue)")
+        return out
+    wb = None
+    if args.track:
+        wb = ss.init_wandb(out, ss.to_dict(args), "distill", args.wandb_project, args.wandb_entity, args.wandb_group)
+    env_cfg = replace(args.env, with_object_state=True)  # the camera for the student, the object state for the teacher
+    envs = (env_fn or _make_vec_env)(scenes, args.num_envs, env_cfg, args.seed, args.env_workers)
+    try:
+        for k in range(done, args.rounds):
+            b = beta(args, k)
+            t0 = time.time()
+            path = out / f"rounds/round_{k:03d}.pt"
+            if path.exists():  # collected by a run stopped while training on it
+                r = torch.load(path, weights_only=True)
+            else:
+                r = collect_round(envs, student, teacher, b, args.frames_per_round, pp.env_seed(args.seed, k, 0), k)
+                pp.torch_save_atomic(r, path)
+            data.append(r)
+            batches.append(student_inputs(student, r))
+            t_collect, t1 = time.time() - t0, time.time()
+            agg = {key: torch.cat([x[key] for x in batches]) for key in batches[0]}
+
+            def log(s, m, k=k):
+                ss.append_jsonl(metrics, {"round": k, "step": step + s, **m})
+                if wb is not None:
+                    wb.log(m, step=step + s)
+            g = torch.Generator().manual_seed(args.seed * 1000 + k)
+            losses = train_round(student, optimizer, sched, agg, args.steps_per_round, args, g, device, log)
+            step += args.steps_per_round
+            t_train, t2 = time.time() - t1, time.time()
+            ck = pp.policy_checkpoint(student, optimizer=optimizer.state_dict(), scheduler=sched.state_dict(),
+                                      rng=[pp.rng_state()], iteration=step, args=ss.to_dict(args), round=k,
+                                      teacher_sha256=teacher_sha,
+                                      dagger={"frames": len(agg["target"]), "teacher": args.teacher,
+                                              "episodes": sum(len(set(x["episode"].tolist())) for x in data)})
+            pp.torch_save_atomic(ck, out / f"ckpt_round_{k:03d}.pt")  # the round is complete from here on
+            pp.torch_save_atomic(ck, out / "ckpt_final.pt")
+            if k == args.rounds - 1:  # the export is rewritten once per invocation: it costs ~8 ms CPU per frame
+                write_aggregate(out, data, args, teacher_sha)
+            m = {"charts/beta": b, "charts/frames": len(r["label"]), "charts/aggregate_frames": len(agg["target"]),
+                 "charts/student_acted_fraction": float((~r["teacher_acted"]).float().mean()),
+                 "charts/episodes_ended": r["episodes_ended"],
+                 "charts/rollout_success_rate": r["episodes_succeeded"] / r["episodes_ended"] if r["episodes_ended"] else None,
+                 "losses/flow_matching_round": float(np.mean(losses)), "losses/flow_matching_last": losses[-1],
+                 "time/collect_s": t_collect, "time/train_s": t_train, "time/save_s": time.time() - t2,
+                 "perf/frames_per_s": len(r["label"]) / max(t_collect, 1e-9)}
+            ss.append_jsonl(metrics, {"round": k, "step": step, "summary": True, **m})
+            if wb is not None:
+                wb.log({key: v for key, v in m.items() if v is not None}, step=step)
+            sr = "n/a" if m["charts/rollout_success_rate"] is None else f"{m['charts/rollout_success_rate']:.2f}"
+            print(f"[distill] round {k}: beta {b:.3f}, {len(r['label'])} frames (aggregate {len(agg['target'])}), "
+                  f"rollout success {sr} over {r['episodes_ended']} episodes, loss {np.mean(losses):.4f}; "
+                  f"collect {t_collect:.1f}s, train {t_train:.1f}s, save{' + dataset' * (k == args.rounds - 1)} "
+                  f"{m['time/save_s']:.1f}s")
+    finally:
+        envs.close()
+        if wb is not None:
+            wb.finish()
+    return out
+
+
+def _make_vec_env(*a, **kw):
+    import scene_env
+
+    return scene_env.make_vec_env(*a, **kw)
+
+
+if __name__ == "__main__":
+    from ppoflow_pi0 import CheckpointError
+
+    try:
+        main(tyro.cli(Args))
+    except (CheckpointError, DistillError, ss.SchemaError) as e:  # bad inputs: one clear line, no traceback
+        raise SystemExit(str(e) if str(e).startswith("distill.py") else f"distill.py: error: {e}") from None

@@ -1,0 +1,255 @@
+"""Tests of distill.py (issue 32): the env that renders the camera and reports the object state in one step, one
+tiny DAgger round end to end (relabels with the teacher, trains, writes the dataset, resumes), and its bad inputs.
+
+    pytest tests/test_distill.py -q
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
+import distill  # noqa: E402
+import ppoflow_pi0 as pp  # noqa: E402
+import scene_env  # noqa: E402
+from test_scene_env import make_scene, write_manifest  # noqa: E402
+
+LAYOUT = {"red_block": (0.26, 0.06), "blue_plate": (0.33, -0.07)}
+
+
+def tiny_ckpt(path: Path, obs_mode: str, args: dict | None = None, seed: int = 0) -> Path:
+    """A random tiny policy checkpoint of either observation mode, as ppoflow_pi0.py / train_imitation.py write them."""
+    torch.manual_seed(seed)
+    env = scene_env.EnvConfig(obs_mode=obs_mode)
+    cfg = pp.preset_config("tiny", 4, num_steps=1, value_state=obs_mode == "state", **pp.obs_overrides(env))
+    policy = pp.PI0Policy(cfg, pp.Normalizer.from_stats_file(pp.DEFAULT_STATS), {"kind": "bytes"})
+    pp.torch_save_atomic(pp.policy_checkpoint(policy, iteration=0, args=args or {}), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Two composed scenes of two families, a state teacher that records them as its training scenes, a pixel
+    checkpoint to start the student from, and a pixel checkpoint that must not be accepted as a teacher."""
+    root = tmp_path_factory.mktemp("distill")
+    for k, (task, rel) in enumerate((("put the red block on the blue plate", "ON"),
+                                     ("put the red block in the blue bowl", "IN"))):
+        write_manifest(make_scene(root / "scenes", root / "assets", f"s{k}", distractor=False, relation=rel, task=task),
+                       root / "assets", LAYOUT)
+    env = dataclasses.asdict(scene_env.EnvConfig(obs_mode="state", image_size=64, max_decisions=3))
+    teacher_args = {"scenes_dir": str(root / "scenes"), "scene_ids": ["s0", "s1"], "env": env}
+    return {"root": root, "teacher": tiny_ckpt(root / "teacher.pt", "state", teacher_args),
+            "student": tiny_ckpt(root / "student.pt", "rgb", seed=1), "pixel": tiny_ckpt(root / "pixel.pt", "rgb")}
+
+
+# one env in the test process's child (no worker processes: the cheapest real env), 2-decision episodes
+TINY = ["--num-envs", "1", "--env-workers", "0", "--frames-per-round", "4", "--steps-per-round", "3", "--batch-size", "4",
+        "--warmup-steps", "1", "--log-every", "1", "--learning-rate", "1e-3", "--beta-decay", "0", "--env.image-size",
+        "64", "--env.max-decisions", "2", "--device", "cpu"]
+
+
+def run_distill(setup, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "distill.py"), "--teacher", str(setup["teacher"]), "--student-init",
+           str(setup["student"]), "--out", str(out), *TINY, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=400,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "LP_NUM_THREADS": "1"})
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_teacher_labels(teacher, r: dict) -> None:
+    """Every stored label is the teacher's deterministic chunk on the stored state (proprio + object state), re-run
+    with the frame's label seed on the same batch of envs."""
+    for s in torch.unique(r["label_seed"]).tolist():
+        rows = (r["label_seed"] == s).nonzero().flatten()
+        obs = {"state": r["state"][rows], "object_state": r["object_state"][rows],
+               "instruction": [r["instruction"][i] for i in rows.tolist()]}
+        torch.manual_seed(s)
+        again = teacher.act(distill.teacher_obs(obs), deterministic=True)
+        assert torch.allclose(again, r["label"][rows], atol=1e-5), s
+
+
+# ---------------------------------------------------------------------------------------------
+# The env: camera and object state in the same step
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_rgb_env_also_reports_the_object_state(setup):
+    man = setup["root"] / "scenes/s0/manifest.json"
+    cfg = scene_env.EnvConfig(image_size=32, max_decisions=2, with_object_state=True)
+    assert scene_env.obs_keys(cfg) == ("rgb", "state", "object_state")
+    venv = scene_env.make_vec_env([man], 1, cfg, seed=0, workers=0)
+    try:
+        env = venv.runner.env
+        obs, _ = venv.reset(seed=3)
+        assert set(obs) == {"rgb", "state", "object_state", "instruction"}
+        assert obs["rgb"].shape == (1, 32, 32, 3) and obs["state"].shape == (1, scene_env.PROPRIO_DIM)
+        assert obs["object_state"].shape == (1, scene_env.OBJECT_STATE_DIM)
+        assert torch.allclose(obs["object_state"], scene_env.object_state(env.privileged_state()))
+        assert distill.teacher_obs(obs)["state"].shape == (1, scene_env.PROPRIO_DIM + scene_env.OBJECT_STATE_DIM)
+        for _ in range(2):  # the episode ends at max_decisions: the final observation carries it too
+            obs, _, term, trunc, info = venv.step(torch.zeros(1, 4, 7))
+        assert trunc[0] and info["final_observation"]["object_state"].shape == (1, scene_env.OBJECT_STATE_DIM)
+    finally:
+        venv.close()
+    # a CPU worker process (AsyncVectorEnv) declares it in its observation space (built lazily: no simulator here)
+    space = scene_env._ChunkWorker([("gen", str(man))], cfg, 0).observation_space
+    assert set(space) == {"rgb", "state", "object_state"} and space["object_state"].shape == (scene_env.OBJECT_STATE_DIM,)
+    assert "object_state" not in scene_env.obs_keys(scene_env.EnvConfig())  # off by default: nothing else changes
+
+
+# ---------------------------------------------------------------------------------------------
+# One tiny DAgger round end to end, then a resumed second round
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(900)  # ~9 min measured on a loaded 2-core machine (load average 11), most of it in imports
+def test_one_dagger_round_relabels_trains_writes_the_dataset_and_resumes(setup, tmp_path):
+    import datasets
+
+    import lerobot_format as lf
+
+    out = tmp_path / "distill"
+    r0 = run_distill(setup, out, "--rounds", "1")
+    assert r0.returncode == 0, r0.stdout[-3000:] + r0.stderr[-3000:]
+    teacher = pp.load_policy(setup["teacher"]).eval()
+    data0 = torch.load(out / "rounds/round_000.pt", weights_only=True)
+    assert data0["label"].shape == (4, 4, 7) and data0["rgb"].shape == (4, 64, 64, 3)
+    assert data0["teacher_acted"].all() and data0["beta"] == 1.0  # round 0: the teacher's own rollouts
+    assert data0["scene_id"] == ["s0"] * 4 and data0["episode"].tolist() == [0, 0, 1, 1]  # two 2-decision episodes
+    assert_teacher_labels(teacher, data0)
+    # trained: the student moved away from --student-init, with a finite loss at every step
+    ck0 = torch.load(out / "ckpt_round_000.pt", weights_only=True)
+    init = torch.load(setup["student"], weights_only=True)["model"]
+    assert any(not torch.equal(v, init[k]) for k, v in ck0["model"].items())
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if not r.get("summary")] == [1, 2, 3]
+    assert all(np.isfinite(r["losses/flow_matching"]) for r in rows if not r.get("summary"))
+    # a normal pixel checkpoint: what evaluate.py and deploy_widowx.py --backend sim load
+    import deploy_widowx
+    import evaluate
+
+    student = pp.load_policy(out / "ckpt_final.pt")
+    assert student.config.obs_mode == "rgb" and student.config.state_dim == scene_env.PROPRIO_DIM
+    meta = evaluate.read_checkpoint_meta(str(out / "ckpt_final.pt"))
+    spec = evaluate.PolicySpec(name="s", label="s", kind="checkpoint", ckpt=str(out / "ckpt_final.pt"),
+                               model_config=meta["model_config"], train_args=meta["args"])
+    cfg = evaluate.env_config(evaluate.Args(), spec)
+    assert cfg.obs_mode == "rgb" and cfg.image_size == 64 and not cfg.with_object_state
+    deploy_widowx.load_policy(deploy_widowx.Args(backend="sim", ckpt=str(out / "ckpt_final.pt")), lambda: None)
+    with_obj = dataclasses.replace(cfg, with_object_state=True)  # an observation entry, not an outcome: same key
+    assert evaluate.settings_key(spec, with_obj, evaluate.Args()) == evaluate.settings_key(spec, cfg, evaluate.Args())
+    # the dataset: HF datasets types the image column; lerobot_format reads back the frames and the teacher's labels
+    files = sorted(str(p) for p in (out / "dataset/data").rglob("*.parquet"))
+    ds = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "cache"))
+    assert isinstance(ds.features[lf.IMAGE_KEY], datasets.Image) and len(ds) == 4 * 4  # C rows per decision
+    info = json.loads((out / "dataset/meta/info.json").read_text())
+    assert info["dagger"]["rounds"] == 1 and info["action_chunk"] == 4 and info["fps"] == 5
+
+    def same_as_rounds(rounds):
+        eps = lf.read_dataset(out / "dataset")
+        want = distill.dataset_episodes(rounds)
+        assert len(eps) == len(want)
+        for got, w in zip(eps, want):
+            assert np.array_equal(got["rgb"], w["rgb"]) and got["task"] == w["task"] and got["scene_id"] == w["scene_id"]
+            assert np.allclose(got["state"], w["state"]) and np.allclose(got["action"], w["action"])
+    same_as_rounds([data0])
+    # re-running with more rounds continues: round 0 untouched, round 1 acted by the student alone (beta_decay 0)
+    before = {p: sha(out / p) for p in ("rounds/round_000.pt", "ckpt_round_000.pt")}
+    r1 = run_distill(setup, out, "--rounds", "2")
+    assert r1.returncode == 0, r1.stdout[-3000:] + r1.stderr[-3000:]
+    assert "continuing at round 1" in r1.stdout
+    assert all(sha(out / p) == h for p, h in before.items())
+    data1 = torch.load(out / "rounds/round_001.pt", weights_only=True)
+    assert not data1["teacher_acted"].any() and data1["beta"] == 0.0
+    assert_teacher_labels(teacher, data1)  # the student acted, the teacher labelled
+    ck1 = torch.load(out / "ckpt_final.pt", weights_only=True)
+    assert ck1["round"] == 1 and ck1["iteration"] == 6 and ck1["dagger"]["frames"] == 8
+    assert any(not torch.equal(v, ck0["model"][k]) for k, v in ck1["model"].items())
+    summary = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"summary"' in x]
+    assert [r["round"] for r in summary] == [0, 1] and summary[1]["charts/student_acted_fraction"] == 1.0
+    assert json.loads((out / "dataset/meta/info.json").read_text())["dagger"]["rounds"] == 2
+    same_as_rounds([data0, data1])
+    # a changed flag is refused; the same command again has nothing left to do (no env is built)
+    import tyro
+
+    def again(*extra):
+        a = tyro.cli(distill.Args, args=["--teacher", str(setup["teacher"]), "--student-init", str(setup["student"]),
+                                         "--out", str(out), *TINY, "--rounds", "2", *extra])
+        return distill.main(a, env_fn=lambda *a: pytest.fail("an env was built"))
+    with pytest.raises(distill.DistillError, match="--steps-per-round: the run's 3, now 5"):
+        again("--steps-per-round", "5")
+    assert again() == out and sha(out / "ckpt_final.pt") == sha(out / "ckpt_round_001.pt")
+    import shutil
+
+    shutil.rmtree(out / "dataset")  # a dataset behind the rounds (a kill while writing it) is rewritten by a re-run
+    again()
+    same_as_rounds([data0, data1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs: one clear error each, before anything is written
+# ---------------------------------------------------------------------------------------------
+
+
+def _args(setup, tmp_path, **kw) -> distill.Args:
+    base = dict(teacher=str(setup["teacher"]), out=str(tmp_path / "out"), device="cpu",
+                env=scene_env.EnvConfig(image_size=64))
+    return distill.Args(**{**base, **kw})
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(teacher="pixel"), "is a pixel policy"),
+    (dict(student_init="teacher"), "is an object-state policy"),
+    (dict(teacher="missing.pt"), "no such file"),
+    (dict(scenes_dir="nowhere"), "scenes folder does not exist"),
+    (dict(scene_ids=["s0", "s9"]), "no composed scene .* s9"),
+    (dict(rounds=0, beta_decay=1.5), "--rounds 0 .* --beta-decay 1.5"),
+    (dict(env=scene_env.EnvConfig(obs_mode="state")), "the student sees pixels"),
+    (dict(env=scene_env.EnvConfig(chunk=2)), "--env.chunk 4"),
+])
+def test_bad_inputs_are_refused_before_anything_is_written(setup, tmp_path, change, match):
+    files = {"pixel": str(setup["pixel"]), "teacher": str(setup["teacher"]), "missing.pt": str(tmp_path / "missing.pt")}
+    change = {k: files.get(v, v) if isinstance(v, str) else v for k, v in change.items()}
+    with pytest.raises((distill.DistillError, pp.CheckpointError, distill.ss.SchemaError), match=match):
+        distill.main(_args(setup, tmp_path, **change), env_fn=lambda *a: pytest.fail("an env was built"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_teacher_without_recorded_scenes_needs_scenes_dir(setup, tmp_path):
+    bare = tiny_ckpt(tmp_path / "bare.pt", "state")  # a checkpoint without training args
+    with pytest.raises(distill.DistillError, match="records no training scenes.*--scenes-dir"):
+        distill.main(_args(setup, tmp_path, teacher=str(bare)))
+
+
+def test_cli_bad_teacher_is_one_line(setup, tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "distill.py"), "--teacher", str(setup["pixel"]), "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO, timeout=120,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().startswith("distill.py: --teacher") and "--env.obs-mode state" in r.stderr
+
+
+def test_beta_schedule_and_label_seeds():
+    a = distill.Args(teacher="t", beta0=1.0, beta_decay=0.5)
+    assert [distill.beta(a, k) for k in range(4)] == [1.0, 0.5, 0.25, 0.125]
+    assert distill.beta(dataclasses.replace(a, beta_decay=0.0), 0) == 1.0  # round 0 is the teacher's either way
+    teacher_env = dataclasses.asdict(scene_env.EnvConfig(obs_mode="state", image_size=224))
+    assert distill.env_differences(scene_env.EnvConfig(image_size=64, max_decisions=2), teacher_env) == \
+        ["max_decisions: teacher 25, now 2"]  # the student's camera and obs mode are not differences
+    seeds = {distill.label_seed(0, k, d) for k in range(3) for d in range(50)}
+    assert len(seeds) == 150 and distill.label_seed(0, 1, 2) == distill.label_seed(0, 1, 2)
