@@ -231,7 +231,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
             envs.close()
             envs = (env_fn or _make_vec_env)(scenes, args.num_envs, args.env, args.seed, args.env_workers) \
                 if args.eval_episodes else None
-        if args.write_dataset and not raw:
+        if args.write_dataset and args.env.obs_mode == "state":
             print("[imitation] no LeRobotDataset: the object-state proxy (--env.obs-mode state) renders no frames")
         elif args.write_dataset:
             import lerobot_format as lf

@@ -168,7 +168,7 @@ def test_cli_records_replayable_expert_trajectories_from_its_env_workers(tmp_pat
     out = tmp_path / "il"
     r = subprocess.run([sys.executable, "train_imitation.py", "--scenes-dir", str(scenes), "--out", str(out),
                         "--num-envs", "1", "--episodes", "2", "--steps", "2", "--env.image-size", "32",
-                        "--record-trajectories", "--device", "cpu"],
+                        "--write-dataset", "--device", "cpu"],  # implies --record-trajectories
                        cwd=REPO, capture_output=True, text=True, timeout=380,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
@@ -182,6 +182,8 @@ def test_cli_records_replayable_expert_trajectories_from_its_env_workers(tmp_pat
     assert sum(len(e["action"]) for e in eps) == len(demos["action"])  # the same decisions as the demos
     assert np.allclose(np.concatenate([e["action"] for e in eps]), demos["action"].numpy(), atol=1e-6)
     assert eps[0]["rgb"].shape[1:] == (24, 24, 3)
+    back = lf.read_dataset(out / "dataset")  # --write-dataset: the kept demos as a LeRobotDataset, decision by decision
+    assert np.allclose(np.concatenate([e["action"] for e in back]), demos["action"].numpy(), atol=1e-6)
     # ManiSkill's own replay tool (the README's one-liner) replays every recorded episode, each from its own seed,
     # to the recorded final state and success
     sys.path.insert(0, str(REPO / "benchmarks"))
