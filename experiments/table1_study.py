@@ -1,27 +1,61 @@
-"""The paper's Table 1 at this machine's scale (issue 13, section 3): one command, resumable stage by stage.
+"""The paper's Table 1 at this machine's scale: one command, resumable stage by stage, in two modes.
 
-W = a pool of composed scenes from user-style commands (examples/tasks_study.txt, 8 task families, object-pose
-randomisation ON, 0-1 distractors) -> one seeded split H_0 of max(--ns) scenes (evaluate.py --make-splits); OOD =
-W minus H_0. N = 0: ONE imitation start shared by every N, trained on scripted demos of scenes NOT in W: other
-variants of the same commands (--il-seed: other layouts, rooms, distractors and command variants; W's object
-instances where a description recurs, --il-objects shared; no scene id or layout of W, checked), or another command
-list (--il-tasks-file examples/tasks_study_il.txt: other objects / colours). PPOFlow from that start on the first N
-scenes of H_0 for N
-in --ns, --num-seeds seeds at N = --multi-seed-n (one elsewhere), FINAL checkpoints (no early stopping). A
-compute-matched baseline spends the env decisions of one PPOFlow run without RL: more imitation from the same start
-on scripted demos of the N = --multi-seed-n training scenes (same decisions, same number of gradient steps).
-Evaluation: evaluate.py, deterministic, fresh episode seeds from --eval-seed (5000), every policy on every scene of
-W. Report (<out-dir>/report.md, report.json, table.md, sr_vs_n.png, learning_curves.png): SR on ID (the first N of
-H_0) and OOD with 95% intervals whose unit is the training seed where there are several (Student t over seeds;
-Wilson over episodes for a single run), the difference to the N = 0 start, TF, and the budget of every stage.
+--obs-mode pixel (default; issue 13, section 3). W = a pool of composed scenes from user-style commands
+(examples/tasks_study.txt, 8 task families, object-pose randomisation ON, 0-1 distractors) -> one seeded split H_0 of
+max(--ns) scenes (evaluate.py --make-splits); OOD = W minus H_0. N = 0: ONE imitation start shared by every N, trained
+on scripted demos of scenes NOT in W: other variants of the same commands (--il-seed: other layouts, rooms,
+distractors and command variants; W's object instances where a description recurs, --il-objects shared; no scene id
+or layout of W, checked), or another command list (--il-tasks-file examples/tasks_study_il.txt: other objects /
+colours). PPOFlow from that start on the first N scenes of H_0 for N in --ns, --num-seeds seeds at N = --multi-seed-n
+(one elsewhere), FINAL checkpoints (no early stopping). A compute-matched baseline spends the env decisions of one
+PPOFlow run without RL: more imitation from the same start on scripted demos of the N = --multi-seed-n training scenes
+(same decisions, same number of gradient steps). Evaluation: evaluate.py, deterministic, fresh episode seeds from
+--eval-seed (5000), every policy on every scene of W. Report (<out-dir>/report.md, report.json, table.md, sr_vs_n.png,
+learning_curves.png): SR on ID (the first N of H_0) and OOD with 95% intervals whose unit is the training seed where
+there are several (Student t over seeds; Wilson over episodes for a single run), the difference to the N = 0 start,
+TF, and the budget of every stage.
 
-    python experiments/table1_study.py --out-dir out/table1                # the study (2 CPU cores; see --help)
-    python experiments/table1_study.py --out-dir /tmp/t1 --ns 1 --multi-seed-n 1 --num-seeds 2 --min-pool 2 \
-        --tasks-file <2 tasks> --il-tasks-file <1 task> ...                # tiny budget (tests/test_experiments.py)
+--obs-mode state (issue 28; OBJECT-STATE PROXY: no pretrained VLM, visual generalisation not tested). The policy sees
+the instruction, the proprio and the simulator's target / destination poses and extents, no camera
+(`--env.obs-mode state`). The design, also in benchmarks/RESULTS.md ("Table 1 on the object-state proxy"):
+1. pools: W (--tasks-file, >= --min-pool scenes), IL (--il-tasks-file, default examples/tasks_study_il.txt: other
+   targets) and OOD (--ood-tasks-file, examples/tasks_study_ood.txt: W's families, target instances in no training
+   pool, checked; >= --min-ood scenes); no scene shared between pools (id or layout), checked;
+2. splits: seed s trains on the first N scenes of split s of W (nested across N; ID = those N scenes);
+3. the N = 0 start: scripted demos on IL -> imitation with a checkpoint every --il-save-every steps; the start is the
+   earliest checkpoint whose deterministic SR on W (development seeds --il-select-seed..) is in --il-band (10-40%),
+   else the nearest (common.choose_start);
+4. PPOFlow: common.STATE_PROXY_RECIPE (+ --ppo-extra) from the start, N in --ns (1 4 16) x --num-seeds (3), the same
+   env decisions per run whatever N (common.recipe_budget), final checkpoints;
+5. the compute-matched baseline at N = max(--ns), one per seed on that seed's scenes: more imitation on the scripted
+   expert's demos, the expert spending one PPOFlow run's env decisions, PPOFlow's most gradient steps, no RL;
+6. evaluation (deterministic, seeds from --eval-seed, >= --eval-episodes-per-set per policy and set): the start on W
+   and every run with the start on its own N scenes (ID), every policy on the OOD set;
+7. report.md / report.json / table.md: the verdict on the issue's goals, Table 1 (SR on ID and OOD with 95% intervals
+   whose unit is the training seed, differences to the start, the gap, TF), sr_vs_n.png, gap_vs_n.png,
+   learning_curves_N<n>.png, per-run results and the wall time and env decisions of every stage.
+
+Expected wall time per stage at the state defaults on the quiet 2-core machine, from measured rates (a 40-iteration
+PPOFlow seed of 8 envs x 100 decisions: ~8.5 min; 800 evaluation episodes: ~6 min; 400 expert demos: ~4 min;
+composing a scene: 20-40 s; an asset: ~6 s):
+    W_* (32 commands: design, ~50 assets, compose)            15-25 min    IL_* (32 scenes)              15-25 min
+    OOD_* (24 commands)                                       10-20 min    splits                          < 1 min
+    il_start (2400 demos ~24 min, +15% for scene re-draws;                 il_select (8 x 128 episodes)     ~8 min
+      12000 imitation steps ~17 min)                            ~45 min
+    ppo_N{1,4}_s{0,1,2}                                    ~9 min each    ppo_N16_s{0,1,2} (re-draws)  ~10 min each
+    more_il_N16_s{0,1,2} (32,000 expert decisions ~30-40 min, 1280 steps of 100 ~4 min)           ~35-45 min each
+    eval_start_W (224 episodes)                                  ~2 min    eval_id_N{1,4}_s* (400)       ~3 min each
+    eval_id_N16_s* (624 episodes)                           ~5 min each    eval_ood (13 x 216 episodes)    ~21 min
+    in all ~6-6.5 h; a loaded machine (the test suite beside it) takes 1.5-2x as long.
+
+    python experiments/table1_study.py --out-dir out/table1                # pixel (2 CPU cores; see --help)
+    python experiments/table1_study.py --obs-mode state --out-dir out/table1_state    # the object-state proxy
+    python experiments/table1_study.py --obs-mode state --out-dir /tmp/t1s --ns 1 2 --num-seeds 2 --min-pool 3 \
+        --min-ood 2 --tasks-file <3 tasks> ... # tiny budget (tests/test_experiments.py)
 
 Every stage is a subprocess of a stage CLI and is skipped when its output (done-marker) exists, so re-running the
-same command after an interruption continues where it stopped; <out-dir>/steps.json holds each stage's command,
-wall time and machine load.
+same command after an interruption continues where it stopped (an interrupted PPOFlow run resumes from its last
+checkpoint, an evaluation from its episode log); <out-dir>/steps.json holds each stage's command, wall time and load.
 """
 
 from __future__ import annotations
@@ -835,7 +869,8 @@ def write_state_report(out: Path, args: Args, start: Path, w_ids: list[str], ood
                                                                              sw[0] / sw[1]}).name)
     pools, st = json.loads((out / "pools.json").read_text()), json.loads((out / "steps.json").read_text())
     start_info = json.loads((out / "start.json").read_text())
-    in_band = args.il_band[0] <= (lambda a, b: a / b)(*start_info["dev_sr"][str(start_info["step"])]) <= args.il_band[1]
+    k0, n0 = start_info["dev_sr"][str(start_info["step"])]
+    in_band = args.il_band[0] <= k0 / n0 <= args.il_band[1]
     new_t = sum(t["new_template"] for t in pools["ood_targets"].values())
     md = [f"# Table 1 on the object-state proxy ({STATE_PROXY_LABEL})\n", "## Verdict\n", *verdict, "",
           "## Design\n",
@@ -866,6 +901,12 @@ def write_state_report(out: Path, args: Args, start: Path, w_ids: list[str], ood
     md += [f"| {r['label']} | {r['seed']} | {', '.join(r['scenes'][:4])}{' ...' if len(r['scenes']) > 4 else ''} | "
            f"{r['id'][0]}/{r['id'][1]} | {r['id_start'][0]}/{r['id_start'][1]} | {r['ood'][0]}/{r['ood'][1]} | "
            f"{'-' if r['tf'] != r['tf'] else round(r['tf'], 2)} |" for r in runs]
+    md += ["", "## Pools: the OOD targets\n", "| OOD scene | target asset | template | new template | extents m "
+           "| mass kg |", "|---|---|---|---|---|---:|"]
+    md += [f"| {sid} | {t['asset_id']} | {t['template']} | {'yes' if t['new_template'] else 'no'} | "
+           f"{' x '.join(f'{v:.3f}' for v in t['bbox_m'])} | {t['mass_kg']:.3f} |" for sid, t in pools["ood_targets"].items()]
+    md += [f"\nDropped (target seen in training): {pools['OOD_dropped'] or 'none'}. Training target templates: "
+           f"{', '.join(pools['training_target_templates'])}."]
     md += ["", "## Budget\n", "| stage | wall s | env decisions | load at start |", "|---|---:|---|---:|"]
     md += [f"| {k} | {v['wall_s']} | {_env_decisions(out, k)} | {v['loadavg_start']:.1f} |" for k, v in st.items()]
     md.append(f"\nAll stages: {sum(v['wall_s'] for v in st.values()) / 3600:.2f} h; this invocation {wall:.0f} s. "

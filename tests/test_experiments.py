@@ -191,7 +191,7 @@ def test_recipe_budget_reads_the_last_value_and_needs_every_budget_flag():
     assert (over["num_iterations"], over["num_steps"], over["env_decisions"]) == (3, 20, b["num_envs"] * 20 * 3)
     with pytest.raises(ValueError, match="--minibatch-size is not in"):
         sc.recipe_budget("--num-envs 2 --num-steps 3 --num-iterations 4 --update-epochs 1")
-    assert sc.scene_cover_flags(16, 8) == ["--env.resample-every", "1"] and sc.scene_cover_flags(8, 8) == []
+    assert sc.scene_cover_flags(16, 8) == ["--env.resample-every", "4"] and sc.scene_cover_flags(8, 8) == []
 
 
 def test_state_mode_defaults_leave_the_pixel_defaults_alone(tmp_path):
@@ -238,7 +238,7 @@ def test_state_every_n_spends_the_same_env_steps_and_the_baseline_matches_them(t
     for n, c in cmds.items():
         args = tyro.cli(pp.Args, args=c[2:])
         assert (args.num_train_scenes, args.split_index, args.seed, args.env.obs_mode) == (n, 1, 2, "state")
-        assert args.env.resample_every == (1 if n > args.num_envs else 0)  # 16 scenes on 8 envs: every scene visited
+        assert args.env.resample_every == (4 if n > args.num_envs else 0)  # 16 scenes on 8 envs: every scene visited
     b = budgets[16]
     base = tyro.cli(ti.Args, args=t1.baseline_cmd(a, p / "W", [f"s{i}" for i in range(16)], p / "start.pt", p / "b", 1, b)[2:])
     assert base.max_collect_decisions * base.num_envs == b["env_decisions"]  # the expert's env decisions = PPOFlow's
