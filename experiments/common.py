@@ -35,6 +35,73 @@ STATE_PROXY_RECIPE = (
 )
 
 
+def recipe_budget(flags: str | list[str]) -> dict:
+    """The budget a PPOFlow command line spends, from its flags (the last value of a repeated flag wins, as in tyro):
+    env decisions (chunk decisions) per run and the most gradient steps its update can take (no target-KL stop).
+    Every budget flag must be named: a driver that compares runs by their budget must not guess a default."""
+    argv = shlex.split(flags) if isinstance(flags, str) else list(flags)
+    names = {"num_envs": "--num-envs", "num_steps": "--num-steps", "num_iterations": "--num-iterations",
+             "minibatch_size": "--minibatch-size", "update_epochs": "--update-epochs"}
+    got = {}
+    for key, flag in names.items():
+        at = [i for i, a in enumerate(argv) if a == flag or a.startswith(flag + "=")]
+        if not at:
+            raise ValueError(f"recipe_budget: {flag} is not in the PPOFlow flags {shlex.join(argv)!r}: name it")
+        a = argv[at[-1]]
+        got[key] = int(a.split("=", 1)[1] if "=" in a else argv[at[-1] + 1])
+    batch = got["num_envs"] * got["num_steps"]
+    return {**got, "env_decisions": batch * got["num_iterations"],
+            "max_grad_steps": got["num_iterations"] * got["update_epochs"] * max(1, batch // got["minibatch_size"])}
+
+
+def scene_cover_flags(num_scenes: int, num_envs: int, every: int = 4) -> list[str]:
+    """Env flags that make `num_envs` CPU env workers visit all `num_scenes` scenes: a worker holds scenes i, i +
+    num_envs, ... (scene_env.make_vec_env) but stays on its first unless it re-draws one of them every `every`
+    episodes. A re-draw rebuilds the scene: at every reset it made a state-mode episode ~1.5-2x slower (measured on
+    the loaded 2-core machine, 3 scenes, in-process env), so every 4th reset, ~+15%."""
+    return ["--env.resample-every", str(every)] if num_scenes > num_envs else []
+
+
+def choose_start(candidates: list[tuple[int, float]], band: tuple[float, float]) -> int:
+    """The early stop of an imitation start: the earliest (step, SR) whose SR is in the band [lo, hi], else the step
+    whose SR is nearest the band (DPPO: stop BC early so there is room for fine-tuning)."""
+    lo, hi = band
+    if not candidates:
+        raise ValueError("choose_start: no candidate checkpoints")
+    for step, sr in sorted(candidates):
+        if lo <= sr <= hi:
+            return step
+    return min(sorted(candidates), key=lambda c: (lo - c[1]) if c[1] < lo else (c[1] - hi))[0]
+
+
+def evaluate_cmd(ckpts: list[Path], labels: list[str], scenes_dir: str | Path, scene_ids: list[str], episodes: int,
+                 seed: int, out: Path, workers: int, max_decisions: int) -> list[str]:
+    """evaluate.py on `scene_ids`: deterministic, episode j of every scene with seed `seed + j`, success checked at
+    chunk ends as in training (Eq. A.1 per chunk), no videos or latency table; results in <out>/results.json."""
+    return stage("evaluate.py") + [a for c in ckpts for a in ("--ckpt", str(c))] + [
+        "--labels", *labels, "--scenes-dir", str(scenes_dir), "--scene-ids", *scene_ids, "--suite", "generated",
+        "--episodes-per-scene", str(episodes), "--num-envs", str(workers), "--seed", str(seed),
+        "--max-decisions", str(max_decisions), "--success-check", "chunk",
+        "--device", "cpu", "--video-scenes", "0", "--no-latency", "--out-dir", str(out)]
+
+
+def results_per_scene(path: Path) -> dict[str, dict]:
+    """label -> per-scene results of an evaluate.py results.json (one run per label)."""
+    res = json.loads(path.read_text())
+    return {p["label"]: p["per_scene"] for p in res["policies"]}
+
+
+def pooled(per_scene: dict, scenes: list[str]) -> tuple[int, int]:
+    """(successes, episodes) of one policy over `scenes` from evaluate.py's per-scene results."""
+    k = n = 0
+    for s in scenes:
+        r = per_scene.get(s)
+        if r:
+            k += r["successes"] if "successes" in r else round(r["success_rate"] * r["episodes"])
+            n += r["episodes"]
+    return k, n
+
+
 def machine_info() -> dict:
     """Conditions a figure depends on: host, cores, load, library versions."""
     info = {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),

@@ -35,7 +35,9 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import STATE_PROXY_LABEL as LABEL, STATE_PROXY_RECIPE as RECIPE  # noqa: E402
-from common import machine_info, plot_curves, read_curve, run_step, stage, t_interval  # noqa: E402
+from common import (choose_start, machine_info, plot_curves, pooled, read_curve, results_per_scene,  # noqa: E402, F401
+                    run_step, stage, t_interval)
+from common import evaluate_cmd as common_evaluate_cmd  # noqa: E402
 from evaluate import newcombe_diff  # noqa: E402
 
 
@@ -87,29 +89,8 @@ class Args:
 
 
 # ---------------------------------------------------------------------------------------------
-# Statistics (pure; the seed-level interval is scene_scaling.t_interval: its unit is the training seed)
+# Statistics (pure; the seed-level interval, the early stop and the per-scene counts are common.py's)
 # ---------------------------------------------------------------------------------------------
-
-
-def pooled(per_scene: dict, scenes: list[str]) -> tuple[int, int]:
-    """(successes, episodes) of one policy over `scenes` from evaluate.py's per-scene results."""
-    k = n = 0
-    for s in scenes:
-        r = per_scene.get(s)
-        if r:
-            k += round(r["success_rate"] * r["episodes"])
-            n += r["episodes"]
-    return k, n
-
-
-def choose_start(candidates: list[tuple[int, float]], band: tuple[float, float]) -> int:
-    """The early stop of the imitation start: the earliest (step, SR) whose SR reaches band[0] (and not past band[1]),
-    else the step whose SR is nearest the band."""
-    lo, hi = band
-    for step, sr in sorted(candidates):
-        if lo <= sr <= hi:
-            return step
-    return min(sorted(candidates), key=lambda c: (lo - c[1]) if c[1] < lo else (c[1] - hi))[0]
 
 
 def collapse_check(train_sr: list[float], k: int = 5) -> tuple[float, float]:
@@ -146,17 +127,8 @@ def pick_scenes(scenes_dir: str, n_train: int, n_heldout: int) -> tuple[list[str
 
 def evaluate_cmd(args: Args, ckpts: list[Path], labels: list[str], scenes: list[str], episodes: int, seed: int,
                  out: Path) -> list[str]:
-    return stage("evaluate.py") + [a for c in ckpts for a in ("--ckpt", str(c))] + [
-        "--labels", *labels, "--scenes-dir", args.scenes_dir, "--scene-ids", *scenes, "--suite", "generated",
-        "--episodes-per-scene", str(episodes), "--num-envs", str(args.env_workers), "--seed", str(seed),
-        "--max-decisions", str(args.max_decisions), "--success-check", "chunk",  # as in training (Eq. A.1 per chunk)
-        "--device", "cpu", "--video-scenes", "0", "--no-latency", "--out-dir", str(out)]
-
-
-def results_per_scene(path: Path) -> dict[str, dict]:
-    """label -> per-scene results of an evaluate.py results.json (one run per label here)."""
-    res = json.loads(path.read_text())
-    return {p["label"]: p["per_scene"] for p in res["policies"]}
+    return common_evaluate_cmd(ckpts, labels, args.scenes_dir, scenes, episodes, seed, out, args.env_workers,
+                               args.max_decisions)
 
 
 def main(args: Args) -> Path:

@@ -172,3 +172,182 @@ def test_report_html_plays_render_videos_and_keeps_images_and_links():
                                    "![curve](a.png) and [log](steps.json)\n")
     assert '<video controls src="learning/eval/render/il/s__0/video.mp4"' in page
     assert '<img alt="curve" src="a.png"' in page and '<a href="steps.json">log</a>' in page
+
+
+# ---------------------------------------------------------------------------------------------
+# Table 1 on the object-state proxy (experiments/table1_study.py --obs-mode state, issue 28)
+# ---------------------------------------------------------------------------------------------
+
+
+def _state_args(tmp_path, **kw):
+    return t1.with_mode_defaults(t1.Args(obs_mode="state", out_dir=str(tmp_path), **kw))
+
+
+def test_recipe_budget_reads_the_last_value_and_needs_every_budget_flag():
+    b = sc.recipe_budget(sc.STATE_PROXY_RECIPE)
+    assert b["env_decisions"] == b["num_envs"] * b["num_steps"] * b["num_iterations"]
+    assert b["max_grad_steps"] == b["num_iterations"] * b["update_epochs"] * (b["num_envs"] * b["num_steps"] // b["minibatch_size"])
+    over = sc.recipe_budget(sc.STATE_PROXY_RECIPE + " --num-iterations=3 --num-steps 20")  # tyro: the last one wins
+    assert (over["num_iterations"], over["num_steps"], over["env_decisions"]) == (3, 20, b["num_envs"] * 20 * 3)
+    with pytest.raises(ValueError, match="--minibatch-size is not in"):
+        sc.recipe_budget("--num-envs 2 --num-steps 3 --num-iterations 4 --update-epochs 1")
+    assert sc.scene_cover_flags(16, 8) == ["--env.resample-every", "4"] and sc.scene_cover_flags(8, 8) == []
+
+
+def test_state_mode_defaults_leave_the_pixel_defaults_alone(tmp_path):
+    px = t1.with_mode_defaults(t1.Args())
+    assert px.ns == [1, 4, 12] and px.env_workers == 4 and px.ppo_extra == t1.RECIPE and px.il_tasks_file is None
+    st = _state_args(tmp_path, ns=[1, 2])
+    assert st.ns == [1, 2] and st.env_workers == 8 and st.ppo_extra == "--num-iterations 40" and st.il_tasks_file.endswith("tasks_study_il.txt")
+    assert t1.episodes_per_scene(16, 200) == 13 and t1.episodes_per_scene(1, 200) == 200 and t1.episodes_per_scene(3, 2) == 1
+
+
+def test_state_ood_set_keeps_only_targets_no_training_pool_holds(tmp_path):
+    def man(target, *others):
+        return {"success": {"target": "t", "destination": "d"},
+                "objects": [{"name": "t", "asset_id": target}] + [{"name": f"o{i}", "asset_id": a} for i, a in enumerate(others)]}
+    w = {"w0": man("carrot#0", "plate#0"), "w1": man("cube#0", "bowl#0", "donut#0")}  # a donut distractor in W
+    il = {"i0": man("apple#0", "plate#0")}
+    ood = {"o0": man("eggplant#0", "plate#0"), "o1": man("donut#0", "plate#0"), "o2": man("apple#0", "bowl#0"),
+           "o3": man("kiwi#0", "bowl#0")}
+    kept, dropped = t1.unseen_targets(ood, [w, il])
+    assert kept == ["o0", "o3"] and set(dropped) == {"o1", "o2"}  # a shared destination is fine, a seen target not
+    assert "w1" in dropped["o1"] and "i0" in dropped["o2"]
+    assert t1.target_of(ood["o0"])["asset_id"] == "eggplant#0"
+
+
+def test_state_task_lists_ood_targets_are_new_objects_of_the_same_families():
+    def families(name):
+        return [x for x in (REPO / "examples" / name).read_text().splitlines() if x.startswith("# ") and not x.startswith("#   ")]
+    ood = t1.read_tasks(str(REPO / "examples/tasks_study_ood.txt"))
+    train = t1.read_tasks(str(REPO / "examples/tasks_study.txt")) + t1.read_tasks(str(REPO / "examples/tasks_study_il.txt"))
+    assert len(ood) >= 16 and not set(ood) & set(train)
+    fam = [f.removeprefix("# ").split()[-1] for f in families("tasks_study_ood.txt")[-8:]]
+    assert len(fam) == 8 and fam == [f.removeprefix("# ").split()[-1] for f in families("tasks_study.txt")[-8:]]
+
+
+def test_state_every_n_spends_the_same_env_steps_and_the_baseline_matches_them(tmp_path):
+    import ppoflow_pi0 as pp
+    import train_imitation as ti
+
+    a = _state_args(tmp_path)
+    p = tmp_path
+    cmds = {n: t1.ppo_cmd(a, p / "W", p / "splits.json", p / "start.pt", p / "demos.pt", p / f"r{n}", n, 1) for n in (1, 4, 16)}
+    budgets = {n: sc.recipe_budget(c) for n, c in cmds.items()}
+    assert len({b["env_decisions"] for b in budgets.values()}) == 1 and budgets[1]["env_decisions"] == 32000
+    for n, c in cmds.items():
+        args = tyro.cli(pp.Args, args=c[2:])
+        assert (args.num_train_scenes, args.split_index, args.seed, args.env.obs_mode) == (n, 1, 2, "state")
+        assert args.env.resample_every == (4 if n > args.num_envs else 0)  # 16 scenes on 8 envs: every scene visited
+    b = budgets[16]
+    base = tyro.cli(ti.Args, args=t1.baseline_cmd(a, p / "W", [f"s{i}" for i in range(16)], p / "start.pt", p / "b", 1, b)[2:])
+    assert base.max_collect_decisions * base.num_envs == b["env_decisions"]  # the expert's env decisions = PPOFlow's
+    assert (base.steps, base.batch_size, base.stats, base.env.obs_mode) == (b["max_grad_steps"], b["minibatch_size"], "init", "state")
+    with pytest.raises(SystemExit, match="less than one episode"):
+        t1.baseline_cmd(a, p / "W", ["s0"], p / "start.pt", p / "b", 0, {**b, "env_decisions": 8 * 24})
+
+
+def test_state_table_rows_use_the_seed_as_unit_and_pair_with_the_start():
+    start = {"id": (50, 200), "ood": (40, 200), "tf": 6.0}
+    runs = [{"method": m, "n": n, "seed": s, "id": (k, 200), "id_start": (ks, 200), "ood": (ko, 200), "tf": 5.0}
+            for m, n, s, k, ks, ko in [("PPOFlow", 1, 0, 120, 40, 30), ("PPOFlow", 1, 1, 140, 60, 50),
+                                       ("PPOFlow", 1, 2, 100, 50, 40), ("PPOFlow", 16, 0, 90, 50, 80),
+                                       ("PPOFlow", 16, 1, 100, 50, 90), ("PPOFlow", 16, 2, 80, 50, 70),
+                                       (t1.BASELINE, 16, 0, 60, 50, 50), (t1.BASELINE, 16, 1, 70, 50, 45),
+                                       (t1.BASELINE, 16, 2, 50, 50, 40)]]
+    rows = t1.state_rows(start, runs)
+    assert [(r["policy"], r["n"], r["runs"]) for r in rows] == [(t1.START, 0, 1), ("PPOFlow", 1, 3), ("PPOFlow", 16, 3),
+                                                                (t1.BASELINE, 16, 3)]
+    r0, r1, r16 = rows[:3]
+    assert r0["id"]["unit"] == "episode (n=200)" and r0["id"]["ci"] == pytest.approx(ev.wilson_interval(50, 200))
+    assert r0["gap"] == pytest.approx(ev.newcombe_diff(50, 200, 40, 200))
+    assert r1["id"]["sr"] == pytest.approx(0.6) and r1["id"]["unit"] == "training seed (n=3)"
+    assert r1["id"]["ci"] == pytest.approx(sc.t_interval([0.6, 0.7, 0.5])[1:])
+    assert r1["id"]["diff"] == pytest.approx(sc.t_interval([0.4, 0.4, 0.25]))  # paired with the start on its scenes
+    assert r16["ood"]["diff"] == pytest.approx(sc.t_interval([0.2, 0.25, 0.15]))  # vs the start's 20% on OOD
+    assert r1["gap"] == pytest.approx(sc.t_interval([0.45, 0.45, 0.3])) and r16["gap"][0] == pytest.approx(0.05)
+    table = t1.state_table_md(rows)
+    assert t1.STATE_PROXY_LABEL in table and "| PPOFlow | 16 | 3 | 45.0 [" in table and f"| {t1.BASELINE} | 16 | 3 |" in table
+    verdict = "\n".join(t1.state_verdict(rows, runs))
+    assert "Goal 1, OOD SR at N = 16 above the N = 0 start:** +20.0 [" in verdict and "**met**" in verdict
+    assert "Goal 2" in verdict and "40.0 -> 5.0" in verdict and "PPOFlow better, the interval excludes 0" in verdict
+
+
+def test_state_dry_run_commands_parse_and_cover_every_stage(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "experiments/table1_study.py"), "--obs-mode", "state", "--out-dir",
+                          str(tmp_path), "--dry-run"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [x for x in out.stdout.splitlines() if x.startswith("[run ]")]
+    names = [x.split()[2].rstrip(":") for x in lines]
+    assert names[:9] == [f"{p}_{s}" for p in ("W", "IL", "OOD") for s in ("design", "assets", "compose")]
+    runs = [f"ppo_N{n}_s{s}" for n in (1, 4, 16) for s in range(3)] + [f"more_il_N16_s{s}" for s in range(3)]
+    evals = ["eval_start_W"] + [f"eval_id_N{n}_s{s}" for n in (1, 4, 16) for s in range(3)] + ["eval_ood"]
+    assert names[9:] == ["splits", "il_start", "il_select"] + runs + evals
+    budgets = set()
+    for name, cmd in zip(names, (x.split(": ", 1)[1] for x in lines)):
+        argv = shlex.split(cmd)
+        a = tyro.cli(importlib.import_module(Path(argv[1]).stem).Args, args=argv[2:])
+        if name.startswith("eval_"):
+            per_set = len(a.scene_ids) * a.episodes_per_scene
+            assert a.seed == 5000 and a.deterministic and per_set >= 200 and a.success_check == "chunk"
+        if name.startswith("ppo_"):
+            budgets.add(sc.recipe_budget(argv)["env_decisions"])
+        if name in ("il_start", *runs):
+            assert a.env.obs_mode == "state"
+    assert budgets == {32000}
+
+
+@pytest.mark.parametrize("flags,msg", [(["--il-init", "x.pt"], "--il-init is the pixel mode's"),
+                                       (["--ood-seed", "0"], "must differ"), (["--ns", "0", "4"], "must be >= 1")])
+def test_state_mode_refuses_bad_inputs(tmp_path, flags, msg):
+    r = subprocess.run([sys.executable, str(REPO / "experiments/table1_study.py"), "--obs-mode", "state", "--out-dir",
+                        str(tmp_path), "--dry-run", *flags], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode != 0 and msg in r.stderr
+
+
+@pytest.mark.timeout(2700)  # 19 stage processes, 10-25 s each on a quiet 2-core machine (~6 min); at nice 19 beside
+# a training job (load 10) ~2 min each: ~38 min measured
+def test_state_study_runs_end_to_end_at_a_tiny_budget_and_resumes(tmp_path):
+    """Pools of 2 (W) + 1 (IL) + 2 (OOD) scenes, N in {1, 2}, one seed (the seed-level statistics are unit-tested
+    above), one PPOFlow iteration of 40 decisions, one baseline, 1-2 episodes per scene."""
+    (tmp_path / "w.txt").write_text("put the green block on the plate\nput the red cube in the bowl\n")
+    (tmp_path / "il.txt").write_text("put the yellow cube on the plate\n")
+    (tmp_path / "ood.txt").write_text("put the brick on the plate\nput the small purple cube in the bowl\n")
+    cmd = [sys.executable, str(REPO / "experiments/table1_study.py"), "--obs-mode", "state", "--out-dir",
+           str(tmp_path / "study"), "--tasks-file", str(tmp_path / "w.txt"), "--il-tasks-file", str(tmp_path / "il.txt"),
+           "--ood-tasks-file", str(tmp_path / "ood.txt"), "--num-distractors", "0", "--il-variants-per-task", "1",
+           "--min-pool", "2", "--min-ood", "2", "--ns", "1", "2", "--num-seeds", "1", "--env-workers", "2",
+           "--il-episodes", "2", "--il-steps", "4", "--il-save-every", "2", "--il-select-episodes", "1",
+           "--eval-episodes-per-set", "2", "--max-decisions", "20",
+           "--ppo-extra=--num-iterations 1 --num-envs 2 --num-steps 20 --minibatch-size 20 --update-epochs 1 "
+           "--critic-warmup-iterations 0",
+           "--compose-extra=--solver-attempts 1 --solver-min-successes 1 --no-render"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=2600, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    study = tmp_path / "study"
+    report = (study / "report.md").read_text()
+    sections = [x for x in report.splitlines() if x.startswith("## ")]
+    assert sections[:3] == ["## Verdict", "## Design", f"## Table 1 ({t1.STATE_PROXY_LABEL})"]
+    assert {"## Budget", "## Per run", "## Pools: the OOD targets", f"## Learning curves ({t1.STATE_PROXY_LABEL})",
+            f"## SR and gap vs N ({t1.STATE_PROXY_LABEL})"} <= set(sections)
+    assert report.splitlines()[0] == f"# Table 1 on the object-state proxy ({t1.STATE_PROXY_LABEL})"
+    assert "**Goal 1, OOD SR at N = 2 above the N = 0 start:**" in report and "**Goal 2" in report
+    table = (study / "table.md").read_text()
+    rows = [x for x in table.splitlines() if x.startswith("| ") and "policy" not in x]
+    assert t1.STATE_PROXY_LABEL in table and [x.split(" | ")[:3] for x in rows] == [
+        ["| N=0 start", "0", "1"], ["| PPOFlow", "1", "1"], ["| PPOFlow", "2", "1"], [f"| {t1.BASELINE}", "2", "1"]]
+    rep = json.loads((study / "report.json").read_text())
+    assert rep["label"] == t1.STATE_PROXY_LABEL and rep["rows"][1]["id"]["unit"].startswith("episode")
+    for run in rep["runs"]:  # ID: its own N scenes, >= 2 episodes; OOD: the OOD set, >= 2 episodes
+        assert run["id"][1] >= 2 and run["ood"][1] >= 2 and len(run["scenes"]) == run["n"]
+    pools = json.loads((study / "pools.json").read_text())
+    assert len(pools["W"]) == 2 and len(pools["OOD"]) == 2 and not set(pools["OOD"]) & set(pools["W"] + pools["IL"])
+    assert pools["ood_targets"][pools["OOD"][0]]["new_template"]  # the brick: no training target is one
+    steps = {json.loads(x).get("global_step") for n in (1, 2)
+             for x in (study / f"runs/ppo_N{n}_s0/metrics.jsonl").read_text().splitlines() if x.strip()}
+    assert steps == {40}  # the same env decisions whatever N
+    assert "| more_il_N2_s0 |" in report and "| ppo_N1_s0 | " in report and "| eval_ood |" in report
+    for f in ("sr_vs_n.png", "gap_vs_n.png", "learning_curves_N1.png", "learning_curves_N2.png", "start.json"):
+        assert (study / f).stat().st_size > 0, f
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)  # every stage done: all skipped
+    assert r.returncode == 0 and "[run ]" not in r.stdout and r.stdout.count("[skip]") == 19
