@@ -237,12 +237,12 @@ def test_box_clearance_is_the_distance_between_oriented_boxes():
     random boxes (thin, long, tiny, any yaw; many nearly touching) against a sampled brute force, and exactly on
     hand-made cases, corner to corner included (where edge normals alone would under-state the gap)."""
     rng = np.random.default_rng(0)
-    step = 0.0
     apart = overlapping = 0
     for _ in range(1000):
         boxes, steps = [], []
         for _ in range(2):
-            ext = rng.uniform(0.003, 0.25, 2) if rng.random() < 0.7 else np.array([rng.uniform(0.15, 0.3), rng.uniform(0.003, 0.02)])
+            long_thin = np.array([rng.uniform(0.15, 0.3), rng.uniform(0.003, 0.02)])
+            ext = rng.uniform(0.003, 0.25, 2) if rng.random() < 0.7 else long_thin
             boxes.append(scene_env.footprint_box(rng.uniform(-0.15, 0.15, 2), [*ext, 0.05], rng.uniform(0, 2 * math.pi)))
             steps.append(ext.max() / 200)
         a, b = boxes
