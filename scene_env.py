@@ -311,10 +311,10 @@ def reaimed_camera_local_pose(offset, robot_z_offset: float = 0.0, table_top_z: 
 
 
 # Table A.2 object-pose region (robot base frame) as the env draws it at every reset (EnvConfig.object_region =
-# "table"): centres in x [0.2, 0.4] m, y [-0.15, 0.15] m, yaw [0, 2 pi), per object intersected with what the Bridge
-# camera sees (its yaw-free bounding cylinder inside the 640x480 image) and with the table top, tall objects clear
-# of the gripper's start, all footprints (bbox circles + margin_m) disjoint. A manifest's `object_region` overrides
-# these keys; manifests written before it existed get these defaults.
+# "table"): centres in x [0.2, 0.4] m, y [-0.15, 0.15] m, yaw [0, 2 pi), per object and drawn yaw intersected with
+# what the Bridge camera sees (its footprint box, bottom and top, inside the image) and with the table top, tall
+# objects clear of the gripper's start, all footprints (oriented bbox rectangles) at least margin_m apart. A
+# manifest's `object_region` overrides these keys; manifests written before it existed get these defaults.
 OBJECT_REGION = {"x": list(ss.OBJECT_X_RANGE_M), "y": list(ss.OBJECT_Y_RANGE_M), "yaw": [0.0, 2 * math.pi],
                  "margin_m": 0.015, "view_margin_px": 6.0}
 # The gripper starts 13.5 cm above the table at this (x, y) of the robot base frame (fingertips ~12 cm; lower with
@@ -337,15 +337,55 @@ _RIM = np.stack([np.cos(np.linspace(0, 2 * math.pi, 12, endpoint=False)),
                  np.sin(np.linspace(0, 2 * math.pi, 12, endpoint=False))], axis=1)
 
 
-def footprint_in_view(xy, yaw_free_radius: float, height: float, margin_px: float = 6.0) -> bool:
-    """The object's bounding cylinder (footprint circle at any yaw, bottom and top rims) projects inside the
-    640x480 image of the nominal Bridge camera."""
-    rim = np.asarray(xy, dtype=np.float64) + yaw_free_radius * _RIM  # [12, 2] base frame
-    pts = np.concatenate([np.column_stack([ROBOT_POSE_P[0] - rim[:, 0], ROBOT_POSE_P[1] - rim[:, 1],
-                                           np.full(len(rim), TABLE_TOP_Z + dz)]) for dz in (0.0, height)])
+def outline_in_view(outline, height: float, margin_px: float = 6.0) -> bool:
+    """The prism over a footprint `outline` ([K, 2] base-frame points on the table top, up to `height`) projects
+    inside the 640x480 image of the nominal Bridge camera, `margin_px` from its border. For a convex outline its
+    corners decide: the image of the prism is the convex hull of the images of its corners."""
+    outline = np.asarray(outline, dtype=np.float64)
+    pts = np.concatenate([np.column_stack([ROBOT_POSE_P[0] - outline[:, 0], ROBOT_POSE_P[1] - outline[:, 1],
+                                           np.full(len(outline), TABLE_TOP_Z + dz)]) for dz in (0.0, height)])
     uv = project_to_image(pts)
     return bool(np.all(np.isfinite(uv)) and np.all(uv[:, 0] >= margin_px) and np.all(uv[:, 0] <= 640 - margin_px)
                 and np.all(uv[:, 1] >= margin_px) and np.all(uv[:, 1] <= 480 - margin_px))
+
+
+def footprint_in_view(xy, yaw_free_radius: float, height: float, margin_px: float = 6.0) -> bool:
+    """The object's bounding cylinder (footprint circle at any yaw, bottom and top rims) projects inside the
+    640x480 image of the nominal Bridge camera."""
+    return outline_in_view(np.asarray(xy, dtype=np.float64) + yaw_free_radius * _RIM, height, margin_px)
+
+
+def footprint_box(xy, bbox, yaw: float) -> np.ndarray:
+    """[4, 2] corners (counter-clockwise, base frame) of an object's footprint at centre `xy` and yaw `yaw`: its
+    bbox x/y extents (asset frame: bbox centred on x = y = 0) rotated by the yaw the env gives the actor."""
+    c, s = math.cos(yaw), math.sin(yaw)
+    hx, hy = 0.5 * bbox[0], 0.5 * bbox[1]
+    corners = np.array([[hx, hy], [-hx, hy], [-hx, -hy], [hx, -hy]])
+    return np.asarray(xy, dtype=np.float64) + corners @ np.array([[c, s], [-s, c]])
+
+
+def box_clearance(a: np.ndarray, b: np.ndarray) -> float:
+    """Signed distance between two convex polygons (footprint boxes, [K, 2] corners in order): the Euclidean gap
+    between them when apart, minus their penetration depth when they overlap (0: touching).
+
+    Separating-axis test over the edge normals of both and the corner-to-corner directions: the largest projected
+    gap over every direction is the distance between convex sets, and it is attained along an edge normal (the
+    closest points on an edge, or the least push apart) or along the line joining two corners (closest points both
+    corners). So `box_clearance(a, b) > m` is exactly "more than m apart", the bbox circles' margin semantics."""
+    edges = np.concatenate([np.roll(a, -1, axis=0) - a, np.roll(b, -1, axis=0) - b])
+    axes = np.concatenate([edges[:, ::-1] * (1.0, -1.0), (b[None] - a[:, None]).reshape(-1, 2)])
+    norm = np.linalg.norm(axes, axis=1)
+    axes = axes[norm > 1e-12] / norm[norm > 1e-12, None]
+    pa, pb = a @ axes.T, b @ axes.T  # [K, axes]
+    return float(np.max(np.maximum(pb.min(0) - pa.max(0), pa.min(0) - pb.max(0))))
+
+
+def point_box_distance(p, xy, bbox, yaw: float) -> float:
+    """Euclidean distance from point `p` to the footprint box of `footprint_box(xy, bbox, yaw)` (0 inside)."""
+    d = np.asarray(p, dtype=np.float64) - np.asarray(xy, dtype=np.float64)
+    c, s = math.cos(yaw), math.sin(yaw)
+    local = np.abs([c * d[0] + s * d[1], -s * d[0] + c * d[1]]) - 0.5 * np.asarray(bbox[:2], dtype=np.float64)
+    return float(np.linalg.norm(np.maximum(local, 0.0)))
 
 
 def object_region(m: ss.SceneManifest | None = None) -> dict:
@@ -353,21 +393,28 @@ def object_region(m: ss.SceneManifest | None = None) -> dict:
     return {**OBJECT_REGION, **((m.object_region or {}) if m is not None else {})}
 
 
-def centre_allowed(xy, bbox, region: dict, table: dict | None = None) -> bool:
+def centre_allowed(xy, bbox, region: dict, table: dict | None = None, yaw: float | None = None) -> bool:
     """An object of extents `bbox` may stand with its centre at `xy` (base frame) under `region`: centre inside the
-    region's x/y box, its yaw-free footprint on the table top and inside the camera image, a tall object clear of
-    the gripper's start."""
+    region's x/y box; its footprint on the table top and, up to its height, inside the camera image; a tall object's
+    footprint at least EE_KEEPOUT_M from the gripper's start. Footprint: the box `footprint_box(xy, bbox, yaw)`, or
+    with yaw None the yaw-free bounding circle (allowed at every yaw)."""
     x, y = xy
-    r = 0.5 * math.hypot(bbox[0], bbox[1])
     if not (region["x"][0] <= x <= region["x"][1] and region["y"][0] <= y <= region["y"][1]):
         return False
+    if yaw is None:
+        r = 0.5 * math.hypot(bbox[0], bbox[1])
+        outline = np.asarray(xy, dtype=np.float64) + r * _RIM  # 12-gon: its x/y extremes are the circle's
+        ee_gap = math.hypot(x - EE_START_XY[0], y - EE_START_XY[1]) - r
+    else:
+        outline = footprint_box(xy, bbox, yaw)
+        ee_gap = point_box_distance(EE_START_XY, xy, bbox, yaw)
     if table and "size" in table:
-        (sx, sy), (cx, cy) = table["size"][:2], table.get("center_xy", [0.3, 0.0])
-        if abs(x - cx) > sx / 2 - r or abs(y - cy) > sy / 2 - r:
+        half, centre = 0.5 * np.asarray(table["size"][:2]), np.asarray(table.get("center_xy", [0.3, 0.0]))
+        if np.any(np.abs(outline - centre) > half):
             return False
-    if bbox[2] >= TALL_M and math.hypot(x - EE_START_XY[0], y - EE_START_XY[1]) < r + EE_KEEPOUT_M:
+    if bbox[2] >= TALL_M and ee_gap < EE_KEEPOUT_M:
         return False
-    return footprint_in_view(xy, r, bbox[2], region.get("view_margin_px", 6.0))
+    return outline_in_view(outline, bbox[2], region.get("view_margin_px", 6.0))
 
 
 def sample_layout(objects: list[ss.ManifestObject], rng: np.random.Generator, tries: int = 50,
@@ -378,23 +425,30 @@ def sample_layout(objects: list[ss.ManifestObject], rng: np.random.Generator, tr
     region None (EnvConfig.object_region="manifest", the pre-issue-26 behaviour): x, y, yaw uniform in each object's
     narrow manifest box (x_range / y_range / yaw_range), footprints (bbox circles + `margin`) disjoint by
     rejection; after `tries` failed draws, the nominal layout.
-    region given ("table", the default): each object's centre uniform over the region (`object_region`; per object
-    where `centre_allowed`), yaw uniform in region["yaw"], footprints (bbox circles + region["margin_m"]) disjoint:
-    objects placed in manifest order (destination, target, distractors), each with up to 200 draws, the whole
-    layout re-drawn up to `tries` times; if none fits, the narrow-box draw above (never silent: with_fallback=True
-    returns (poses, fell_back) and the env counts them, GenSceneEnv.layout_stats)."""
+    region given ("table", the default): each object's centre uniform over the region (`object_region`) and yaw
+    uniform in region["yaw"], kept where `centre_allowed` at that yaw and its footprint box (`footprint_box`) is more
+    than region["margin_m"] from every box placed before (`box_clearance`): objects placed in manifest order
+    (destination, target, distractors), each with up to 200 draws, the whole layout re-drawn up to `tries` times;
+    if none fits, the narrow-box draw above (never silent: with_fallback=True returns (poses, fell_back) and the env
+    counts them, GenSceneEnv.layout_stats)."""
     if region is not None:
         radius = [0.5 * math.hypot(o.bbox_m[0], o.bbox_m[1]) for o in objects]
         gap = float(region.get("margin_m", OBJECT_REGION["margin_m"]))
         (x0, x1), (y0, y1) = region["x"], region["y"]
         for _ in range(tries):
             placed: list[tuple[float, float, float]] = []
+            boxes: list[np.ndarray] = []
             for i, o in enumerate(objects):
                 for _ in range(200):
                     x, y = float(rng.uniform(x0, x1)), float(rng.uniform(y0, y1))
-                    if all(math.hypot(x - q[0], y - q[1]) > radius[i] + radius[j] + gap for j, q in enumerate(placed)) \
-                            and centre_allowed((x, y), o.bbox_m, region, table):
-                        placed.append((x, y, float(rng.uniform(*region["yaw"]))))
+                    yaw = float(rng.uniform(*region["yaw"]))
+                    box = footprint_box((x, y), o.bbox_m, yaw)
+                    # bounding circles more than the margin apart: so are the boxes (the exact test only when needed)
+                    if all(math.hypot(x - q[0], y - q[1]) > radius[i] + radius[j] + gap
+                           or box_clearance(box, boxes[j]) > gap for j, q in enumerate(placed)) \
+                            and centre_allowed((x, y), o.bbox_m, region, table, yaw):
+                        placed.append((x, y, yaw))
+                        boxes.append(box)
                         break
                 else:
                     break

@@ -205,37 +205,130 @@ def _mobj(name, bbox, xy=(0.3, 0.0), w=0.0):
 TABLE = {"size": [0.9, 1.2, 0.87], "center_xy": [0.3, 0.0]}
 
 
+def _box_corners_3d(box, height):
+    """World points of a footprint box's prism (bottom and top corners), for project_to_image."""
+    return np.concatenate([np.column_stack([scene_env.ROBOT_POSE_P[0] - box[:, 0], scene_env.ROBOT_POSE_P[1] - box[:, 1],
+                                            np.full(4, scene_env.TABLE_TOP_Z + dz)]) for dz in (0.0, height)])
+
+
+def _brute_clearance(a, b, n=200):
+    """Signed-distance reference for two boxes by sampling: 0 if any sampled boundary point of one lies inside the
+    other (or the boundaries cross), else the smallest distance between the sampled boundaries (>= the true
+    distance, within the sampling step)."""
+    from scipy.spatial.distance import cdist
+
+    def boundary(c):
+        t = np.linspace(0.0, 1.0, n, endpoint=False)[:, None]
+        return np.concatenate([c[k] + t * (c[(k + 1) % 4] - c[k]) for k in range(4)])
+
+    def inside(pts, c):  # convex, counter-clockwise corners: left of every edge
+        e = np.roll(c, -1, axis=0) - c
+        rel = pts[:, None, :] - c[None]
+        return np.all(e[None, :, 0] * rel[..., 1] - e[None, :, 1] * rel[..., 0] >= 0, axis=1)
+
+    pa, pb = boundary(a), boundary(b)
+    if inside(pa, b).any() or inside(pb, a).any():
+        return 0.0
+    return float(cdist(pa, pb).min())
+
+
+def test_box_clearance_is_the_distance_between_oriented_boxes():
+    """The separating-axis clearance equals the Euclidean gap of apart boxes and is <= 0 for overlapping ones, on
+    random boxes (thin, long, tiny, any yaw; many nearly touching) against a sampled brute force, and exactly on
+    hand-made cases, corner to corner included (where edge normals alone would under-state the gap)."""
+    rng = np.random.default_rng(0)
+    apart = overlapping = 0
+    for _ in range(1000):
+        boxes, steps = [], []
+        for _ in range(2):
+            long_thin = np.array([rng.uniform(0.15, 0.3), rng.uniform(0.003, 0.02)])
+            ext = rng.uniform(0.003, 0.25, 2) if rng.random() < 0.7 else long_thin
+            boxes.append(scene_env.footprint_box(rng.uniform(-0.15, 0.15, 2), [*ext, 0.05], rng.uniform(0, 2 * math.pi)))
+            steps.append(ext.max() / 200)
+        a, b = boxes
+        got, ref = scene_env.box_clearance(a, b), _brute_clearance(a, b)
+        assert got == pytest.approx(scene_env.box_clearance(b, a), abs=1e-12)  # symmetric
+        tol = max(steps) + 1e-9  # the sampled boundary is within one step of the true one
+        if ref == 0.0:
+            overlapping += 1
+            assert got <= tol, (a, b, got)
+        else:
+            apart += 1
+            assert ref - tol <= got <= ref + 1e-9, (a, b, got, ref)
+    assert apart > 200 and overlapping > 200
+    sq = lambda x, y, yaw=0.0: scene_env.footprint_box((x, y), [1.0, 1.0, 0.1], yaw)
+    assert scene_env.box_clearance(sq(0, 0), sq(1.3, 0.2)) == pytest.approx(0.3)  # edge to edge
+    assert scene_env.box_clearance(sq(0, 0), sq(1.1, 1.1)) == pytest.approx(0.1 * math.sqrt(2))  # corner to corner
+    assert scene_env.box_clearance(sq(0, 0), sq(1.0, 0.5)) == pytest.approx(0.0, abs=1e-12)  # touching
+    assert scene_env.box_clearance(sq(0, 0), sq(0.7, 0.0)) == pytest.approx(-0.3)  # overlapping by 0.3
+    diamond = sq(0.5 + math.sqrt(0.5) + 0.2, 0.0, math.pi / 4)  # its corner 0.2 from the square's edge
+    assert scene_env.box_clearance(sq(0, 0), diamond) == pytest.approx(0.2)
+
+
 def test_table_region_draws_stay_in_region_visible_and_disjoint():
     """Issue 26: every draw (many seeds) puts each centre in Table A.2's box where the camera sees the object's
-    yaw-free footprint, footprints disjoint with the margin, yaw over a full turn; the target covers the region."""
+    footprint box at its drawn yaw (bottom and top), on the table, footprint boxes more than the margin apart, tall
+    objects clear of the gripper's start, yaw over a full turn; the target covers the region."""
     objs = [_mobj("plate", [0.18, 0.18, 0.03]), _mobj("block", [0.04, 0.03, 0.05]), _mobj("can", [0.06, 0.06, 0.12]),
             _mobj("box", [0.08, 0.05, 0.05])]
     region = scene_env.object_region()
     assert region["x"] == [0.2, 0.4] and region["y"] == [-0.15, 0.15] and region["yaw"] == [0.0, 2 * math.pi]
-    rad = [0.5 * math.hypot(*o.bbox_m[:2]) for o in objs]
-    draws = []
-    for seed in range(300):
-        poses, fell_back = scene_env.sample_layout(objs, np.random.default_rng(seed), region=region, table=TABLE,
-                                                   with_fallback=True)
-        assert not fell_back
-        draws.append(poses)
-        for i, (x, y, yaw) in enumerate(poses):
-            assert 0.2 <= x <= 0.4 and -0.15 <= y <= 0.15 and 0.0 <= yaw < 2 * math.pi
-            assert scene_env.footprint_in_view((x, y), rad[i], objs[i].bbox_m[2])
-            assert scene_env.centre_allowed((x, y), objs[i].bbox_m, region, TABLE)
-            for j in range(i):
-                assert math.hypot(x - poses[j][0], y - poses[j][1]) > rad[i] + rad[j] + region["margin_m"]
-        # the tall can never stands under the gripper's start
-        assert math.hypot(poses[2][0] - scene_env.EE_START_XY[0], poses[2][1] - scene_env.EE_START_XY[1]) >= \
-            rad[2] + scene_env.EE_KEEPOUT_M
-    d = np.array(draws)  # [seeds, objects, 3]
-    assert np.ptp(d[:, 1, 0]) > 0.18 and np.ptp(d[:, 1, 1]) > 0.27  # the target spans the region (0.2 x 0.3 m)
-    assert np.ptp(d[:, 1, 2]) > 6.0
+    narrow_table = {"size": [0.45, 1.2, 0.87], "center_xy": [0.15, 0.0]}  # its far edge x = 0.375 cuts the region
+    for table, seeds in ((TABLE, 300), (narrow_table, 40)):
+        draws = []
+        for seed in range(seeds):
+            poses, fell_back = scene_env.sample_layout(objs, np.random.default_rng(seed), region=region, table=table,
+                                                       with_fallback=True)
+            assert not fell_back
+            draws.append(poses)
+            boxes = [scene_env.footprint_box((x, y), o.bbox_m, yaw) for o, (x, y, yaw) in zip(objs, poses)]
+            for i, (x, y, yaw) in enumerate(poses):
+                assert 0.2 <= x <= 0.4 and -0.15 <= y <= 0.15 and 0.0 <= yaw < 2 * math.pi
+                uv = scene_env.project_to_image(_box_corners_3d(boxes[i], objs[i].bbox_m[2]))
+                assert np.all((uv >= 6.0) & (uv <= [640 - 6.0, 480 - 6.0]))
+                assert np.all(np.abs(boxes[i] - table["center_xy"]) <= 0.5 * np.array(table["size"][:2]))
+                for j in range(i):
+                    assert scene_env.box_clearance(boxes[i], boxes[j]) > region["margin_m"]
+            # the tall can never stands under the gripper's start
+            assert scene_env.point_box_distance(scene_env.EE_START_XY, poses[2][:2], objs[2].bbox_m, poses[2][2]) >= \
+                scene_env.EE_KEEPOUT_M
+        d = np.array(draws)  # [seeds, objects, 3]
+        if table is TABLE:
+            assert np.ptp(d[:, 1, 0]) > 0.18 and np.ptp(d[:, 1, 1]) > 0.27  # the target spans the region (0.2 x 0.3 m)
+            assert np.ptp(d[:, 1, 2]) > 6.0
+        else:  # the table's far edge (x = 0.375) clips the plate at its drawn yaw: its box reaches the edge, and
+            # its centre goes past where the yaw-free bounding circle would stop it
+            plate_far = max(scene_env.footprint_box(p[0][:2], objs[0].bbox_m, p[0][2])[:, 0].max() for p in draws)
+            assert 0.365 < plate_far <= 0.375
+            assert d[:, 0, 0].max() > 0.375 - 0.09 * math.sqrt(2) + 0.01
     # a manifest's own region narrows it (and is validated by the schema)
     small = {**region, "x": [0.25, 0.3], "y": [0.0, 0.1]}
     for seed in range(20):
         (x, y, _), = scene_env.sample_layout(objs[1:2], np.random.default_rng(seed), region=small)
         assert 0.25 <= x <= 0.3 and 0.0 <= y <= 0.1
+
+
+def test_a_long_thin_target_beside_a_tray_places_without_falling_back():
+    """The case circle footprints could not place (issue 26: `put the wrench on the tray` fell back to the nominal
+    layout on 39 of 60 resets): a 20 x 3.6 cm wrench, a 19 x 15 cm tray and two distractors, the held-out scene's
+    sizes. Oriented boxes find a disjoint layout over the whole region in >= 90% of resets."""
+    objs = [_mobj("tray", [0.191, 0.145, 0.016]), _mobj("wrench", [0.2, 0.036, 0.006]),
+            _mobj("muffin", [0.07, 0.036, 0.028]), _mobj("soap", [0.09, 0.057, 0.028])]
+    region = scene_env.object_region()
+    rad = [0.5 * math.hypot(*o.bbox_m[:2]) for o in objs]
+    placed, circles_overlap, xy = 0, 0, []
+    for seed in range(100):
+        poses, fell_back = scene_env.sample_layout(objs, np.random.default_rng(seed), region=region, table=TABLE,
+                                                   with_fallback=True)
+        if fell_back:
+            continue
+        placed += 1
+        xy.append(poses[1][:2])
+        (tx, ty, _), (wx, wy, _) = poses[:2]
+        circles_overlap += math.hypot(tx - wx, ty - wy) <= rad[0] + rad[1] + region["margin_m"]
+    assert placed >= 90
+    assert circles_overlap >= placed // 2  # most of these layouts were out of reach of the bounding circles
+    assert np.all(np.ptp(np.array(xy), axis=0) > [0.15, 0.25])  # and the wrench still moves over the region
 
 
 def _pre_issue26_sample_layout(objects, rng, tries=50, margin=0.01):
