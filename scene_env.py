@@ -1481,6 +1481,11 @@ class ChunkVecEnv:
             per_env = [[specs[j] for j in range(i, len(specs), num_envs)] if specs[i % len(specs)][0] == "gen"
                        and len(specs) > num_envs else [specs[i % len(specs)]] for i in range(num_envs)]
             per_env = [[s for s in lst if s[0] == "gen"] or lst[:1] for lst in per_env]
+            if len(specs) > num_envs and not cfg.resample_every:
+                warnings.warn(f"make_vec_env: {len(specs)} scenes on {num_envs} CPU env workers with "
+                              "cfg.resample_every = 0: each worker stays on its first scene, so only "
+                              f"{num_envs} of the {len(specs)} scenes are ever visited (fix: --env.resample-every 4, "
+                              "or as many envs as scenes)", RuntimeWarning, stacklevel=3)
             msg = oversubscription_warning(num_envs, os.cpu_count() or 1)
             if msg:
                 warnings.warn(msg, RuntimeWarning, stacklevel=3)
