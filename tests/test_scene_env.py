@@ -614,7 +614,8 @@ def test_genscene_reset_step_success_dr_and_expert(tiny):
     env = venv.runner.env
     # Eq. A.1 predicate: block resting on the plate -> success; on the table -> no
     assert not bool(env.evaluate()["success"][0])
-    _teleport(env, "red_block", (0.33, -0.07, 0.016))
+    plate_xy = (env.agent.robot.pose.inv() * env.obj_actors[0]["blue_plate"].pose).p[0, :2].tolist()  # drawn anywhere
+    _teleport(env, "red_block", (*plate_xy, 0.016))
     for _ in range(100):
         env.scene.step()
     ev = env.evaluate()
