@@ -1,8 +1,8 @@
 """One report a person opens: the main job's outputs gathered into <out>/report.md and report.html.
 
-It only reads what the stages wrote (no new numbers): the task list, the asset contact sheet, the scene QA sheet
-and composer summary, the object-state proxy study's verdict, table with intervals and learning curves, and the sim
-deployment rehearsal's summary; the wall time of every step. Each item gets one line saying
+It only reads what the stages wrote (no new numbers), answer first: the object-state proxy study's verdict, its table
+with intervals and its learning curves with the start marked; then the pictures (the task list, the asset contact
+sheet, the scene QA sheet and composer summary); the sim deployment rehearsal's summary; the wall time of every step. Each item gets one line saying
 what it shows; a missing item is listed as missing with the stage that makes it, never silently dropped.
 
     python experiments/report.py --out-dir out/main          # what scripts/main_job.sh runs last
@@ -42,13 +42,14 @@ def section_learning(out: Path, rel, args: Args) -> list[str]:
     learn = out / "learning"
     body = learn / "report.md"
     if not body.exists():
-        return ["## 4. The method: PPOFlow vs its imitation start (object-state proxy)", "",
+        return ["## 1. The method: PPOFlow vs its imitation start (object-state proxy)", "",
                 "_missing: `learning/report.md` (step 4 of scripts/main_job.sh, experiments/state_proxy.py) did not "
                 "finish; re-run the main job to resume it._", ""]
     text = body.read_text(encoding="utf-8")
     text = re.sub(r"^# .*\n", "", text, count=1)  # its title becomes this section's
+    text = re.sub(r"^## ", "### ", text, flags=re.M)  # its sections become this section's subsections
     text = re.sub(r"!\[([^\]]*)\]\((?!/)([^)]+)\)", lambda m: f"![{m.group(1)}]({rel(learn / m.group(2))})", text)
-    return ["## 4. The method: PPOFlow vs its imitation start (object-state proxy: no pretrained VLM, visual "
+    return ["## 1. The method: PPOFlow vs its imitation start (object-state proxy: no pretrained VLM, visual "
             "generalisation not tested)", "",
             "The job's own generated scenes, split into training and held-out ones; an imitation start stopped "
             "early, then PPOFlow with the frozen recipe; the start and the FINAL PPOFlow checkpoint evaluated "
@@ -58,13 +59,13 @@ def section_learning(out: Path, rel, args: Args) -> list[str]:
 
 
 def step_times(out: Path) -> list[str]:
-    """The wall time of each step of scripts/main_job.sh (its step_wall_s.tsv)."""
+    """The wall time of each step of scripts/main_job.sh (its step_wall_s.tsv): a one-line total, then the table."""
     f = out / "step_wall_s.tsv"
     rows = [line.split("\t") for line in f.read_text().splitlines() if "\t" in line] if f.exists() else []
     if not rows:
-        return ["_missing: step_wall_s.tsv (scripts/main_job.sh writes it)_", ""]
+        return ["wall time unknown", "_missing: step_wall_s.tsv (scripts/main_job.sh writes it)_", ""]
     total = sum(int(t) for _, t in rows)
-    return (["| step | wall time |", "|---|---:|"] + [f"| {n} | {int(t) // 60} min {int(t) % 60:02d} s |" for n, t in rows]
+    return ([f"{total // 60} min {total % 60:02d} s in all"] + ["| step | wall time |", "|---|---:|"] + [f"| {n} | {int(t) // 60} min {int(t) % 60:02d} s |" for n, t in rows]
             + [f"| **total** | {total // 60} min {total % 60:02d} s |", ""])
 
 
@@ -76,19 +77,20 @@ def main(args: Args) -> Path:
     summary = read_json(out / "scenes" / "compose_summary.json") or {}
     accepted, rejected = summary.get("accepted", []), summary.get("rejected", {})
     verdict = (read_json(out / "learning" / "report.json") or {}).get("verdict", "_no verdict: step 4 did not finish_")
+    walls = step_times(out)
     md = ["# Main job report", "", verdict, "",
-          "What the offline main job (`bash scripts/main_job.sh`) built and learned, in the order it ran. Open this "
-          "file first; every figure below is a file next to it.", "", "## Wall time of each step", ""]
-    md += step_times(out)
-    md += [
-          "## 1. The task list", "", f"{len(tasks)} plain-language tasks ({args.tasks}):", ""]
+          "What the offline main job (`bash scripts/main_job.sh`) built and learned: the answer first (the method's "
+          "table and learning curve), then the pictures of what it was learned on, then the deployment rehearsal and "
+          f"the wall time of each step ({walls[0]}). Every figure below is a file next to this one.", ""]
+    md += section_learning(out, rel, args)
+    md += ["## 2. The task list", "", f"{len(tasks)} plain-language tasks ({args.tasks}):", ""]
     md += [f"{i + 1}. {t}" for i, t in enumerate(tasks)] + [""]
-    md += ["## 2. Generated assets", ""]
+    md += ["## 3. Generated assets", ""]
     sheet = out / "assets" / "contact_sheet.png"
     md += ([f"Every generated asset with its QA verdict (procedural backend, drop-tested in SAPIEN):", "",
             f"![asset contact sheet]({rel(sheet)})", ""] if sheet.exists() else
            ["_missing: assets/contact_sheet.png (generate_assets.py)_", ""])
-    md += ["## 3. Composed scenes", ""]
+    md += ["## 4. Composed scenes", ""]
     if summary:
         md += [f"{len(accepted)} of {len(accepted) + len(rejected)} scenes accepted by the composer's physics and "
                f"solvability QA; the scripted expert solved {summary.get('expert_success_rate', 0):.0%} of "
@@ -97,7 +99,6 @@ def main(args: Args) -> Path:
     qa = out / "scenes" / "qa_contact_sheet.png"
     md += ([f"One QA render per scene (the scene as the scripted expert found it):", "", f"![scene QA sheet]({rel(qa)})", ""]
            if qa.exists() else ["_missing: scenes/qa_contact_sheet.png (compose_scene.py)_", ""])
-    md += section_learning(out, rel, args)
     md += ["## 5. A sim deployment trial", ""]
     trials = sorted((out / "deploy").glob("*/summary.md"))
     if trials:
@@ -105,12 +106,13 @@ def main(args: Args) -> Path:
         body = re.sub(r"^#+ .*\n", "", body, count=1)
         md += [f"deploy_widowx.py's trial protocol on the sim backend, at the robot's 5 Hz, with a PIXEL policy: "
                "imitation on the first training scene from the 64 px camera (`pixel_il/`, a small budget). The "
-               "object-state proxy of step 4 cannot run on a robot (no simulator state there), so this rehearses the "
+               "object-state proxy of section 1 cannot run on a robot (no simulator state there), so this rehearses the "
                "protocol, the safety layer and the trial log with what a robot could run; its success rate says "
                f"little about the method (Table 2 columns; log: {rel(trials[0].parent / 'trials.jsonl')}):", "",
                body, ""]
     else:
         md += ["_missing: deploy/<session>/summary.md (deploy_widowx.py --backend sim)_", ""]
+    md += ["## Wall time of each step", ""] + walls[1:]
     text = "\n".join(md) + "\n"
     (out / "report.md").write_text(text, encoding="utf-8")
     (out / "report.html").write_text(markdown_to_html(text), encoding="utf-8")

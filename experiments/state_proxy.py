@@ -3,11 +3,13 @@ seeds with the frozen recipe, FINAL checkpoints evaluated on fresh seeds, per-se
 
     python experiments/state_proxy.py --scenes-dir out/main/scenes --train-scenes A B C D --heldout-scenes E F
     python experiments/state_proxy.py ... --seeds 1 2 --ppo-extra="--env.reward sparse"      # an ablation arm
+    python experiments/state_proxy.py ... --obs-mode rgb --train-scenes A                    # the recipe on pixels
 
 OBJECT-STATE PROXY: no pretrained VLM, visual generalisation not tested. The policy is the same `PI0Policy` (tiny
 preset) with the instruction as its prefix and, instead of an image, the simulator's target / destination poses and
 extents appended to the proprio (`--env.obs-mode state`, scene_env.object_state); no camera is rendered. It shows
-what PPOFlow does at this machine's scale, not what a pixel policy would.
+what PPOFlow does at this machine's scale, not what a pixel policy would. `--obs-mode rgb` runs the same steps and
+recipe on the pixel policy (64 px camera + proprio, the paper's observation; issue 27 item 5), labelled as such.
 
 Steps (each a subprocess of a stage CLI, skipped when its output exists, so an interrupted run resumes):
 1. imitation: scripted demos on the training scenes -> flow-matching SFT with a checkpoint every --il-save-every
@@ -30,11 +32,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import STATE_PROXY_LABEL as LABEL, STATE_PROXY_RECIPE as RECIPE  # noqa: E402
+
+PIXEL_LABEL = "pixel policy: 64 px camera + proprio, tiny preset trained from scratch, no pretrained VLM"
 from common import (choose_start, machine_info, plot_curves, pooled, read_curve, results_per_scene,  # noqa: E402, F401
                     run_step, stage, t_interval)
 from common import evaluate_cmd as common_evaluate_cmd  # noqa: E402
@@ -54,6 +59,9 @@ class Args:
     """Training scenes `pick_scenes` chooses when --train-scenes is empty."""
     num_heldout_scenes: int = 2
     """Held-out scenes `pick_scenes` chooses when --train-scenes is empty."""
+    obs_mode: Literal["state", "rgb"] = "state"
+    """What the policy sees in every step (imitation, PPOFlow, evaluation): "state" the object-state proxy (the
+    recipe's own setting), "rgb" the 64 px Bridge camera + proprio (the recipe on pixels, issue 27 item 5)."""
     out_dir: str = "out/state_proxy"
     """Experiment folder: runs/il, runs/ppo_s<seed>, eval/, report.md, report.json, learning_curves.png, steps.json."""
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
@@ -145,7 +153,7 @@ def main(args: Args) -> Path:
     il = out / "runs/il"
     run_step("il", stage("train_imitation.py") + [
         "--scenes-dir", args.scenes_dir, "--scene-ids", *args.train_scenes, "--out", str(il), "--preset", "tiny",
-        "--env.obs-mode", "state", "--env.image-size", "64", "--env.max-decisions", str(args.max_decisions),
+        "--env.obs-mode", args.obs_mode, "--env.image-size", "64", "--env.max-decisions", str(args.max_decisions),
         "--num-envs", str(args.env_workers),
         "--episodes", str(args.il_episodes), "--steps", str(args.il_steps), "--save-every", str(args.il_save_every),
         "--seed", str(args.il_seed), "--device", "cpu", "--num-inference-steps", "1",
@@ -170,7 +178,7 @@ def main(args: Args) -> Path:
         run_step(f"ppo_s{seed}", stage("ppoflow_pi0.py") + [
             "--scenes-dir", args.scenes_dir, "--scene-ids", *args.train_scenes, "--init", str(start),
             "--demos", str(il / "demos.pt"), "--out", str(run), "--seed", str(seed), "--device", "cpu",
-            "--eval-every", "0", "--save-every", "20", *shlex.split(RECIPE),
+            "--eval-every", "0", "--save-every", "20", *shlex.split(RECIPE), "--env.obs-mode", args.obs_mode,
             "--env.max-decisions", str(args.max_decisions), *shlex.split(args.ppo_extra)],
             run / "ckpt_final.pt", logs, steps, args.dry_run)
         runs[seed] = run
@@ -186,8 +194,13 @@ def main(args: Args) -> Path:
     return out
 
 
+def label(obs_mode: str) -> str:
+    """What a result of this run is, in every title: the proxy's label, or what the pixel policy is."""
+    return LABEL if obs_mode == "state" else PIXEL_LABEL
+
+
 def write_report(out: Path, args: Args, start: Path, runs: dict[int, Path], per: dict[str, dict], wall: float) -> str:
-    tr, ho = args.train_scenes, args.heldout_scenes
+    tr, ho, lab = args.train_scenes, args.heldout_scenes, label(args.obs_mode)
     k0, n0 = pooled(per["start"], tr)
     rows, lifts, curves = [], [], {}
     for seed, run in runs.items():
@@ -207,13 +220,14 @@ def write_report(out: Path, args: Args, start: Path, runs: dict[int, Path], per:
             f"95% Newcombe interval over {rows[0]['final'][1]} + {n0} episodes (one PPOFlow seed)")
     vlo, vhi = (lo, hi) if len(rows) > 1 else rows[0]["ci95"]
     shown = "excludes 0: a lift" if vlo > 0 else "below 0: a drop" if vhi < 0 else "includes 0: no lift shown"
-    verdict = (f"**Verdict ({LABEL}):** PPOFlow's final checkpoint{'s' if len(rows) > 1 else ''} "
+    verdict = (f"**Verdict ({lab}):** PPOFlow's final checkpoint{'s' if len(rows) > 1 else ''} "
                f"{'lift' if vlo > 0 else 'move'} the start from {k0 / n0:.1%} to "
                f"{sum(r['final'][0] / r['final'][1] for r in rows) / len(rows):.1%} on the {len(tr)} training scenes: "
                f"{'mean ' if len(rows) > 1 else ''}lift {mean:+.1%}, {unit} [{vlo:+.1%}, {vhi:+.1%}] ({shown}).")
-    plot_curves(curves, out / "learning_curves.png", f"PPOFlow per seed, rollout SR on {len(tr)} training scenes\n({LABEL})",
+    plot_curves(curves, out / "learning_curves.png", f"PPOFlow per seed, rollout SR on {len(tr)} training scenes\n({lab})",
                 baselines={f"start (deterministic, eval seeds): {k0 / n0:.2f}": k0 / n0})
-    lines = [f"# PPOFlow on the object-state proxy ({LABEL})\n", verdict + "\n",
+    lines = [f"# PPOFlow {'on the object-state proxy' if args.obs_mode == 'state' else 'on pixels'} ({lab})\n",
+             verdict + "\n",
              f"Start: `{start.relative_to(out)}` (early stop: the earliest imitation checkpoint with development SR in "
              f"{list(args.il_band)}). Evaluation: deterministic, seeds {args.eval_seed}..{args.eval_seed + args.eval_episodes_per_scene - 1} "
              f"in every scene, final PPOFlow checkpoints (no selection).\n",
@@ -238,7 +252,7 @@ def write_report(out: Path, args: Args, start: Path, runs: dict[int, Path], per:
               f"Machine: `{json.dumps(machine_info())}`; this invocation {wall:.0f} s.\n"]
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
-    (out / "report.json").write_text(json.dumps({"label": LABEL, "start": str(start), "start_train": [k0, n0],
+    (out / "report.json").write_text(json.dumps({"label": lab, "start": str(start), "start_train": [k0, n0],
                                                  "start_heldout": [hk0, hn0], "seeds": rows,
                                                  "mean_lift": mean, "ci95_seeds": [lo, hi], "verdict": verdict,
                                                  "verdict_ci95": [vlo, vhi], "recipe": RECIPE,

@@ -175,6 +175,24 @@ def test_recipe_flags_parse_with_the_trainer_cli(tmp_path):
     assert a.env.obs_mode == "state" and a.target_kl == 0.02 and a.demo_bc_coef == 0.5
 
 
+def test_driver_runs_the_recipe_on_pixels_with_obs_mode_rgb(tmp_path, capsys):
+    """Issue 27 item 5: --obs-mode rgb gives imitation and every PPOFlow run the camera (after the recipe's own
+    `--env.obs-mode state`, so tyro's last value wins), and its reports are not labelled as the proxy."""
+    import shlex
+
+    import tyro
+
+    sp.main(sp.Args(scenes_dir=str(tmp_path), train_scenes=["a"], out_dir=str(tmp_path / "o"), seeds=[1, 2],
+                    obs_mode="rgb", dry_run=True))
+    cmds = [shlex.split(x.split(": ", 1)[1]) for x in capsys.readouterr().out.splitlines() if x.startswith("[run ]")]
+    il, ppo = [c for c in cmds if "train_imitation.py" in c[1]], [c for c in cmds if "ppoflow_pi0.py" in c[1]]
+    assert len(il) == 1 and len(ppo) == 2
+    for c in il + ppo:
+        assert c[len(c) - 1 - c[::-1].index("--env.obs-mode") + 1] == "rgb"
+    assert tyro.cli(pp.Args, args=ppo[0][2:]).env.obs_mode == "rgb"
+    assert sp.label("rgb") == sp.PIXEL_LABEL and "proxy" not in sp.PIXEL_LABEL and sp.label("state") == sp.LABEL
+
+
 @pytest.mark.timeout(900)
 def test_state_proxy_driver_end_to_end_at_a_tiny_budget(tmp_path):
     root = tmp_path
@@ -211,7 +229,8 @@ def test_main_job_end_to_end_at_a_tiny_budget(tmp_path):
     tasks = tmp_path / "tasks.txt"
     tasks.write_text("put the green block on the plate\nput the red cube in the bowl\n")
     env = {**os.environ, "OUT": str(tmp_path / "main"), "TASKS": str(tasks), "SEED": "3", "NUM_TRAIN": "1",
-           "NUM_HELDOUT": "1", "IL_EPISODES": "2", "IL_STEPS": "4", "EVAL_EPISODES": "2", "PIXEL_EPISODES": "1",
+           "NUM_HELDOUT": "1", "IL_EPISODES": "2", "IL_STEPS": "4", "IL_SELECT_EPISODES": "1", "EVAL_EPISODES": "2",
+           "PIXEL_EPISODES": "1",
            "PIXEL_STEPS": "2", "WORKERS": "2",
            "PPO_EXTRA": "--num-iterations 2 --num-envs 2 --num-steps 4 --minibatch-size 4 --critic-warmup-iterations 1"}
     r = subprocess.run(["bash", str(REPO / "scripts/main_job.sh")], capture_output=True, text=True, timeout=1150,
@@ -221,8 +240,11 @@ def test_main_job_end_to_end_at_a_tiny_budget(tmp_path):
     lines = report.splitlines()
     assert lines[0] == "# Main job report" and lines[2].startswith("**Verdict (" + sp.LABEL)
     sections = [x for x in lines if x.startswith("## ")]
-    assert sections[0] == "## Wall time of each step" and sections[-1] == "## 5. A sim deployment trial"
-    assert any(x.startswith("## 4. The method") and "object-state proxy" in x for x in sections)
+    # the answer first (verdict, then the proxy's table and curve), the pictures, the rehearsal, the wall times
+    assert sections[0].startswith("## 1. The method") and "object-state proxy" in sections[0]
+    assert sections[-2:] == ["## 5. A sim deployment trial", "## Wall time of each step"]
+    assert report.index("| PPOFlow seed 3 |") < report.index("learning_curves.png") < report.index("## 2. The task list")
+    assert " in all)" in lines[4]  # the job's total wall time, stated before any section
     assert "| PPOFlow seed 3 |" in report and "learning_curves.png" in report and "PIXEL policy" in report
     for n in range(1, 6):
         assert f"| {n}/6 " in report  # the wall time of every step before the report's own
