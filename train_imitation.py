@@ -64,6 +64,10 @@ class Args:
     """Worker processes (scene_env default; 0 = one env in this process)."""
     episodes: int = 64
     """Expert episodes to keep."""
+    frames: int | None = None
+    """Stop collecting once this many expert transitions (decisions) are kept: whole episodes, the last one cut to
+    the budget (a frame budget matched to another run: experiments/distill_study.py's plain-imitation baseline gets
+    the DAgger student's frames). --episodes still caps the episodes. Default: no frame budget."""
     max_collect_decisions: int | None = None
     """Stop collecting after this many decisions per env (default 4 x episodes x max_decisions / num_envs)."""
     success_only: bool = True
@@ -128,8 +132,9 @@ class Args:
 
 
 def collect_demos(envs, policy, episodes: int, max_decisions: int, success_only: bool, seed: int,
-                  keep_raw: bool = True) -> tuple[dict, list[dict]]:
-    """Run the scripted expert in every env until `episodes` episodes are kept. Returns the policy's stored
+                  keep_raw: bool = True, max_frames: int | None = None) -> tuple[dict, list[dict]]:
+    """Run the scripted expert in every env until `episodes` episodes (or `max_frames` transitions, the episode that
+    crosses it cut to the budget) are kept. Returns the policy's stored
     inputs (rgb u8 resized to the model, raw state, tokens) with env-space action chunks [M, C, 7], and (keep_raw)
     the kept episodes with the env's own frames and task texts, for lerobot_format.write_dataset."""
     obs, info = envs.reset(seed=seed)
@@ -159,6 +164,9 @@ def collect_demos(envs, policy, episodes: int, max_decisions: int, success_only:
                                          "task": pending[i][0]["task"], "scene_id": pending[i][0]["scene"]})
             pending[i] = []
         scene_ids = list(info.get("scene_id", scene_ids))
+        if max_frames is not None and len(kept) >= max_frames:
+            del kept[max_frames:]
+            break
         if n_succ >= episodes if success_only else n_ep >= episodes:
             break
     if not kept:
@@ -188,6 +196,10 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     import ppoflow_pi0 as pp
 
     out = Path(args.out)
+    if args.frames is not None and (args.frames < 1 or args.write_dataset or args.dataset or args.demos):
+        raise SystemExit(f"train_imitation.py: --frames {args.frames} budgets the scripted demos this run collects: "
+                         "it needs a positive count and no --write-dataset (the dataset holds whole episodes), --dataset "
+                         "or --demos (fix: drop --frames, or collect here without writing a dataset)")
     if args.stats == "init" and not args.init:
         raise SystemExit("train_imitation.py: --stats init needs --init (fix: --stats demos or --stats file)")
     ss.write_json_atomic(out / "args.json", {"schema_version": ss.SCHEMA_VERSION, "args": ss.to_dict(args)})
@@ -222,8 +234,10 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
             rec["record"] = scene_env.Recording(str(out / "trajectories"), source="scripted expert (train_imitation.py)")
         envs = (env_fn or _make_vec_env)(scenes, args.num_envs, args.env, args.seed, args.env_workers, **rec)
         t0 = time.time()
-        budget = args.max_collect_decisions or 4 * args.episodes * args.env.max_decisions // args.num_envs + 1
-        demos, _ = collect_demos(envs, policy, args.episodes, budget, args.success_only, args.seed, keep_raw=False)
+        budget = args.max_collect_decisions or 4 * max(args.episodes * args.env.max_decisions,
+                                                       args.frames or 0) // args.num_envs + 1
+        demos, _ = collect_demos(envs, policy, args.episodes, budget, args.success_only, args.seed, keep_raw=False,
+                                 max_frames=args.frames)
         print(f"[imitation] {len(demos['action'])} transitions from {int(demos['episodes'])} expert episodes "
               f"(expert success {float(demos['expert_success_rate']):.2f}) in {time.time() - t0:.0f}s")
         pp.torch_save_atomic(demos, out / "demos.pt")

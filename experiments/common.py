@@ -133,7 +133,13 @@ def run_step(name: str, cmd: list[str], done: Path | None, log_dir: Path, steps_
     steps = json.loads(steps_file.read_text()) if steps_file.exists() else {}
     if done is not None and done.exists():
         print(f"[skip] {name}: {done} exists")
-        return steps.get(name, {}).get("wall_s", 0.0)
+        if name not in steps and not dry_run:  # a run killed after the step wrote its output, before its time was
+            # recorded: the budget tables list the step with its wall time unknown instead of leaving it out
+            steps[name] = {"cmd": shlex.join(cmd), "wall_s": None, "loadavg_start": None, "loadavg_end": None,
+                           "finished": None, "note": "output found on a resume; wall time not recorded"}
+            steps_file.parent.mkdir(parents=True, exist_ok=True)
+            steps_file.write_text(json.dumps(steps, indent=2))
+        return steps[name]["wall_s"] or 0.0 if name in steps else 0.0
     print(f"[run ] {name}: {shlex.join(cmd)}", flush=True)
     if dry_run:
         return 0.0
@@ -155,6 +161,22 @@ def run_step(name: str, cmd: list[str], done: Path | None, log_dir: Path, steps_
     steps_file.write_text(json.dumps(steps, indent=2))
     print(f"[done] {name}: {wall:.0f} s", flush=True)
     return wall
+
+
+def fmt_wall(v: dict) -> str:
+    """A steps.json entry's wall seconds for a budget table ("unknown" when a resume found its output unrecorded)."""
+    return "unknown" if v.get("wall_s") is None else f"{v['wall_s']}"
+
+
+def fmt_load(v: dict) -> str:
+    return "-" if v.get("loadavg_start") is None else f"{v['loadavg_start']:.1f}"
+
+
+def total_wall(steps: dict) -> str:
+    """The summed wall seconds of steps.json's entries, naming how many are unknown."""
+    known = [v["wall_s"] for v in steps.values() if v.get("wall_s") is not None]
+    unknown = len(steps) - len(known)
+    return f"{sum(known):.0f} s" + (f" + {unknown} step(s) of unknown wall time" if unknown else "")
 
 
 def stage(script: str) -> list[str]:

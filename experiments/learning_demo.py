@@ -30,7 +30,7 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (env_flags, machine_info, make_scenes, plot_curves, read_curve,  # noqa: E402
-                    ppo_flags, run_step, select_checkpoint, stage, wald_diff)
+                    ppo_flags, run_step, select_checkpoint, stage, total_wall, wald_diff)
 from evaluate import newcombe_diff, wilson_interval  # noqa: E402
 
 
@@ -203,7 +203,7 @@ def write_report(out: Path, args: Args, wall: float) -> dict:
           f"**{rep['tf_diff_95'][0]:+.2f} s [{rep['tf_diff_95'][1]:+.2f}, {rep['tf_diff_95'][2]:+.2f}]**.\n",
           f"Budget: PPOFlow checkpoint of iteration {it} (selection: {rep['ppo_selection']}): {env_steps} env decisions "
           f"({env_steps * 4} control steps), {rep['ppo_wall_s_to_checkpoint']:.0f} s of PPOFlow rollout + update; wall seconds "
-          f"{json.dumps(rep['wall_s'])}; total {sum(rep['wall_s'].values()):.0f} s.\n",
+          f"{json.dumps(rep['wall_s'])}; total {total_wall(steps)}.\n",
           f"Machine: `{json.dumps(rep['machine'])}`\n", "![learning curve](learning_curve.png)\n",
           "Commands:\n", *[f"- {k}: `{v['cmd']}`" for k, v in steps.items()]]
     (out / "report.md").write_text("\n".join(md) + "\n")

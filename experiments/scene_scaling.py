@@ -28,8 +28,8 @@ from typing import Literal
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (ROOT, env_flags, machine_info, make_scenes, plot_curves, ppo_flags, read_curve,  # noqa: E402
-                    run_step, select_checkpoint, stage)
+from common import (ROOT, env_flags, fmt_load, fmt_wall, machine_info, make_scenes, plot_curves, ppo_flags,  # noqa: E402
+                    read_curve, run_step, select_checkpoint, stage)
 
 DEFAULT_TASKS = ("put the green block on the plate", "put the carrot on the plate", "put the red cube in the bowl",
                  "put the spoon on the towel", "put the banana in the basket", "place the red mug on the saucer")
@@ -163,7 +163,7 @@ def write_report(out: Path, args: Args, results: dict, wall: float) -> None:
              (out / "eval/table.md").read_text(), "\n![SR vs N](eval/sr_vs_n.png)\n",
              "![learning curves](learning_curves.png)\n", "\n## Budget (wall seconds per step)\n",
              "| step | wall s | load at start | command |", "|---|---|---|---|"]
-    lines += [f"| {k} | {v['wall_s']} | {v['loadavg_start']:.1f} | `{v['cmd'][:160]}` |" for k, v in steps.items()]
+    lines += [f"| {k} | {fmt_wall(v)} | {fmt_load(v)} | `{v['cmd'][:160]}` |" for k, v in steps.items()]
     lines.append(f"\nTotal (this invocation): {wall:.0f} s. Arguments: `{json.dumps(asdict(args))}`\n")
     (out / "report.md").write_text("\n".join(lines))
     print("\n".join(lines))

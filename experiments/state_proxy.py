@@ -38,12 +38,12 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import STATE_PROXY_LABEL as LABEL, STATE_PROXY_RECIPE as RECIPE  # noqa: E402
-
-PIXEL_LABEL = "pixel policy: 64 px camera + proprio, tiny preset trained from scratch, no pretrained VLM"
-from common import (choose_start, machine_info, plot_curves, pooled, read_curve, results_per_scene,  # noqa: E402, F401
-                    run_step, stage, t_interval)
+from common import (choose_start, fmt_wall, machine_info, plot_curves, pooled, read_curve,  # noqa: E402, F401
+                    results_per_scene, run_step, stage, t_interval)
 from common import evaluate_cmd as common_evaluate_cmd  # noqa: E402
 from evaluate import newcombe_diff  # noqa: E402
+
+PIXEL_LABEL = "pixel policy: 64 px camera + proprio, tiny preset trained from scratch, no pretrained VLM"
 
 
 @dataclass
@@ -220,8 +220,9 @@ def write_report(out: Path, args: Args, start: Path, runs: dict[int, Path], per:
             f"95% Newcombe interval over {rows[0]['final'][1]} + {n0} episodes (one PPOFlow seed)")
     vlo, vhi = (lo, hi) if len(rows) > 1 else rows[0]["ci95"]
     shown = "excludes 0: a lift" if vlo > 0 else "below 0: a drop" if vhi < 0 else "includes 0: no lift shown"
-    verdict = (f"**Verdict ({lab}):** PPOFlow's final checkpoint{'s' if len(rows) > 1 else ''} "
-               f"{'lift' if vlo > 0 else 'move'} the start from {k0 / n0:.1%} to "
+    several = len(rows) > 1
+    verdict = (f"**Verdict ({lab}):** PPOFlow's final checkpoint{'s' if several else ''} "
+               f"{('lift' if several else 'lifts') if vlo > 0 else ('move' if several else 'moves')} the start from {k0 / n0:.1%} to "
                f"{sum(r['final'][0] / r['final'][1] for r in rows) / len(rows):.1%} on the {len(tr)} training scenes: "
                f"{'mean ' if len(rows) > 1 else ''}lift {mean:+.1%}, {unit} [{vlo:+.1%}, {vhi:+.1%}] ({shown}).")
     plot_curves(curves, out / "learning_curves.png", f"PPOFlow per seed, rollout SR on {len(tr)} training scenes\n({lab})",
@@ -239,15 +240,16 @@ def write_report(out: Path, args: Args, start: Path, runs: dict[int, Path], per:
         lines.append(f"| PPOFlow seed {r['seed']} | {k1}/{n1} = {k1 / n1:.1%} | {r['lift']:+.1%} [{r['ci95'][0]:+.1%}, "
                      f"{r['ci95'][1]:+.1%}] | {r['rollout_first5']:.2f} -> {r['rollout_last5']:.2f}"
                      f"{'' if r['no_collapse'] else ' (fell)'} | " + (f"{hk}/{hn} = {hk / hn:.1%}" if hn else "-") + " |")
-    lines += ["", f"Mean lift over seeds: {mean:+.1%}, 95% Student-t interval (unit: the PPOFlow seed, n = {len(rows)}) "
-                  f"[{lo:+.1%}, {hi:+.1%}].\n", "![learning curves](learning_curves.png)\n", "## Per scene (SR)\n",
+    lines += [""] + ([f"Mean lift over seeds: {mean:+.1%}, 95% Student-t interval (unit: the PPOFlow seed, n = {len(rows)}) "
+                      f"[{lo:+.1%}, {hi:+.1%}].\n"] if several else [])
+    lines += ["![learning curves](learning_curves.png)\n", "## Per scene (SR)\n",
               "| scene | split | " + " | ".join(per) + " |", "|---|---|" + "---:|" * len(per)]
     for s in tr + ho:
         lines.append(f"| {s} | {'train' if s in tr else 'held-out'} | " + " | ".join(
             f"{per[p][s]['success_rate']:.0%}" if s in per[p] else "-" for p in per) + " |")
     st = json.loads((out / "steps.json").read_text())
     lines += ["", "## Budget\n", "| step | wall s | command |", "|---|---:|---|"]
-    lines += [f"| {k} | {v['wall_s']} | `{v['cmd'][:200]}` |" for k, v in st.items()]
+    lines += [f"| {k} | {fmt_wall(v)} | `{v['cmd'][:200]}` |" for k, v in st.items()]
     lines += ["", f"Recipe: `{RECIPE}`" + (f" + `{args.ppo_extra}`" if args.ppo_extra else ""),
               f"Machine: `{json.dumps(machine_info())}`; this invocation {wall:.0f} s.\n"]
     text = "\n".join(lines)

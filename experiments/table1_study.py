@@ -74,8 +74,8 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (ROOT, STATE_PROXY_LABEL, STATE_PROXY_RECIPE, choose_start, env_flags, evaluate_cmd,  # noqa: E402
-                    machine_info, make_scenes, plot_curves, pooled, read_curve, recipe_budget, results_per_scene,
-                    run_step, scene_cover_flags, stage, t_interval)
+                    fmt_load, fmt_wall, machine_info, make_scenes, plot_curves, pooled, read_curve, recipe_budget,
+                    results_per_scene, run_step, scene_cover_flags, stage, t_interval, total_wall)
 from evaluate import newcombe_diff, wilson_interval  # noqa: E402
 
 # train_imitation.py on a GPU: ppoflow_pi0.py's precision there, not fp32 without micro-batches (pi0-3b: ~88 GB); from
@@ -463,7 +463,7 @@ def write_report(out: Path, args: Args, h0: list[str], w: list[str], groups: dic
           "episodes (differences: t over per-seed differences, else Newcombe).\n",
           "![SR vs N](sr_vs_n.png)\n", "![learning curves](learning_curves.png)\n",
           "## Budget\n", "| stage | wall s | env decisions | load at start | command |", "|---|---:|---:|---:|---|"]
-    md += [f"| {k} | {v['wall_s']} | {env_steps.get(k, '-')} | {v['loadavg_start']:.1f} | `{v['cmd'][:140]}` |"
+    md += [f"| {k} | {fmt_wall(v)} | {env_steps.get(k, '-')} | {fmt_load(v)} | `{v['cmd'][:140]}` |"
            for k, v in steps.items()]
     md.append(f"\nCompute-matched baseline budget: {args.ppo_decisions} env decisions of one PPOFlow run "
               f"({args.baseline_decisions_per_env * args.env_workers} expert decisions allowed), {args.ppo_grad_steps} gradient "
@@ -923,8 +923,8 @@ def write_state_report(out: Path, args: Args, start: Path, w_ids: list[str], ood
     md += [f"\nDropped (target seen in training): {pools['OOD_dropped'] or 'none'}. Training target templates: "
            f"{', '.join(pools['training_target_templates'])}."]
     md += ["", "## Budget\n", "| stage | wall s | env decisions | load at start |", "|---|---:|---|---:|"]
-    md += [f"| {k} | {v['wall_s']} | {_env_decisions(out, k)} | {v['loadavg_start']:.1f} |" for k, v in st.items()]
-    md.append(f"\nAll stages: {sum(v['wall_s'] for v in st.values()) / 3600:.2f} h; this invocation {wall:.0f} s. "
+    md += [f"| {k} | {fmt_wall(v)} | {_env_decisions(out, k)} | {fmt_load(v)} |" for k, v in st.items()]
+    md.append(f"\nAll stages: {total_wall(st)}; this invocation {wall:.0f} s. "
               f"Commands: `steps.json`. Machine: `{json.dumps(machine_info())}`\n")
     (out / "report.md").write_text("\n".join(md))
     (out / "report.json").write_text(json.dumps({"label": STATE_PROXY_LABEL, "rows": rows, "runs": runs,

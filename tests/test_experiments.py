@@ -35,6 +35,21 @@ def test_paired_and_time_to_finish_differences():
     assert all(x != x for x in ld.tf_diff([1.0], [2.0, 3.0]))  # too few successes: NaN, not a made-up interval
 
 
+def test_a_resume_lists_a_step_whose_wall_time_was_lost_as_unknown(tmp_path, capsys):
+    """A driver killed after a stage wrote its output but before run_step recorded its time: on the resume the step is
+    skipped and kept in steps.json with its wall time unknown, so budget tables list it instead of dropping it."""
+    steps = tmp_path / "steps.json"
+    (tmp_path / "done.pt").write_text("x")
+    sc.run_step("fast", [sys.executable, "-c", "pass"], None, tmp_path / "logs", steps)
+    assert sc.run_step("lost", ["train.py", "--x"], tmp_path / "done.pt", tmp_path / "logs", steps) == 0.0
+    st = json.loads(steps.read_text())
+    assert st["lost"]["wall_s"] is None and st["lost"]["cmd"] == "train.py --x" and st["fast"]["wall_s"] >= 0
+    assert sc.fmt_wall(st["lost"]) == "unknown" and sc.fmt_load(st["lost"]) == "-"
+    assert sc.total_wall(st).endswith("+ 1 step(s) of unknown wall time")
+    sc.run_step("lost", ["train.py", "--x"], tmp_path / "done.pt", tmp_path / "logs", steps)  # a second resume
+    assert json.loads(steps.read_text()) == st
+
+
 def test_checkpoint_selection_is_best_eval_then_next_rollouts(tmp_path):
     evals = {5: 0.5, 10: 0.875, 15: 0.875, 20: 0.875}  # ckpt 20 has no file: it cannot be chosen
     roll = {i: (0.9 if 11 <= i <= 15 else 0.4) for i in range(1, 26)}

@@ -50,6 +50,22 @@ def test_collect_demos_keeps_only_successful_episodes():
     assert (everything["action"][:, :, 0] < 0).any()
 
 
+def test_a_frame_budget_keeps_exactly_that_many_expert_transitions():
+    pol = tiny_policy()
+    envs = ExpertFakeEnv(["x"], 3, EnvConfig(max_decisions=3))
+    demos, _ = TI.collect_demos(envs, pol, episodes=1000, max_decisions=200, success_only=True, seed=0, max_frames=7)
+    assert len(demos["action"]) == 7 and (demos["action"][:, :, 0] > 0).all()  # the last episode cut, failures dropped
+    whole, _ = TI.collect_demos(envs, pol, episodes=2, max_decisions=200, success_only=True, seed=0, max_frames=10_000)
+    assert len(whole["action"]) < 10_000  # --episodes still caps it
+
+
+@pytest.mark.parametrize("bad", [["--frames", "0"], ["--frames", "8", "--write-dataset"], ["--frames", "8", "--demos", "d.pt"]])
+def test_frame_budget_refuses_what_it_cannot_budget(tmp_path, bad):
+    r = subprocess.run([sys.executable, str(REPO / "train_imitation.py"), "--out", str(tmp_path / "o"), *bad],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode != 0 and "--frames" in r.stderr and "fix:" in r.stderr
+
+
 def test_flow_matching_sft_fits_demo_actions():
     torch.manual_seed(0)
     pol = tiny_policy(lora_rank=0, num_steps=4)

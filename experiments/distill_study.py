@@ -1,0 +1,182 @@
+"""From the object-state teacher to a pixel policy, measured (issue 32): the DAgger student against a pixel policy
+trained by plain imitation on as many scripted-expert frames, and against the teacher itself.
+
+    python experiments/distill_study.py --teacher out/sp2_confirm/runs/ppo_s8/ckpt_final.pt \
+        --scenes-dir out/exp/scenes --train-scenes A B C D --heldout-scenes E F --out-dir out/distill_study
+
+The teacher is an `--env.obs-mode state` policy (the OBJECT-STATE PROXY: no pretrained VLM, visual generalisation not
+tested), typically PPOFlow's final checkpoint of experiments/state_proxy.py. The student and the baseline are the
+pixel `PI0Policy` (64 px camera + instruction + proprio): what a robot could run.
+
+Steps (each a subprocess of a stage CLI, skipped when its output exists, so an interrupted run resumes; distill.py
+also resumes inside its rounds):
+1. student: distill.py, --rounds x --frames-per-round labelled frames on the training scenes (beta 1 -> 0.5^k), the
+   flow-matching loss on the aggregate for --steps-per-round after each round;
+2. baseline: train_imitation.py on the same scenes from the scripted expert with the SAME number of frames (rounds x
+   frames per round, `--frames`) and the same gradient steps, batch, learning rate, preset and image size;
+3. evaluate.py: teacher, student and baseline, deterministic, on the training and the held-out scenes, the same fresh
+   seeds (--eval-seed..), videos of each policy's first episode in the first --video-scenes scenes;
+4. report.md / report.json: SR per policy (Wilson), student - baseline and student - teacher (Newcombe; the unit is the
+   evaluation episode: one training seed per policy, said so), per-scene SR, cost per DAgger round, wall time of every
+   step.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (STATE_PROXY_LABEL, evaluate_cmd, fmt_wall, machine_info, pooled, results_per_scene,  # noqa: E402
+                    run_step, stage)
+from evaluate import newcombe_diff, wilson_interval  # noqa: E402
+
+PIXEL = "pixel policy: 64 px camera + proprio, tiny preset, no pretrained VLM"
+
+
+@dataclass
+class Args:
+    teacher: str
+    """The object-state teacher (a ckpt of ppoflow_pi0.py / train_imitation.py with --env.obs-mode state)."""
+    scenes_dir: str
+    """Composed scenes (`<id>/manifest.json`)."""
+    train_scenes: list[str] = field(default_factory=list)
+    """The teacher's training scenes: the student and the baseline train here (issue 32: >= 4)."""
+    heldout_scenes: list[str] = field(default_factory=list)
+    """Scenes no policy trained on, evaluated apart."""
+    out_dir: str = "out/distill_study"
+    """Experiment folder: runs/student (distill.py), runs/baseline (train_imitation.py), eval/, report.md/json."""
+    rounds: int = 5
+    """DAgger rounds."""
+    frames_per_round: int = 2000
+    """Labelled frames (decisions) per round (rounded up to whole vector steps of --num-envs); the baseline gets as
+    many scripted-expert frames as the student's aggregate."""
+    steps_per_round: int = 1500
+    """Student gradient steps per round; the baseline gets rounds x this many."""
+    seed: int = 0
+    """Seed of the student's rounds and of the baseline's demos and training."""
+    num_envs: int = 8
+    """CPU env workers (DAgger collection, the baseline's demos and evaluation)."""
+    num_inference_steps: int = 1
+    """K of the student's and the baseline's deterministic flow inference (the teacher's recipe uses 1)."""
+    eval_episodes_per_scene: int = 50
+    """Deterministic evaluation episodes per scene and policy (4 training scenes x 50 = 200)."""
+    eval_seed: int = 8000
+    """First evaluation seed (never used by the teacher's study or while choosing budgets)."""
+    video_scenes: int = 2
+    """Scenes of each split whose first evaluation episode is recorded as a render-camera video per policy."""
+    max_decisions: int = 25
+    """Episode length in chunk decisions (paper: 25)."""
+    dry_run: bool = False
+    """Print the commands without running them."""
+
+
+def main(args: Args) -> Path:
+    if not args.train_scenes:
+        raise SystemExit("distill_study.py: --train-scenes is empty (fix: name the teacher's training scenes, e.g. "
+                         "the train_scenes of its experiments/state_proxy.py args.json)")
+    if not Path(args.teacher).is_file() and not args.dry_run:
+        raise SystemExit(f"distill_study.py: --teacher {args.teacher} is not a file (fix: a ckpt_*.pt of an "
+                         "--env.obs-mode state run, e.g. experiments/state_proxy.py's runs/ppo_s<seed>/ckpt_final.pt)")
+    out = Path(args.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    args.scenes_dir = str(Path(args.scenes_dir).resolve())
+    (out / "args.json").write_text(json.dumps({"schema_version": 1, "args": asdict(args)}, indent=2))
+    logs, steps, t0 = out / "logs", out / "steps.json", time.time()
+    scenes = ["--scenes-dir", args.scenes_dir, "--scene-ids", *args.train_scenes]
+    common = ["--preset", "tiny", "--env.image-size", "64", "--env.max-decisions", str(args.max_decisions),
+              "--num-envs", str(args.num_envs), "--seed", str(args.seed), "--device", "cpu",
+              "--num-inference-steps", str(args.num_inference_steps)]
+    student, baseline = out / "runs/student", out / "runs/baseline"
+    run_step("student", stage("distill.py") + ["--teacher", str(Path(args.teacher).resolve()), *scenes, *common,
+             "--out", str(student), "--rounds", str(args.rounds), "--frames-per-round", str(args.frames_per_round),
+             "--steps-per-round", str(args.steps_per_round)], student / "ckpt_final.pt", logs, steps, args.dry_run)
+    # distill.py labels whole vector steps: ceil(frames / envs) of them per round, so this is the student's aggregate
+    frames = args.rounds * -(-args.frames_per_round // args.num_envs) * args.num_envs
+    grad_steps = args.rounds * args.steps_per_round
+    run_step("baseline", stage("train_imitation.py") + [*scenes, *common, "--out", str(baseline),
+             "--frames", str(frames), "--episodes", str(frames), "--steps", str(grad_steps),
+             "--save-every", str(grad_steps), "--no-write-dataset"], baseline / "ckpt_final.pt", logs, steps,
+             args.dry_run)
+    ev = out / "eval"
+    cmd = evaluate_cmd([Path(args.teacher).resolve(), student / "ckpt_final.pt", baseline / "ckpt_final.pt"],
+                       ["teacher", "student", "baseline"], args.scenes_dir, args.train_scenes + args.heldout_scenes,
+                       args.eval_episodes_per_scene, args.eval_seed, ev, args.num_envs, args.max_decisions)
+    run_step("evaluate", cmd + ["--video-scenes", str(args.video_scenes)], ev / "results.json", logs, steps,
+             args.dry_run)
+    if args.dry_run:
+        return out
+    print(write_report(out, args, results_per_scene(ev / "results.json"), time.time() - t0))
+    return out
+
+
+def round_costs(metrics: Path) -> list[dict]:
+    """distill.py's per-round summary rows: frames, rollout success, collect / train seconds."""
+    rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    return [r for r in rows if r.get("summary")]
+
+
+def write_report(out: Path, args: Args, per: dict[str, dict], wall: float) -> str:
+    tr, ho = args.train_scenes, args.heldout_scenes
+    sr = {p: pooled(per[p], tr) for p in per}
+    hsr = {p: pooled(per[p], ho) for p in per} if ho else {}
+    vs = {ref: newcombe_diff(*sr["student"], *sr[ref]) for ref in ("baseline", "teacher")}
+    d, lo, hi = vs["baseline"]
+    shown = ("above the plain-imitation pixel policy" if lo > 0 else "below the plain-imitation pixel policy"
+             if hi < 0 else "not distinguishable from the plain-imitation pixel policy")
+    verdict = (f"**Verdict ({PIXEL}; teacher: {STATE_PROXY_LABEL}):** on the {len(tr)} training scenes the DAgger "
+               f"student is {shown}: {sr['student'][0] / sr['student'][1]:.1%} vs {sr['baseline'][0] / sr['baseline'][1]:.1%}, "
+               f"difference {d:+.1%}, 95% Newcombe interval [{lo:+.1%}, {hi:+.1%}] (unit: the evaluation episode, "
+               f"one training seed each); the teacher makes {sr['teacher'][0] / sr['teacher'][1]:.1%}.")
+    costs = round_costs(out / "runs/student/metrics.jsonl")
+    baseline_frames = len(torch.load(out / "runs/baseline/demos.pt", weights_only=True)["action"])
+    lines = [f"# DAgger: object-state teacher -> pixel student ({PIXEL})\n", verdict + "\n",
+             f"Teacher `{args.teacher}` ({STATE_PROXY_LABEL}). Student: distill.py, {args.rounds} rounds x "
+             f"{args.frames_per_round} frames, {args.steps_per_round} steps per round ({costs[-1]['charts/aggregate_frames']} "
+             f"frames in all). Baseline: train_imitation.py on {baseline_frames} scripted-expert frames, "
+             f"{args.rounds * args.steps_per_round} steps. Evaluation: deterministic, seeds {args.eval_seed}.."
+             f"{args.eval_seed + args.eval_episodes_per_scene - 1} in every scene.\n",
+             "| policy | observes | training scenes SR [Wilson 95%] | held-out SR [Wilson 95%] |", "|---|---|---:|---:|"]
+    sees = {"teacher": "object state (proxy)", "student": "64 px camera", "baseline": "64 px camera"}
+    for p in ("teacher", "student", "baseline"):
+        cells = []
+        for k, n in [sr[p]] + ([hsr[p]] if ho else []):
+            w0, w1 = wilson_interval(k, n)
+            cells.append(f"{k}/{n} = {k / n:.1%} [{w0:.1%}, {w1:.1%}]")
+        lines.append(f"| {p} | {sees[p]} | " + " | ".join(cells + ([] if ho else ["-"])) + " |")
+    lines += ["", "| difference (training scenes) | SR difference | 95% Newcombe |", "|---|---:|---:|"]
+    lines += [f"| student - {ref} | {v[0]:+.1%} | [{v[1]:+.1%}, {v[2]:+.1%}] |" for ref, v in vs.items()]
+    lines += ["", "## Per scene (SR)\n", "| scene | split | teacher | student | baseline |", "|---|---|---:|---:|---:|"]
+    for s in tr + ho:
+        lines.append(f"| {s} | {'train' if s in tr else 'held-out'} | " + " | ".join(
+            f"{per[p][s]['success_rate']:.0%}" if s in per[p] else "-" for p in ("teacher", "student", "baseline")) + " |")
+    videos = sorted((out / "eval").glob("render/*/*/video.mp4"))
+    lines += ["", "## Videos\n"] + ([f"- [{v.parent.parent.name}: {v.parent.name}]({v.relative_to(out).as_posix()})"
+                                    for v in videos] or ["_none recorded (--video-scenes 0)_"])
+    lines += ["", "## Cost of the DAgger rounds\n", "| round | beta | frames (aggregate) | rollout SR | collect s | train s |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    for c in costs:
+        rsr = c.get("charts/rollout_success_rate")
+        lines.append(f"| {c['round']} | {c['charts/beta']:.3f} | {c['charts/frames']} ({c['charts/aggregate_frames']}) | "
+                     f"{'-' if rsr is None else f'{rsr:.2f}'} | {c['time/collect_s']:.0f} | {c['time/train_s']:.0f} |")
+    st = json.loads((out / "steps.json").read_text())
+    lines += ["", "## Budget\n", "| step | wall s | command |", "|---|---:|---|"]
+    lines += [f"| {k} | {fmt_wall(v)} | `{v['cmd'][:200]}` |" for k, v in st.items()]
+    lines += ["", f"Machine: `{json.dumps(machine_info())}`; this invocation {wall:.0f} s.\n"]
+    text = "\n".join(lines)
+    (out / "report.md").write_text(text)
+    (out / "report.json").write_text(json.dumps({
+        "label": PIXEL, "teacher_label": STATE_PROXY_LABEL, "train": {p: list(v) for p, v in sr.items()},
+        "heldout": {p: list(v) for p, v in hsr.items()}, "student_vs": {r: list(v) for r, v in vs.items()},
+        "verdict": verdict, "rounds": costs, "args": asdict(args)}, indent=2))
+    return text
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
