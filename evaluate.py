@@ -411,7 +411,8 @@ def run_scene(env, act: Callable, scene: str, episodes: int, seed: int, max_deci
             continue
         obs, _ = env.reset(seed=seed + k * n)
         ended = ~active  # inactive envs are stepped along but never reported
-        frames = {i: [np.asarray(obs["rgb"][i])] for i in range(n) if active[i] and keys[i] in record}
+        # the policy's view, for the grid videos: an object-state policy has none (its render video still records)
+        frames = {i: [np.asarray(obs["rgb"][i])] for i in range(n) if active[i] and keys[i] in record and "rgb" in obs}
         for t in range(max_decisions):
             obs, _, term, trunc, info = env.step(act(obs))  # [N, C, 7]: one chunk of control steps
             done = np.asarray(term, bool) | np.asarray(trunc, bool)

@@ -139,7 +139,7 @@ def run_step(name: str, cmd: list[str], done: Path | None, log_dir: Path, steps_
                            "finished": None, "note": "output found on a resume; wall time not recorded"}
             steps_file.parent.mkdir(parents=True, exist_ok=True)
             steps_file.write_text(json.dumps(steps, indent=2))
-        return steps[name]["wall_s"] or 0.0 if name in steps else 0.0
+        return steps.get(name, {}).get("wall_s") or 0.0
     print(f"[run ] {name}: {shlex.join(cmd)}", flush=True)
     if dry_run:
         return 0.0

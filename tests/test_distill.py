@@ -282,3 +282,17 @@ def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baseline
     assert base["steps"] == 4 and base["env"]["obs_mode"] == "rgb" and base["env"]["image_size"] == 64
     r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)  # resumes: every step skipped
     assert r2.returncode == 0 and r2.stdout.count("[skip]") == 3, r2.stdout[-2000:]
+
+
+def test_evaluate_records_the_render_video_of_an_object_state_policy(setup, tmp_path):
+    """The teacher has no camera view: evaluate.py --video-scenes used to fail its recorded episode with KeyError 'rgb'
+    (the episode lost from the results); it records the render camera's video and reports the episode."""
+    r = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--ckpt", str(setup["teacher"]), "--scenes-dir",
+                        str(setup["root"] / "scenes"), "--scene-ids", "s0", "--suite", "generated", "--episodes-per-scene",
+                        "1", "--num-envs", "1", "--max-decisions", "2", "--video-scenes", "1", "--no-latency",
+                        "--device", "cpu", "--out-dir", str(tmp_path / "ev")], capture_output=True, text=True, cwd=REPO,
+                       timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "LP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads((tmp_path / "ev/results.json").read_text())
+    assert not res.get("errors") and res["policies"][0]["per_scene"]["s0"]["episodes"] == 1
+    assert len(list((tmp_path / "ev/render").glob("*/*/video.mp4"))) == 1
