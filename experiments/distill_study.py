@@ -130,10 +130,11 @@ def write_report(out: Path, args: Args, per: dict[str, dict], wall: float) -> st
     d, lo, hi = vs["baseline"]
     shown = ("above the plain-imitation pixel policy" if lo > 0 else "below the plain-imitation pixel policy"
              if hi < 0 else "not distinguishable from the plain-imitation pixel policy")
+    rate = {p: k / n for p, (k, n) in sr.items()}
     verdict = (f"**Verdict ({PIXEL}; teacher: {STATE_PROXY_LABEL}):** on the {len(tr)} training scenes the DAgger "
-               f"student is {shown}: {sr['student'][0] / sr['student'][1]:.1%} vs {sr['baseline'][0] / sr['baseline'][1]:.1%}, "
+               f"student is {shown}: {rate['student']:.1%} vs {rate['baseline']:.1%}, "
                f"difference {d:+.1%}, 95% Newcombe interval [{lo:+.1%}, {hi:+.1%}] (unit: the evaluation episode, "
-               f"one training seed each); the teacher makes {sr['teacher'][0] / sr['teacher'][1]:.1%}.")
+               f"one training seed each); the teacher makes {rate['teacher']:.1%}.")
     costs = round_costs(out / "runs/student/metrics.jsonl")
     baseline_frames = len(torch.load(out / "runs/baseline/demos.pt", weights_only=True)["action"])
     lines = [f"# DAgger: object-state teacher -> pixel student ({PIXEL})\n", verdict + "\n",

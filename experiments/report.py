@@ -2,8 +2,9 @@
 
 It only reads what the stages wrote (no new numbers), answer first: the object-state proxy study's verdict, its table
 with intervals and its learning curves with the start marked; then the pictures (the task list, the asset contact
-sheet, the scene QA sheet and composer summary); the sim deployment rehearsal's summary; the wall time of every step. Each item gets one line saying
-what it shows; a missing item is listed as missing with the stage that makes it, never silently dropped.
+sheet, the scene QA sheet and composer summary); the sim deployment rehearsal's summary; the wall time of every step.
+Each item gets one line saying what it shows; a missing item is listed as missing with the stage that makes it, never
+silently dropped.
 
     python experiments/report.py --out-dir out/main          # what scripts/main_job.sh runs last
 """
@@ -65,7 +66,8 @@ def step_times(out: Path) -> list[str]:
     if not rows:
         return ["wall time unknown", "_missing: step_wall_s.tsv (scripts/main_job.sh writes it)_", ""]
     total = sum(int(t) for _, t in rows)
-    return ([f"{total // 60} min {total % 60:02d} s in all"] + ["| step | wall time |", "|---|---:|"] + [f"| {n} | {int(t) // 60} min {int(t) % 60:02d} s |" for n, t in rows]
+    return ([f"{total // 60} min {total % 60:02d} s in all", "| step | wall time |", "|---|---:|"]
+            + [f"| {n} | {int(t) // 60} min {int(t) % 60:02d} s |" for n, t in rows]
             + [f"| **total** | {total // 60} min {total % 60:02d} s |", ""])
 
 
@@ -106,8 +108,8 @@ def main(args: Args) -> Path:
         body = re.sub(r"^#+ .*\n", "", body, count=1)
         md += [f"deploy_widowx.py's trial protocol on the sim backend, at the robot's 5 Hz, with a PIXEL policy: "
                "imitation on the first training scene from the 64 px camera (`pixel_il/`, a small budget). The "
-               "object-state proxy of section 1 cannot run on a robot (no simulator state there), so this rehearses the "
-               "protocol, the safety layer and the trial log with what a robot could run; its success rate says "
+               "object-state proxy of section 1 cannot run on a robot (no simulator state there), so this rehearses "
+               "the protocol, the safety layer and the trial log with what a robot could run; its success rate says "
                f"little about the method (Table 2 columns; log: {rel(trials[0].parent / 'trials.jsonl')}):", "",
                body, ""]
     else:

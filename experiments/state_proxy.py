@@ -222,7 +222,8 @@ def write_report(out: Path, args: Args, start: Path, runs: dict[int, Path], per:
     shown = "excludes 0: a lift" if vlo > 0 else "below 0: a drop" if vhi < 0 else "includes 0: no lift shown"
     several = len(rows) > 1
     verdict = (f"**Verdict ({lab}):** PPOFlow's final checkpoint{'s' if several else ''} "
-               f"{('lift' if several else 'lifts') if vlo > 0 else ('move' if several else 'moves')} the start from {k0 / n0:.1%} to "
+               f"{('lift' if several else 'lifts') if vlo > 0 else ('move' if several else 'moves')} the start from "
+               f"{k0 / n0:.1%} to "
                f"{sum(r['final'][0] / r['final'][1] for r in rows) / len(rows):.1%} on the {len(tr)} training scenes: "
                f"{'mean ' if len(rows) > 1 else ''}lift {mean:+.1%}, {unit} [{vlo:+.1%}, {vhi:+.1%}] ({shown}).")
     plot_curves(curves, out / "learning_curves.png", f"PPOFlow per seed, rollout SR on {len(tr)} training scenes\n({lab})",
