@@ -230,7 +230,7 @@ def test_main_job_end_to_end_at_a_tiny_budget(tmp_path):
     tasks.write_text("put the green block on the plate\nput the red cube in the bowl\n")
     env = {**os.environ, "OUT": str(tmp_path / "main"), "TASKS": str(tasks), "SEED": "3", "NUM_TRAIN": "1",
            "NUM_HELDOUT": "1", "IL_EPISODES": "2", "IL_STEPS": "4", "IL_SELECT_EPISODES": "1", "EVAL_EPISODES": "2",
-           "PIXEL_EPISODES": "1",
+           "HELDOUT_EPISODES": "1", "PIXEL_EPISODES": "1",
            "PIXEL_STEPS": "2", "WORKERS": "2",
            "PPO_EXTRA": "--num-iterations 2 --num-envs 2 --num-steps 4 --minibatch-size 4 --critic-warmup-iterations 1"}
     r = subprocess.run(["bash", str(REPO / "scripts/main_job.sh")], capture_output=True, text=True, timeout=1150,
@@ -251,3 +251,4 @@ def test_main_job_end_to_end_at_a_tiny_budget(tmp_path):
     assert "6/6 the report" in (tmp_path / "main/step_wall_s.tsv").read_text()
     rep = json.loads((tmp_path / "main/learning/report.json").read_text())
     assert rep["seeds"][0]["seed"] == 3 and len(rep["verdict_ci95"]) == 2
+    assert rep["start_train"][1] == 2 and rep["start_heldout"][1] == 1  # the held-out scene's own episode count
