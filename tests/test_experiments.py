@@ -35,7 +35,7 @@ def test_paired_and_time_to_finish_differences():
     assert all(x != x for x in ld.tf_diff([1.0], [2.0, 3.0]))  # too few successes: NaN, not a made-up interval
 
 
-def test_a_resume_lists_a_step_whose_wall_time_was_lost_as_unknown(tmp_path, capsys):
+def test_a_resume_lists_a_step_whose_wall_time_was_lost_as_unknown(tmp_path):
     """A driver killed after a stage wrote its output but before run_step recorded its time: on the resume the step is
     skipped and kept in steps.json with its wall time unknown, so budget tables list it instead of dropping it."""
     steps = tmp_path / "steps.json"

@@ -187,8 +187,8 @@ def test_driver_runs_the_recipe_on_pixels_with_obs_mode_rgb(tmp_path, capsys):
     cmds = [shlex.split(x.split(": ", 1)[1]) for x in capsys.readouterr().out.splitlines() if x.startswith("[run ]")]
     il, ppo = [c for c in cmds if "train_imitation.py" in c[1]], [c for c in cmds if "ppoflow_pi0.py" in c[1]]
     assert len(il) == 1 and len(ppo) == 2
-    for c in il + ppo:
-        assert c[len(c) - 1 - c[::-1].index("--env.obs-mode") + 1] == "rgb"
+    for c in il + ppo:  # the last --env.obs-mode is the one tyro keeps
+        assert c[max(i for i, x in enumerate(c) if x == "--env.obs-mode") + 1] == "rgb"
     assert tyro.cli(pp.Args, args=ppo[0][2:]).env.obs_mode == "rgb"
     assert sp.label("rgb") == sp.PIXEL_LABEL and "proxy" not in sp.PIXEL_LABEL and sp.label("state") == sp.LABEL
 
