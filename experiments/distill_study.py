@@ -33,11 +33,9 @@ import torch
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (STATE_PROXY_LABEL, evaluate_cmd, fmt_wall, machine_info, pooled, results_per_scene,  # noqa: E402
-                    run_step, stage)
+from common import (PIXEL_LABEL as PIXEL, STATE_PROXY_LABEL, evaluate_cmd, fmt_wall, machine_info,  # noqa: E402
+                    pooled, results_per_scene, run_step, stage)
 from evaluate import newcombe_diff, wilson_interval  # noqa: E402
-
-PIXEL = "pixel policy: 64 px camera + proprio, tiny preset, no pretrained VLM"
 
 
 @dataclass

@@ -37,13 +37,11 @@ from typing import Literal
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import STATE_PROXY_LABEL as LABEL, STATE_PROXY_RECIPE as RECIPE  # noqa: E402
+from common import PIXEL_LABEL, STATE_PROXY_LABEL as LABEL, STATE_PROXY_RECIPE as RECIPE  # noqa: E402
 from common import (choose_start, fmt_wall, machine_info, plot_curves, pooled, read_curve,  # noqa: E402, F401
                     results_per_scene, run_step, stage, t_interval)
 from common import evaluate_cmd as common_evaluate_cmd  # noqa: E402
 from evaluate import newcombe_diff  # noqa: E402
-
-PIXEL_LABEL = "pixel policy: 64 px camera + proprio, tiny preset trained from scratch, no pretrained VLM"
 
 
 @dataclass
