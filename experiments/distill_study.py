@@ -8,6 +8,11 @@ The teacher is an `--env.obs-mode state` policy (the OBJECT-STATE PROXY: no pret
 tested), typically PPOFlow's final checkpoint of experiments/state_proxy.py. The student and the baseline are the
 pixel `PI0Policy` (64 px camera + instruction + proprio): what a robot could run.
 
+Design v2 (the defaults; issue 32, session 12): the `mini` preset (8x8 patches of the 64 px image: 64 image tokens)
+with camera and lighting randomisation off (object poses still drawn over Table A.2's region at every reset). Design
+v1 (`--preset tiny --env-extra ""`: 4x4 patches, full Table A.2 randomisation) left both pixel policies at 0/200
+(benchmarks/RESULTS.md): they never localised the target.
+
 Steps (each a subprocess of a stage CLI, skipped when its output exists, so an interrupted run resumes; distill.py
 also resumes inside its rounds):
 1. student: distill.py, --rounds x --frames-per-round labelled frames on the training scenes (beta 1 -> 0.5^k), the
@@ -26,8 +31,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import tyro
@@ -61,6 +68,12 @@ class Args:
     """Seed of the student's rounds and of the baseline's demos and training."""
     num_envs: int = 8
     """CPU env workers (DAgger collection, the baseline's demos and evaluation)."""
+    preset: Literal["tiny", "mini"] = "mini"
+    """Size of the student and the baseline (ppoflow_pi0.preset_config): mini (64 image tokens of a 64 px image, ~4x
+    tiny's compute per step) or tiny (16 image tokens: design v1)."""
+    env_extra: str = "--env.no-dr-camera --env.no-dr-lighting"
+    """scene_env.EnvConfig flags of the student's and the baseline's envs (training and, through their recorded env,
+    evaluation). Default: camera and lighting randomisation off, object poses randomised; "" = full Table A.2."""
     num_inference_steps: int = 1
     """K of the student's and the baseline's deterministic flow inference (the teacher's recipe uses 1)."""
     eval_episodes_per_scene: int = 50
@@ -88,7 +101,8 @@ def main(args: Args) -> Path:
     (out / "args.json").write_text(json.dumps({"schema_version": 1, "args": asdict(args)}, indent=2))
     logs, steps, t0 = out / "logs", out / "steps.json", time.time()
     scenes = ["--scenes-dir", args.scenes_dir, "--scene-ids", *args.train_scenes]
-    common = ["--preset", "tiny", "--env.image-size", "64", "--env.max-decisions", str(args.max_decisions),
+    common = ["--preset", args.preset, "--env.image-size", "64", *shlex.split(args.env_extra),
+              "--env.max-decisions", str(args.max_decisions),
               "--num-envs", str(args.num_envs), "--seed", str(args.seed), "--device", "cpu",
               "--num-inference-steps", str(args.num_inference_steps)]
     student, baseline = out / "runs/student", out / "runs/baseline"
@@ -139,10 +153,13 @@ def write_report(out: Path, args: Args, per: dict[str, dict], wall: float) -> st
              f"Teacher `{args.teacher}` ({STATE_PROXY_LABEL}). Student: distill.py, {args.rounds} rounds x "
              f"{args.frames_per_round} frames, {args.steps_per_round} steps per round ({costs[-1]['charts/aggregate_frames']} "
              f"frames in all). Baseline: train_imitation.py on {baseline_frames} scripted-expert frames, "
-             f"{args.rounds * args.steps_per_round} steps. Evaluation: deterministic, seeds {args.eval_seed}.."
-             f"{args.eval_seed + args.eval_episodes_per_scene - 1} in every scene.\n",
+             f"{args.rounds * args.steps_per_round} steps. Both pixel policies: preset `{args.preset}`, env flags "
+             f"`{args.env_extra or '(none: full Table A.2 randomisation)'}`, evaluated in the env they trained in. "
+             f"Evaluation: deterministic, seeds {args.eval_seed}..{args.eval_seed + args.eval_episodes_per_scene - 1} "
+             "in every scene.\n",
              "| policy | observes | training scenes SR [Wilson 95%] | held-out SR [Wilson 95%] |", "|---|---|---:|---:|"]
-    sees = {"teacher": "object state (proxy)", "student": "64 px camera", "baseline": "64 px camera"}
+    cam = f"64 px camera ({args.preset})"
+    sees = {"teacher": "object state (proxy)", "student": cam, "baseline": cam}
     for p in ("teacher", "student", "baseline"):
         cells = []
         for k, n in [sr[p]] + ([hsr[p]] if ho else []):

@@ -280,6 +280,11 @@ def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baseline
     assert len(demos["action"]) == 8 == rep["rounds"][-1]["charts/aggregate_frames"]  # the student's frames: 2 x 2 x 2
     base = json.loads((out / "runs/baseline/args.json").read_text())["args"]
     assert base["steps"] == 4 and base["env"]["obs_mode"] == "rgb" and base["env"]["image_size"] == 64
+    stud = json.loads((out / "runs/student/args.json").read_text())["args"]
+    for a in (base, stud):  # design v2's defaults reach both pixel policies: mini, camera and lighting fixed, poses drawn
+        assert a["preset"] == "mini" and not a["env"]["dr_camera"] and not a["env"]["dr_lighting"]
+        assert a["env"]["dr_object_pose"]
+    assert "preset `mini`" in report and "--env.no-dr-camera --env.no-dr-lighting" in report
     r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)  # resumes: every step skipped
     assert r2.returncode == 0 and r2.stdout.count("[skip]") == 3, r2.stdout[-2000:]
 
