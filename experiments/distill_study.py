@@ -29,9 +29,9 @@ also resumes inside its rounds):
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
-import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal

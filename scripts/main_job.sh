@@ -22,7 +22,8 @@
 # shorter schedule moves the policy as far; two development seeds lifted +19.5 and +20.0 points) and 25 evaluation
 # episodes per held-out scene (200 on the training scenes stay). The imitation start is the study's (6000 steps, the
 # early stop on 20 development episodes per scene): cut to 4000 steps and 10 episodes, no start of three runs reached
-# the band and one run started at 11% and did not lift (benchmarks/RESULTS.md, issue 29).
+# the band and the run that started at 11% did not lift. Three runs of this budget lifted +22.5, +9.5 and +21.5 points
+# in 18-20.5 min each (benchmarks/RESULTS.md, issue 29).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
