@@ -20,8 +20,9 @@ if str(ROOT) not in sys.path:
 
 # The object-state proxy (issue 27). Every result of it carries this label.
 STATE_PROXY_LABEL = "object-state proxy: no pretrained VLM, visual generalisation not tested"  # = scene_env.OBJECT_STATE_LABEL
-# What a pixel result of the drivers is (state_proxy.py --obs-mode rgb, distill_study.py's student and baseline).
-PIXEL_LABEL = "pixel policy: 64 px camera + proprio, tiny preset trained from scratch, no pretrained VLM"
+# What a pixel result of the drivers is (state_proxy.py --obs-mode rgb, distill_study.py's student and baseline); each
+# report names the preset beside it.
+PIXEL_LABEL = "pixel policy: 64 px camera + proprio, trained from scratch, no pretrained VLM"
 # The frozen PPOFlow recipe on the object-state proxy (benchmarks/RESULTS.md, "PPOFlow on the object-state proxy"):
 # every flag of ppoflow_pi0.py that differs from its (paper) defaults, in one place. experiments/state_proxy.py runs it
 # (its --ppo-extra goes after it: an ablation arm overrides single flags, tyro takes the last value).

@@ -265,7 +265,7 @@ def write_report(out: Path, args: Args, start: Path, runs: dict[int, Path], per:
     st = json.loads((out / "steps.json").read_text())
     lines += ["", "## Budget\n", "| step | wall s | command |", "|---|---:|---|"]
     lines += [f"| {k} | {fmt_wall(v)} | `{v['cmd'][:200]}` |" for k, v in st.items()]
-    lines += ["", f"Recipe: `{RECIPE}`" + (f" + `{args.ppo_extra}`" if args.ppo_extra else ""),
+    lines += ["", "Policy: the `tiny` preset. Recipe: " + f"`{RECIPE}`" + (f" + `{args.ppo_extra}`" if args.ppo_extra else ""),
               f"Machine: `{json.dumps(machine_info())}`; this invocation {wall:.0f} s.\n"]
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
