@@ -82,6 +82,10 @@ class Args:
     """First development seed of the start's choice (disjoint from --eval-seed..)."""
     ppo_extra: str = ""
     """ppoflow_pi0.py flags after RECIPE (written with "="): --ppo-extra="--num-iterations 40"."""
+    env_extra: str = ""
+    """scene_env flags of the imitation start and of PPOFlow (evaluation reads them from the checkpoints), written
+    with "=": --env-extra="--env.no-dr-camera --env.no-dr-lighting" (a fixed camera and light, as on the robot).
+    Empty: full Table A.2 randomisation."""
     eval_episodes_per_scene: int = 50
     """Deterministic evaluation episodes per scene and policy (4 training scenes x 50 = 200)."""
     heldout_episodes_per_scene: int | None = None
@@ -155,7 +159,7 @@ def main(args: Args) -> Path:
     run_step("il", stage("train_imitation.py") + [
         "--scenes-dir", args.scenes_dir, "--scene-ids", *args.train_scenes, "--out", str(il), "--preset", "tiny",
         "--env.obs-mode", args.obs_mode, "--env.image-size", "64", "--env.max-decisions", str(args.max_decisions),
-        "--num-envs", str(args.env_workers),
+        *shlex.split(args.env_extra), "--num-envs", str(args.env_workers),
         "--episodes", str(args.il_episodes), "--steps", str(args.il_steps), "--save-every", str(args.il_save_every),
         "--seed", str(args.il_seed), "--device", "cpu", "--num-inference-steps", "1",
         *(["--demos", str(il / "demos.pt")] if (il / "demos.pt").exists() else [])], il / "ckpt_final.pt", logs, steps,
@@ -180,7 +184,8 @@ def main(args: Args) -> Path:
             "--scenes-dir", args.scenes_dir, "--scene-ids", *args.train_scenes, "--init", str(start),
             "--demos", str(il / "demos.pt"), "--out", str(run), "--seed", str(seed), "--device", "cpu",
             "--eval-every", "0", "--save-every", "20", *shlex.split(RECIPE), "--env.obs-mode", args.obs_mode,
-            "--env.max-decisions", str(args.max_decisions), *shlex.split(args.ppo_extra)],
+            "--env.max-decisions", str(args.max_decisions), *shlex.split(args.env_extra),
+            *shlex.split(args.ppo_extra)],
             run / "ckpt_final.pt", logs, steps, args.dry_run)
         runs[seed] = run
     ckpts, labels = [start] + [r / "ckpt_final.pt" for r in runs.values()], ["start"] + [f"PPOFlow s{s}" for s in runs]
@@ -211,6 +216,7 @@ def label(obs_mode: str) -> str:
 
 def write_report(out: Path, args: Args, start: Path, runs: dict[int, Path], per: dict[str, dict], wall: float) -> str:
     tr, ho, lab = args.train_scenes, args.heldout_scenes, label(args.obs_mode)
+    lab += f"; env {args.env_extra}" if args.env_extra else ""
     ho_eps = args.heldout_episodes_per_scene or args.eval_episodes_per_scene
     apart = bool(ho) and ho_eps != args.eval_episodes_per_scene
     k0, n0 = pooled(per["start"], tr)
@@ -266,6 +272,7 @@ def write_report(out: Path, args: Args, start: Path, runs: dict[int, Path], per:
     lines += ["", "## Budget\n", "| step | wall s | command |", "|---|---:|---|"]
     lines += [f"| {k} | {fmt_wall(v)} | `{v['cmd'][:200]}` |" for k, v in st.items()]
     lines += ["", "Policy: the `tiny` preset. Recipe: " + f"`{RECIPE}`" + (f" + `{args.ppo_extra}`" if args.ppo_extra else ""),
+              "Env: " + (f"`{args.env_extra}`" if args.env_extra else "full Table A.2 randomisation") + ".",
               f"Machine: `{json.dumps(machine_info())}`; this invocation {wall:.0f} s.\n"]
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
@@ -273,7 +280,8 @@ def write_report(out: Path, args: Args, start: Path, runs: dict[int, Path], per:
                                                  "start_heldout": [hk0, hn0], "seeds": rows,
                                                  "mean_lift": mean, "ci95_seeds": [lo, hi], "verdict": verdict,
                                                  "verdict_ci95": [vlo, vhi], "recipe": RECIPE,
-                                                 "ppo_extra": args.ppo_extra}, indent=2))
+                                                 "ppo_extra": args.ppo_extra, "env_extra": args.env_extra},
+                                                indent=2))
     return text
 
 

@@ -177,19 +177,22 @@ def test_recipe_flags_parse_with_the_trainer_cli(tmp_path):
 
 def test_driver_runs_the_recipe_on_pixels_with_obs_mode_rgb(tmp_path, capsys):
     """Issue 27 item 5: --obs-mode rgb gives imitation and every PPOFlow run the camera (after the recipe's own
-    `--env.obs-mode state`, so tyro's last value wins), and its reports are not labelled as the proxy."""
+    `--env.obs-mode state`, so tyro's last value wins), --env-extra reaches both, and its reports are not labelled
+    as the proxy."""
     import shlex
 
     import tyro
 
     sp.main(sp.Args(scenes_dir=str(tmp_path), train_scenes=["a"], out_dir=str(tmp_path / "o"), seeds=[1, 2],
-                    obs_mode="rgb", dry_run=True))
+                    obs_mode="rgb", env_extra="--env.no-dr-camera --env.no-dr-lighting", dry_run=True))
     cmds = [shlex.split(x.split(": ", 1)[1]) for x in capsys.readouterr().out.splitlines() if x.startswith("[run ]")]
     il, ppo = [c for c in cmds if "train_imitation.py" in c[1]], [c for c in cmds if "ppoflow_pi0.py" in c[1]]
     assert len(il) == 1 and len(ppo) == 2
     for c in il + ppo:  # the last --env.obs-mode is the one tyro keeps
         assert c[max(i for i, x in enumerate(c) if x == "--env.obs-mode") + 1] == "rgb"
-    assert tyro.cli(pp.Args, args=ppo[0][2:]).env.obs_mode == "rgb"
+    ppo_env = tyro.cli(pp.Args, args=ppo[0][2:]).env
+    assert ppo_env.obs_mode == "rgb" and not ppo_env.dr_camera and not ppo_env.dr_lighting and ppo_env.dr_robot
+    assert "--env.no-dr-camera" in il[0] and "--env.no-dr-lighting" in il[0]
     assert sp.label("rgb") == sp.PIXEL_LABEL and "proxy" not in sp.PIXEL_LABEL and sp.label("state") == sp.LABEL
 
 
