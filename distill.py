@@ -43,10 +43,11 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import tyro
 
 import scene_schema as ss
-from scene_env import PROPRIO_DIM, EnvConfig
+from scene_env import OBJECT_STATE_DIM, PROPRIO_DIM, EnvConfig
 
 
 @dataclass
@@ -111,6 +112,12 @@ class Args:
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradient-norm clip."""
+    aux_state_coef: float = 0.0
+    """Weight of an auxiliary loss: a linear probe on the student's image tokens regresses the 14 object-state features
+    the teacher reads (scene_env.object_state, in the teacher's normalisation), so the vision tower is told where the
+    target and the destination are, not only what the teacher did (privileged supervision as in "learning by
+    cheating"). Training only: the probe is stored beside the policy in the round checkpoints (for a resume), never
+    read when the student acts. 0: plain DAgger (Eq. 1 alone)."""
     num_inference_steps: int = 10
     """K of the student's deterministic flow inference (stored in its checkpoint)."""
     log_every: int = 50
@@ -183,6 +190,7 @@ def check_args(args: Args) -> None:
            if getattr(args, n) < 1]
     bad += [f"--{n.replace('_', '-')} {getattr(args, n)} (must be in [0, 1])" for n in ("beta0", "beta_decay")
             if not 0.0 <= getattr(args, n) <= 1.0]
+    bad += [f"--aux-state-coef {args.aux_state_coef} (must be >= 0)"] if not args.aux_state_coef >= 0 else []
     if bad:
         raise DistillError(f"distill.py: {'; '.join(bad)}")
     if args.env.obs_mode != "rgb":
@@ -274,6 +282,15 @@ def build_student(args: Args, teacher, device):
     return student.to(device)
 
 
+def build_probe(student) -> nn.Module:
+    """The auxiliary object-state probe (--aux-state-coef): one linear map from the student's flattened image tokens
+    (they carry the patches' positions) to the 14 object features."""
+    s = student.config.image_size
+    with torch.no_grad():
+        n = student.image_tokens({"rgb": torch.zeros(1, 3, s, s, dtype=torch.uint8)}).flatten(1).shape[1]
+    return nn.Linear(n, OBJECT_STATE_DIM).to(student.pi0.action_out_proj.weight.device)
+
+
 # ---------------------------------------------------------------------------------------------
 # One round: act, label, train
 # ---------------------------------------------------------------------------------------------
@@ -323,31 +340,43 @@ def collect_round(envs, student, teacher, beta_k: float, frames: int, seed: int,
     return out
 
 
-def student_inputs(student, data: dict) -> dict:
-    """A round's frames as the student's model inputs (image resized to its size, tokens) and model-space targets."""
+def student_inputs(student, teacher, data: dict) -> dict:
+    """A round's frames as the student's model inputs (image resized to its size, tokens) and model-space targets:
+    the teacher's label chunk, and the object features in the teacher's normalisation (the auxiliary probe's)."""
     inp = student.obs_to_inputs({"rgb": data["rgb"], "state": data["state"], "instruction": data["instruction"]})
-    return {**{k: inp[k] for k in student.input_keys}, "target": student.normalizer.action(data["label"])}
+    objects = teacher.normalizer.state(torch.cat([data["state"], data["object_state"]], -1))[:, PROPRIO_DIM:]
+    return {**{k: inp[k] for k in student.input_keys}, "target": student.normalizer.action(data["label"]),
+            "object_target": objects.cpu()}
 
 
 def train_round(student, optimizer, sched, batch: dict, steps: int, args: Args, gen: torch.Generator, device,
-                on_log: Callable[[int, dict], None]) -> list[float]:
-    """`steps` gradient steps of Eq. 1 on frames drawn uniformly from the aggregate `batch`. Returns the losses."""
+                on_log: Callable[[int, dict], None], probe: nn.Module | None = None) -> list[float]:
+    """`steps` gradient steps of Eq. 1 (+ --aux-state-coef x the probe's object-state regression when `probe` is
+    given) on frames drawn uniformly from the aggregate `batch`. Returns the flow-matching losses."""
     student.train()
-    params = [p for p in student.parameters() if p.requires_grad]
-    M, losses = len(batch["target"]), []
+    params = [p for p in student.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else [])
+    M, losses, aux_losses = len(batch["target"]), [], []
     for step in range(1, steps + 1):
         idx = torch.randint(0, M, (min(args.batch_size, M),), generator=gen)
-        loss = student.flow_matching_loss({k: batch[k][idx].to(device) for k in student.input_keys},
-                                          batch["target"][idx].to(device))  # Eq. 1  # ALGO LOGIC
+        inp, target = {k: batch[k][idx].to(device) for k in student.input_keys}, batch["target"][idx].to(device)
+        if probe is None:
+            fm = loss = student.flow_matching_loss(inp, target)  # Eq. 1  # ALGO LOGIC
+        else:  # the image tokens once, for the prefix and for the probe
+            img = student.image_tokens(inp)
+            fm = student.flow_matching_loss(inp, target, img=img)  # Eq. 1  # ALGO LOGIC
+            aux = F.mse_loss(probe(img.flatten(1).float()), batch["object_target"][idx].to(device))  # ALGO LOGIC
+            loss = fm + args.aux_state_coef * aux
+            aux_losses.append(float(aux.detach()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gn = nn.utils.clip_grad_norm_(params, args.max_grad_norm)
         optimizer.step()
         sched.step()
-        losses.append(float(loss.detach()))
+        losses.append(float(fm.detach()))
         if step % args.log_every == 0 or step == steps:
             on_log(step, {"losses/flow_matching": float(np.mean(losses[-args.log_every:])), "losses/grad_norm": float(gn),
-                          "charts/learning_rate": sched.get_last_lr()[0]})
+                          "charts/learning_rate": sched.get_last_lr()[0],
+                          **({"losses/aux_state": float(np.mean(aux_losses[-args.log_every:]))} if probe else {})})
     student.eval()
     return losses
 
@@ -424,13 +453,16 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                                              "scenes": scenes, "teacher_sha256": teacher_sha})
     for folder in (out, out / "rounds"):
         pp.remove_stale_tmp(folder)  # temp files of saves a kill interrupted
-    params = [p for p in student.parameters() if p.requires_grad]
+    probe = build_probe(student) if args.aux_state_coef > 0 else None
+    params = [p for p in student.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else [])
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps)))
     step = 0
     if done:  # continue after the last complete round: student, optimizer, schedule and RNG as it left them
         student.load_weights(last["model"])
         student.normalizer = pp.Normalizer(**last["normalizer"])
+        if probe is not None:
+            probe.load_state_dict(last["aux_state_probe"])
         optimizer.load_state_dict(last["optimizer"])
         sched.load_state_dict(last["scheduler"])
         pp.set_rng_state(last["rng"][0])
@@ -442,7 +474,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
         keep = [r for r in ss.read_jsonl(metrics) if r.get("round", 0) < done]
         ss.write_bytes_atomic(metrics, "".join(json.dumps(r) + "\n" for r in keep).encode())
     data = [torch.load(out / f"rounds/round_{k:03d}.pt", weights_only=True) for k in range(done)]
-    batches = [student_inputs(student, r) for r in data]
+    batches = [student_inputs(student, teacher, r) for r in data]
     if data and dataset_rounds(out) != done:
         write_aggregate(out, data, args, teacher_sha)
     if done >= args.rounds:
@@ -464,7 +496,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                 r = collect_round(envs, student, teacher, b, args.frames_per_round, pp.env_seed(args.seed, k, 0), k)
                 pp.torch_save_atomic(r, path)
             data.append(r)
-            batches.append(student_inputs(student, r))
+            batches.append(student_inputs(student, teacher, r))
             t_collect, t1 = time.time() - t0, time.time()
             agg = {key: torch.cat([x[key] for x in batches]) for key in batches[0]}
 
@@ -473,12 +505,13 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                 if wb is not None:
                     wb.log(m, step=step + s)
             g = torch.Generator().manual_seed(args.seed * 1000 + k)
-            losses = train_round(student, optimizer, sched, agg, args.steps_per_round, args, g, device, log)
+            losses = train_round(student, optimizer, sched, agg, args.steps_per_round, args, g, device, log, probe)
             step += args.steps_per_round
             t_train, t2 = time.time() - t1, time.time()
             ck = pp.policy_checkpoint(student, optimizer=optimizer.state_dict(), scheduler=sched.state_dict(),
                                       rng=[pp.rng_state()], iteration=step, args=ss.to_dict(args), round=k,
                                       teacher_sha256=teacher_sha,
+                                      **({"aux_state_probe": {k: v.cpu() for k, v in probe.state_dict().items()}} if probe else {}),
                                       dagger={"frames": len(agg["target"]), "teacher": args.teacher,
                                               "episodes": sum(len(set(x["episode"].tolist())) for x in data)})
             pp.torch_save_atomic(ck, out / f"ckpt_round_{k:03d}.pt")  # the round is complete from here on

@@ -757,16 +757,22 @@ class PI0Policy(nn.Module):
     def _additive_mask(self, allowed: torch.Tensor, dtype) -> torch.Tensor:  # bool [B, Q, KV] -> [B, 1, Q, KV]
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
-    def encode(self, inp: dict) -> Prefix:
+    def image_tokens(self, inp: dict) -> torch.Tensor:
+        """The vision tower's tokens of a pixel policy's image, [B, Ni, Hv]: what `encode` puts before the instruction."""
+        vlm, dev = self.pi0.model.vlm, self.pi0.action_out_proj.weight.device
+        pix = inp["rgb"].to(dev).to(self.pi0.action_out_proj.weight.dtype) / 127.5 - 1.0  # [B, 3, S, S] in [-1, 1]
+        return vlm.get_image_features(pix).pooler_output  # (PaliGemma's pixel range)
+
+    def encode(self, inp: dict, img: torch.Tensor | None = None) -> Prefix:
         """Run SigLIP + Gemma over [image tokens, bos, instruction, \\n] once; keep the KV cache (the prefix). Under the
-        object-state proxy (obs_mode "state") the prefix is the instruction alone: the state reaches the expert."""
+        object-state proxy (obs_mode "state") the prefix is the instruction alone: the state reaches the expert.
+        `img`: the image tokens when the caller already has them (`image_tokens`, e.g. for an auxiliary loss)."""
         vlm, dev = self.pi0.model.vlm, self.pi0.action_out_proj.weight.device
         dtype = self.pi0.action_out_proj.weight.dtype
         txt = vlm.get_input_embeddings()(inp["ids"].to(dev))  # [B, T, Hv] (Gemma scales by sqrt(Hv))
         emb, valid = txt, inp["mask"].to(dev)  # [B, L, Hv], [B, L]
         if self.config.obs_mode == "rgb":
-            pix = inp["rgb"].to(dev).to(dtype) / 127.5 - 1.0  # [B, 3, S, S] in [-1, 1] (PaliGemma)
-            img = vlm.get_image_features(pix).pooler_output  # [B, Ni, Hv]
+            img = self.image_tokens(inp) if img is None else img  # [B, Ni, Hv]
             emb = torch.cat([img, txt.to(img.dtype)], 1)
             valid = torch.cat([torch.ones(img.shape[:2], dtype=torch.bool, device=dev), valid], 1)
         B, L = emb.shape[:2]
@@ -847,9 +853,10 @@ class PI0Policy(nn.Module):
             x.append(time_left.to(prefix.z.device).float()[:, None])
         return self.value_head(torch.cat(x, -1)).squeeze(-1)  # [B]
 
-    def flow_matching_loss(self, inp: dict, actions: torch.Tensor) -> torch.Tensor:
-        """Eq. 1 on normalised action chunks [B, C, A]: || v(A^tau, tau) - (A - eps) ||^2, A^tau = tau A + (1-tau) eps."""
-        prefix = self.encode(inp)
+    def flow_matching_loss(self, inp: dict, actions: torch.Tensor, img: torch.Tensor | None = None) -> torch.Tensor:
+        """Eq. 1 on normalised action chunks [B, C, A]: || v(A^tau, tau) - (A - eps) ||^2, A^tau = tau A + (1-tau) eps.
+        `img`: precomputed image tokens (see `encode`)."""
+        prefix = self.encode(inp, img)
         B = actions.shape[0]
         t = torch.distributions.Beta(1.5, 1.0).sample((B,)).to(actions.device) * 0.999 + 0.001  # pi0: more noisy t
         tau = 1.0 - t  # paper time: 0 noise -> 1 action

@@ -8,10 +8,12 @@ The teacher is an `--env.obs-mode state` policy (the OBJECT-STATE PROXY: no pret
 tested), typically PPOFlow's final checkpoint of experiments/state_proxy.py. The student and the baseline are the
 pixel `PI0Policy` (64 px camera + instruction + proprio): what a robot could run.
 
-Design v2 (the defaults; issue 32, session 12): the `mini` preset (8x8 patches of the 64 px image: 64 image tokens)
-with camera and lighting randomisation off (object poses still drawn over Table A.2's region at every reset). Design
-v1 (`--preset tiny --env-extra ""`: 4x4 patches, full Table A.2 randomisation) left both pixel policies at 0/200
-(benchmarks/RESULTS.md): they never localised the target.
+Design v3 (the defaults; issue 32, session 13): v2 with the student's auxiliary object-state probe (distill.py
+--aux-state-coef 1: its image tokens also regress the 14 object features the teacher reads). Design v2
+(`--aux-state-coef 0`): the `mini` preset (8x8 patches of the 64 px image: 64 image tokens) with camera and lighting
+randomisation off (object poses still drawn over Table A.2's region at every reset). Design v1 (`--preset tiny
+--env-extra "" --aux-state-coef 0`: 4x4 patches, full Table A.2 randomisation). v1 and v2 left both pixel policies at
+0-1% of 200 episodes (benchmarks/RESULTS.md): they never localised the target.
 
 Steps (each a subprocess of a stage CLI, skipped when its output exists, so an interrupted run resumes; distill.py
 also resumes inside its rounds):
@@ -74,6 +76,9 @@ class Args:
     env_extra: str = "--env.no-dr-camera --env.no-dr-lighting"
     """scene_env.EnvConfig flags of the student's and the baseline's envs (training and, through their recorded env,
     evaluation). Default: camera and lighting randomisation off, object poses randomised; "" = full Table A.2."""
+    aux_state_coef: float = 1.0
+    """The student's auxiliary object-state loss weight (distill.py --aux-state-coef; 0: plain DAgger, designs v1/v2).
+    The baseline has no privileged state to regress: it is plain imitation."""
     num_inference_steps: int = 1
     """K of the student's and the baseline's deterministic flow inference (the teacher's recipe uses 1)."""
     eval_episodes_per_scene: int = 50
@@ -108,7 +113,8 @@ def main(args: Args) -> Path:
     student, baseline = out / "runs/student", out / "runs/baseline"
     run_step("student", stage("distill.py") + ["--teacher", str(Path(args.teacher).resolve()), *scenes, *common,
              "--out", str(student), "--rounds", str(args.rounds), "--frames-per-round", str(args.frames_per_round),
-             "--steps-per-round", str(args.steps_per_round)], student / "ckpt_final.pt", logs, steps, args.dry_run)
+             "--steps-per-round", str(args.steps_per_round), "--aux-state-coef", str(args.aux_state_coef)],
+             student / "ckpt_final.pt", logs, steps, args.dry_run)
     # distill.py labels whole vector steps: ceil(frames / envs) of them per round, so this is the student's aggregate
     frames = args.rounds * -(-args.frames_per_round // args.num_envs) * args.num_envs
     grad_steps = args.rounds * args.steps_per_round
@@ -152,7 +158,8 @@ def write_report(out: Path, args: Args, per: dict[str, dict], wall: float) -> st
     lines = [f"# DAgger: object-state teacher -> pixel student ({PIXEL})\n", verdict + "\n",
              f"Teacher `{args.teacher}` ({STATE_PROXY_LABEL}). Student: distill.py, {args.rounds} rounds x "
              f"{args.frames_per_round} frames, {args.steps_per_round} steps per round ({costs[-1]['charts/aggregate_frames']} "
-             f"frames in all). Baseline: train_imitation.py on {baseline_frames} scripted-expert frames, "
+             f"frames in all), auxiliary object-state loss weight {args.aux_state_coef:g}. Baseline: train_imitation.py "
+             f"on {baseline_frames} scripted-expert frames, "
              f"{args.rounds * args.steps_per_round} steps. Both pixel policies: preset `{args.preset}`, env flags "
              f"`{args.env_extra or '(none: full Table A.2 randomisation)'}`, evaluated in the env they trained in. "
              f"Evaluation: deterministic, seeds {args.eval_seed}..{args.eval_seed + args.eval_episodes_per_scene - 1} "

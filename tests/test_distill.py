@@ -201,6 +201,31 @@ def test_one_dagger_round_relabels_trains_writes_the_dataset_and_resumes(setup, 
     same_as_rounds([data0, data1])
 
 
+@pytest.mark.timeout(240)
+def test_dagger_with_the_aux_state_probe_logs_it_stores_it_and_resumes_with_it(setup, tmp_path):
+    out = tmp_path / "aux"
+    r0 = run_distill(setup, out, "--rounds", "1", "--aux-state-coef", "0.5")
+    assert r0.returncode == 0, r0.stdout[-3000:] + r0.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["losses/aux_state"]) for r in rows if not r.get("summary"))
+    ck0 = torch.load(out / "ckpt_round_000.pt", weights_only=True)
+    w0 = ck0["aux_state_probe"]["weight"]
+    assert w0.shape[0] == scene_env.OBJECT_STATE_DIM
+    student = pp.load_policy(out / "ckpt_final.pt")  # still a plain pixel checkpoint: the probe is not the policy's
+    assert not any("probe" in k for k in student.state_dict())
+    r1 = run_distill(setup, out, "--rounds", "2", "--aux-state-coef", "0.5")
+    assert r1.returncode == 0 and "continuing at round 1" in r1.stdout, r1.stdout[-3000:] + r1.stderr[-3000:]
+    w1 = torch.load(out / "ckpt_final.pt", weights_only=True)["aux_state_probe"]["weight"]
+    # trained on in round 1 from round 0's probe (3 Adam steps of lr 1e-3 move a weight by <= ~3e-3; a fresh probe
+    # would differ from round 0's by its init, ~1/sqrt(fan-in)), as in one uninterrupted two-round run
+    assert not torch.equal(w0, w1) and (w1 - w0).abs().max() < 5e-3
+    whole = tmp_path / "whole"
+    assert run_distill(setup, whole, "--rounds", "2", "--aux-state-coef", "0.5").returncode == 0
+    assert (torch.load(whole / "ckpt_final.pt", weights_only=True)["aux_state_probe"]["weight"] - w1).abs().max() < 1e-3
+    r2 = run_distill(setup, out, "--rounds", "3")  # the probe's weight is a training flag: it cannot change
+    assert r2.returncode == 1 and "--aux-state-coef: the run's 0.5, now 0.0" in r2.stderr, r2.stderr[-2000:]
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad inputs: one clear error each, before anything is written
 # ---------------------------------------------------------------------------------------------
@@ -219,6 +244,7 @@ def _args(setup, tmp_path, **kw) -> distill.Args:
     (dict(scenes_dir="nowhere"), "scenes folder does not exist"),
     (dict(scene_ids=["s0", "s9"]), "no composed scene .* s9"),
     (dict(rounds=0, beta_decay=1.5), "--rounds 0 .* --beta-decay 1.5"),
+    (dict(aux_state_coef=-1.0), "--aux-state-coef -1.0 \\(must be >= 0\\)"),
     (dict(env=scene_env.EnvConfig(obs_mode="state")), "the student sees pixels"),
     (dict(env=scene_env.EnvConfig(chunk=2)), "--env.chunk 4"),
 ])
@@ -242,6 +268,56 @@ def test_cli_bad_teacher_is_one_line(setup, tmp_path):
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().startswith("distill.py: --teacher") and "--env.obs-mode state" in r.stderr
+
+
+def _frames(n: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"rgb": torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8, generator=g),
+            "state": torch.randn(n, scene_env.PROPRIO_DIM, generator=g) * 0.1,
+            "object_state": torch.randn(n, scene_env.OBJECT_STATE_DIM, generator=g) * 0.1,
+            "label": torch.randn(n, 4, 7, generator=g).clamp(-1, 1) * 0.01, "instruction": ["put the block"] * n}
+
+
+def test_aux_state_probe_targets_and_gradient_reach_the_vision_tower(setup):
+    """--aux-state-coef: the probe's target is the teacher's own normalised object features, its input the student's
+    image tokens (the same ones its prefix reads), and its loss moves the vision tower, where Eq. 1 alone moves it
+    differently; with the coefficient 0 no probe is built (plain DAgger)."""
+    teacher = pp.load_policy(setup["teacher"]).eval()
+    student = pp.load_policy(setup["student"], lora_rank=0)
+    data = _frames(6)
+    batch = distill.student_inputs(student, teacher, data)
+    want = teacher.normalizer.state(torch.cat([data["state"], data["object_state"]], -1))[:, scene_env.PROPRIO_DIM:]
+    assert batch["object_target"].shape == (6, scene_env.OBJECT_STATE_DIM)
+    assert torch.allclose(batch["object_target"], want)
+    inp = {k: batch[k] for k in student.input_keys}
+    img = student.image_tokens(inp)
+    torch.manual_seed(0)
+    a = student.flow_matching_loss(inp, batch["target"])
+    torch.manual_seed(0)
+    assert torch.allclose(a, student.flow_matching_loss(inp, batch["target"], img=img))  # the same prefix
+    probe = distill.build_probe(student)
+    assert probe.in_features == img[0].numel() and probe.out_features == scene_env.OBJECT_STATE_DIM
+
+    def vision_after_one_step(coef: float):
+        st = pp.load_policy(setup["student"], lora_rank=0)
+        pr = distill.build_probe(st) if coef else None
+        if pr is not None:
+            torch.manual_seed(1)
+            pr.reset_parameters()
+        params = [p for p in st.parameters() if p.requires_grad] + (list(pr.parameters()) if pr else [])
+        opt = torch.optim.SGD(params, lr=1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        args = distill.Args(teacher="t", batch_size=6, log_every=1, aux_state_coef=coef)
+        rows = []
+        torch.manual_seed(2)
+        distill.train_round(st, opt, sched, batch, 1, args, torch.Generator().manual_seed(0), "cpu",
+                            lambda s, m: rows.append(m), pr)
+        tower = {k: v.clone() for k, v in st.pi0.model.vlm.state_dict().items() if "vision" in k}
+        return tower, rows[-1]
+    plain, row0 = vision_after_one_step(0.0)
+    aux, row1 = vision_after_one_step(1.0)
+    assert plain and "losses/aux_state" not in row0 and np.isfinite(row1["losses/aux_state"]) and row1["losses/aux_state"] > 0
+    assert any(not torch.allclose(plain[k], aux[k]) for k in plain)  # the probe's gradient reached the image tokens
 
 
 def test_beta_schedule_and_label_seeds():
@@ -285,6 +361,8 @@ def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baseline
         assert a["preset"] == "mini" and not a["env"]["dr_camera"] and not a["env"]["dr_lighting"]
         assert a["env"]["dr_object_pose"]
     assert "preset `mini`" in report and "--env.no-dr-camera --env.no-dr-lighting" in report
+    assert stud["aux_state_coef"] == 1.0 and "aux_state_coef" not in base  # v3: the probe is the student's alone
+    assert "auxiliary object-state loss weight 1" in report
     r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)  # resumes: every step skipped
     assert r2.returncode == 0 and r2.stdout.count("[skip]") == 3, r2.stdout[-2000:]
 
