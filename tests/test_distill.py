@@ -216,12 +216,9 @@ def test_dagger_with_the_aux_state_probe_logs_it_stores_it_and_resumes_with_it(s
     r1 = run_distill(setup, out, "--rounds", "2", "--aux-state-coef", "0.5")
     assert r1.returncode == 0 and "continuing at round 1" in r1.stdout, r1.stdout[-3000:] + r1.stderr[-3000:]
     w1 = torch.load(out / "ckpt_final.pt", weights_only=True)["aux_state_probe"]["weight"]
-    # trained on in round 1 from round 0's probe (3 Adam steps of lr 1e-3 move a weight by <= ~3e-3; a fresh probe
-    # would differ from round 0's by its init, ~1/sqrt(fan-in)), as in one uninterrupted two-round run
+    # trained on in round 1 from round 0's probe: 3 Adam steps of lr 1e-3 move a weight by <= ~3e-3, while a probe
+    # built afresh on the resume would differ from round 0's by a whole init (up to 2/sqrt(fan-in), ~0.09 here)
     assert not torch.equal(w0, w1) and (w1 - w0).abs().max() < 5e-3
-    whole = tmp_path / "whole"
-    assert run_distill(setup, whole, "--rounds", "2", "--aux-state-coef", "0.5").returncode == 0
-    assert (torch.load(whole / "ckpt_final.pt", weights_only=True)["aux_state_probe"]["weight"] - w1).abs().max() < 1e-3
     r2 = run_distill(setup, out, "--rounds", "3")  # the probe's weight is a training flag: it cannot change
     assert r2.returncode == 1 and "--aux-state-coef: the run's 0.5, now 0.0" in r2.stderr, r2.stderr[-2000:]
 
