@@ -8,15 +8,18 @@ The teacher is an `--env.obs-mode state` policy (the OBJECT-STATE PROXY: no pret
 tested), typically PPOFlow's final checkpoint of experiments/state_proxy.py. The student and the baseline are the
 pixel `PI0Policy` (64 px camera + instruction + proprio): what a robot could run.
 
-Design v3 (the defaults; issue 32, session 13): v2 with the student's auxiliary object-state probe (distill.py
---aux-state-coef 1: its image tokens also regress the 14 object features the teacher reads). Design v2
-(`--aux-state-coef 0`): the `mini` preset (8x8 patches of the 64 px image: 64 image tokens) with camera and lighting
-randomisation off (object poses still drawn over Table A.2's region at every reset). Design v1 (`--preset tiny
---env-extra "" --aux-state-coef 0`: 4x4 patches, full Table A.2 randomisation). v1 and v2 left both pixel policies at
-0-1% of 200 episodes (benchmarks/RESULTS.md): they never localised the target.
+Design v4 (the defaults; issue 32, session 13): v3 with both pixel policies starting from perception pretraining (step
+0 below, `--perception-frames 10000`). Design v3 (`--perception-frames 0`): v2 with the student's auxiliary
+object-state probe (distill.py --aux-state-coef 1: its image tokens also regress the 14 object features the teacher
+reads). Design v2 (`--aux-state-coef 0`): the `mini` preset (8x8 patches of the 64 px image: 64 image tokens) with
+camera and lighting randomisation off (object poses still drawn over Table A.2's region at every reset). Design v1
+(`--preset tiny --env-extra "" --aux-state-coef 0`: 4x4 patches, full Table A.2 randomisation). v1 and v2 left both
+pixel policies at 0-1% of 200 episodes (benchmarks/RESULTS.md): they never localised the target.
 
 Steps (each a subprocess of a stage CLI, skipped when its output exists, so an interrupted run resumes; distill.py
 also resumes inside its rounds):
+0. perception (with --perception-frames): pretrain_perception.py on the training scenes: the vision tower and a probe
+   regress the object state from fresh-reset frames; both pixel policies below start from its checkpoint;
 1. student: distill.py, --rounds x --frames-per-round labelled frames on the training scenes (beta 1 -> 0.5^k), the
    flow-matching loss on the aggregate for --steps-per-round after each round;
 2. baseline: train_imitation.py on the same scenes from the scripted expert with the SAME number of frames (rounds x
@@ -79,6 +82,13 @@ class Args:
     aux_state_coef: float = 1.0
     """The student's auxiliary object-state loss weight (distill.py --aux-state-coef; 0: plain DAgger, designs v1/v2).
     The baseline has no privileged state to regress: it is plain imitation."""
+    perception_frames: int = 10000
+    """Step 0, perception pretraining (pretrain_perception.py) on the training scenes with the pixel policies' env and
+    preset: this many fresh-reset frames labelled with the object state (and a tenth as many held out); the student
+    (distill.py --student-init) and the baseline (train_imitation.py --init) both start from its checkpoint, with the
+    teacher's statistics. 0: both start from random --preset weights (designs v1-v3)."""
+    perception_steps: int = 4000
+    """Gradient steps of the perception pretraining."""
     num_inference_steps: int = 1
     """K of the student's and the baseline's deterministic flow inference (the teacher's recipe uses 1)."""
     eval_episodes_per_scene: int = 50
@@ -110,15 +120,23 @@ def main(args: Args) -> Path:
               "--env.max-decisions", str(args.max_decisions),
               "--num-envs", str(args.num_envs), "--seed", str(args.seed), "--device", "cpu",
               "--num-inference-steps", str(args.num_inference_steps)]
-    student, baseline = out / "runs/student", out / "runs/baseline"
+    student, baseline, perception = out / "runs/student", out / "runs/baseline", out / "runs/perception"
+    init: dict[str, list[str]] = {"student": [], "baseline": []}
+    if args.perception_frames:
+        run_step("perception", stage("pretrain_perception.py") + [*scenes, *common, "--out", str(perception),
+                 "--stats-from", str(Path(args.teacher).resolve()), "--frames", str(args.perception_frames),
+                 "--val-frames", str(max(1, args.perception_frames // 10)),
+                 "--steps", str(args.perception_steps)], perception / "ckpt_final.pt", logs, steps, args.dry_run)
+        init = {"student": ["--student-init", str(perception / "ckpt_final.pt")],
+                "baseline": ["--init", str(perception / "ckpt_final.pt")]}
     run_step("student", stage("distill.py") + ["--teacher", str(Path(args.teacher).resolve()), *scenes, *common,
-             "--out", str(student), "--rounds", str(args.rounds), "--frames-per-round", str(args.frames_per_round),
+             *init["student"], "--out", str(student), "--rounds", str(args.rounds), "--frames-per-round", str(args.frames_per_round),
              "--steps-per-round", str(args.steps_per_round), "--aux-state-coef", str(args.aux_state_coef)],
              student / "ckpt_final.pt", logs, steps, args.dry_run)
     # distill.py labels whole vector steps: ceil(frames / envs) of them per round, so this is the student's aggregate
     frames = args.rounds * -(-args.frames_per_round // args.num_envs) * args.num_envs
     grad_steps = args.rounds * args.steps_per_round
-    run_step("baseline", stage("train_imitation.py") + [*scenes, *common, "--out", str(baseline),
+    run_step("baseline", stage("train_imitation.py") + [*scenes, *common, *init["baseline"], "--out", str(baseline),
              "--frames", str(frames), "--episodes", str(frames), "--steps", str(grad_steps),
              "--save-every", str(grad_steps), "--no-write-dataset"], baseline / "ckpt_final.pt", logs, steps,
              args.dry_run)
@@ -132,6 +150,16 @@ def main(args: Args) -> Path:
         return out
     print(write_report(out, args, results_per_scene(ev / "results.json"), time.time() - t0))
     return out
+
+
+def perception_line(summary: Path, args: Args) -> str:
+    """The report's sentence on step 0 (empty without it): frames, and the held-out localisation it reached."""
+    if not args.perception_frames:
+        return ""
+    m = json.loads(summary.read_text())
+    return (f"Both start from perception pretraining (pretrain_perception.py: {m['frames']} fresh-reset frames, "
+            f"{args.perception_steps} steps; held-out target position error {m['val/target_xyz_mae_cm']:.1f} cm, "
+            f"predicting the mean {m['val/target_xyz_mae_cm_predict_mean']:.1f} cm). ")
 
 
 def round_costs(metrics: Path) -> list[dict]:
@@ -162,6 +190,7 @@ def write_report(out: Path, args: Args, per: dict[str, dict], wall: float) -> st
              f"on {baseline_frames} scripted-expert frames, "
              f"{args.rounds * args.steps_per_round} steps. Both pixel policies: preset `{args.preset}`, env flags "
              f"`{args.env_extra or '(none: full Table A.2 randomisation)'}`, evaluated in the env they trained in. "
+             + perception_line(out / "runs/perception/summary.json", args) +
              f"Evaluation: deterministic, seeds {args.eval_seed}..{args.eval_seed + args.eval_episodes_per_scene - 1} "
              "in every scene.\n",
              "| policy | observes | training scenes SR [Wilson 95%] | held-out SR [Wilson 95%] |", "|---|---|---:|---:|"]

@@ -339,7 +339,8 @@ def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baseline
     cmd = [sys.executable, str(REPO / "experiments/distill_study.py"), "--teacher", str(teacher), "--scenes-dir",
            str(root / "scenes"), "--train-scenes", "s0", "--heldout-scenes", "s1", "--out-dir", str(tmp_path / "o"),
            "--rounds", "2", "--frames-per-round", "3", "--steps-per-round", "2", "--num-envs", "2",
-           "--eval-episodes-per-scene", "1", "--video-scenes", "0", "--max-decisions", "20"]
+           "--eval-episodes-per-scene", "1", "--video-scenes", "0", "--max-decisions", "20", "--perception-frames", "4",
+           "--perception-steps", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=840,
                        env={**os.environ, "OMP_NUM_THREADS": "1", "LP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -359,9 +360,11 @@ def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baseline
         assert a["env"]["dr_object_pose"]
     assert "preset `mini`" in report and "--env.no-dr-camera --env.no-dr-lighting" in report
     assert stud["aux_state_coef"] == 1.0 and "aux_state_coef" not in base  # v3: the probe is the student's alone
-    assert "auxiliary object-state loss weight 1" in report
+    assert "auxiliary object-state loss weight 1" in report and "perception pretraining (pretrain_perception.py: 4" in report
+    ckpt = str(out / "runs/perception/ckpt_final.pt")  # v4: both pixel policies start from step 0's checkpoint
+    assert stud["student_init"] == ckpt and base["init"] == ckpt
     r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)  # resumes: every step skipped
-    assert r2.returncode == 0 and r2.stdout.count("[skip]") == 3, r2.stdout[-2000:]
+    assert r2.returncode == 0 and r2.stdout.count("[skip]") == 4, r2.stdout[-2000:]
 
 
 def test_evaluate_records_the_render_video_of_an_object_state_policy(setup, tmp_path):
@@ -376,3 +379,28 @@ def test_evaluate_records_the_render_video_of_an_object_state_policy(setup, tmp_
     res = json.loads((tmp_path / "ev/results.json").read_text())
     assert not res.get("errors") and res["policies"][0]["per_scene"]["s0"]["episodes"] == 1
     assert len(list((tmp_path / "ev/render").glob("*/*/video.mp4"))) == 1
+
+
+def test_distill_study_perception_step_starts_both_pixel_policies_from_its_checkpoint(tmp_path, capsys):
+    """--perception-frames: step 0 runs pretrain_perception.py with the pixel policies' preset and env flags and the
+    teacher's statistics; the student (--student-init) and the baseline (--init) both start from its checkpoint."""
+    import shlex
+
+    import tyro
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    import distill_study as ds
+    import pretrain_perception as perc
+    import train_imitation as ti
+
+    ds.main(ds.Args(teacher=str(tmp_path / "t.pt"), scenes_dir=str(tmp_path), train_scenes=["a"],
+                    out_dir=str(tmp_path / "o"), perception_frames=30, perception_steps=7, dry_run=True))
+    cmds = {Path(c[1]).name: c for c in (shlex.split(x.split(": ", 1)[1]) for x in capsys.readouterr().out.splitlines()
+                                          if x.startswith("[run ]"))}
+    assert list(cmds)[:3] == ["pretrain_perception.py", "distill.py", "train_imitation.py"]
+    pa = tyro.cli(perc.Args, args=cmds["pretrain_perception.py"][2:])
+    ckpt = str(tmp_path / "o/runs/perception/ckpt_final.pt")
+    assert pa.frames == 30 and pa.steps == 7 and pa.preset == "mini" and pa.stats_from == str(tmp_path / "t.pt")
+    assert not pa.env.dr_camera and not pa.env.dr_lighting and pa.env.image_size == 64
+    assert tyro.cli(distill.Args, args=cmds["distill.py"][2:]).student_init == ckpt
+    assert tyro.cli(ti.Args, args=cmds["train_imitation.py"][2:]).init == ckpt

@@ -1,0 +1,270 @@
+"""Perception pretraining of a pixel pi0 policy: its vision tower learns where the objects are before it learns to act.
+
+    python pretrain_perception.py --scenes-dir out/exp/scenes --scene-ids A B C D --preset mini --env.image-size 64 \
+        --env.no-dr-camera --env.no-dr-lighting --frames 20000 --steps 4000 --out runs/perception
+    python distill.py --teacher runs/proxy/ppo_s1/ckpt_final.pt --student-init runs/perception/ckpt_final.pt ...
+    python train_imitation.py --init runs/perception/ckpt_final.pt --stats demos ...
+
+Why: a pixel policy trained from scratch here never learned to localise a target whose pose is drawn over Table A.2's
+region (benchmarks/RESULTS.md, issues 27 and 32): its training data hold a few hundred layouts, one per episode, and
+an auxiliary object-state probe trained on them fits those layouts (1.5-2 cm) without generalising to new ones (5-7 cm,
+against 5.5-10 cm for predicting the mean). Layouts are what is cheap in simulation: every env reset draws a new one.
+
+What it does:
+  1. frames: `--frames` env resets on the scenes (env i holds scene i mod #scenes; object poses, robot pose and
+     whatever --env randomises, drawn anew at every reset), one camera frame per reset, labelled with the 14 object
+     features of the object-state proxy (`scene_env.object_state`: target and destination positions, yaw, extents, in
+     the robot base frame) that the env reports beside the image (`EnvConfig.with_object_state`). The last
+     `--val-frames` (other reset seeds) are held out;
+  2. training: a fresh `PI0Policy` of `--preset` (or `--init`) and a linear probe on its flattened image tokens
+     (`PI0Policy.image_tokens`: the tokens the policy's prefix reads) regress the standardised features (MSE) for
+     `--steps`; only the vision path receives gradients;
+  3. output: `ckpt_final.pt`, a normal pixel checkpoint (its action expert untouched: random, or `--init`'s) for
+     `train_imitation.py --init`, `distill.py --student-init` or `ppoflow_pi0.py --init`, with the probe, the feature
+     statistics and the held-out localisation error (cm) under "perception"; `frames.pt` (reused by a re-run with
+     the same frame flags); `metrics.jsonl`; `summary.json`.
+Frames are taken at reset, the arm at its start pose: the views of the first decisions, where the target must be found.
+With `--stats-from` a DAgger teacher's (or any policy's) action and proprio statistics go into the checkpoint, so
+`distill.py --student-init` keeps the normalisation a random student would take from the teacher.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+import scene_schema as ss
+from scene_env import OBJECT_STATE_DIM, PROPRIO_DIM, EnvConfig
+
+
+@dataclass
+class Args:
+    scenes_dir: str = "scenes"
+    """Folder of composed scenes (`<id>/manifest.json`)."""
+    scene_ids: list[str] | None = None
+    """Render these scene ids (default: every manifest)."""
+    out: str = "runs/perception"
+    """Output folder: args.json, frames.pt, metrics.jsonl, ckpt_final.pt, summary.json."""
+    preset: str = "mini"
+    """Model size when not given by --init: tiny, mini (CPU experiments), small, pi0-3b."""
+    init: str | None = None
+    """Start from this pixel checkpoint instead of random --preset weights."""
+    stats_from: str | None = None
+    """Take the action statistics and the proprio part of the state statistics from this checkpoint (e.g. the DAgger
+    teacher). Default: --init's, else the Bridge statistics file."""
+    tokenizer_path: str | None = None
+    """Folder with a real tokenizer for a random policy (default: the offline byte-level tokenizer)."""
+    seed: int = 0
+    """Seed of the model init, the reset seeds (frame j of env i: seed + j * num_envs + i) and the batches."""
+    device: str = "auto"
+    """"auto" (cuda when available), "cpu" or "cuda"."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Environment settings (scene_env.EnvConfig): the camera the policy will see (--env.image-size 64 for tiny / mini)."""
+    num_envs: int = 8
+    """Parallel envs (env i holds scene i mod #scenes)."""
+    env_workers: int | None = None
+    """Worker processes (scene_env default: one per env; 0 = one env in this process)."""
+    frames: int = 20000
+    """Labelled frames (one per reset) used for training."""
+    val_frames: int = 1000
+    """Held-out frames (later reset seeds) on which the localisation error is reported."""
+    steps: int = 4000
+    """Gradient steps."""
+    batch_size: int = 64
+    """Frames per gradient step."""
+    learning_rate: float = 3e-4
+    """AdamW learning rate (linear warm-up over --warmup-steps, then cosine to 0)."""
+    warmup_steps: int = 100
+    """Linear warm-up steps."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip."""
+    log_every: int = 100
+    """Steps between metrics rows (with the held-out error)."""
+    num_inference_steps: int = 1
+    """K of the policy's flow inference (stored in its checkpoint)."""
+
+
+class PerceptionError(ValueError):
+    """A bad input of pretrain_perception.py: what was given, what is needed, how to fix it."""
+
+
+def check_args(args: Args) -> None:
+    bad = [f"--{n.replace('_', '-')} {getattr(args, n)} (must be >= 1)" for n in
+           ("frames", "val_frames", "steps", "batch_size", "num_envs", "log_every", "num_inference_steps")
+           if getattr(args, n) < 1]
+    if bad:
+        raise PerceptionError(f"pretrain_perception.py: {'; '.join(bad)}")
+    if args.env.obs_mode != "rgb":
+        raise PerceptionError(f"pretrain_perception.py: --env.obs-mode {args.env.obs_mode}: perception is learned from "
+                              "the camera (fix: drop --env.obs-mode; the object state comes along as the label)")
+
+
+def frame_flags(args: Args) -> dict:
+    """What the frames depend on: a re-run reuses frames.pt only when these are the same."""
+    return {"scenes_dir": str(Path(args.scenes_dir).resolve()), "scene_ids": args.scene_ids, "seed": args.seed,
+            "num_envs": args.num_envs, "frames": args.frames, "val_frames": args.val_frames, "env": ss.to_dict(args.env)}
+
+
+def build_policy(args: Args, device):
+    """A random --preset pixel policy (normalisation: --stats-from's, else the Bridge file), or --init."""
+    import ppoflow_pi0 as pp
+
+    if args.init:
+        policy = pp.load_policy(args.init, tokenizer_path=args.tokenizer_path, lora_rank=0,
+                                num_steps=args.num_inference_steps)
+    else:
+        cfg = pp.preset_config(args.preset, args.env.chunk, num_steps=args.num_inference_steps,
+                               **pp.obs_overrides(args.env))
+        tok = {"kind": "hf", "path": args.tokenizer_path} if args.tokenizer_path else {"kind": "bytes"}
+        policy = pp.PI0Policy(cfg, pp.Normalizer.from_stats_file(pp.DEFAULT_STATS), tok)
+    if policy.config.obs_mode != "rgb":
+        raise PerceptionError(f"pretrain_perception.py: --init {args.init} is an object-state policy; perception is "
+                              "a pixel policy's (fix: a checkpoint trained with --env.obs-mode rgb, or no --init)")
+    if args.stats_from:
+        n = pp.load_policy(args.stats_from).normalizer
+        policy.normalizer = pp.Normalizer(n.kind, n.state_lo[:PROPRIO_DIM], n.state_hi[:PROPRIO_DIM], n.action_lo,
+                                          n.action_hi)
+    return policy.to(device)
+
+
+@torch.no_grad()
+def collect_frames(envs, policy, n: int, seed: int) -> dict:
+    """`n` frames, one per reset, reset t of env i with seed `seed + t * N + i`: the policy's image input (u8, resized
+    to its size) and the 14 object features. Returns {"rgb" [n, 3, S, S] u8, "object_state" [n, 14], "scene_id"}."""
+    N, rgb, obj, scenes = envs.num_envs, [], [], []
+    for t in range(math.ceil(n / N)):
+        obs, info = envs.reset(seed=seed + t * N)
+        rgb.append(policy.obs_to_inputs(obs)["rgb"])
+        obj.append(torch.as_tensor(obs["object_state"]).float().cpu())
+        scenes += list(info["scene_id"])
+    return {"rgb": torch.cat(rgb)[:n], "object_state": torch.cat(obj)[:n], "scene_id": scenes[:n]}
+
+
+def localisation_error_cm(pred: torch.Tensor, target: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> dict:
+    """Mean absolute error in cm of the target's and the destination's positions (features 0-2 and 8-10) from
+    standardised predictions, and the same for always predicting the mean (the number to beat)."""
+    p, y = pred * std + mean, target * std + mean
+    out = {}
+    for name, sl in (("target", slice(0, 3)), ("destination", slice(8, 11))):
+        out[f"{name}_xyz_mae_cm"] = float((p[:, sl] - y[:, sl]).abs().mean() * 100)
+        out[f"{name}_xyz_mae_cm_predict_mean"] = float((mean[sl] - y[:, sl]).abs().mean() * 100)
+    return out
+
+
+def main(args: Args, env_fn: Callable | None = None) -> Path:
+    """`env_fn(scenes, num_envs, cfg, seed, workers)` builds the vector env (default scene_env.make_vec_env)."""
+    import ppoflow_pi0 as pp
+
+    check_args(args)
+    out = Path(args.out)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
+    pp.seed_everything(args.seed)
+    policy = build_policy(args, device)
+    scenes = pp.resolve_scenes(pp.Args(scenes_dir=args.scenes_dir, scene_ids=args.scene_ids))
+    ss.write_json_atomic(out / "args.json", {"schema_version": ss.SCHEMA_VERSION, "args": ss.to_dict(args),
+                                             "scenes": scenes})
+    frames_path, flags = out / "frames.pt", frame_flags(args)
+    cached = torch.load(frames_path, weights_only=True) if frames_path.exists() else None
+    if cached is not None and cached.get("flags") == flags and cached["rgb"].shape[-1] == policy.config.image_size:
+        data = cached
+        print(f"[perception] {frames_path}: {len(data['rgb'])} frames reused")
+    else:
+        t0 = time.time()
+        envs = (env_fn or _make_vec_env)(scenes, args.num_envs, replace(args.env, with_object_state=True), args.seed,
+                                         args.env_workers)
+        try:
+            train = collect_frames(envs, policy, args.frames, args.seed)
+            val = collect_frames(envs, policy, args.val_frames, args.seed + math.ceil(args.frames / args.num_envs)
+                                 * args.num_envs)  # the reset seeds after the training frames'
+        finally:
+            envs.close()
+        data = {"flags": flags, **{k: train[k] for k in ("rgb", "object_state", "scene_id")},
+                **{f"val_{k}": val[k] for k in ("rgb", "object_state", "scene_id")}, "collect_s": time.time() - t0}
+        pp.torch_save_atomic(data, frames_path)
+        print(f"[perception] {args.frames} + {args.val_frames} frames in {data['collect_s']:.0f}s "
+              f"({(args.frames + args.val_frames) / data['collect_s']:.1f} frames/s)")
+    mean = data["object_state"].mean(0)
+    std = data["object_state"].std(0).clamp_min(1e-3)  # constant features (a fixed extent) stay finite
+    y, y_val = (data["object_state"] - mean) / std, (data["val_object_state"] - mean) / std
+    s = policy.config.image_size
+    with torch.no_grad():
+        n_in = policy.image_tokens({"rgb": torch.zeros(1, 3, s, s, dtype=torch.uint8)}).flatten(1).shape[1]
+    probe = nn.Linear(n_in, OBJECT_STATE_DIM).to(device)
+    params = [p for p in policy.parameters() if p.requires_grad] + list(probe.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / max(1, args.warmup_steps))
+                                              * 0.5 * (1 + math.cos(math.pi * min(1.0, k / args.steps))))
+
+    def predict(rgb: torch.Tensor) -> torch.Tensor:
+        return probe(policy.image_tokens({"rgb": rgb.to(device)}).flatten(1).float())
+
+    @torch.no_grad()
+    def held_out() -> dict:
+        policy.eval()
+        pred = torch.cat([predict(data["val_rgb"][i:i + 256]).cpu() for i in range(0, len(y_val), 256)])
+        policy.train()
+        return {"val/mse": float(F.mse_loss(pred, y_val)), **{f"val/{k}": v for k, v in
+                                                              localisation_error_cm(pred, y_val, mean, std).items()}}
+
+    metrics = out / "metrics.jsonl"
+    metrics.unlink(missing_ok=True)  # training restarts from its first step: the frames are what a re-run keeps
+    g = torch.Generator().manual_seed(args.seed)
+    policy.train()
+    t0, losses = time.time(), []
+    for step in range(1, args.steps + 1):
+        idx = torch.randint(0, len(y), (min(args.batch_size, len(y)),), generator=g)
+        loss = F.mse_loss(predict(data["rgb"][idx]), y[idx].to(device))  # ALGO LOGIC
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+        optimizer.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if step % args.log_every == 0 or step == args.steps:
+            m = {"step": step, "losses/mse": float(np.mean(losses)), "losses/grad_norm": float(gn), **held_out(),
+                 "charts/learning_rate": sched.get_last_lr()[0], "time/train_s": time.time() - t0}
+            ss.append_jsonl(metrics, m)
+            print(f"[perception] step {step}/{args.steps} mse {m['losses/mse']:.4f} held-out "
+                  f"{m['val/mse']:.4f}, target {m['val/target_xyz_mae_cm']:.2f} cm (mean: "
+                  f"{m['val/target_xyz_mae_cm_predict_mean']:.2f} cm)")
+            losses = []
+    final = held_out()
+    perception = {"probe": {k: v.cpu() for k, v in probe.state_dict().items()}, "feature_mean": mean,
+                  "feature_std": std, "frames": len(y), "val_frames": len(y_val), "held_out": final}
+    pp.torch_save_atomic(pp.policy_checkpoint(policy.eval(), iteration=0, args=ss.to_dict(args),
+                                              perception=perception), out / "ckpt_final.pt")
+    summary = {"frames": len(y), "val_frames": len(y_val), "collect_s": data.get("collect_s"),
+               "train_s": time.time() - t0, **final}
+    ss.write_json_atomic(out / "summary.json", summary)
+    print(f"[perception] held-out localisation: target {final['val/target_xyz_mae_cm']:.2f} cm, destination "
+          f"{final['val/destination_xyz_mae_cm']:.2f} cm (predicting the mean: "
+          f"{final['val/target_xyz_mae_cm_predict_mean']:.2f} / {final['val/destination_xyz_mae_cm_predict_mean']:.2f})"
+          f" -> {out / 'ckpt_final.pt'}")
+    return out
+
+
+def _make_vec_env(*a, **kw):
+    import scene_env
+
+    return scene_env.make_vec_env(*a, **kw)
+
+
+if __name__ == "__main__":
+    from ppoflow_pi0 import CheckpointError
+
+    try:
+        main(tyro.cli(Args))
+    except (CheckpointError, PerceptionError, ss.SchemaError, FileNotFoundError) as e:  # bad inputs: one line
+        raise SystemExit(str(e) if str(e).startswith("pretrain_perception.py") else f"pretrain_perception.py: {e}") from None
