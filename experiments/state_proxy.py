@@ -82,6 +82,12 @@ class Args:
     """First development seed of the start's choice (disjoint from --eval-seed..)."""
     ppo_extra: str = ""
     """ppoflow_pi0.py flags after RECIPE (written with "="): --ppo-extra="--num-iterations 40"."""
+    perception_frames: int = 0
+    """--obs-mode rgb only: step 0, perception pretraining (pretrain_perception.py, the tiny preset, the same env flags)
+    on the training scenes with this many fresh-reset frames (and a tenth as many held out); the imitation start is
+    trained from its checkpoint (`train_imitation.py --init`, statistics from the demos). 0: from random weights."""
+    perception_steps: int = 4000
+    """Gradient steps of the perception pretraining."""
     env_extra: str = ""
     """scene_env flags of the imitation start and of PPOFlow (evaluation reads them from the checkpoints), written
     with "=": --env-extra="--env.no-dr-camera --env.no-dr-lighting" (a fixed camera and light, as on the robot).
@@ -145,6 +151,9 @@ def evaluate_cmd(args: Args, ckpts: list[Path], labels: list[str], scenes: list[
 
 
 def main(args: Args) -> Path:
+    if args.perception_frames and args.obs_mode != "rgb":
+        raise SystemExit(f"state_proxy.py: --perception-frames {args.perception_frames} pretrains a camera policy's "
+                         "vision; the object-state proxy has none (fix: --obs-mode rgb, or --perception-frames 0)")
     out = Path(args.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     args.scenes_dir = str(Path(args.scenes_dir).resolve())
@@ -155,13 +164,23 @@ def main(args: Args) -> Path:
     (out / "args.json").write_text(json.dumps({"schema_version": 1, "args": asdict(args), "recipe": RECIPE}, indent=2))
     logs, steps = out / "logs", out / "steps.json"
     t0 = time.time()
-    il = out / "runs/il"
+    il, perception = out / "runs/il", out / "runs/perception"
+    il_init: list[str] = []
+    if args.perception_frames:  # 0. perception pretraining: the vision tower learns where the objects are
+        run_step("perception", stage("pretrain_perception.py") + [
+            "--scenes-dir", args.scenes_dir, "--scene-ids", *args.train_scenes, "--out", str(perception),
+            "--preset", "tiny", "--env.image-size", "64", "--env.max-decisions", str(args.max_decisions),
+            *shlex.split(args.env_extra), "--num-envs", str(args.env_workers), "--seed", str(args.il_seed),
+            "--device", "cpu", "--frames", str(args.perception_frames),
+            "--val-frames", str(max(1, args.perception_frames // 10)), "--steps", str(args.perception_steps)],
+            perception / "ckpt_final.pt", logs, steps, args.dry_run)
+        il_init = ["--init", str(perception / "ckpt_final.pt"), "--stats", "demos"]
     run_step("il", stage("train_imitation.py") + [
         "--scenes-dir", args.scenes_dir, "--scene-ids", *args.train_scenes, "--out", str(il), "--preset", "tiny",
         "--env.obs-mode", args.obs_mode, "--env.image-size", "64", "--env.max-decisions", str(args.max_decisions),
         *shlex.split(args.env_extra), "--num-envs", str(args.env_workers),
         "--episodes", str(args.il_episodes), "--steps", str(args.il_steps), "--save-every", str(args.il_save_every),
-        "--seed", str(args.il_seed), "--device", "cpu", "--num-inference-steps", "1",
+        "--seed", str(args.il_seed), "--device", "cpu", "--num-inference-steps", "1", *il_init,
         *(["--demos", str(il / "demos.pt")] if (il / "demos.pt").exists() else [])], il / "ckpt_final.pt", logs, steps,
         args.dry_run)
     # 1b. the early stop: the start is chosen among the imitation checkpoints on development seeds
@@ -212,6 +231,13 @@ def main(args: Args) -> Path:
 def label(obs_mode: str) -> str:
     """What a result of this run is, in every title: the proxy's label, or what the pixel policy is."""
     return LABEL if obs_mode == "state" else PIXEL_LABEL
+
+
+def perception_line(summary: Path, args: Args) -> str:
+    m = json.loads(summary.read_text())
+    return (f"The imitation start was trained from perception pretraining (pretrain_perception.py: {m['frames']} "
+            f"fresh-reset frames, {args.perception_steps} steps; held-out target position error "
+            f"{m['val/target_xyz_mae_cm']:.1f} cm, predicting the mean {m['val/target_xyz_mae_cm_predict_mean']:.1f} cm).")
 
 
 def write_report(out: Path, args: Args, start: Path, runs: dict[int, Path], per: dict[str, dict], wall: float) -> str:
@@ -273,6 +299,7 @@ def write_report(out: Path, args: Args, start: Path, runs: dict[int, Path], per:
     lines += [f"| {k} | {fmt_wall(v)} | `{v['cmd'][:200]}` |" for k, v in st.items()]
     lines += ["", "Policy: the `tiny` preset. Recipe: " + f"`{RECIPE}`" + (f" + `{args.ppo_extra}`" if args.ppo_extra else ""),
               "Env: " + (f"`{args.env_extra}`" if args.env_extra else "full Table A.2 randomisation") + ".",
+              *([perception_line(out / "runs/perception/summary.json", args)] if args.perception_frames else []),
               f"Machine: `{json.dumps(machine_info())}`; this invocation {wall:.0f} s.\n"]
     text = "\n".join(lines)
     (out / "report.md").write_text(text)

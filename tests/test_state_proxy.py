@@ -193,6 +193,22 @@ def test_driver_runs_the_recipe_on_pixels_with_obs_mode_rgb(tmp_path, capsys):
     ppo_env = tyro.cli(pp.Args, args=ppo[0][2:]).env
     assert ppo_env.obs_mode == "rgb" and not ppo_env.dr_camera and not ppo_env.dr_lighting and ppo_env.dr_robot
     assert "--env.no-dr-camera" in il[0] and "--env.no-dr-lighting" in il[0]
+
+    # --perception-frames: step 0 pretrains the tiny vision tower in the same env; imitation starts from it
+    capsys.readouterr()
+    sp.main(sp.Args(scenes_dir=str(tmp_path), train_scenes=["a"], out_dir=str(tmp_path / "p"), seeds=[1],
+                    obs_mode="rgb", env_extra="--env.no-dr-camera", perception_frames=50, perception_steps=9,
+                    dry_run=True))
+    cmds = [shlex.split(x.split(": ", 1)[1]) for x in capsys.readouterr().out.splitlines() if x.startswith("[run ]")]
+    import pretrain_perception as perc
+    import train_imitation as ti
+
+    assert Path(cmds[0][1]).name == "pretrain_perception.py" and Path(cmds[1][1]).name == "train_imitation.py"
+    pa, ia = tyro.cli(perc.Args, args=cmds[0][2:]), tyro.cli(ti.Args, args=cmds[1][2:])
+    assert pa.frames == 50 and pa.val_frames == 5 and pa.steps == 9 and pa.preset == "tiny" and not pa.env.dr_camera
+    assert ia.init == str(tmp_path / "p/runs/perception/ckpt_final.pt") and ia.stats == "demos"
+    with pytest.raises(SystemExit, match="--perception-frames 50 pretrains a camera policy"):
+        sp.main(sp.Args(scenes_dir=str(tmp_path), train_scenes=["a"], out_dir=str(tmp_path / "q"), perception_frames=50))
     assert sp.label("rgb") == sp.PIXEL_LABEL and "proxy" not in sp.PIXEL_LABEL and sp.label("state") == sp.LABEL
 
 
