@@ -511,7 +511,8 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
             ck = pp.policy_checkpoint(student, optimizer=optimizer.state_dict(), scheduler=sched.state_dict(),
                                       rng=[pp.rng_state()], iteration=step, args=ss.to_dict(args), round=k,
                                       teacher_sha256=teacher_sha,
-                                      **({"aux_state_probe": {k: v.cpu() for k, v in probe.state_dict().items()}} if probe else {}),
+                                      **({"aux_state_probe": {n: v.cpu() for n, v in probe.state_dict().items()}}
+                                         if probe else {}),
                                       dagger={"frames": len(agg["target"]), "teacher": args.teacher,
                                               "episodes": sum(len(set(x["episode"].tolist())) for x in data)})
             pp.torch_save_atomic(ck, out / f"ckpt_round_{k:03d}.pt")  # the round is complete from here on
