@@ -36,7 +36,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -67,6 +67,13 @@ class Args:
     """Start the student from this pixel checkpoint (e.g. a train_imitation.py policy) instead of random --preset
     weights; it keeps its own normalisation statistics (a random student takes the teacher's: its action bounds and
     the proprio part of its state bounds)."""
+    student_from_teacher: bool = False
+    """The student acts as the teacher from round 0: its language model, action expert, heads and normalisation are
+    the teacher's weights, its vision tower and object-state probe --student-init's. Needs a --student-init whose
+    state token carries the estimated object features and whose prefix is the instruction alone
+    (pretrain_perception.py --estimate-object-state --no-image-in-prefix) and the teacher's preset: the student is then
+    the teacher reading its 14 features from the camera instead of the simulator, and DAgger trains it where the
+    estimate misleads it."""
     tokenizer_path: str | None = None
     """Folder with a real tokenizer for a random student (default: the offline byte-level tokenizer)."""
     seed: int = 0
@@ -114,10 +121,11 @@ class Args:
     """Gradient-norm clip."""
     aux_state_coef: float = 0.0
     """Weight of an auxiliary loss: a linear probe on the student's image tokens regresses the 14 object-state features
-    the teacher reads (scene_env.object_state, in the teacher's normalisation), so the vision tower is told where the
-    target and the destination are, not only what the teacher did (privileged supervision as in "learning by
-    cheating"). Training only: the probe is stored beside the policy in the round checkpoints (for a resume), never
-    read when the student acts. 0: plain DAgger (Eq. 1 alone)."""
+    the teacher reads (scene_env.object_state, standardised), so the vision tower is told where the target and the
+    destination are, not only what the teacher did (privileged supervision as in "learning by cheating"). A student
+    with estimate_object_state trains its own probe (the one that feeds its state token); otherwise the probe is
+    training-only, stored beside the policy in the round checkpoints (for a resume), never read when the student
+    acts. 0: plain DAgger (Eq. 1 alone)."""
     num_inference_steps: int = 10
     """K of the student's deterministic flow inference (stored in its checkpoint)."""
     log_every: int = 50
@@ -262,6 +270,10 @@ def build_student(args: Args, teacher, device):
     with the teacher's action statistics and the proprio part of its state statistics."""
     import ppoflow_pi0 as pp
 
+    if args.student_from_teacher and not args.student_init:
+        raise DistillError("distill.py: --student-from-teacher takes the student's vision from --student-init, which "
+                           "is not given (fix: --student-init <pretrain_perception.py --estimate-object-state "
+                           "--no-image-in-prefix checkpoint>)")
     if args.student_init:
         student = pp.load_policy(args.student_init, tokenizer_path=args.tokenizer_path, lora_rank=0,
                                  num_steps=args.num_inference_steps)
@@ -272,6 +284,8 @@ def build_student(args: Args, teacher, device):
         if student.config.chunk != args.env.chunk:
             raise DistillError(f"distill.py: --student-init {args.student_init} predicts chunks of {student.config.chunk} "
                                f"but the teacher and --env.chunk use {args.env.chunk}")
+        if args.student_from_teacher:
+            student = student_from_teacher(args, student, teacher)
     else:
         cfg = pp.preset_config(args.preset, args.env.chunk, num_steps=args.num_inference_steps,
                                **pp.obs_overrides(args.env))
@@ -282,13 +296,51 @@ def build_student(args: Args, teacher, device):
     return student.to(device)
 
 
-def build_probe(student) -> nn.Module:
-    """The auxiliary object-state probe (--aux-state-coef): one linear map from the student's flattened image tokens
-    (they carry the patches' positions) to the 14 object features."""
-    s = student.config.image_size
-    with torch.no_grad():
-        n = student.image_tokens({"rgb": torch.zeros(1, 3, s, s, dtype=torch.uint8)}).flatten(1).shape[1]
-    return nn.Linear(n, OBJECT_STATE_DIM).to(student.pi0.action_out_proj.weight.device)
+# What a student built by --student-from-teacher keeps of --student-init: the image path (the rest is the teacher's)
+VISION_KEYS = ("pi0.model.vlm.vision_tower.", "pi0.model.vlm.multi_modal_projector.", "object_state_probe.")
+
+
+def student_from_teacher(args: Args, vision, teacher):
+    """The teacher's weights and normalisation with `vision`'s image path (VISION_KEYS): a pixel policy that is the
+    teacher wherever its estimate of the object features is right."""
+    import ppoflow_pi0 as pp
+
+    vc, tc = vision.config, teacher.config
+    if not vc.estimate_object_state or vc.image_in_prefix:
+        raise DistillError(f"distill.py: --student-from-teacher needs a --student-init whose state token carries the "
+                           f"estimated object features and whose prefix is the instruction alone (its "
+                           f"estimate_object_state {vc.estimate_object_state}, image_in_prefix {vc.image_in_prefix}; "
+                           "fix: pretrain_perception.py --estimate-object-state --no-image-in-prefix)")
+    if vc.pi0 != tc.pi0 or vc.state_dim != tc.state_dim:
+        raise DistillError(f"distill.py: --student-from-teacher: --student-init {args.student_init} (preset "
+                           f"{vc.preset!r}) and the teacher (preset {tc.preset!r}) differ in architecture (fix: "
+                           f"pretrain_perception.py --preset {tc.preset})")
+    cfg = pp.PolicyConfig(**{**asdict(tc), "obs_mode": "rgb", "estimate_object_state": True, "image_in_prefix": False,
+                             "lora_rank": 0, "lora_expert": False, "num_steps": args.num_inference_steps})
+    student = pp.PI0Policy(cfg, teacher.normalizer, teacher.tokenizer_spec)
+    student.load_weights(teacher.state_dict(), teacher.lora_scaling(),
+                         allow_missing=("noise_head.", "value_head.", "object_state_probe."))
+    sd, own = student.state_dict(), vision.state_dict()
+    sd.update({k: own[k] for k in sd if k.startswith(VISION_KEYS)})
+    student.load_state_dict(sd)
+    return student
+
+
+def build_probe(args: Args, student, teacher) -> nn.Module | None:
+    """The auxiliary object-state probe (--aux-state-coef): the student's own when its state token carries the
+    estimate, else a training-only linear map of its image tokens, standardised by the teacher's bounds."""
+    import ppoflow_pi0 as pp
+
+    if args.aux_state_coef <= 0:
+        return None
+    if student.config.estimate_object_state:
+        return student.object_state_probe
+    probe = pp.ObjectStateProbe(pp.ObjectStateProbe.input_width(student.config), OBJECT_STATE_DIM)
+    n = teacher.normalizer
+    if len(n.state_lo) > PROPRIO_DIM:  # else the teacher reads the features as they are: mean 0, std 1
+        lo, hi = (torch.tensor(v[PROPRIO_DIM:]) for v in (n.state_lo, n.state_hi))
+        probe.set_statistics(*(((lo + hi) / 2, (hi - lo) / 2) if n.kind == "bound" else (lo, hi)))  # unclipped
+    return probe.to(student.pi0.action_out_proj.weight.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,13 +392,18 @@ def collect_round(envs, student, teacher, beta_k: float, frames: int, seed: int,
     return out
 
 
-def student_inputs(student, teacher, data: dict) -> dict:
-    """A round's frames as the student's model inputs (image resized to its size, tokens) and model-space targets:
-    the teacher's label chunk, and the object features in the teacher's normalisation (the auxiliary probe's)."""
+def student_inputs(student, data: dict) -> dict:
+    """A round's frames as the student's model inputs (image resized to its size, tokens) and targets: the teacher's
+    label chunk in model space, and the 14 object features (the auxiliary probe's, standardised by it)."""
     inp = student.obs_to_inputs({"rgb": data["rgb"], "state": data["state"], "instruction": data["instruction"]})
-    objects = teacher.normalizer.state(torch.cat([data["state"], data["object_state"]], -1))[:, PROPRIO_DIM:]
     return {**{k: inp[k] for k in student.input_keys}, "target": student.normalizer.action(data["label"]),
-            "object_target": objects.cpu()}
+            "object_target": data["object_state"].float().cpu()}
+
+
+def trainable(student, probe: nn.Module | None) -> list[nn.Parameter]:
+    """The student's trainable parameters and a training-only probe's (the student's own probe is among the first)."""
+    params = [p for p in student.parameters() if p.requires_grad]
+    return params + [p for p in (probe.parameters() if probe is not None else []) if all(p is not q for q in params)]
 
 
 def train_round(student, optimizer, sched, batch: dict, steps: int, args: Args, gen: torch.Generator, device,
@@ -354,7 +411,7 @@ def train_round(student, optimizer, sched, batch: dict, steps: int, args: Args, 
     """`steps` gradient steps of Eq. 1 (+ --aux-state-coef x the probe's object-state regression when `probe` is
     given) on frames drawn uniformly from the aggregate `batch`. Returns the flow-matching losses."""
     student.train()
-    params = [p for p in student.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else [])
+    params = trainable(student, probe)
     M, losses, aux_losses = len(batch["target"]), [], []
     for step in range(1, steps + 1):
         idx = torch.randint(0, M, (min(args.batch_size, M),), generator=gen)
@@ -364,7 +421,7 @@ def train_round(student, optimizer, sched, batch: dict, steps: int, args: Args, 
         else:  # the image tokens once, for the prefix and for the probe
             img = student.image_tokens(inp)
             fm = student.flow_matching_loss(inp, target, img=img)  # Eq. 1  # ALGO LOGIC
-            aux = F.mse_loss(probe(img.flatten(1).float()), batch["object_target"][idx].to(device))  # ALGO LOGIC
+            aux = F.mse_loss(probe(img), probe.standardise(batch["object_target"][idx].to(device)))  # ALGO LOGIC
             loss = fm + args.aux_state_coef * aux
             aux_losses.append(float(aux.detach()))
         optimizer.zero_grad(set_to_none=True)
@@ -453,15 +510,16 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                                              "scenes": scenes, "teacher_sha256": teacher_sha})
     for folder in (out, out / "rounds"):
         pp.remove_stale_tmp(folder)  # temp files of saves a kill interrupted
-    probe = build_probe(student) if args.aux_state_coef > 0 else None
-    params = [p for p in student.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else [])
+    probe = build_probe(args, student, teacher)
+    separate_probe = probe is not None and not student.config.estimate_object_state  # stored beside the policy
+    params = trainable(student, probe)
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps)))
     step = 0
     if done:  # continue after the last complete round: student, optimizer, schedule and RNG as it left them
         student.load_weights(last["model"])
         student.normalizer = pp.Normalizer(**last["normalizer"])
-        if probe is not None:
+        if separate_probe:
             probe.load_state_dict(last["aux_state_probe"])
         optimizer.load_state_dict(last["optimizer"])
         sched.load_state_dict(last["scheduler"])
@@ -474,7 +532,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
         keep = [r for r in ss.read_jsonl(metrics) if r.get("round", 0) < done]
         ss.write_bytes_atomic(metrics, "".join(json.dumps(r) + "\n" for r in keep).encode())
     data = [torch.load(out / f"rounds/round_{k:03d}.pt", weights_only=True) for k in range(done)]
-    batches = [student_inputs(student, teacher, r) for r in data]
+    batches = [student_inputs(student, r) for r in data]
     if data and dataset_rounds(out) != done:
         write_aggregate(out, data, args, teacher_sha)
     if done >= args.rounds:
@@ -496,7 +554,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                 r = collect_round(envs, student, teacher, b, args.frames_per_round, pp.env_seed(args.seed, k, 0), k)
                 pp.torch_save_atomic(r, path)
             data.append(r)
-            batches.append(student_inputs(student, teacher, r))
+            batches.append(student_inputs(student, r))
             t_collect, t1 = time.time() - t0, time.time()
             agg = {key: torch.cat([x[key] for x in batches]) for key in batches[0]}
 
@@ -512,7 +570,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                                       rng=[pp.rng_state()], iteration=step, args=ss.to_dict(args), round=k,
                                       teacher_sha256=teacher_sha,
                                       **({"aux_state_probe": {n: v.cpu() for n, v in probe.state_dict().items()}}
-                                         if probe else {}),
+                                         if separate_probe else {}),
                                       dagger={"frames": len(agg["target"]), "teacher": args.teacher,
                                               "episodes": sum(len(set(x["episode"].tolist())) for x in data)})
             pp.torch_save_atomic(ck, out / f"ckpt_round_{k:03d}.pt")  # the round is complete from here on

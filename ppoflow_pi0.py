@@ -231,10 +231,20 @@ class PolicyConfig:
     chunk: int = 4
     action_dim: int = 7
     state_dim: int = 7
-    """Width of the state input: 7 (proprio) or 7 + scene_env.OBJECT_STATE_DIM under obs_mode "state"."""
+    """Width of the state token's input: 7 (proprio) or 7 + scene_env.OBJECT_STATE_DIM (obs_mode "state", or
+    estimate_object_state)."""
     obs_mode: str = "rgb"
     """"rgb" (image + instruction + proprio, the paper's) or "state" (the object-state proxy: instruction + proprio +
     object features, no image tokens; scene_env.EnvConfig.obs_mode). A policy runs only in envs of its own mode."""
+    estimate_object_state: bool = False
+    """obs_mode "rgb" only: the state token carries the proprio AND an estimate of the object-state proxy's 14 features
+    (scene_env.object_state: what a state teacher reads from the simulator), made from the image tokens by the
+    policy's `ObjectStateProbe` (pretrain_perception.py, then trained end to end). The policy still observes only the
+    camera, the instruction and the proprio (the env gives 7 state dims; state_dim is 7 + 14)."""
+    image_in_prefix: bool = True
+    """obs_mode "rgb": the image tokens enter the VLM prefix (pi0). False (needs estimate_object_state): the image
+    reaches the policy only through the estimate, the prefix is the instruction alone -- the object-state policy's own
+    architecture, so a state teacher's weights load unchanged (distill.py --student-from-teacher)."""
     num_steps: int = 1
     """K integration steps of the flow / Gaussian chain."""
     image_size: int = 224
@@ -486,6 +496,17 @@ class Normalizer:
         a_lo, a_hi = np.percentile(actions[:, :6], 1, 0), np.percentile(actions[:, :6], 99, 0)
         return cls("bound", s_lo.tolist(), s_hi.tolist(), a_lo.tolist(), a_hi.tolist())
 
+    def with_state_extra(self, values: np.ndarray) -> "Normalizer":
+        """This normaliser with statistics of further state dims taken from `values` [M, D] (p01/p99 under "bound",
+        mean/std under "gaussian"), after the first 7 (proprio) of its own: e.g. the estimated object features of a
+        pixel policy (PolicyConfig.estimate_object_state), from labelled frames."""
+        values = np.asarray(values, dtype=np.float64)
+        lo, hi = ((np.percentile(values, 1, 0), np.percentile(values, 99, 0)) if self.kind == "bound"
+                  else (values.mean(0), values.std(0)))
+        n = scene_env.PROPRIO_DIM
+        return Normalizer(self.kind, list(self.state_lo[:n]) + lo.tolist(), list(self.state_hi[:n]) + hi.tolist(),
+                          list(self.action_lo), list(self.action_hi))
+
     def _fwd(self, x, lo, hi):
         lo, hi = x.new_tensor(lo), x.new_tensor(hi)
         if self.kind == "bound":
@@ -634,6 +655,38 @@ def _mlp(i: int, w: int, o: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(i, w), nn.GELU(), nn.Linear(w, w), nn.GELU(), nn.Linear(w, o))
 
 
+class ObjectStateProbe(nn.Module):
+    """One linear map from a pixel policy's flattened image tokens (they carry the patches' positions) to the 14
+    object features of the object-state proxy (scene_env.object_state), in standardised units: buffers `mean` / `std`
+    hold the features' statistics (set from labelled frames, or a state teacher's bounds), so a regression loss on
+    `forward` weighs every feature alike and `features` returns metres and unit vectors."""
+
+    def __init__(self, n_in: int, n_out: int = scene_env.OBJECT_STATE_DIM):
+        super().__init__()
+        self.linear = nn.Linear(n_in, n_out)
+        self.register_buffer("mean", torch.zeros(n_out))
+        self.register_buffer("std", torch.ones(n_out))
+
+    @staticmethod
+    def input_width(config: PolicyConfig) -> int:
+        """Image tokens x width of `PI0Policy.image_tokens` for this config (PaliGemma projects to the text width)."""
+        vis, text = config.pi0["vlm_config"]["vision_config"], config.pi0["vlm_config"]["text_config"]
+        return (vis["image_size"] // vis["patch_size"]) ** 2 * text["hidden_size"]
+
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(torch.as_tensor(mean, dtype=self.mean.dtype))
+        self.std.copy_(torch.as_tensor(std, dtype=self.std.dtype).clamp_min(1e-3))  # a constant feature stays finite
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:  # [B, Ni, Hv] -> [B, 14] standardised
+        return self.linear(img.flatten(1).to(self.linear.weight.dtype)).float()
+
+    def standardise(self, features: torch.Tensor) -> torch.Tensor:  # [B, 14] physical -> standardised (the target)
+        return (features.float() - self.mean) / self.std
+
+    def features(self, img: torch.Tensor) -> torch.Tensor:  # [B, Ni, Hv] -> [B, 14] metres / unit vectors
+        return self(img) * self.std + self.mean
+
+
 class PI0Policy(nn.Module):
     """pi0 (transformers PI0ForConditionalGeneration) + noise head sigma_phi + value head V (paper Fig. 3, right)."""
 
@@ -661,6 +714,18 @@ class PI0Policy(nn.Module):
         self.value_head = _mlp(v_in, config.head_width, 1)  # V(z_t) [or V(z_t, s_t, time to go)]
         nn.init.zeros_(self.noise_head[-1].weight)  # start at the middle of [log_min, log_max]
         nn.init.zeros_(self.noise_head[-1].bias)
+        if config.estimate_object_state or not config.image_in_prefix:
+            if config.obs_mode != "rgb" or not config.estimate_object_state:
+                raise ValueError("ppoflow_pi0.py: PolicyConfig: estimate_object_state needs obs_mode 'rgb' (an "
+                                 "object-state policy reads the features themselves) and image_in_prefix=False needs "
+                                 f"estimate_object_state (else the policy is blind); got obs_mode {config.obs_mode!r}, "
+                                 f"estimate_object_state {config.estimate_object_state}, image_in_prefix "
+                                 f"{config.image_in_prefix}")
+            if config.state_dim != scene_env.PROPRIO_DIM + scene_env.OBJECT_STATE_DIM:
+                raise ValueError(f"ppoflow_pi0.py: PolicyConfig: estimate_object_state needs state_dim "
+                                 f"{scene_env.PROPRIO_DIM + scene_env.OBJECT_STATE_DIM} (proprio + estimate), got "
+                                 f"{config.state_dim} (fix: obs_overrides(env, estimate_object_state=True))")
+            self.object_state_probe = ObjectStateProbe(ObjectStateProbe.input_width(config))
         self._token_cache: dict[str, list[int]] = {}
         self._apply_finetune_mode()
 
@@ -730,13 +795,18 @@ class PI0Policy(nn.Module):
         """The model inputs `obs_to_inputs` makes and `encode` reads (no image under the object-state proxy)."""
         return ("rgb", "state", "ids", "mask") if self.config.obs_mode == "rgb" else ("state", "ids", "mask")
 
+    @property
+    def observed_state_dim(self) -> int:
+        """Width of the env's obs["state"] this policy reads (the estimated object features are not observed)."""
+        return self.config.state_dim - (scene_env.OBJECT_STATE_DIM if self.config.estimate_object_state else 0)
+
     def obs_to_inputs(self, obs: dict) -> dict:
         """env obs {"rgb" u8 [N,H,W,3] (obs_mode "rgb" only), "state" [N,S], "instruction"} -> stored rollout inputs
         (CPU tensors): rgb resized to the model's image size (u8 [N,3,S,S]), raw state, token ids [N,T], mask [N,T]."""
         state = torch.as_tensor(obs["state"]).float().cpu()
-        if state.shape[-1] != self.config.state_dim:
+        if state.shape[-1] != self.observed_state_dim:
             raise ValueError(f"ppoflow_pi0.py: the observation's state has {state.shape[-1]} dims but this policy reads "
-                             f"{self.config.state_dim} (obs_mode {self.config.obs_mode!r}; fix: run the env with "
+                             f"{self.observed_state_dim} (obs_mode {self.config.obs_mode!r}; fix: run the env with "
                              f"--env.obs-mode {self.config.obs_mode}, the mode the policy was trained in)")
         out = {}
         if self.config.obs_mode == "rgb":
@@ -766,15 +836,21 @@ class PI0Policy(nn.Module):
     def encode(self, inp: dict, img: torch.Tensor | None = None) -> Prefix:
         """Run SigLIP + Gemma over [image tokens, bos, instruction, \\n] once; keep the KV cache (the prefix). Under the
         object-state proxy (obs_mode "state") the prefix is the instruction alone: the state reaches the expert.
+        With estimate_object_state the state token also gets the probe's estimate of the object features (and with
+        image_in_prefix=False the image reaches the policy only that way).
         `img`: the image tokens when the caller already has them (`image_tokens`, e.g. for an auxiliary loss)."""
-        vlm, dev = self.pi0.model.vlm, self.pi0.action_out_proj.weight.device
+        c, vlm, dev = self.config, self.pi0.model.vlm, self.pi0.action_out_proj.weight.device
         dtype = self.pi0.action_out_proj.weight.dtype
         txt = vlm.get_input_embeddings()(inp["ids"].to(dev))  # [B, T, Hv] (Gemma scales by sqrt(Hv))
         emb, valid = txt, inp["mask"].to(dev)  # [B, L, Hv], [B, L]
-        if self.config.obs_mode == "rgb":
+        state = inp["state"].to(dev).float()  # [B, observed_state_dim]
+        if c.obs_mode == "rgb":
             img = self.image_tokens(inp) if img is None else img  # [B, Ni, Hv]
-            emb = torch.cat([img, txt.to(img.dtype)], 1)
-            valid = torch.cat([torch.ones(img.shape[:2], dtype=torch.bool, device=dev), valid], 1)
+            if c.estimate_object_state:
+                state = torch.cat([state, self.object_state_probe.features(img)], -1)  # [B, 7 + 14]
+            if c.image_in_prefix:
+                emb = torch.cat([img, txt.to(img.dtype)], 1)
+                valid = torch.cat([torch.ones(img.shape[:2], dtype=torch.bool, device=dev), valid], 1)
         B, L = emb.shape[:2]
         if self.config.positions == "open_pi_zero":
             pos = torch.arange(1, L + 1, device=dev).expand(B, L)
@@ -785,7 +861,7 @@ class PI0Policy(nn.Module):
                                  position_ids=pos, past_key_values=cache, use_cache=True, **self._attn_kw)
         h = out.last_hidden_state.float()
         z = (h * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)  # [B, Hv] masked mean
-        state = self.normalizer.state(inp["state"].to(dev))
+        state = self.normalizer.state(state)
         state = F.pad(state, (0, self.pi0.config.max_state_dim - state.shape[-1])).to(dtype)
         return Prefix(cache=cache.reader(), valid=valid, state=state, z=z.detach())  # z_t = sg(E(o_t))
 
@@ -1389,7 +1465,8 @@ def export_pretrained(policy: PI0Policy, folder: str | os.PathLike, source: dict
     processor.save_pretrained(out)
     ss.write_json_atomic(out / "norm_stats.json", norm_stats(policy.normalizer))
     sd = policy.state_dict()
-    save_file({k: v.detach().cpu().contiguous() for k, v in sd.items() if k.startswith(("noise_head.", "value_head."))},
+    save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()
+               if k.startswith(("noise_head.", "value_head.", "object_state_probe."))},
               str(out / EXPORT_HEADS))
     cfg = {**asdict(policy.config), "lora_rank": 0, "lora_expert": False, "pi0": {}}  # pi0: config.json
     ss.write_json_atomic(out / EXPORT_CONFIG, {"schema_version": CKPT_SCHEMA_VERSION, "model_config": cfg,
@@ -1894,9 +1971,12 @@ def setup_distributed(device_flag: str) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def obs_overrides(env: EnvConfig) -> dict:
-    """The PolicyConfig fields fixed by the env's observation mode (the object-state proxy widens the state)."""
-    return dict(obs_mode=env.obs_mode, state_dim=scene_env.state_dim(env))
+def obs_overrides(env: EnvConfig, estimate_object_state: bool = False, image_in_prefix: bool = True) -> dict:
+    """The PolicyConfig fields fixed by the env's observation mode (the object-state proxy widens the state) and, for
+    a pixel policy, by whether its state token carries the estimated object features."""
+    est = estimate_object_state and env.obs_mode == "rgb"
+    return dict(obs_mode=env.obs_mode, state_dim=scene_env.state_dim(env) + (scene_env.OBJECT_STATE_DIM if est else 0),
+                estimate_object_state=est, image_in_prefix=image_in_prefix or not est)
 
 
 def finetune_overrides(args: Args) -> dict:
@@ -1930,6 +2010,8 @@ def build_policy(args: Args) -> PI0Policy:
     if base.config.chunk != args.env.chunk:
         raise ValueError(f"--init predicts chunks of {base.config.chunk} but --env.chunk is {args.env.chunk}")
     check_obs_mode(base.config, args.env, f"--init {args.init}")
+    if not base.config.image_in_prefix:  # an instruction-only prefix, as under the proxy: V must read the state
+        ft["value_state"] = True
     policy = PI0Policy(PolicyConfig(**{**asdict(base.config), **ft}), base.normalizer, base.tokenizer_spec)
     policy.load_weights(base.state_dict(), base.lora_scaling())
     return policy

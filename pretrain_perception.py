@@ -94,6 +94,14 @@ class Args:
     """Steps between metrics rows (with the held-out error)."""
     num_inference_steps: int = 1
     """K of the policy's flow inference (stored in its checkpoint)."""
+    estimate_object_state: bool = False
+    """A random --preset policy whose state token carries the probe's estimate of the 14 object features
+    (PolicyConfig.estimate_object_state): the probe trained here becomes part of the policy, and the feature
+    statistics of the state normalisation come from the frames (or from a 21-D --stats-from, e.g. a state teacher)."""
+    image_in_prefix: bool = True
+    """With --estimate-object-state: the image tokens also enter the VLM prefix. --no-image-in-prefix: the image
+    reaches the policy only through the estimate (the object-state policy's architecture: distill.py
+    --student-from-teacher)."""
 
 
 class PerceptionError(ValueError):
@@ -106,6 +114,9 @@ def check_args(args: Args) -> None:
            if getattr(args, n) < 1]
     if bad:
         raise PerceptionError(f"pretrain_perception.py: {'; '.join(bad)}")
+    if not args.image_in_prefix and not args.estimate_object_state:
+        raise PerceptionError("pretrain_perception.py: --no-image-in-prefix leaves a policy that sees no image unless "
+                              "its state token carries the estimate (fix: add --estimate-object-state)")
     if args.env.obs_mode != "rgb":
         raise PerceptionError(f"pretrain_perception.py: --env.obs-mode {args.env.obs_mode}: perception is learned from "
                               "the camera (fix: drop --env.obs-mode; the object state comes along as the label)")
@@ -124,9 +135,16 @@ def build_policy(args: Args, device):
     if args.init:
         policy = pp.load_policy(args.init, tokenizer_path=args.tokenizer_path, lora_rank=0,
                                 num_steps=args.num_inference_steps)
+        c = policy.config
+        if c.obs_mode == "rgb" and (c.estimate_object_state, c.image_in_prefix) != (
+                args.estimate_object_state, args.image_in_prefix):
+            raise PerceptionError(
+                f"pretrain_perception.py: --init {args.init} has estimate_object_state {c.estimate_object_state}, "
+                f"image_in_prefix {c.image_in_prefix}, but the flags ask for {args.estimate_object_state}, "
+                f"{args.image_in_prefix} (fix: flags that match the checkpoint, or a random --preset policy)")
     else:
         cfg = pp.preset_config(args.preset, args.env.chunk, num_steps=args.num_inference_steps,
-                               **pp.obs_overrides(args.env))
+                               **pp.obs_overrides(args.env, args.estimate_object_state, args.image_in_prefix))
         tok = {"kind": "hf", "path": args.tokenizer_path} if args.tokenizer_path else {"kind": "bytes"}
         policy = pp.PI0Policy(cfg, pp.Normalizer.from_stats_file(pp.DEFAULT_STATS), tok)
     if policy.config.obs_mode != "rgb":
@@ -134,8 +152,8 @@ def build_policy(args: Args, device):
                               "a pixel policy's (fix: a checkpoint trained with --env.obs-mode rgb, or no --init)")
     if args.stats_from:
         n = pp.load_policy(args.stats_from).normalizer
-        policy.normalizer = pp.Normalizer(n.kind, n.state_lo[:PROPRIO_DIM], n.state_hi[:PROPRIO_DIM], n.action_lo,
-                                          n.action_hi)
+        keep = policy.config.state_dim if len(n.state_lo) == policy.config.state_dim else PROPRIO_DIM
+        policy.normalizer = pp.Normalizer(n.kind, n.state_lo[:keep], n.state_hi[:keep], n.action_lo, n.action_hi)
     return policy.to(device)
 
 
@@ -196,19 +214,23 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
         print(f"[perception] {args.frames} + {args.val_frames} frames in {data['collect_s']:.0f}s "
               f"({(args.frames + args.val_frames) / data['collect_s']:.1f} frames/s)")
     mean = data["object_state"].mean(0)
-    std = data["object_state"].std(0).clamp_min(1e-3)  # constant features (a fixed extent) stay finite
+    std = data["object_state"].std(0).clamp_min(1e-3)  # constant features (a fixed extent) stay finite (as the probe's)
     y, y_val = (data["object_state"] - mean) / std, (data["val_object_state"] - mean) / std
-    s = policy.config.image_size
-    with torch.no_grad():
-        n_in = policy.image_tokens({"rgb": torch.zeros(1, 3, s, s, dtype=torch.uint8)}).flatten(1).shape[1]
-    probe = nn.Linear(n_in, OBJECT_STATE_DIM).to(device)
-    params = [p for p in policy.parameters() if p.requires_grad] + list(probe.parameters())
+    if policy.config.estimate_object_state:  # the probe is the policy's own: its estimate feeds the state token
+        probe = policy.object_state_probe
+        if len(policy.normalizer.state_lo) < policy.config.state_dim:  # the estimate's normalisation: the frames'
+            policy.normalizer = policy.normalizer.with_state_extra(data["object_state"].numpy())
+    else:  # a pixel pi0: the probe only tells the vision tower where things are (stored beside the policy)
+        probe = pp.ObjectStateProbe(pp.ObjectStateProbe.input_width(policy.config), OBJECT_STATE_DIM).to(device)
+    probe.set_statistics(mean, std)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    params += [p for p in probe.parameters() if all(p is not q for q in params)]
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / max(1, args.warmup_steps))
                                               * 0.5 * (1 + math.cos(math.pi * min(1.0, k / args.steps))))
 
-    def predict(rgb: torch.Tensor) -> torch.Tensor:
-        return probe(policy.image_tokens({"rgb": rgb.to(device)}).flatten(1).float())
+    def predict(rgb: torch.Tensor) -> torch.Tensor:  # standardised features
+        return probe(policy.image_tokens({"rgb": rgb.to(device)}))
 
     @torch.no_grad()
     def held_out() -> dict:

@@ -258,7 +258,17 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     if stats == "file":
         policy.normalizer = pp.Normalizer.from_stats_file(args.stats_file or pp.DEFAULT_STATS)
     if stats == "demos":  # normalisation from the demos (stored in the checkpoint)
-        policy.normalizer = pp.Normalizer.from_data(demos["state"].numpy(), demos["action"].flatten(0, 1).numpy())
+        norm = pp.Normalizer.from_data(demos["state"].numpy(), demos["action"].flatten(0, 1).numpy())
+        if policy.config.estimate_object_state:  # the demos hold no estimate: its statistics stay the init's
+            n = policy.normalizer
+            if len(n.state_lo) != policy.config.state_dim or n.kind != norm.kind:
+                raise SystemExit(f"train_imitation.py: --stats demos: the policy's state token carries estimated object "
+                                 f"features whose statistics come from --init, but {args.init} has {n.kind!r} "
+                                 f"statistics of {len(n.state_lo)} state dims (fix: --init a pretrain_perception.py "
+                                 "--estimate-object-state checkpoint, or --stats init)")
+            norm = pp.Normalizer(norm.kind, norm.state_lo + n.state_lo[len(norm.state_lo):],
+                                 norm.state_hi + n.state_hi[len(norm.state_hi):], norm.action_lo, norm.action_hi)
+        policy.normalizer = norm
     policy.to(device).train()
     if args.grad_checkpointing:
         pp.enable_grad_checkpointing(policy)

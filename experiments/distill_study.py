@@ -8,7 +8,17 @@ The teacher is an `--env.obs-mode state` policy (the OBJECT-STATE PROXY: no pret
 tested), typically PPOFlow's final checkpoint of experiments/state_proxy.py. The student and the baseline are the
 pixel `PI0Policy` (64 px camera + instruction + proprio): what a robot could run.
 
-Design v4 (the defaults; issue 32, session 13): v3 with both pixel policies starting from perception pretraining (step
+Design v5 (the defaults; issue 32, session 14): the student and the baseline are `tiny` pixel policies (the
+teacher's preset) whose state token carries an ESTIMATE of the 14 object features the teacher reads, made from the
+camera by a linear probe on the image tokens, and whose prefix is the instruction alone (PolicyConfig
+estimate_object_state, image_in_prefix=False): the teacher's architecture with its simulator features replaced by
+the camera's estimate. Both start from perception pretraining of that estimate (`--estimate-object-state`, step 0);
+the student also takes the teacher's language model, action expert and heads (distill.py --student-from-teacher), so
+it acts as the teacher wherever the estimate is right, and DAgger trains it where the estimate misleads it; the
+baseline's action expert learns from the scripted expert's frames alone, as before. v4 showed why: its perception
+localised the target to 1.3 cm on new layouts, yet neither pixel policy acted on it when the position had to travel
+from 64 image tokens through the VLM into the expert's attention (student 4.0%, baseline 1.5%, teacher 54.5%).
+Design v4 (`--no-estimate-object-state --preset mini`; issue 32, session 13): v3 with both pixel policies starting from perception pretraining (step
 0 below, `--perception-frames 10000`). Design v3 (`--perception-frames 0`): v2 with the student's auxiliary
 object-state probe (distill.py --aux-state-coef 1: its image tokens also regress the 14 object features the teacher
 reads). Design v2 (`--aux-state-coef 0`): the `mini` preset (8x8 patches of the 64 px image: 64 image tokens) with
@@ -73,9 +83,10 @@ class Args:
     """Seed of the student's rounds and of the baseline's demos and training."""
     num_envs: int = 8
     """CPU env workers (DAgger collection, the baseline's demos and evaluation)."""
-    preset: Literal["tiny", "mini"] = "mini"
-    """Size of the student and the baseline (ppoflow_pi0.preset_config): mini (64 image tokens of a 64 px image, ~4x
-    tiny's compute per step) or tiny (16 image tokens: design v1)."""
+    preset: Literal["tiny", "mini"] = "tiny"
+    """Size of the student and the baseline (ppoflow_pi0.preset_config): tiny (16 image tokens of a 64 px image; the
+    teacher's preset, which --student-from-teacher needs) or mini (64 image tokens, ~4x tiny's compute per step:
+    designs v2-v4)."""
     env_extra: str = "--env.no-dr-camera --env.no-dr-lighting"
     """scene_env.EnvConfig flags of the student's and the baseline's envs (training and, through their recorded env,
     evaluation). Default: camera and lighting randomisation off, object poses randomised; "" = full Table A.2."""
@@ -89,6 +100,12 @@ class Args:
     teacher's statistics. 0: both start from random --preset weights (designs v1-v3)."""
     perception_steps: int = 4000
     """Gradient steps of the perception pretraining."""
+    estimate_object_state: bool = True
+    """Both pixel policies' state token carries the perception probe's estimate of the object features, their prefix
+    is the instruction alone (design v5; needs --perception-frames). False: pi0's image tokens in the prefix (v1-v4)."""
+    student_from_teacher: bool = True
+    """The student starts as the teacher with the perception's image path (distill.py --student-from-teacher; needs
+    --estimate-object-state and the teacher's --preset). False: the student's action expert starts as the baseline's."""
     num_inference_steps: int = 1
     """K of the student's and the baseline's deterministic flow inference (the teacher's recipe uses 1)."""
     eval_episodes_per_scene: int = 50
@@ -107,6 +124,13 @@ def main(args: Args) -> Path:
     if not args.train_scenes:
         raise SystemExit("distill_study.py: --train-scenes is empty (fix: name the teacher's training scenes, e.g. "
                          "the train_scenes of its experiments/state_proxy.py args.json)")
+    if args.estimate_object_state and not args.perception_frames:
+        raise SystemExit("distill_study.py: --estimate-object-state needs the perception stage that trains the "
+                         "estimate (fix: --perception-frames 10000)")
+    if args.student_from_teacher and not args.estimate_object_state:
+        raise SystemExit("distill_study.py: --student-from-teacher needs --estimate-object-state (the student then "
+                         "has the teacher's architecture; fix: drop --no-estimate-object-state, or add "
+                         "--no-student-from-teacher)")
     if not Path(args.teacher).is_file() and not args.dry_run:
         raise SystemExit(f"distill_study.py: --teacher {args.teacher} is not a file (fix: a ckpt_*.pt of an "
                          "--env.obs-mode state run, e.g. experiments/state_proxy.py's runs/ppo_s<seed>/ckpt_final.pt)")
@@ -126,8 +150,11 @@ def main(args: Args) -> Path:
         run_step("perception", stage("pretrain_perception.py") + [*scenes, *common, "--out", str(perception),
                  "--stats-from", str(Path(args.teacher).resolve()), "--frames", str(args.perception_frames),
                  "--val-frames", str(max(1, args.perception_frames // 10)),
-                 "--steps", str(args.perception_steps)], perception / "ckpt_final.pt", logs, steps, args.dry_run)
-        init = {"student": ["--student-init", str(perception / "ckpt_final.pt")],
+                 "--steps", str(args.perception_steps),
+                 *(["--estimate-object-state", "--no-image-in-prefix"] if args.estimate_object_state else [])],
+                 perception / "ckpt_final.pt", logs, steps, args.dry_run)
+        init = {"student": ["--student-init", str(perception / "ckpt_final.pt")]
+                + (["--student-from-teacher"] if args.student_from_teacher else []),
                 "baseline": ["--init", str(perception / "ckpt_final.pt")]}
     run_step("student", stage("distill.py") + ["--teacher", str(Path(args.teacher).resolve()), *scenes, *common,
              *init["student"], "--out", str(student), "--rounds", str(args.rounds), "--frames-per-round", str(args.frames_per_round),
@@ -188,13 +215,17 @@ def write_report(out: Path, args: Args, per: dict[str, dict], wall: float) -> st
              f"{args.frames_per_round} frames, {args.steps_per_round} steps per round ({costs[-1]['charts/aggregate_frames']} "
              f"frames in all), auxiliary object-state loss weight {args.aux_state_coef:g}. Baseline: train_imitation.py "
              f"on {baseline_frames} scripted-expert frames, "
-             f"{args.rounds * args.steps_per_round} steps. Both pixel policies: preset `{args.preset}`, env flags "
+             f"{args.rounds * args.steps_per_round} steps. Both pixel policies: preset `{args.preset}`"
+             + (", the object features the teacher reads estimated from the camera into the state token, an "
+                "instruction-only prefix" if args.estimate_object_state else "")
+             + (", the student starting as the teacher with the perception's image path" if args.student_from_teacher
+                else "") + ", env flags "
              f"`{args.env_extra or '(none: full Table A.2 randomisation)'}`, evaluated in the env they trained in. "
              + perception_line(out / "runs/perception/summary.json", args) +
              f"Evaluation: deterministic, seeds {args.eval_seed}..{args.eval_seed + args.eval_episodes_per_scene - 1} "
              "in every scene.\n",
              "| policy | observes | training scenes SR [Wilson 95%] | held-out SR [Wilson 95%] |", "|---|---|---:|---:|"]
-    cam = f"64 px camera ({args.preset})"
+    cam = f"64 px camera ({args.preset}{'; object state estimated from it' if args.estimate_object_state else ''})"
     sees = {"teacher": "object state (proxy)", "student": cam, "baseline": cam}
     for p in ("teacher", "student", "baseline"):
         cells = []

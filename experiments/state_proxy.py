@@ -88,6 +88,11 @@ class Args:
     trained from its checkpoint (`train_imitation.py --init`, statistics from the demos). 0: from random weights."""
     perception_steps: int = 4000
     """Gradient steps of the perception pretraining."""
+    estimate_object_state: bool = False
+    """With --perception-frames: the pixel policy's state token carries the perception probe's estimate of the 14
+    object features and its prefix is the instruction alone (pretrain_perception.py --estimate-object-state
+    --no-image-in-prefix): the object-state policy's architecture, fed from the camera. The policy still observes only
+    the camera, the instruction and the proprio."""
     env_extra: str = ""
     """scene_env flags of the imitation start and of PPOFlow (evaluation reads them from the checkpoints), written
     with "=": --env-extra="--env.no-dr-camera --env.no-dr-lighting" (a fixed camera and light, as on the robot).
@@ -151,6 +156,9 @@ def evaluate_cmd(args: Args, ckpts: list[Path], labels: list[str], scenes: list[
 
 
 def main(args: Args) -> Path:
+    if args.estimate_object_state and not args.perception_frames:
+        raise SystemExit("state_proxy.py: --estimate-object-state needs the perception stage that trains the estimate "
+                         "(fix: --perception-frames 10000)")
     if args.perception_frames and args.obs_mode != "rgb":
         raise SystemExit(f"state_proxy.py: --perception-frames {args.perception_frames} pretrains a camera policy's "
                          "vision; the object-state proxy has none (fix: --obs-mode rgb, or --perception-frames 0)")
@@ -172,7 +180,8 @@ def main(args: Args) -> Path:
             "--preset", "tiny", "--env.image-size", "64", "--env.max-decisions", str(args.max_decisions),
             *shlex.split(args.env_extra), "--num-envs", str(args.env_workers), "--seed", str(args.il_seed),
             "--device", "cpu", "--frames", str(args.perception_frames),
-            "--val-frames", str(max(1, args.perception_frames // 10)), "--steps", str(args.perception_steps)],
+            "--val-frames", str(max(1, args.perception_frames // 10)), "--steps", str(args.perception_steps),
+            *(["--estimate-object-state", "--no-image-in-prefix"] if args.estimate_object_state else [])],
             perception / "ckpt_final.pt", logs, steps, args.dry_run)
         il_init = ["--init", str(perception / "ckpt_final.pt"), "--stats", "demos"]
     run_step("il", stage("train_imitation.py") + [

@@ -209,13 +209,13 @@ def test_dagger_with_the_aux_state_probe_logs_it_stores_it_and_resumes_with_it(s
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["losses/aux_state"]) for r in rows if not r.get("summary"))
     ck0 = torch.load(out / "ckpt_round_000.pt", weights_only=True)
-    w0 = ck0["aux_state_probe"]["weight"]
+    w0 = ck0["aux_state_probe"]["linear.weight"]
     assert w0.shape[0] == scene_env.OBJECT_STATE_DIM
     student = pp.load_policy(out / "ckpt_final.pt")  # still a plain pixel checkpoint: the probe is not the policy's
     assert not any("probe" in k for k in student.state_dict())
     r1 = run_distill(setup, out, "--rounds", "2", "--aux-state-coef", "0.5")
     assert r1.returncode == 0 and "continuing at round 1" in r1.stdout, r1.stdout[-3000:] + r1.stderr[-3000:]
-    w1 = torch.load(out / "ckpt_final.pt", weights_only=True)["aux_state_probe"]["weight"]
+    w1 = torch.load(out / "ckpt_final.pt", weights_only=True)["aux_state_probe"]["linear.weight"]
     # trained on in round 1 from round 0's probe: 3 Adam steps of lr 1e-3 move a weight by <= ~3e-3, while a probe
     # built afresh on the resume would differ from round 0's by a whole init (up to 2/sqrt(fan-in), ~0.09 here)
     assert not torch.equal(w0, w1) and (w1 - w0).abs().max() < 5e-3
@@ -276,32 +276,38 @@ def _frames(n: int, seed: int = 0) -> dict:
 
 
 def test_aux_state_probe_targets_and_gradient_reach_the_vision_tower(setup):
-    """--aux-state-coef: the probe's target is the teacher's own normalised object features, its input the student's
-    image tokens (the same ones its prefix reads), and its loss moves the vision tower, where Eq. 1 alone moves it
-    differently; with the coefficient 0 no probe is built (plain DAgger)."""
+    """--aux-state-coef: the probe's target is the object features standardised by the teacher's bounds (its own
+    normalisation, unclipped), its input the student's image tokens (the same ones its prefix reads), and its loss
+    moves the vision tower, where Eq. 1 alone moves it differently; with the coefficient 0 no probe is built."""
     teacher = pp.load_policy(setup["teacher"]).eval()
+    teacher.normalizer = teacher.normalizer.with_state_extra(torch.rand(50, scene_env.OBJECT_STATE_DIM).numpy() * 0.5)
     student = pp.load_policy(setup["student"], lora_rank=0)
     data = _frames(6)
-    batch = distill.student_inputs(student, teacher, data)
+    data["object_state"] = data["object_state"].abs() * 0.5 + 0.1  # inside the teacher's bounds: no clipping there
+    batch = distill.student_inputs(student, data)
+    assert torch.equal(batch["object_target"], data["object_state"])
     want = teacher.normalizer.state(torch.cat([data["state"], data["object_state"]], -1))[:, scene_env.PROPRIO_DIM:]
-    assert batch["object_target"].shape == (6, scene_env.OBJECT_STATE_DIM)
-    assert torch.allclose(batch["object_target"], want)
+    args = distill.Args(teacher="t", aux_state_coef=1.0)
+    inside = want.abs() < 1
+    assert inside.float().mean() > 0.5
+    probe = distill.build_probe(args, student, teacher)
+    assert torch.allclose(probe.standardise(batch["object_target"])[inside], want[inside], atol=1e-5)
+    assert distill.build_probe(distill.Args(teacher="t"), student, teacher) is None
     inp = {k: batch[k] for k in student.input_keys}
     img = student.image_tokens(inp)
     torch.manual_seed(0)
     a = student.flow_matching_loss(inp, batch["target"])
     torch.manual_seed(0)
     assert torch.allclose(a, student.flow_matching_loss(inp, batch["target"], img=img))  # the same prefix
-    probe = distill.build_probe(student)
-    assert probe.in_features == img[0].numel() and probe.out_features == scene_env.OBJECT_STATE_DIM
+    assert probe.linear.in_features == img[0].numel() and probe.linear.out_features == scene_env.OBJECT_STATE_DIM
 
     def vision_after_one_step(coef: float):
         st = pp.load_policy(setup["student"], lora_rank=0)
-        pr = distill.build_probe(st) if coef else None
+        pr = distill.build_probe(distill.Args(teacher="t", aux_state_coef=coef), st, teacher)
         if pr is not None:
             torch.manual_seed(1)
-            pr.reset_parameters()
-        params = [p for p in st.parameters() if p.requires_grad] + (list(pr.parameters()) if pr else [])
+            pr.linear.reset_parameters()
+        params = distill.trainable(st, pr)
         opt = torch.optim.SGD(params, lr=1.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         args = distill.Args(teacher="t", batch_size=6, log_every=1, aux_state_coef=coef)
@@ -355,14 +361,20 @@ def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baseline
     base = json.loads((out / "runs/baseline/args.json").read_text())["args"]
     assert base["steps"] == 4 and base["env"]["obs_mode"] == "rgb" and base["env"]["image_size"] == 64
     stud = json.loads((out / "runs/student/args.json").read_text())["args"]
-    for a in (base, stud):  # design v2's defaults reach both pixel policies: mini, camera and lighting fixed, poses drawn
-        assert a["preset"] == "mini" and not a["env"]["dr_camera"] and not a["env"]["dr_lighting"]
+    for a in (base, stud):  # the defaults reach both pixel policies: tiny (v5), camera and lighting fixed, poses drawn
+        assert a["preset"] == "tiny" and not a["env"]["dr_camera"] and not a["env"]["dr_lighting"]
         assert a["env"]["dr_object_pose"]
-    assert "preset `mini`" in report and "--env.no-dr-camera --env.no-dr-lighting" in report
+    assert "preset `tiny`" in report and "--env.no-dr-camera --env.no-dr-lighting" in report
     assert stud["aux_state_coef"] == 1.0 and "aux_state_coef" not in base  # v3: the probe is the student's alone
     assert "auxiliary object-state loss weight 1" in report and "perception pretraining (pretrain_perception.py: 4" in report
     ckpt = str(out / "runs/perception/ckpt_final.pt")  # v4: both pixel policies start from step 0's checkpoint
     assert stud["student_init"] == ckpt and base["init"] == ckpt
+    # v5: both read the estimated object state from an instruction-only prefix; the student starts as the teacher
+    assert stud["student_from_teacher"] and "student_from_teacher" not in base
+    for name in ("student", "baseline"):
+        c = pp.load_policy(out / f"runs/{name}/ckpt_final.pt").config
+        assert c.estimate_object_state and not c.image_in_prefix and c.obs_mode == "rgb", name
+    assert "estimated from the camera into the state token" in report
     r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)  # resumes: every step skipped
     assert r2.returncode == 0 and r2.stdout.count("[skip]") == 4, r2.stdout[-2000:]
 
@@ -400,7 +412,9 @@ def test_distill_study_perception_step_starts_both_pixel_policies_from_its_check
     assert list(cmds)[:3] == ["pretrain_perception.py", "distill.py", "train_imitation.py"]
     pa = tyro.cli(perc.Args, args=cmds["pretrain_perception.py"][2:])
     ckpt = str(tmp_path / "o/runs/perception/ckpt_final.pt")
-    assert pa.frames == 30 and pa.steps == 7 and pa.preset == "mini" and pa.stats_from == str(tmp_path / "t.pt")
+    assert pa.frames == 30 and pa.steps == 7 and pa.preset == "tiny" and pa.stats_from == str(tmp_path / "t.pt")
     assert not pa.env.dr_camera and not pa.env.dr_lighting and pa.env.image_size == 64
-    assert tyro.cli(distill.Args, args=cmds["distill.py"][2:]).student_init == ckpt
+    assert pa.estimate_object_state and not pa.image_in_prefix  # design v5
+    da = tyro.cli(distill.Args, args=cmds["distill.py"][2:])
+    assert da.student_init == ckpt and da.student_from_teacher
     assert tyro.cli(ti.Args, args=cmds["train_imitation.py"][2:]).init == ckpt

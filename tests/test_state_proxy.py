@@ -207,6 +207,17 @@ def test_driver_runs_the_recipe_on_pixels_with_obs_mode_rgb(tmp_path, capsys):
     pa, ia = tyro.cli(perc.Args, args=cmds[0][2:]), tyro.cli(ti.Args, args=cmds[1][2:])
     assert pa.frames == 50 and pa.val_frames == 5 and pa.steps == 9 and pa.preset == "tiny" and not pa.env.dr_camera
     assert ia.init == str(tmp_path / "p/runs/perception/ckpt_final.pt") and ia.stats == "demos"
+    assert not pa.estimate_object_state and pa.image_in_prefix
+    # --estimate-object-state: the perception stage builds the policy whose state token carries the estimate
+    capsys.readouterr()
+    sp.main(sp.Args(scenes_dir=str(tmp_path), train_scenes=["a"], out_dir=str(tmp_path / "e"), seeds=[1],
+                    obs_mode="rgb", perception_frames=50, estimate_object_state=True, dry_run=True))
+    cmds = [shlex.split(x.split(": ", 1)[1]) for x in capsys.readouterr().out.splitlines() if x.startswith("[run ]")]
+    pa = tyro.cli(perc.Args, args=cmds[0][2:])
+    assert pa.estimate_object_state and not pa.image_in_prefix
+    with pytest.raises(SystemExit, match="--estimate-object-state needs the perception stage"):
+        sp.main(sp.Args(scenes_dir=str(tmp_path), train_scenes=["a"], out_dir=str(tmp_path / "q"), obs_mode="rgb",
+                        estimate_object_state=True))
     with pytest.raises(SystemExit, match="--perception-frames 50 pretrains a camera policy"):
         sp.main(sp.Args(scenes_dir=str(tmp_path), train_scenes=["a"], out_dir=str(tmp_path / "q"), perception_frames=50))
     assert sp.label("rgb") == sp.PIXEL_LABEL and "proxy" not in sp.PIXEL_LABEL and sp.label("state") == sp.LABEL

@@ -1,0 +1,261 @@
+"""Tests of the pixel policy whose state token carries the object features estimated from its camera
+(PolicyConfig.estimate_object_state, image_in_prefix; issues 27 item 5 and 32, design v5): what it observes, what
+its state token holds, how the perception stage trains its estimate, how distill.py --student-from-teacher makes it
+the teacher with a camera, and how imitation keeps the estimate's statistics.
+
+    pytest tests/test_estimated_state.py -q
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
+import distill  # noqa: E402
+import ppoflow_pi0 as pp  # noqa: E402
+import pretrain_perception as perc  # noqa: E402
+import scene_env  # noqa: E402
+from test_distill import LAYOUT, run_distill, setup, tiny_ckpt  # noqa: E402,F401  (setup: the module fixture)
+from test_scene_env import make_scene, write_manifest  # noqa: E402
+
+P, O = scene_env.PROPRIO_DIM, scene_env.OBJECT_STATE_DIM
+ENV = scene_env.EnvConfig(image_size=64)
+
+
+def estimating_policy(image_in_prefix: bool = False, seed: int = 0, preset: str = "tiny") -> pp.PI0Policy:
+    torch.manual_seed(seed)
+    cfg = pp.preset_config(preset, 4, num_steps=1, **pp.obs_overrides(ENV, True, image_in_prefix))
+    return pp.PI0Policy(cfg, pp.Normalizer.from_stats_file(pp.DEFAULT_STATS), {"kind": "bytes"})
+
+
+def obs(n: int = 2, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"rgb": torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8, generator=g),
+            "state": torch.randn(n, P, generator=g) * 0.1, "instruction": ["put the red block on the plate"] * n}
+
+
+# ---------------------------------------------------------------------------------------------
+# The policy: observes camera + instruction + proprio, its state token holds proprio + estimate
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_state_token_is_the_proprio_and_the_cameras_estimate():
+    pol = estimating_policy().eval()
+    assert pol.config.state_dim == P + O and pol.observed_state_dim == P and pol.config.pi0["max_state_dim"] == P + O
+    o = obs()
+    inp = pol.obs_to_inputs(o)
+    assert inp["state"].shape == (2, P) and set(pol.input_keys) == {"rgb", "state", "ids", "mask"}
+    with torch.no_grad():
+        prefix = pol.encode(inp)
+        est = pol.object_state_probe.features(pol.image_tokens(inp))
+    want = pol.normalizer.state(torch.cat([inp["state"], est], -1))
+    assert torch.allclose(prefix.state[:, : P + O].float(), want, atol=1e-6)
+    assert prefix.valid.shape[1] == pol.config.max_text_tokens  # image_in_prefix False: the instruction alone
+    # another image moves the estimate (and only it); the proprio part is what the env gave
+    o2 = {**o, "rgb": obs(seed=1)["rgb"]}
+    with torch.no_grad():
+        other = pol.encode(pol.obs_to_inputs(o2)).state.float()
+    assert torch.equal(other[:, :P], prefix.state[:, :P].float()) and not torch.allclose(other[:, P:], prefix.state[:, P:].float())
+    with pytest.raises(ValueError, match="has 21 dims but this policy reads 7"):
+        pol.obs_to_inputs({**o, "state": torch.zeros(2, P + O)})  # the simulator's features are not an input
+
+
+def test_the_probe_is_standardised_and_the_image_can_also_enter_the_prefix():
+    pol = estimating_policy(image_in_prefix=True)
+    probe = pol.object_state_probe
+    probe.set_statistics(torch.arange(O).float(), torch.full((O,), 2.0))
+    img = torch.randn(3, 16, 64)
+    assert torch.allclose(probe.features(img), probe(img) * 2 + torch.arange(O))
+    assert torch.allclose(probe.standardise(probe.features(img)), probe(img), atol=1e-5)
+    assert probe.linear.in_features == pp.ObjectStateProbe.input_width(pol.config) == 16 * 64
+    with torch.no_grad():
+        prefix = pol.encode(pol.obs_to_inputs(obs()))
+    assert prefix.valid.shape[1] == 16 + pol.config.max_text_tokens
+
+
+@pytest.mark.parametrize("over,match", [
+    (dict(obs_mode="state", state_dim=P + O, estimate_object_state=True), "needs obs_mode 'rgb'"),
+    (dict(image_in_prefix=False), "image_in_prefix=False needs estimate_object_state"),
+    (dict(estimate_object_state=True), "needs state_dim 21"),
+])
+def test_contradictory_configs_are_refused(over, match):
+    with pytest.raises(ValueError, match=match):
+        pp.PI0Policy(pp.preset_config("tiny", 4, **over), pp.Normalizer.from_stats_file(pp.DEFAULT_STATS),
+                     {"kind": "bytes"})
+
+
+def test_checkpoint_and_export_keep_the_probe(tmp_path):
+    pol = estimating_policy()
+    pol.object_state_probe.set_statistics(torch.ones(O), torch.full((O,), 3.0))
+    pp.torch_save_atomic(pp.policy_checkpoint(pol, iteration=0), tmp_path / "c.pt")
+    back = pp.load_policy(tmp_path / "c.pt")
+    assert back.config.estimate_object_state and not back.config.image_in_prefix
+    sd, sd2 = pol.state_dict(), back.state_dict()
+    assert all(torch.equal(sd[k], sd2[k]) for k in sd) and torch.equal(back.object_state_probe.std, torch.full((O,), 3.0))
+    folder = pp.export_pretrained(pol, tmp_path / "hf")
+    again = pp.load_policy(folder)
+    assert all(torch.equal(sd[k], again.state_dict()[k]) for k in sd if k.startswith("object_state_probe."))
+
+
+def test_ppoflow_from_an_instruction_only_prefix_gives_the_value_head_the_state(tmp_path):
+    pp.torch_save_atomic(pp.policy_checkpoint(estimating_policy(), iteration=0), tmp_path / "c.pt")
+    args = pp.Args(init=str(tmp_path / "c.pt"), env=ENV, value_state=False)
+    pol = pp.build_policy(args)
+    assert pol.config.value_state and pol.config.estimate_object_state  # z_t alone is the same in every state
+
+
+# ---------------------------------------------------------------------------------------------
+# Perception pretraining trains the policy's own estimate
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("estimate")
+    write_manifest(make_scene(root / "scenes", root / "assets", "s0", distractor=False, relation="ON",
+                              task="put the red block on the blue plate"), root / "assets", LAYOUT)
+    return root
+
+
+def _perc_args(root: Path, out: Path, **kw) -> perc.Args:
+    base = dict(scenes_dir=str(root / "scenes"), out=str(out), preset="tiny", device="cpu", num_envs=1, env_workers=0,
+                frames=6, val_frames=2, steps=3, batch_size=4, log_every=1, warmup_steps=1, env=ENV,
+                estimate_object_state=True, image_in_prefix=False)
+    return perc.Args(**{**base, **kw})
+
+
+@pytest.mark.timeout(300)
+def test_perception_trains_the_estimate_that_feeds_the_state_token(scenes, tmp_path):
+    out = tmp_path / "p"
+    pp.seed_everything(0)
+    init = perc.build_policy(_perc_args(scenes, out), "cpu").object_state_probe.linear.weight.detach().clone()
+    perc.main(_perc_args(scenes, out))
+    pol = pp.load_policy(out / "ckpt_final.pt")
+    assert pol.config.estimate_object_state and not pol.config.image_in_prefix
+    data = torch.load(out / "frames.pt", weights_only=True)
+    probe = pol.object_state_probe
+    assert torch.allclose(probe.mean, data["object_state"].mean(0))  # its statistics are the frames'
+    assert not torch.equal(probe.linear.weight, init)  # trained: it is the probe of the regression
+    n = pol.normalizer  # proprio: the Bridge file's; the estimate: p01 / p99 of the frames' features
+    assert len(n.state_lo) == P + O
+    assert n.state_lo[P:] == pytest.approx(torch.quantile(data["object_state"].double(), 0.01, 0).tolist(), abs=1e-6)
+    ck = torch.load(out / "ckpt_final.pt", weights_only=True)
+    assert ck["perception"]["probe"]["linear.weight"].shape == (O, probe.linear.in_features)
+
+
+def test_perception_flags_must_agree_with_an_init(scenes, tmp_path):
+    plain = tiny_ckpt(tmp_path / "plain.pt", "rgb")
+    with pytest.raises(perc.PerceptionError, match="estimate_object_state False, image_in_prefix True, but the flags"):
+        perc.main(_perc_args(scenes, tmp_path / "o", init=str(plain)), env_fn=lambda *a, **k: pytest.fail("env"))
+    with pytest.raises(perc.PerceptionError, match="--no-image-in-prefix leaves a policy that sees no image"):
+        perc.main(_perc_args(scenes, tmp_path / "o", estimate_object_state=False), env_fn=lambda *a, **k: pytest.fail("env"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_stats_from_a_21d_teacher_are_kept_whole(scenes, tmp_path):
+    env = dataclasses.asdict(scene_env.EnvConfig(obs_mode="state"))
+    t = pp.load_policy(tiny_ckpt(tmp_path / "t.pt", "state", {"env": env}))
+    t.normalizer = t.normalizer.with_state_extra(torch.rand(50, O).numpy())
+    pp.torch_save_atomic(pp.policy_checkpoint(t, iteration=0, args={"env": env}), tmp_path / "t.pt")
+    pol = perc.build_policy(_perc_args(scenes, tmp_path / "o", stats_from=str(tmp_path / "t.pt")), "cpu")
+    assert pol.normalizer.state_lo == t.normalizer.state_lo and len(pol.normalizer.state_lo) == P + O
+
+
+# ---------------------------------------------------------------------------------------------
+# distill.py --student-from-teacher: the teacher with a camera
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_student_from_the_teacher_acts_as_the_teacher_where_the_estimate_is_exact(setup, tmp_path):
+    teacher = pp.load_policy(setup["teacher"]).eval()
+    teacher.normalizer = teacher.normalizer.with_state_extra(torch.rand(50, O).numpy() * 0.3)
+    vision = estimating_policy(seed=3)
+    args = distill.Args(teacher=str(setup["teacher"]), num_inference_steps=1)
+    student = distill.student_from_teacher(args, vision, teacher).eval()
+    sd, t_sd, v_sd = student.state_dict(), teacher.state_dict(), vision.state_dict()
+    for k, v in sd.items():
+        assert torch.equal(v, v_sd[k] if k.startswith(distill.VISION_KEYS) else t_sd[k]), k
+    assert student.normalizer == teacher.normalizer and student.config.value_state == teacher.config.value_state
+    # a probe whose estimate is exactly the simulator's features: the student's chunk is the teacher's
+    o = obs(1, seed=4)
+    features = torch.rand(1, O) * 0.3
+    probe = student.object_state_probe
+    with torch.no_grad():
+        probe.linear.weight.zero_()
+        probe.linear.bias.zero_()
+    probe.set_statistics(features[0], torch.ones(O))
+    torch.manual_seed(7)
+    a = student.act(o)
+    torch.manual_seed(7)
+    b = teacher.act(distill.teacher_obs({**o, "object_state": features}))
+    assert torch.allclose(a, b, atol=1e-5)
+    torch.manual_seed(7)  # and the camera matters: another estimate, another chunk
+    probe.set_statistics(features[0] + 0.2, torch.ones(O))
+    assert not torch.allclose(student.act(o), b, atol=1e-4)
+
+
+def test_student_from_teacher_refuses_a_student_init_it_cannot_use(setup, tmp_path):
+    teacher = pp.load_policy(setup["teacher"]).eval()
+    args = distill.Args(teacher=str(setup["teacher"]), student_init="x.pt")
+    with pytest.raises(distill.DistillError, match="estimate_object_state False"):
+        distill.student_from_teacher(args, pp.load_policy(setup["student"]), teacher)
+    with pytest.raises(distill.DistillError, match="estimate_object_state True, image_in_prefix True"):
+        distill.student_from_teacher(args, estimating_policy(image_in_prefix=True), teacher)
+    with pytest.raises(distill.DistillError, match="preset 'mini'.*differ in architecture.*--preset tiny"):
+        distill.student_from_teacher(args, estimating_policy(preset="mini"), teacher)
+    with pytest.raises(distill.DistillError, match="--student-from-teacher takes the student's vision"):
+        distill.main(distill.Args(teacher=str(setup["teacher"]), out=str(tmp_path / "o"), student_from_teacher=True,
+                                  env=ENV, device="cpu"), env_fn=lambda *a: pytest.fail("an env was built"))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.timeout(300)
+def test_a_dagger_round_from_the_teacher_trains_the_students_own_probe(setup, tmp_path):
+    init = tmp_path / "vision.pt"
+    pp.torch_save_atomic(pp.policy_checkpoint(estimating_policy(seed=5), iteration=0), init)
+    out = tmp_path / "d"
+    r = run_distill(setup, out, "--rounds", "1", "--aux-state-coef", "0.5", "--student-from-teacher",
+                    "--student-init", str(init))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ck = torch.load(out / "ckpt_final.pt", weights_only=True)
+    assert "aux_state_probe" not in ck  # the aux loss trained the policy's own probe
+    before = torch.load(init, weights_only=True)["model"]
+    assert not torch.equal(ck["model"]["object_state_probe.linear.weight"], before["object_state_probe.linear.weight"])
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["losses/aux_state"] > 0 for r in rows if not r.get("summary"))
+    student = pp.load_policy(out / "ckpt_final.pt")
+    assert student.config.estimate_object_state and student.observed_state_dim == P  # evaluate.py runs it on pixels
+
+
+# ---------------------------------------------------------------------------------------------
+# Imitation keeps the estimate's statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def test_imitation_from_demos_keeps_the_estimates_statistics_from_the_init(tmp_path):
+    import train_imitation as TI
+
+    pol = estimating_policy()
+    pol.normalizer = pol.normalizer.with_state_extra(torch.rand(40, O).numpy())
+    pp.torch_save_atomic(pp.policy_checkpoint(pol, iteration=0), tmp_path / "init.pt")
+    demos = {**pol.obs_to_inputs(obs(8)), "action": torch.rand(8, 4, 7) * 0.02, "episodes": torch.tensor(2),
+             "expert_success_rate": torch.tensor(1.0)}
+    torch.save(demos, tmp_path / "demos.pt")
+    TI.main(TI.Args(out=str(tmp_path / "run"), demos=str(tmp_path / "demos.pt"), init=str(tmp_path / "init.pt"),
+                    stats="demos", steps=1, batch_size=8, device="cpu", log_every=1, save_every=1, env=ENV))
+    n = pp.load_policy(tmp_path / "run/ckpt_final.pt").normalizer
+    want = pp.Normalizer.from_data(demos["state"].numpy(), demos["action"].flatten(0, 1).numpy())
+    assert n.state_lo[:P] == pytest.approx(want.state_lo) and n.state_lo[P:] == pol.normalizer.state_lo[P:]
+    assert n.action_hi == pytest.approx(want.action_hi)
+    plain = estimating_policy()  # an init without the estimate's statistics: a clear error
+    pp.torch_save_atomic(pp.policy_checkpoint(plain, iteration=0), tmp_path / "bare.pt")
+    with pytest.raises(SystemExit, match="statistics of 7 state dims"):
+        TI.main(TI.Args(out=str(tmp_path / "run2"), demos=str(tmp_path / "demos.pt"), init=str(tmp_path / "bare.pt"),
+                        stats="demos", steps=1, device="cpu", env=ENV))
