@@ -12,7 +12,7 @@ Design v5 (the defaults; issue 32, session 14): the student and the baseline are
 teacher's preset) whose state token carries an ESTIMATE of the 14 object features the teacher reads, made from the
 camera by a linear probe on the image tokens, and whose prefix is the instruction alone (PolicyConfig
 estimate_object_state, image_in_prefix=False): the teacher's architecture with its simulator features replaced by
-the camera's estimate. Both start from perception pretraining of that estimate (`--estimate-object-state`, step 0);
+the camera's estimate. Both start from perception pretraining of that estimate (step 0, 20,000 frames, 6000 steps);
 the student also takes the teacher's language model, action expert and heads (distill.py --student-from-teacher), so
 it acts as the teacher wherever the estimate is right, and DAgger trains it where the estimate misleads it; the
 baseline's action expert learns from the scripted expert's frames alone, as before. v4 showed why: its perception
@@ -93,12 +93,12 @@ class Args:
     aux_state_coef: float = 1.0
     """The student's auxiliary object-state loss weight (distill.py --aux-state-coef; 0: plain DAgger, designs v1/v2).
     The baseline has no privileged state to regress: it is plain imitation."""
-    perception_frames: int = 10000
+    perception_frames: int = 20000
     """Step 0, perception pretraining (pretrain_perception.py) on the training scenes with the pixel policies' env and
     preset: this many fresh-reset frames labelled with the object state (and a tenth as many held out); the student
     (distill.py --student-init) and the baseline (train_imitation.py --init) both start from its checkpoint, with the
     teacher's statistics. 0: both start from random --preset weights (designs v1-v3)."""
-    perception_steps: int = 4000
+    perception_steps: int = 6000
     """Gradient steps of the perception pretraining."""
     estimate_object_state: bool = True
     """Both pixel policies' state token carries the perception probe's estimate of the object features, their prefix
