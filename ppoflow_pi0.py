@@ -1340,6 +1340,12 @@ _CARD_CAVEAT = """
 PI0 (see `policy_config.json`): `sample_actions` does not reproduce it; load it with the project's `load_policy`.
 """
 
+_CARD_ESTIMATE = """
+**Caveat**: this policy's state token carries the proprio AND 14 object features that its `object_state_probe`
+(in `policy_heads.safetensors`) estimates from the image{}; transformers' PI0 alone does not compute them, so
+`sample_actions` does not reproduce it: load it with the project's `load_policy`.
+"""
+
 
 def model_card(policy: PI0Policy, source: dict | None = None) -> str:
     """README.md of an exported folder: what trained it (command and arguments), on what data, what it reached, and
@@ -1409,7 +1415,8 @@ action[:, 6] = torch.where(out[:, 6] > 0.5, 1.0, -1.0)  # gripper: openness > 0.
 `noise=` (shape [1, {c.chunk}, config.max_action_dim]) makes it deterministic. The normalisation statistics
 ({kind}) are PI0Processor's state / actions mean and std in `processor_config.json`, and in openpi's layout in
 `norm_stats.json`.
-{'' if same else _CARD_CAVEAT}
+{'' if same else _CARD_CAVEAT}{_CARD_ESTIMATE.format('' if c.image_in_prefix else ', and the image enters its prefix no other way')
+                                if c.estimate_object_state else ''}
 ## With the project
 
 `ppoflow_pi0.load_policy("<this folder>")` restores the whole policy (noise and value heads from

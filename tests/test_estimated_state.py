@@ -22,8 +22,8 @@ import distill  # noqa: E402
 import ppoflow_pi0 as pp  # noqa: E402
 import pretrain_perception as perc  # noqa: E402
 import scene_env  # noqa: E402
-from test_distill import LAYOUT, run_distill, setup, tiny_ckpt  # noqa: E402,F401  (setup: the module fixture)
-from test_scene_env import make_scene, write_manifest  # noqa: E402
+from test_distill import run_distill, setup, tiny_ckpt  # noqa: E402,F401  (setup: a module fixture)
+from test_pretrain_perception import _args as perception_args, scenes  # noqa: E402,F401  (scenes: a module fixture)
 
 P, O = scene_env.PROPRIO_DIM, scene_env.OBJECT_STATE_DIM
 ENV = scene_env.EnvConfig(image_size=64)
@@ -100,6 +100,7 @@ def test_checkpoint_and_export_keep_the_probe(tmp_path):
     sd, sd2 = pol.state_dict(), back.state_dict()
     assert all(torch.equal(sd[k], sd2[k]) for k in sd) and torch.equal(back.object_state_probe.std, torch.full((O,), 3.0))
     folder = pp.export_pretrained(pol, tmp_path / "hf")
+    assert "transformers' PI0 alone does not compute them" in (folder / "README.md").read_text()
     again = pp.load_policy(folder)
     assert all(torch.equal(sd[k], again.state_dict()[k]) for k in sd if k.startswith("object_state_probe."))
 
@@ -116,19 +117,8 @@ def test_ppoflow_from_an_instruction_only_prefix_gives_the_value_head_the_state(
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("estimate")
-    write_manifest(make_scene(root / "scenes", root / "assets", "s0", distractor=False, relation="ON",
-                              task="put the red block on the blue plate"), root / "assets", LAYOUT)
-    return root
-
-
 def _perc_args(root: Path, out: Path, **kw) -> perc.Args:
-    base = dict(scenes_dir=str(root / "scenes"), out=str(out), preset="tiny", device="cpu", num_envs=1, env_workers=0,
-                frames=6, val_frames=2, steps=3, batch_size=4, log_every=1, warmup_steps=1, env=ENV,
-                estimate_object_state=True, image_in_prefix=False)
-    return perc.Args(**{**base, **kw})
+    return perception_args(root, out, **{"estimate_object_state": True, "image_in_prefix": False, **kw})
 
 
 @pytest.mark.timeout(300)
