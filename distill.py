@@ -311,18 +311,26 @@ def student_from_teacher(args: Args, vision, teacher):
                            f"estimated object features and whose prefix is the instruction alone (its "
                            f"estimate_object_state {vc.estimate_object_state}, image_in_prefix {vc.image_in_prefix}; "
                            "fix: pretrain_perception.py --estimate-object-state --no-image-in-prefix)")
-    if vc.pi0 != tc.pi0 or vc.state_dim != tc.state_dim:
+    def blind(pi0: dict) -> dict:  # the architecture apart from the vision tower (the student's own)
+        return {**pi0, "vlm_config": {k: v for k, v in pi0["vlm_config"].items() if k != "vision_config"}}
+    if blind(vc.pi0) != blind(tc.pi0) or vc.state_dim != tc.state_dim:
         raise DistillError(f"distill.py: --student-from-teacher: --student-init {args.student_init} (preset "
-                           f"{vc.preset!r}) and the teacher (preset {tc.preset!r}) differ in architecture (fix: "
-                           f"pretrain_perception.py --preset {tc.preset})")
+                           f"{vc.preset!r}) and the teacher (preset {tc.preset!r}) differ in more than the vision tower "
+                           f"(fix: pretrain_perception.py --preset {tc.preset}, any --vision-preset)")
     cfg = pp.PolicyConfig(**{**asdict(tc), "obs_mode": "rgb", "estimate_object_state": True, "image_in_prefix": False,
-                             "lora_rank": 0, "lora_expert": False, "num_steps": args.num_inference_steps})
+                             "estimate_detached": vc.estimate_detached,
+                             "lora_rank": 0, "lora_expert": False, "num_steps": args.num_inference_steps,
+                             "pi0": vc.pi0, "image_size": vc.image_size})
     student = pp.PI0Policy(cfg, teacher.normalizer, teacher.tokenizer_spec)
-    student.load_weights(teacher.state_dict(), teacher.lora_scaling(),
-                         allow_missing=("noise_head.", "value_head.", "object_state_probe."))
-    sd, own = student.state_dict(), vision.state_dict()
-    sd.update({k: own[k] for k in sd if k.startswith(VISION_KEYS)})
-    student.load_state_dict(sd)
+    own = vision.state_dict()
+    taught = {k: v for k, v in pp.merge_lora(teacher.state_dict(), teacher.lora_scaling()).items()
+              if not k.startswith(VISION_KEYS)}
+    student.load_state_dict({**taught, **{k: v for k, v in own.items() if k.startswith(VISION_KEYS)}}, strict=False)
+    missing = [k for k in student.state_dict() if k not in taught and not k.startswith(VISION_KEYS)
+               and k != "pi0.model.dit.embed_tokens.weight"]
+    if missing:
+        raise DistillError(f"distill.py: --student-from-teacher: the teacher {args.teacher} lacks {missing[:3]} "
+                           f"(of {len(missing)}): not a policy of the student's layout")
     return student
 
 

@@ -241,6 +241,11 @@ class PolicyConfig:
     (scene_env.object_state: what a state teacher reads from the simulator), made from the image tokens by the
     policy's `ObjectStateProbe` (pretrain_perception.py, then trained end to end). The policy still observes only the
     camera, the instruction and the proprio (the env gives 7 state dims; state_dim is 7 + 14)."""
+    estimate_detached: bool = False
+    """With estimate_object_state: the state token reads the estimate through a stop-gradient, so the policy's own
+    losses (flow matching, PPO) do not reach the probe and the vision tower; only the probe's supervision does
+    (pretrain_perception.py, distill.py --aux-state-coef), and the estimate keeps meaning the simulator's features,
+    which a state teacher's action expert expects. False: trained end to end as well."""
     image_in_prefix: bool = True
     """obs_mode "rgb": the image tokens enter the VLM prefix (pi0). False (needs estimate_object_state): the image
     reaches the policy only through the estimate, the prefix is the instruction alone -- the object-state policy's own
@@ -543,10 +548,16 @@ def _siglip(hidden, layers, inter, heads, image, patch):
                 num_attention_heads=heads, image_size=image, patch_size=patch, vision_use_head=False)
 
 
-def preset_config(preset: str, chunk: int = 4, **overrides) -> PolicyConfig:
+def preset_config(preset: str, chunk: int = 4, vision_preset: str | None = None, **overrides) -> PolicyConfig:
     """tiny: CPU tests (2 layers, width 64, 4x4 image patches); mini: CPU experiments (width 128, 8x8 patches of a
     64 px image: fine enough to find an object whose pose is randomised); small: a few hundred M params; pi0-3b:
-    PaliGemma-3B + 300M expert."""
+    PaliGemma-3B + 300M expert. `vision_preset`: the vision tower of another preset (its tokens are projected to this
+    preset's text width), e.g. a tiny policy that estimates the object state with mini's finer patches."""
+    if vision_preset not in (None, preset):
+        cfg = preset_config(preset, chunk, **overrides)
+        vis = preset_config(vision_preset, chunk).pi0["vlm_config"]["vision_config"]
+        cfg.pi0["vlm_config"]["vision_config"], cfg.image_size = vis, vis["image_size"]
+        return cfg
     v = ByteTokenizer.vocab_size
     if preset == "tiny":
         text, vis, dit = _gemma(64, 2, 128, 2, 32, vocab_size=v), _siglip(32, 1, 64, 2, 64, 16), _gemma(64, 2, 128, 2, 32)
@@ -714,13 +725,13 @@ class PI0Policy(nn.Module):
         self.value_head = _mlp(v_in, config.head_width, 1)  # V(z_t) [or V(z_t, s_t, time to go)]
         nn.init.zeros_(self.noise_head[-1].weight)  # start at the middle of [log_min, log_max]
         nn.init.zeros_(self.noise_head[-1].bias)
-        if config.estimate_object_state or not config.image_in_prefix:
+        if config.estimate_object_state or not config.image_in_prefix or config.estimate_detached:
             if config.obs_mode != "rgb" or not config.estimate_object_state:
                 raise ValueError("ppoflow_pi0.py: PolicyConfig: estimate_object_state needs obs_mode 'rgb' (an "
-                                 "object-state policy reads the features themselves) and image_in_prefix=False needs "
-                                 f"estimate_object_state (else the policy is blind); got obs_mode {config.obs_mode!r}, "
-                                 f"estimate_object_state {config.estimate_object_state}, image_in_prefix "
-                                 f"{config.image_in_prefix}")
+                                 "object-state policy reads the features themselves); image_in_prefix=False (else the "
+                                 "policy is blind) and estimate_detached need estimate_object_state; got obs_mode "
+                                 f"{config.obs_mode!r}, estimate_object_state {config.estimate_object_state}, "
+                                 f"image_in_prefix {config.image_in_prefix}, estimate_detached {config.estimate_detached}")
             if config.state_dim != scene_env.PROPRIO_DIM + scene_env.OBJECT_STATE_DIM:
                 raise ValueError(f"ppoflow_pi0.py: PolicyConfig: estimate_object_state needs state_dim "
                                  f"{scene_env.PROPRIO_DIM + scene_env.OBJECT_STATE_DIM} (proprio + estimate), got "
@@ -847,7 +858,8 @@ class PI0Policy(nn.Module):
         if c.obs_mode == "rgb":
             img = self.image_tokens(inp) if img is None else img  # [B, Ni, Hv]
             if c.estimate_object_state:
-                state = torch.cat([state, self.object_state_probe.features(img)], -1)  # [B, 7 + 14]
+                est = self.object_state_probe.features(img)
+                state = torch.cat([state, est.detach() if c.estimate_detached else est], -1)  # [B, 7 + 14]
             if c.image_in_prefix:
                 emb = torch.cat([img, txt.to(img.dtype)], 1)
                 valid = torch.cat([torch.ones(img.shape[:2], dtype=torch.bool, device=dev), valid], 1)
@@ -1978,12 +1990,14 @@ def setup_distributed(device_flag: str) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def obs_overrides(env: EnvConfig, estimate_object_state: bool = False, image_in_prefix: bool = True) -> dict:
+def obs_overrides(env: EnvConfig, estimate_object_state: bool = False, image_in_prefix: bool = True,
+                  estimate_detached: bool = False) -> dict:
     """The PolicyConfig fields fixed by the env's observation mode (the object-state proxy widens the state) and, for
     a pixel policy, by whether its state token carries the estimated object features."""
     est = estimate_object_state and env.obs_mode == "rgb"
     return dict(obs_mode=env.obs_mode, state_dim=scene_env.state_dim(env) + (scene_env.OBJECT_STATE_DIM if est else 0),
-                estimate_object_state=est, image_in_prefix=image_in_prefix or not est)
+                estimate_object_state=est, image_in_prefix=image_in_prefix or not est,
+                estimate_detached=estimate_detached and est)
 
 
 def finetune_overrides(args: Args) -> dict:

@@ -23,7 +23,11 @@ What it does:
      `train_imitation.py --init`, `distill.py --student-init` or `ppoflow_pi0.py --init`, with the probe, the feature
      statistics and the held-out localisation error (cm) under "perception"; `frames.pt` (reused by a re-run with
      the same frame flags); `metrics.jsonl`; `summary.json`.
-Frames are taken at reset, the arm at its start pose: the views of the first decisions, where the target must be found.
+Frames are taken at reset, the arm at its start pose: the views of the first decisions, where the target must be found;
+`--expert-frames` adds frames along scripted-expert episodes (the arm in view, the target grasped and carried: what a
+policy sees at its later decisions). `--estimate-object-state` makes the probe the policy's own: its estimate feeds
+the state token (PolicyConfig.estimate_object_state; `--no-image-in-prefix`: the image reaches the policy only that
+way), and `--vision-preset` gives a random policy another preset's vision tower.
 With `--stats-from` a DAgger teacher's (or any policy's) action and proprio statistics go into the checkpoint, so
 `distill.py --student-init` keeps the normalisation a random student would take from the teacher.
 """
@@ -57,6 +61,9 @@ class Args:
     """Output folder: args.json, frames.pt, metrics.jsonl, ckpt_final.pt, summary.json."""
     preset: str = "mini"
     """Model size when not given by --init: tiny, mini (CPU experiments), small, pi0-3b."""
+    vision_preset: str | None = None
+    """The vision tower of another preset for a random --preset policy (ppoflow_pi0.preset_config), e.g. --preset
+    tiny --vision-preset mini: a state teacher's tiny architecture with mini's 64 image tokens for the estimate."""
     init: str | None = None
     """Start from this pixel checkpoint instead of random --preset weights."""
     stats_from: str | None = None
@@ -78,6 +85,11 @@ class Args:
     """Labelled frames (one per reset) used for training."""
     val_frames: int = 1000
     """Held-out frames (later reset seeds) on which the localisation error is reported."""
+    expert_frames: int = 0
+    """Further labelled frames along scripted-expert episodes (one per decision: the arm approaching, grasping,
+    carrying, placing, in view and occluding; a new layout each episode), plus a tenth as many from later episodes
+    held out (their error reported apart, "val_expert/"). A policy acts on mid-episode frames, which reset frames
+    never show."""
     steps: int = 4000
     """Gradient steps."""
     batch_size: int = 64
@@ -98,6 +110,9 @@ class Args:
     """A random --preset policy whose state token carries the probe's estimate of the 14 object features
     (PolicyConfig.estimate_object_state): the probe trained here becomes part of the policy, and the feature
     statistics of the state normalisation come from the frames (or from a 21-D --stats-from, e.g. a state teacher)."""
+    estimate_detached: bool = False
+    """With --estimate-object-state: the policy's later losses (imitation, DAgger's flow matching, PPOFlow) do not
+    reach the estimate (PolicyConfig.estimate_detached); only object-state supervision trains it."""
     image_in_prefix: bool = True
     """With --estimate-object-state: the image tokens also enter the VLM prefix. --no-image-in-prefix: the image
     reaches the policy only through the estimate (the object-state policy's architecture: distill.py
@@ -112,11 +127,15 @@ def check_args(args: Args) -> None:
     bad = [f"--{n.replace('_', '-')} {getattr(args, n)} (must be >= 1)" for n in
            ("frames", "val_frames", "steps", "batch_size", "num_envs", "log_every", "num_inference_steps")
            if getattr(args, n) < 1]
+    bad += [f"--expert-frames {args.expert_frames} (must be >= 0)"] if args.expert_frames < 0 else []
     if bad:
         raise PerceptionError(f"pretrain_perception.py: {'; '.join(bad)}")
     if not args.image_in_prefix and not args.estimate_object_state:
         raise PerceptionError("pretrain_perception.py: --no-image-in-prefix leaves a policy that sees no image unless "
                               "its state token carries the estimate (fix: add --estimate-object-state)")
+    if args.estimate_detached and not args.estimate_object_state:
+        raise PerceptionError("pretrain_perception.py: --estimate-detached is about the estimate of "
+                              "--estimate-object-state, which is not set (fix: add --estimate-object-state)")
     if args.env.obs_mode != "rgb":
         raise PerceptionError(f"pretrain_perception.py: --env.obs-mode {args.env.obs_mode}: perception is learned from "
                               "the camera (fix: drop --env.obs-mode; the object state comes along as the label)")
@@ -125,7 +144,8 @@ def check_args(args: Args) -> None:
 def frame_flags(args: Args) -> dict:
     """What the frames depend on: a re-run reuses frames.pt only when these are the same."""
     return {"scenes_dir": str(Path(args.scenes_dir).resolve()), "scene_ids": args.scene_ids, "seed": args.seed,
-            "num_envs": args.num_envs, "frames": args.frames, "val_frames": args.val_frames, "env": ss.to_dict(args.env)}
+            "num_envs": args.num_envs, "frames": args.frames, "val_frames": args.val_frames,
+            "expert_frames": args.expert_frames, "env": ss.to_dict(args.env)}
 
 
 def build_policy(args: Args, device):
@@ -136,15 +156,17 @@ def build_policy(args: Args, device):
         policy = pp.load_policy(args.init, tokenizer_path=args.tokenizer_path, lora_rank=0,
                                 num_steps=args.num_inference_steps)
         c = policy.config
-        if c.obs_mode == "rgb" and (c.estimate_object_state, c.image_in_prefix) != (
-                args.estimate_object_state, args.image_in_prefix):
+        if c.obs_mode == "rgb" and (c.estimate_object_state, c.image_in_prefix, c.estimate_detached) != (
+                args.estimate_object_state, args.image_in_prefix, args.estimate_detached):
             raise PerceptionError(
                 f"pretrain_perception.py: --init {args.init} has estimate_object_state {c.estimate_object_state}, "
-                f"image_in_prefix {c.image_in_prefix}, but the flags ask for {args.estimate_object_state}, "
-                f"{args.image_in_prefix} (fix: flags that match the checkpoint, or a random --preset policy)")
+                f"image_in_prefix {c.image_in_prefix}, estimate_detached {c.estimate_detached}, but the flags ask for "
+                f"{args.estimate_object_state}, {args.image_in_prefix}, {args.estimate_detached} (fix: flags that "
+                "match the checkpoint, or a random --preset policy)")
     else:
-        cfg = pp.preset_config(args.preset, args.env.chunk, num_steps=args.num_inference_steps,
-                               **pp.obs_overrides(args.env, args.estimate_object_state, args.image_in_prefix))
+        cfg = pp.preset_config(args.preset, args.env.chunk, args.vision_preset, num_steps=args.num_inference_steps,
+                               **pp.obs_overrides(args.env, args.estimate_object_state, args.image_in_prefix,
+                                                  args.estimate_detached))
         tok = {"kind": "hf", "path": args.tokenizer_path} if args.tokenizer_path else {"kind": "bytes"}
         policy = pp.PI0Policy(cfg, pp.Normalizer.from_stats_file(pp.DEFAULT_STATS), tok)
     if policy.config.obs_mode != "rgb":
@@ -167,6 +189,22 @@ def collect_frames(envs, policy, n: int, seed: int) -> dict:
         rgb.append(policy.obs_to_inputs(obs)["rgb"])
         obj.append(torch.as_tensor(obs["object_state"]).float().cpu())
         scenes += list(info["scene_id"])
+    return {"rgb": torch.cat(rgb)[:n], "object_state": torch.cat(obj)[:n], "scene_id": scenes[:n]}
+
+
+@torch.no_grad()
+def collect_expert_frames(envs, policy, n: int, seed: int) -> dict:
+    """`n` frames along scripted-expert episodes, one per decision (every env's, in step order; an ended episode
+    resets with a new layout), from a reset with seed `seed`. Same layout as `collect_frames`."""
+    N, rgb, obj, scenes = envs.num_envs, [], [], []
+    obs, info = envs.reset(seed=seed)
+    scene_ids = list(info["scene_id"])
+    for _ in range(math.ceil(n / N)):
+        rgb.append(policy.obs_to_inputs(obs)["rgb"])
+        obj.append(torch.as_tensor(obs["object_state"]).float().cpu())
+        scenes += scene_ids
+        obs, _, _, _, info = envs.step(torch.as_tensor(envs.expert_actions()).float())
+        scene_ids = list(info["scene_id"])
     return {"rgb": torch.cat(rgb)[:n], "object_state": torch.cat(obj)[:n], "scene_id": scenes[:n]}
 
 
@@ -204,15 +242,24 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                                          args.env_workers)
         try:
             train = collect_frames(envs, policy, args.frames, args.seed)
-            val = collect_frames(envs, policy, args.val_frames, args.seed + math.ceil(args.frames / args.num_envs)
-                                 * args.num_envs)  # the reset seeds after the training frames'
+            seed = args.seed + math.ceil(args.frames / args.num_envs) * args.num_envs  # after the training frames'
+            val = collect_frames(envs, policy, args.val_frames, seed)
+            if args.expert_frames:  # episodes from later reset seeds still; the last tenth's held out
+                seed += math.ceil(args.val_frames / args.num_envs) * args.num_envs
+                ex = collect_expert_frames(envs, policy, args.expert_frames, seed)
+                val_ex = collect_expert_frames(envs, policy, max(1, args.expert_frames // 10), seed + 10**6)
+                train = {k: torch.cat([train[k], ex[k]]) if k != "scene_id" else train[k] + ex[k] for k in train}
         finally:
             envs.close()
         data = {"flags": flags, **{k: train[k] for k in ("rgb", "object_state", "scene_id")},
                 **{f"val_{k}": val[k] for k in ("rgb", "object_state", "scene_id")}, "collect_s": time.time() - t0}
+        if args.expert_frames:
+            data.update({f"val_expert_{k}": val_ex[k] for k in ("rgb", "object_state", "scene_id")})
         pp.torch_save_atomic(data, frames_path)
-        print(f"[perception] {args.frames} + {args.val_frames} frames in {data['collect_s']:.0f}s "
-              f"({(args.frames + args.val_frames) / data['collect_s']:.1f} frames/s)")
+        n = len(data["rgb"]) + len(data["val_rgb"]) + len(data.get("val_expert_rgb", []))
+        print(f"[perception] {n} frames ({args.frames} + {args.val_frames} at resets, {args.expert_frames} + "
+              f"{len(data.get('val_expert_rgb', []))} along expert episodes) in {data['collect_s']:.0f}s "
+              f"({n / data['collect_s']:.1f} frames/s)")
     mean = data["object_state"].mean(0)
     std = data["object_state"].std(0).clamp_min(1e-3)  # constant features (a fixed extent) stay finite (as the probe's)
     y, y_val = (data["object_state"] - mean) / std, (data["val_object_state"] - mean) / std
@@ -232,13 +279,20 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     def predict(rgb: torch.Tensor) -> torch.Tensor:  # standardised features
         return probe(policy.image_tokens({"rgb": rgb.to(device)}))
 
+    held = {"val": (data["val_rgb"], y_val)}
+    if "val_expert_rgb" in data:
+        held["val_expert"] = (data["val_expert_rgb"], (data["val_expert_object_state"] - mean) / std)
+
     @torch.no_grad()
     def held_out() -> dict:
         policy.eval()
-        pred = torch.cat([predict(data["val_rgb"][i:i + 256]).cpu() for i in range(0, len(y_val), 256)])
+        out = {}
+        for name, (rgb, target) in held.items():
+            pred = torch.cat([predict(rgb[i:i + 256]).cpu() for i in range(0, len(target), 256)])
+            out.update({f"{name}/mse": float(F.mse_loss(pred, target)),
+                        **{f"{name}/{k}": v for k, v in localisation_error_cm(pred, target, mean, std).items()}})
         policy.train()
-        return {"val/mse": float(F.mse_loss(pred, y_val)), **{f"val/{k}": v for k, v in
-                                                              localisation_error_cm(pred, y_val, mean, std).items()}}
+        return out
 
     metrics = out / "metrics.jsonl"
     metrics.unlink(missing_ok=True)  # training restarts from its first step: the frames are what a re-run keeps
@@ -264,16 +318,20 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
             losses = []
     final = held_out()
     perception = {"probe": {k: v.cpu() for k, v in probe.state_dict().items()}, "feature_mean": mean,
-                  "feature_std": std, "frames": len(y), "val_frames": len(y_val), "held_out": final}
+                  "feature_std": std, "frames": len(y), "val_frames": len(y_val), "expert_frames": args.expert_frames,
+                  "held_out": final}
     pp.torch_save_atomic(pp.policy_checkpoint(policy.eval(), iteration=0, args=ss.to_dict(args),
                                               perception=perception), out / "ckpt_final.pt")
-    summary = {"frames": len(y), "val_frames": len(y_val), "collect_s": data.get("collect_s"),
+    summary = {"frames": len(y), "val_frames": len(y_val), "expert_frames": args.expert_frames,
+               "collect_s": data.get("collect_s"),
                "train_s": time.time() - t0, **final}
     ss.write_json_atomic(out / "summary.json", summary)
     print(f"[perception] held-out localisation: target {final['val/target_xyz_mae_cm']:.2f} cm, destination "
           f"{final['val/destination_xyz_mae_cm']:.2f} cm (predicting the mean: "
           f"{final['val/target_xyz_mae_cm_predict_mean']:.2f} / {final['val/destination_xyz_mae_cm_predict_mean']:.2f})"
-          f" -> {out / 'ckpt_final.pt'}")
+          + (f"; along expert episodes: target {final['val_expert/target_xyz_mae_cm']:.2f} cm (mean: "
+             f"{final['val_expert/target_xyz_mae_cm_predict_mean']:.2f})" if "val_expert/target_xyz_mae_cm" in final
+             else "") + f" -> {out / 'ckpt_final.pt'}")
     return out
 
 

@@ -8,7 +8,14 @@ The teacher is an `--env.obs-mode state` policy (the OBJECT-STATE PROXY: no pret
 tested), typically PPOFlow's final checkpoint of experiments/state_proxy.py. The student and the baseline are the
 pixel `PI0Policy` (64 px camera + instruction + proprio): what a robot could run.
 
-Design v5 (the defaults; issue 32, session 14): the student and the baseline are `tiny` pixel policies (the
+Design v6 (the defaults; issue 32, session 14): v5 with its estimate made fit for the states a policy visits. v5's
+perception saw only reset frames (the arm at its start pose): along the rollouts its target estimate erred 5-7 cm
+(3 cm at reset), and DAgger's flow-matching loss, reaching the probe through the state token, pulled the estimate
+further off what the teacher's expert expects (4-5 cm). v6: perception also on frames along scripted-expert episodes
+(`--perception-expert-frames 20000`), mini's finer vision tower under the tiny teacher's architecture
+(`--vision-preset mini`: 64 tokens of 8x8 px patches), and the estimate trained by object-state supervision alone
+(`--estimate-detached`: the policy's loss does not reach it). Design v5 (`--perception-expert-frames 0
+--vision-preset tiny --no-estimate-detached`; issue 32, session 14): the student and the baseline are `tiny` pixel policies (the
 teacher's preset) whose state token carries an ESTIMATE of the 14 object features the teacher reads, made from the
 camera by a linear probe on the image tokens, and whose prefix is the instruction alone (PolicyConfig
 estimate_object_state, image_in_prefix=False): the teacher's architecture with its simulator features replaced by
@@ -103,6 +110,15 @@ class Args:
     estimate_object_state: bool = True
     """Both pixel policies' state token carries the perception probe's estimate of the object features, their prefix
     is the instruction alone (design v5; needs --perception-frames). False: pi0's image tokens in the prefix (v1-v4)."""
+    perception_expert_frames: int = 20000
+    """Step 0 also labels this many frames along scripted-expert episodes (pretrain_perception.py --expert-frames):
+    the arm in view, the target grasped and carried, as a policy sees them after its first decision (design v6)."""
+    vision_preset: Literal["tiny", "mini"] = "mini"
+    """The pixel policies' vision tower (pretrain_perception.py --vision-preset) under --preset's language model and
+    action expert; with --estimate-object-state the image tokens feed only the estimate (v6: mini, 8x8 px patches)."""
+    estimate_detached: bool = True
+    """The estimate is trained by object-state supervision alone (PolicyConfig.estimate_detached; perception and the
+    student's --aux-state-coef), the flow-matching loss does not reach it (v6). False: end to end as well (v5)."""
     student_from_teacher: bool = True
     """The student starts as the teacher with the perception's image path (distill.py --student-from-teacher; needs
     --estimate-object-state and the teacher's --preset). False: the student's action expert starts as the baseline's."""
@@ -151,7 +167,9 @@ def main(args: Args) -> Path:
                  "--stats-from", str(Path(args.teacher).resolve()), "--frames", str(args.perception_frames),
                  "--val-frames", str(max(1, args.perception_frames // 10)),
                  "--steps", str(args.perception_steps),
-                 *(["--estimate-object-state", "--no-image-in-prefix"] if args.estimate_object_state else [])],
+                 "--expert-frames", str(args.perception_expert_frames), "--vision-preset", args.vision_preset,
+                 *(["--estimate-object-state", "--no-image-in-prefix"] if args.estimate_object_state else []),
+                 *(["--estimate-detached"] if args.estimate_detached and args.estimate_object_state else [])],
                  perception / "ckpt_final.pt", logs, steps, args.dry_run)
         init = {"student": ["--student-init", str(perception / "ckpt_final.pt")]
                 + (["--student-from-teacher"] if args.student_from_teacher else []),
@@ -184,9 +202,13 @@ def perception_line(summary: Path, args: Args) -> str:
     if not args.perception_frames:
         return ""
     m = json.loads(summary.read_text())
-    return (f"Both start from perception pretraining (pretrain_perception.py: {m['frames']} fresh-reset frames, "
-            f"{args.perception_steps} steps; held-out target position error {m['val/target_xyz_mae_cm']:.1f} cm, "
-            f"predicting the mean {m['val/target_xyz_mae_cm_predict_mean']:.1f} cm). ")
+    ex = m.get("expert_frames") or 0
+    along = (f"; along held-out expert episodes {m['val_expert/target_xyz_mae_cm']:.1f} cm (mean "
+             f"{m['val_expert/target_xyz_mae_cm_predict_mean']:.1f} cm)" if "val_expert/target_xyz_mae_cm" in m else "")
+    return (f"Both start from perception pretraining (pretrain_perception.py: {m['frames'] - ex} fresh-reset frames"
+            f"{f' and {ex} along scripted-expert episodes' if ex else ''}, {args.perception_steps} steps; held-out "
+            f"target position error at reset {m['val/target_xyz_mae_cm']:.1f} cm, predicting the mean "
+            f"{m['val/target_xyz_mae_cm_predict_mean']:.1f} cm{along}). ")
 
 
 def round_costs(metrics: Path) -> list[dict]:
@@ -216,8 +238,11 @@ def write_report(out: Path, args: Args, per: dict[str, dict], wall: float) -> st
              f"frames in all), auxiliary object-state loss weight {args.aux_state_coef:g}. Baseline: train_imitation.py "
              f"on {baseline_frames} scripted-expert frames, "
              f"{args.rounds * args.steps_per_round} steps. Both pixel policies: preset `{args.preset}`"
+             + (f", vision tower `{args.vision_preset}`" if args.vision_preset != args.preset else "")
              + (", the object features the teacher reads estimated from the camera into the state token, an "
                 "instruction-only prefix" if args.estimate_object_state else "")
+             + (" (the estimate trained by object-state supervision alone)" if args.estimate_detached
+                and args.estimate_object_state else "")
              + (", the student starting as the teacher with the perception's image path" if args.student_from_teacher
                 else "") + ", env flags "
              f"`{args.env_extra or '(none: full Table A.2 randomisation)'}`, evaluated in the env they trained in. "

@@ -88,6 +88,9 @@ class Args:
     trained from its checkpoint (`train_imitation.py --init`, statistics from the demos). 0: from random weights."""
     perception_steps: int = 4000
     """Gradient steps of the perception pretraining."""
+    perception_extra: str = ""
+    """pretrain_perception.py flags of step 0 after the driver's (written with "="):
+    --perception-extra="--expert-frames 10000 --vision-preset mini --estimate-detached"."""
     estimate_object_state: bool = False
     """With --perception-frames: the pixel policy's state token carries the perception probe's estimate of the 14
     object features and its prefix is the instruction alone (pretrain_perception.py --estimate-object-state
@@ -181,7 +184,8 @@ def main(args: Args) -> Path:
             *shlex.split(args.env_extra), "--num-envs", str(args.env_workers), "--seed", str(args.il_seed),
             "--device", "cpu", "--frames", str(args.perception_frames),
             "--val-frames", str(max(1, args.perception_frames // 10)), "--steps", str(args.perception_steps),
-            *(["--estimate-object-state", "--no-image-in-prefix"] if args.estimate_object_state else [])],
+            *(["--estimate-object-state", "--no-image-in-prefix"] if args.estimate_object_state else []),
+            *shlex.split(args.perception_extra)],
             perception / "ckpt_final.pt", logs, steps, args.dry_run)
         il_init = ["--init", str(perception / "ckpt_final.pt"), "--stats", "demos"]
     run_step("il", stage("train_imitation.py") + [

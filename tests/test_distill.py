@@ -346,7 +346,7 @@ def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baseline
            str(root / "scenes"), "--train-scenes", "s0", "--heldout-scenes", "s1", "--out-dir", str(tmp_path / "o"),
            "--rounds", "2", "--frames-per-round", "3", "--steps-per-round", "2", "--num-envs", "2",
            "--eval-episodes-per-scene", "1", "--video-scenes", "0", "--max-decisions", "20", "--perception-frames", "4",
-           "--perception-steps", "2"]
+           "--perception-steps", "2", "--perception-expert-frames", "3"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=840,
                        env={**os.environ, "OMP_NUM_THREADS": "1", "LP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -366,7 +366,7 @@ def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baseline
         assert a["env"]["dr_object_pose"]
     assert "preset `tiny`" in report and "--env.no-dr-camera --env.no-dr-lighting" in report
     assert stud["aux_state_coef"] == 1.0 and "aux_state_coef" not in base  # v3: the probe is the student's alone
-    assert "auxiliary object-state loss weight 1" in report and "perception pretraining (pretrain_perception.py: 4" in report
+    assert "auxiliary object-state loss weight 1" in report and "perception pretraining (pretrain_perception.py: 4 fresh-reset frames and 3 along" in report
     ckpt = str(out / "runs/perception/ckpt_final.pt")  # v4: both pixel policies start from step 0's checkpoint
     assert stud["student_init"] == ckpt and base["init"] == ckpt
     # v5: both read the estimated object state from an instruction-only prefix; the student starts as the teacher
@@ -374,6 +374,7 @@ def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baseline
     for name in ("student", "baseline"):
         c = pp.load_policy(out / f"runs/{name}/ckpt_final.pt").config
         assert c.estimate_object_state and not c.image_in_prefix and c.obs_mode == "rgb", name
+        assert c.estimate_detached and c.pi0["vlm_config"]["vision_config"]["patch_size"] == 8, name  # v6: mini vision
     assert "estimated from the camera into the state token" in report
     r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)  # resumes: every step skipped
     assert r2.returncode == 0 and r2.stdout.count("[skip]") == 4, r2.stdout[-2000:]
@@ -415,6 +416,7 @@ def test_distill_study_perception_step_starts_both_pixel_policies_from_its_check
     assert pa.frames == 30 and pa.steps == 7 and pa.preset == "tiny" and pa.stats_from == str(tmp_path / "t.pt")
     assert not pa.env.dr_camera and not pa.env.dr_lighting and pa.env.image_size == 64
     assert pa.estimate_object_state and not pa.image_in_prefix  # design v5
+    assert pa.expert_frames == 20000 and pa.vision_preset == "mini" and pa.estimate_detached  # design v6
     da = tyro.cli(distill.Args, args=cmds["distill.py"][2:])
     assert da.student_init == ckpt and da.student_from_teacher
     assert tyro.cli(ti.Args, args=cmds["train_imitation.py"][2:]).init == ckpt

@@ -29,9 +29,10 @@ P, O = scene_env.PROPRIO_DIM, scene_env.OBJECT_STATE_DIM
 ENV = scene_env.EnvConfig(image_size=64)
 
 
-def estimating_policy(image_in_prefix: bool = False, seed: int = 0, preset: str = "tiny") -> pp.PI0Policy:
+def estimating_policy(image_in_prefix: bool = False, seed: int = 0, preset: str = "tiny",
+                      vision_preset: str | None = None) -> pp.PI0Policy:
     torch.manual_seed(seed)
-    cfg = pp.preset_config(preset, 4, num_steps=1, **pp.obs_overrides(ENV, True, image_in_prefix))
+    cfg = pp.preset_config(preset, 4, vision_preset, num_steps=1, **pp.obs_overrides(ENV, True, image_in_prefix))
     return pp.PI0Policy(cfg, pp.Normalizer.from_stats_file(pp.DEFAULT_STATS), {"kind": "bytes"})
 
 
@@ -82,13 +83,30 @@ def test_the_probe_is_standardised_and_the_image_can_also_enter_the_prefix():
 
 @pytest.mark.parametrize("over,match", [
     (dict(obs_mode="state", state_dim=P + O, estimate_object_state=True), "needs obs_mode 'rgb'"),
-    (dict(image_in_prefix=False), "image_in_prefix=False needs estimate_object_state"),
+    (dict(image_in_prefix=False), "image_in_prefix=False .* need estimate_object_state"),
+    (dict(estimate_detached=True), "estimate_detached need estimate_object_state"),
     (dict(estimate_object_state=True), "needs state_dim 21"),
 ])
 def test_contradictory_configs_are_refused(over, match):
     with pytest.raises(ValueError, match=match):
         pp.PI0Policy(pp.preset_config("tiny", 4, **over), pp.Normalizer.from_stats_file(pp.DEFAULT_STATS),
                      {"kind": "bytes"})
+
+
+def test_a_detached_estimate_takes_no_gradient_from_the_policys_loss():
+    """estimate_detached: Eq. 1 moves the action expert and leaves the probe and the vision tower alone; without it
+    the same loss reaches them through the state token."""
+    o = obs(4)
+    target = torch.rand(4, 4, 7) * 0.1
+    for detached in (True, False):
+        torch.manual_seed(0)
+        cfg = pp.preset_config("tiny", 4, num_steps=1, **pp.obs_overrides(ENV, True, False, detached))
+        pol = pp.PI0Policy(cfg, pp.Normalizer.from_stats_file(pp.DEFAULT_STATS), {"kind": "bytes"})
+        assert pol.config.estimate_detached == detached
+        pol.flow_matching_loss(pol.obs_to_inputs(o), target).backward()
+        probe_grad = pol.object_state_probe.linear.weight.grad
+        assert (probe_grad is None or not probe_grad.any()) == detached
+        assert pol.pi0.action_out_proj.weight.grad.abs().sum() > 0
 
 
 def test_checkpoint_and_export_keep_the_probe(tmp_path):
@@ -126,10 +144,15 @@ def test_perception_trains_the_estimate_that_feeds_the_state_token(scenes, tmp_p
     out = tmp_path / "p"
     pp.seed_everything(0)
     init = perc.build_policy(_perc_args(scenes, out), "cpu").object_state_probe.linear.weight.detach().clone()
-    perc.main(_perc_args(scenes, out))
+    perc.main(_perc_args(scenes, out, expert_frames=3))
     pol = pp.load_policy(out / "ckpt_final.pt")
     assert pol.config.estimate_object_state and not pol.config.image_in_prefix
     data = torch.load(out / "frames.pt", weights_only=True)
+    assert len(data["rgb"]) == 6 + 3 and len(data["val_expert_rgb"]) == 1  # resets, then along expert episodes
+    # 3 decisions of one expert episode: one layout, the target not yet lifted
+    assert len({tuple(x.round(decimals=4).tolist()) for x in data["object_state"][6:, :3]}) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["expert_frames"] == 3 and summary["val_expert/target_xyz_mae_cm_predict_mean"] >= 0
     probe = pol.object_state_probe
     assert torch.allclose(probe.mean, data["object_state"].mean(0))  # its statistics are the frames'
     assert not torch.equal(probe.linear.weight, init)  # trained: it is the probe of the regression
@@ -142,8 +165,11 @@ def test_perception_trains_the_estimate_that_feeds_the_state_token(scenes, tmp_p
 
 def test_perception_flags_must_agree_with_an_init(scenes, tmp_path):
     plain = tiny_ckpt(tmp_path / "plain.pt", "rgb")
-    with pytest.raises(perc.PerceptionError, match="estimate_object_state False, image_in_prefix True, but the flags"):
+    with pytest.raises(perc.PerceptionError, match="estimate_object_state False, image_in_prefix True, estimate_detached False, but the flags"):
         perc.main(_perc_args(scenes, tmp_path / "o", init=str(plain)), env_fn=lambda *a, **k: pytest.fail("env"))
+    with pytest.raises(perc.PerceptionError, match="--estimate-detached is about the estimate"):
+        perc.main(_perc_args(scenes, tmp_path / "o", estimate_object_state=False, image_in_prefix=True,
+                             estimate_detached=True), env_fn=lambda *a, **k: pytest.fail("env"))
     with pytest.raises(perc.PerceptionError, match="--no-image-in-prefix leaves a policy that sees no image"):
         perc.main(_perc_args(scenes, tmp_path / "o", estimate_object_state=False), env_fn=lambda *a, **k: pytest.fail("env"))
     assert not (tmp_path / "o").exists()
@@ -191,6 +217,23 @@ def test_the_student_from_the_teacher_acts_as_the_teacher_where_the_estimate_is_
     assert not torch.allclose(student.act(o), b, atol=1e-4)
 
 
+def test_the_student_may_have_another_vision_tower_than_the_teacher(setup):
+    """--vision-preset mini on a tiny policy: mini's 64 image tokens (8x8 px patches) feed the estimate, projected to
+    tiny's text width; the student keeps them and takes everything else from the tiny teacher."""
+    vision = estimating_policy(vision_preset="mini")
+    vis = vision.config.pi0["vlm_config"]["vision_config"]
+    assert vis == pp.preset_config("mini").pi0["vlm_config"]["vision_config"]
+    assert vision.config.pi0["vlm_config"]["text_config"] == pp.preset_config("tiny").pi0["vlm_config"]["text_config"]
+    assert pp.ObjectStateProbe.input_width(vision.config) == 64 * 64
+    o = obs(1)
+    assert vision.image_tokens(vision.obs_to_inputs(o)).shape == (1, 64, 64)
+    teacher = pp.load_policy(setup["teacher"]).eval()
+    student = distill.student_from_teacher(distill.Args(teacher="t"), vision, teacher)
+    sd, t_sd, v_sd = student.state_dict(), teacher.state_dict(), vision.state_dict()
+    assert all(torch.equal(v, v_sd[k] if k.startswith(distill.VISION_KEYS) else t_sd[k]) for k, v in sd.items())
+    assert student.act(o).shape == (1, 4, 7)
+
+
 def test_student_from_teacher_refuses_a_student_init_it_cannot_use(setup, tmp_path):
     teacher = pp.load_policy(setup["teacher"]).eval()
     args = distill.Args(teacher=str(setup["teacher"]), student_init="x.pt")
@@ -198,7 +241,7 @@ def test_student_from_teacher_refuses_a_student_init_it_cannot_use(setup, tmp_pa
         distill.student_from_teacher(args, pp.load_policy(setup["student"]), teacher)
     with pytest.raises(distill.DistillError, match="estimate_object_state True, image_in_prefix True"):
         distill.student_from_teacher(args, estimating_policy(image_in_prefix=True), teacher)
-    with pytest.raises(distill.DistillError, match="preset 'mini'.*differ in architecture.*--preset tiny"):
+    with pytest.raises(distill.DistillError, match="preset 'mini'.*differ in more than the vision tower.*--preset tiny"):
         distill.student_from_teacher(args, estimating_policy(preset="mini"), teacher)
     with pytest.raises(distill.DistillError, match="--student-from-teacher takes the student's vision"):
         distill.main(distill.Args(teacher=str(setup["teacher"]), out=str(tmp_path / "o"), student_from_teacher=True,
