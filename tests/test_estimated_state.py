@@ -130,6 +130,21 @@ def test_ppoflow_from_an_instruction_only_prefix_gives_the_value_head_the_state(
     assert pol.config.value_state and pol.config.estimate_object_state  # z_t alone is the same in every state
 
 
+@pytest.mark.timeout(300)
+def test_ppoflow_runs_on_an_estimating_policy_and_a_detached_estimate_stays_put(tmp_path):
+    from test_ppoflow import FakeVecEnv, fast_args
+
+    cfg = pp.preset_config("tiny", 4, num_steps=1, **pp.obs_overrides(ENV, True, False, True))
+    pol = pp.PI0Policy(cfg, pp.Normalizer.from_stats_file(pp.DEFAULT_STATS), {"kind": "bytes"})
+    pp.torch_save_atomic(pp.policy_checkpoint(pol, iteration=0), tmp_path / "init.pt")
+    out = pp.main(fast_args(tmp_path / "run", init=str(tmp_path / "init.pt"), lora_rank=0, eval_every=0),
+                  env_fn=FakeVecEnv)
+    before, after = pol.state_dict(), pp.load_policy(out / "ckpt_final.pt").state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("pi0.model.dit.") for k in moved)  # PPOFlow trained the action expert
+    assert not any(k.startswith(("object_state_probe.", "pi0.model.vlm.vision_tower.")) for k in moved)
+
+
 # ---------------------------------------------------------------------------------------------
 # Perception pretraining trains the policy's own estimate
 # ---------------------------------------------------------------------------------------------
