@@ -315,8 +315,8 @@ def student_from_teacher(args: Args, vision, teacher):
         return {**pi0, "vlm_config": {k: v for k, v in pi0["vlm_config"].items() if k != "vision_config"}}
     if blind(vc.pi0) != blind(tc.pi0) or vc.state_dim != tc.state_dim:
         raise DistillError(f"distill.py: --student-from-teacher: --student-init {args.student_init} (preset "
-                           f"{vc.preset!r}) and the teacher (preset {tc.preset!r}) differ in more than the vision tower "
-                           f"(fix: pretrain_perception.py --preset {tc.preset}, any --vision-preset)")
+                           f"{vc.preset!r}) and the teacher (preset {tc.preset!r}) differ in more than the vision "
+                           f"tower (fix: pretrain_perception.py --preset {tc.preset}, any --vision-preset)")
     cfg = pp.PolicyConfig(**{**asdict(tc), "obs_mode": "rgb", "estimate_object_state": True, "image_in_prefix": False,
                              "estimate_detached": vc.estimate_detached,
                              "lora_rank": 0, "lora_expert": False, "num_steps": args.num_inference_steps,

@@ -239,7 +239,7 @@ class PolicyConfig:
     estimate_object_state: bool = False
     """obs_mode "rgb" only: the state token carries the proprio AND an estimate of the object-state proxy's 14 features
     (scene_env.object_state: what a state teacher reads from the simulator), made from the image tokens by the
-    policy's `ObjectStateProbe` (pretrain_perception.py, then trained end to end). The policy still observes only the
+    policy's `ObjectStateProbe` (pretrain_perception.py, then end to end unless estimate_detached). It observes only the
     camera, the instruction and the proprio (the env gives 7 state dims; state_dim is 7 + 14)."""
     estimate_detached: bool = False
     """With estimate_object_state: the state token reads the estimate through a stop-gradient, so the policy's own
@@ -731,7 +731,8 @@ class PI0Policy(nn.Module):
                                  "object-state policy reads the features themselves); image_in_prefix=False (else the "
                                  "policy is blind) and estimate_detached need estimate_object_state; got obs_mode "
                                  f"{config.obs_mode!r}, estimate_object_state {config.estimate_object_state}, "
-                                 f"image_in_prefix {config.image_in_prefix}, estimate_detached {config.estimate_detached}")
+                                 f"image_in_prefix {config.image_in_prefix}, estimate_detached "
+                                 f"{config.estimate_detached}")
             if config.state_dim != scene_env.PROPRIO_DIM + scene_env.OBJECT_STATE_DIM:
                 raise ValueError(f"ppoflow_pi0.py: PolicyConfig: estimate_object_state needs state_dim "
                                  f"{scene_env.PROPRIO_DIM + scene_env.OBJECT_STATE_DIM} (proprio + estimate), got "
@@ -1383,6 +1384,7 @@ def model_card(policy: PI0Policy, source: dict | None = None) -> str:
     same = c.flow_time == "transformers" and c.positions == "transformers" and not c.attn_softcap
     kind = "bound (p01 / p99 -> [-1, 1]) written as mean / std" if policy.normalizer.kind == "bound" else "mean / std"
     img, T = c.image_size, c.max_text_tokens
+    estimate_note = "" if c.image_in_prefix else ", and the image enters its prefix no other way"
     return f"""---
 library_name: transformers
 pipeline_tag: robotics
@@ -1427,8 +1429,7 @@ action[:, 6] = torch.where(out[:, 6] > 0.5, 1.0, -1.0)  # gripper: openness > 0.
 `noise=` (shape [1, {c.chunk}, config.max_action_dim]) makes it deterministic. The normalisation statistics
 ({kind}) are PI0Processor's state / actions mean and std in `processor_config.json`, and in openpi's layout in
 `norm_stats.json`.
-{'' if same else _CARD_CAVEAT}{_CARD_ESTIMATE.format('' if c.image_in_prefix else ', and the image enters its prefix no other way')
-                                if c.estimate_object_state else ''}
+{'' if same else _CARD_CAVEAT}{_CARD_ESTIMATE.format(estimate_note) if c.estimate_object_state else ''}
 ## With the project
 
 `ppoflow_pi0.load_policy("<this folder>")` restores the whole policy (noise and value heads from

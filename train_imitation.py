@@ -262,8 +262,8 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
         if policy.config.estimate_object_state:  # the demos hold no estimate: its statistics stay the init's
             n = policy.normalizer
             if len(n.state_lo) != policy.config.state_dim or n.kind != norm.kind:
-                raise SystemExit(f"train_imitation.py: --stats demos: the policy's state token carries estimated object "
-                                 f"features whose statistics come from --init, but {args.init} has {n.kind!r} "
+                raise SystemExit(f"train_imitation.py: --stats demos: the policy's state token carries estimated "
+                                 f"object features whose statistics come from --init, but {args.init} has {n.kind!r} "
                                  f"statistics of {len(n.state_lo)} state dims (fix: --init a pretrain_perception.py "
                                  "--estimate-object-state checkpoint, or --stats init)")
             norm = pp.Normalizer(norm.kind, norm.state_lo + n.state_lo[len(norm.state_lo):],

@@ -166,6 +166,18 @@ def run_step(name: str, cmd: list[str], done: Path | None, log_dir: Path, steps_
     return wall
 
 
+def perception_summary(summary: Path, steps: int) -> str:
+    """What a pretrain_perception.py run (its summary.json) trained on and reached, for a report's sentence."""
+    m = json.loads(Path(summary).read_text())
+    ex = m.get("expert_frames") or 0
+    along = (f"; along held-out expert episodes {m['val_expert/target_xyz_mae_cm']:.1f} cm (mean "
+             f"{m['val_expert/target_xyz_mae_cm_predict_mean']:.1f} cm)" if "val_expert/target_xyz_mae_cm" in m else "")
+    return (f"pretrain_perception.py: {m['frames'] - ex} fresh-reset frames"
+            f"{f' and {ex} along scripted-expert episodes' if ex else ''}, {steps} steps; held-out target position "
+            f"error at reset {m['val/target_xyz_mae_cm']:.1f} cm, predicting the mean "
+            f"{m['val/target_xyz_mae_cm_predict_mean']:.1f} cm{along}")
+
+
 def fmt_wall(v: dict) -> str:
     """A steps.json entry's wall seconds for a budget table ("unknown" when a resume found its output unrecorded)."""
     return "unknown" if v.get("wall_s") is None else f"{v['wall_s']}"

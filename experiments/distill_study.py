@@ -14,19 +14,21 @@ perception saw only reset frames (the arm at its start pose): along the rollouts
 further off what the teacher's expert expects (4-5 cm). v6: perception also on frames along scripted-expert episodes
 (`--perception-expert-frames 20000`), mini's finer vision tower under the tiny teacher's architecture
 (`--vision-preset mini`: 64 tokens of 8x8 px patches), and the estimate trained by object-state supervision alone
-(`--estimate-detached`: the policy's loss does not reach it). Design v5 (`--perception-expert-frames 0
---vision-preset tiny --no-estimate-detached`; issue 32, session 14): the student and the baseline are `tiny` pixel policies (the
-teacher's preset) whose state token carries an ESTIMATE of the 14 object features the teacher reads, made from the
-camera by a linear probe on the image tokens, and whose prefix is the instruction alone (PolicyConfig
-estimate_object_state, image_in_prefix=False): the teacher's architecture with its simulator features replaced by
-the camera's estimate. Both start from perception pretraining of that estimate (step 0, 20,000 frames, 6000 steps);
-the student also takes the teacher's language model, action expert and heads (distill.py --student-from-teacher), so
-it acts as the teacher wherever the estimate is right, and DAgger trains it where the estimate misleads it; the
-baseline's action expert learns from the scripted expert's frames alone, as before. v4 showed why: its perception
-localised the target to 1.3 cm on new layouts, yet neither pixel policy acted on it when the position had to travel
-from 64 image tokens through the VLM into the expert's attention (student 4.0%, baseline 1.5%, teacher 54.5%).
-Design v4 (`--no-estimate-object-state --preset mini`; issue 32, session 13): v3 with both pixel policies starting from perception pretraining (step
-0 below, `--perception-frames 10000`). Design v3 (`--perception-frames 0`): v2 with the student's auxiliary
+(`--estimate-detached`: the policy's loss does not reach it).
+Design v5 (`--perception-expert-frames 0 --vision-preset tiny --no-estimate-detached`): the student and the baseline
+are `tiny` pixel policies (the teacher's preset) whose state token carries an ESTIMATE of the 14 object features the
+teacher reads, made from the camera by a linear probe on the image tokens, and whose prefix is the instruction alone
+(PolicyConfig estimate_object_state, image_in_prefix=False): the teacher's architecture with its simulator features
+replaced by the camera's estimate. Both start from perception pretraining of that estimate (step 0, 20,000 frames,
+6000 steps); the student also takes the teacher's language model, action expert and heads (distill.py
+--student-from-teacher), so it acts as the teacher wherever the estimate is right, and DAgger trains it where the
+estimate misleads it; the baseline's action expert learns from the scripted expert's frames alone, as before. v4
+showed why: its perception localised the target to 1.3 cm on new layouts, yet neither pixel policy acted on it when
+the position had to travel from 64 image tokens through the VLM into the expert's attention (student 4.0%, baseline
+1.5%, teacher 54.5%).
+Design v4 (`--no-estimate-object-state --no-student-from-teacher --preset mini --perception-frames 10000
+--perception-steps 4000 --perception-expert-frames 0`; session 13): v3 with both pixel policies starting from
+perception pretraining (step 0 below). Design v3 (`--perception-frames 0`): v2 with the student's auxiliary
 object-state probe (distill.py --aux-state-coef 1: its image tokens also regress the 14 object features the teacher
 reads). Design v2 (`--aux-state-coef 0`): the `mini` preset (8x8 patches of the 64 px image: 64 image tokens) with
 camera and lighting randomisation off (object poses still drawn over Table A.2's region at every reset). Design v1
@@ -36,7 +38,8 @@ pixel policies at 0-1% of 200 episodes (benchmarks/RESULTS.md): they never local
 Steps (each a subprocess of a stage CLI, skipped when its output exists, so an interrupted run resumes; distill.py
 also resumes inside its rounds):
 0. perception (with --perception-frames): pretrain_perception.py on the training scenes: the vision tower and a probe
-   regress the object state from fresh-reset frames; both pixel policies below start from its checkpoint;
+   regress the object state from fresh-reset frames (and frames along scripted-expert episodes); both pixel policies
+   below start from its checkpoint;
 1. student: distill.py, --rounds x --frames-per-round labelled frames on the training scenes (beta 1 -> 0.5^k), the
    flow-matching loss on the aggregate for --steps-per-round after each round;
 2. baseline: train_imitation.py on the same scenes from the scripted expert with the SAME number of frames (rounds x
@@ -63,7 +66,7 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (PIXEL_LABEL as PIXEL, STATE_PROXY_LABEL, evaluate_cmd, fmt_wall, machine_info,  # noqa: E402
-                    pooled, results_per_scene, run_step, stage)
+                    perception_summary, pooled, results_per_scene, run_step, stage)
 from evaluate import newcombe_diff, wilson_interval  # noqa: E402
 
 
@@ -201,14 +204,7 @@ def perception_line(summary: Path, args: Args) -> str:
     """The report's sentence on step 0 (empty without it): frames, and the held-out localisation it reached."""
     if not args.perception_frames:
         return ""
-    m = json.loads(summary.read_text())
-    ex = m.get("expert_frames") or 0
-    along = (f"; along held-out expert episodes {m['val_expert/target_xyz_mae_cm']:.1f} cm (mean "
-             f"{m['val_expert/target_xyz_mae_cm_predict_mean']:.1f} cm)" if "val_expert/target_xyz_mae_cm" in m else "")
-    return (f"Both start from perception pretraining (pretrain_perception.py: {m['frames'] - ex} fresh-reset frames"
-            f"{f' and {ex} along scripted-expert episodes' if ex else ''}, {args.perception_steps} steps; held-out "
-            f"target position error at reset {m['val/target_xyz_mae_cm']:.1f} cm, predicting the mean "
-            f"{m['val/target_xyz_mae_cm_predict_mean']:.1f} cm{along}). ")
+    return f"Both start from perception pretraining ({perception_summary(summary, args.perception_steps)}). "
 
 
 def round_costs(metrics: Path) -> list[dict]:

@@ -38,8 +38,8 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PIXEL_LABEL, STATE_PROXY_LABEL as LABEL, STATE_PROXY_RECIPE as RECIPE  # noqa: E402
-from common import (choose_start, fmt_wall, machine_info, plot_curves, pooled, read_curve,  # noqa: E402, F401
-                    results_per_scene, run_step, stage, t_interval)
+from common import (choose_start, fmt_wall, machine_info, perception_summary, plot_curves, pooled,  # noqa: E402, F401
+                    read_curve, results_per_scene, run_step, stage, t_interval)
 from common import evaluate_cmd as common_evaluate_cmd  # noqa: E402
 from evaluate import newcombe_diff  # noqa: E402
 
@@ -247,10 +247,8 @@ def label(obs_mode: str) -> str:
 
 
 def perception_line(summary: Path, args: Args) -> str:
-    m = json.loads(summary.read_text())
-    return (f"The imitation start was trained from perception pretraining (pretrain_perception.py: {m['frames']} "
-            f"fresh-reset frames, {args.perception_steps} steps; held-out target position error "
-            f"{m['val/target_xyz_mae_cm']:.1f} cm, predicting the mean {m['val/target_xyz_mae_cm_predict_mean']:.1f} cm).")
+    return (f"The imitation start was trained from perception pretraining "
+            f"({perception_summary(summary, args.perception_steps)}).")
 
 
 def write_report(out: Path, args: Args, start: Path, runs: dict[int, Path], per: dict[str, dict], wall: float) -> str:

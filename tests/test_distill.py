@@ -366,7 +366,8 @@ def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baseline
         assert a["env"]["dr_object_pose"]
     assert "preset `tiny`" in report and "--env.no-dr-camera --env.no-dr-lighting" in report
     assert stud["aux_state_coef"] == 1.0 and "aux_state_coef" not in base  # v3: the probe is the student's alone
-    assert "auxiliary object-state loss weight 1" in report and "perception pretraining (pretrain_perception.py: 4 fresh-reset frames and 3 along" in report
+    assert "auxiliary object-state loss weight 1" in report
+    assert "perception pretraining (pretrain_perception.py: 4 fresh-reset frames and 3 along" in report
     ckpt = str(out / "runs/perception/ckpt_final.pt")  # v4: both pixel policies start from step 0's checkpoint
     assert stud["student_init"] == ckpt and base["init"] == ckpt
     # v5: both read the estimated object state from an instruction-only prefix; the student starts as the teacher

@@ -61,7 +61,8 @@ def test_frames_from_fresh_resets_train_the_vision_path_into_a_pixel_checkpoint(
     assert all(torch.equal(sd[k], init[k]) for k in sd if k.startswith(("pi0.model.dit", "pi0.action_")))
     ck = torch.load(out / "ckpt_final.pt", weights_only=True)
     p = ck["perception"]
-    assert p["frames"] == 6 and p["val_frames"] == 2 and p["probe"]["linear.weight"].shape[0] == scene_env.OBJECT_STATE_DIM
+    assert p["frames"] == 6 and p["val_frames"] == 2
+    assert p["probe"]["linear.weight"].shape[0] == scene_env.OBJECT_STATE_DIM
     summary = json.loads((out / "summary.json").read_text())
     assert summary["val/target_xyz_mae_cm"] >= 0 and summary["val/target_xyz_mae_cm_predict_mean"] > 0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
