@@ -71,9 +71,9 @@ class Args:
     """The student acts as the teacher from round 0: its language model, action expert, heads and normalisation are
     the teacher's weights, its vision tower and object-state probe --student-init's. Needs a --student-init whose
     state token carries the estimated object features and whose prefix is the instruction alone
-    (pretrain_perception.py --estimate-object-state --no-image-in-prefix) and the teacher's preset: the student is then
-    the teacher reading its 14 features from the camera instead of the simulator, and DAgger trains it where the
-    estimate misleads it."""
+    (pretrain_perception.py --estimate-object-state --no-image-in-prefix) of the teacher's preset (any vision tower:
+    --vision-preset): the student is then the teacher reading its 14 features from the camera instead of the
+    simulator, and DAgger trains it where the estimate misleads it."""
     tokenizer_path: str | None = None
     """Folder with a real tokenizer for a random student (default: the offline byte-level tokenizer)."""
     seed: int = 0
@@ -311,6 +311,7 @@ def student_from_teacher(args: Args, vision, teacher):
                            f"estimated object features and whose prefix is the instruction alone (its "
                            f"estimate_object_state {vc.estimate_object_state}, image_in_prefix {vc.image_in_prefix}; "
                            "fix: pretrain_perception.py --estimate-object-state --no-image-in-prefix)")
+
     def blind(pi0: dict) -> dict:  # the architecture apart from the vision tower (the student's own)
         return {**pi0, "vlm_config": {k: v for k, v in pi0["vlm_config"].items() if k != "vision_config"}}
     if blind(vc.pi0) != blind(tc.pi0) or vc.state_dim != tc.state_dim:
