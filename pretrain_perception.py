@@ -87,8 +87,8 @@ class Args:
     """Held-out frames (later reset seeds) on which the localisation error is reported."""
     expert_frames: int = 0
     """Further labelled frames along scripted-expert episodes (one per decision: the arm approaching, grasping,
-    carrying, placing, in view and occluding; a new layout each episode), plus a tenth as many from later episodes
-    held out (their error reported apart, "val_expert/"). A policy acts on mid-episode frames, which reset frames
+    carrying, placing, in view and occluding; a new layout each episode), plus a tenth as many from episodes of other
+    reset seeds held out (their error reported apart, "val_expert/"). A policy acts on mid-episode frames, which reset frames
     never show."""
     steps: int = 4000
     """Gradient steps."""
@@ -244,7 +244,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
             train = collect_frames(envs, policy, args.frames, args.seed)
             seed = args.seed + math.ceil(args.frames / args.num_envs) * args.num_envs  # after the training frames'
             val = collect_frames(envs, policy, args.val_frames, seed)
-            if args.expert_frames:  # episodes from later reset seeds still; the last tenth's held out
+            if args.expert_frames:  # episodes of later reset seeds; the held-out ones from seeds far beyond
                 seed += math.ceil(args.val_frames / args.num_envs) * args.num_envs
                 ex = collect_expert_frames(envs, policy, args.expert_frames, seed)
                 val_ex = collect_expert_frames(envs, policy, max(1, args.expert_frames // 10), seed + 10**6)
@@ -261,7 +261,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
               f"{len(data.get('val_expert_rgb', []))} along expert episodes) in {data['collect_s']:.0f}s "
               f"({n / data['collect_s']:.1f} frames/s)")
     mean = data["object_state"].mean(0)
-    std = data["object_state"].std(0).clamp_min(1e-3)  # constant features (a fixed extent) stay finite (as the probe's)
+    std = data["object_state"].std(0).clamp_min(1e-3)  # constant features (a fixed extent) stay finite
     y, y_val = (data["object_state"] - mean) / std, (data["val_object_state"] - mean) / std
     if policy.config.estimate_object_state:  # the probe is the policy's own: its estimate feeds the state token
         probe = policy.object_state_probe
