@@ -1899,9 +1899,9 @@ def load_demo_batch(args: Args, policy: PI0Policy) -> dict:
     if missing:
         raise ss.SchemaError(args.demos, "demos", f"missing {missing} (fix: use a demos.pt of train_imitation.py made "
                                                   f"with --env.obs-mode {policy.config.obs_mode})")
-    if d["state"].shape[-1] != policy.config.state_dim:
+    if d["state"].shape[-1] != policy.observed_state_dim:  # what the env gave (not an estimate the policy makes)
         raise ss.SchemaError(args.demos, "demos", f"states have {d['state'].shape[-1]} dims, the policy reads "
-                                                  f"{policy.config.state_dim} (fix: demos of the same --env.obs-mode)")
+                                                  f"{policy.observed_state_dim} (fix: demos of the same --env.obs-mode)")
     out = {k: d[k] for k in policy.input_keys}
     out["target"] = policy.normalizer.action(d["action"].float())
     return out

@@ -139,8 +139,10 @@ def test_ppoflow_runs_on_an_estimating_policy_and_a_detached_estimate_stays_put(
     cfg = pp.preset_config("tiny", 4, num_steps=1, **pp.obs_overrides(ENV, True, False, True))
     pol = pp.PI0Policy(cfg, pp.Normalizer.from_stats_file(pp.DEFAULT_STATS), {"kind": "bytes"})
     pp.torch_save_atomic(pp.policy_checkpoint(pol, iteration=0), tmp_path / "init.pt")
-    out = pp.main(fast_args(tmp_path / "run", init=str(tmp_path / "init.pt"), lora_rank=0, eval_every=0),
-                  env_fn=FakeVecEnv)
+    demos = {**pol.obs_to_inputs(obs(6)), "action": torch.rand(6, 4, 7) * 0.02}  # train_imitation.py's: 7-D states
+    torch.save(demos, tmp_path / "demos.pt")
+    out = pp.main(fast_args(tmp_path / "run", init=str(tmp_path / "init.pt"), lora_rank=0, eval_every=0,
+                            demo_bc_coef=0.5, demos=str(tmp_path / "demos.pt")), env_fn=FakeVecEnv)  # the recipe's anchor
     before, after = pol.state_dict(), pp.load_policy(out / "ckpt_final.pt").state_dict()
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith("pi0.model.dit.") for k in moved)  # PPOFlow trained the action expert
