@@ -215,6 +215,14 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     else:
         policy = pp.PI0Policy(pp.preset_config(args.preset, args.env.chunk, **ft, **pp.obs_overrides(args.env)),
                               pp.Normalizer.from_stats_file(args.stats_file or pp.DEFAULT_STATS), tok)
+    stats = args.stats if args.stats != "auto" else ("file" if args.stats_file else "init" if args.init else "demos")
+    n = policy.normalizer
+    if stats == "demos" and policy.config.estimate_object_state and (
+            len(n.state_lo) != policy.config.state_dim or n.kind != "bound"):  # checked before any demo is collected
+        raise SystemExit(f"train_imitation.py: --stats demos: the policy's state token carries estimated object "
+                         f"features whose statistics come from --init, but {args.init} has {n.kind!r} statistics of "
+                         f"{len(n.state_lo)} state dims (fix: --init a pretrain_perception.py --estimate-object-state "
+                         "checkpoint, or --stats init)")
     if (policy.config.obs_mode == "rgb" and args.env.image_size < policy.config.image_size
             and not (args.dataset or args.demos)):  # allowed (tests render small), never silent
         print(f"[imitation] warning: --env.image-size {args.env.image_size} is below the policy's "
@@ -254,18 +262,12 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                                                 success_only=args.success_only)
             lf.write_dataset(out / "dataset", eps, fps=args.env.control_freq, chunk=args.env.chunk,
                              version=args.dataset_version)
-    stats = args.stats if args.stats != "auto" else ("file" if args.stats_file else "init" if args.init else "demos")
     if stats == "file":
         policy.normalizer = pp.Normalizer.from_stats_file(args.stats_file or pp.DEFAULT_STATS)
     if stats == "demos":  # normalisation from the demos (stored in the checkpoint)
         norm = pp.Normalizer.from_data(demos["state"].numpy(), demos["action"].flatten(0, 1).numpy())
         if policy.config.estimate_object_state:  # the demos hold no estimate: its statistics stay the init's
             n = policy.normalizer
-            if len(n.state_lo) != policy.config.state_dim or n.kind != norm.kind:
-                raise SystemExit(f"train_imitation.py: --stats demos: the policy's state token carries estimated "
-                                 f"object features whose statistics come from --init, but {args.init} has {n.kind!r} "
-                                 f"statistics of {len(n.state_lo)} state dims (fix: --init a pretrain_perception.py "
-                                 "--estimate-object-state checkpoint, or --stats init)")
             norm = pp.Normalizer(norm.kind, norm.state_lo + n.state_lo[len(norm.state_lo):],
                                  norm.state_hi + n.state_hi[len(norm.state_hi):], norm.action_lo, norm.action_hi)
         policy.normalizer = norm
