@@ -13,6 +13,7 @@ The result, `<out>/ckpt_final.pt`, is what `ppoflow_pi0.py --init` and `load_pol
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -74,6 +75,10 @@ class Args:
     """Keep only episodes the scripted expert solved."""
     demos: str | None = None
     """Reuse a demos.pt written by an earlier run instead of collecting (this policy's image size and tokenizer)."""
+    resume: bool = False
+    """Continue an interrupted run in --out with the flags it was started with: its demos.pt (nothing is collected),
+    its newest ckpt_<step>.pt (weights, statistics, optimizer, schedule, RNG and the batch order) and its metrics rows
+    up to that step; the result is the uninterrupted run's. A finished run (ckpt_final.pt) is left as it is."""
     dataset: str | None = None
     """Train from a LeRobotDataset of demos (an earlier run's <out>/dataset) instead of collecting: any image size
     and tokenizer, since frames and task texts are stored raw."""
@@ -202,6 +207,10 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                          "or --demos (fix: drop --frames, or collect here without writing a dataset)")
     if args.stats == "init" and not args.init:
         raise SystemExit("train_imitation.py: --stats init needs --init (fix: --stats demos or --stats file)")
+    last = resume_point(out, args) if args.resume else None
+    if args.resume and last is None:
+        print(f"[imitation] {out}: finished (ckpt_final.pt exists), nothing to resume")
+        return out
     ss.write_json_atomic(out / "args.json", {"schema_version": ss.SCHEMA_VERSION, "args": ss.to_dict(args)})
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     pp.seed_everything(args.seed)
@@ -233,6 +242,11 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
         demos = demos_from_dataset(args.dataset, policy)
     elif args.demos:
         demos = torch.load(args.demos, weights_only=True)
+    elif last is not None:  # the interrupted run's own demos (and, for its evaluation, its envs)
+        demos = torch.load(out / "demos.pt", weights_only=True)
+        if args.eval_episodes:
+            scenes = pp.resolve_scenes(pp.Args(scenes_dir=args.scenes_dir, scene_ids=args.scene_ids))
+            envs = (env_fn or _make_vec_env)(scenes, args.num_envs, args.env, args.seed, args.env_workers)
     else:
         scenes = pp.resolve_scenes(pp.Args(scenes_dir=args.scenes_dir, scene_ids=args.scene_ids))
         rec = {}
@@ -284,8 +298,25 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     if args.track:
         wb = ss.init_wandb(out, ss.to_dict(args), "imitation", args.wandb_project, args.wandb_entity, args.wandb_group)
     g = torch.Generator().manual_seed(args.seed)
-    M, t0, losses = len(target), time.time(), []
-    for step in range(1, args.steps + 1):
+    M, t0, losses, done = len(target), time.time(), [], 0
+    if last is not None:  # where the interrupted run stood after its step `done`
+        ck = pp.read_checkpoint(last)
+        done = int(ck["iteration"])
+        policy.load_weights(ck["model"])
+        policy.normalizer = pp.Normalizer(**ck["normalizer"])
+        target = policy.normalizer.action(demos["action"])
+        optimizer.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        pp.set_rng_state(ck["rng"][0])
+        for _ in range(done):  # the batch order: the generator's draws of the steps done
+            torch.randint(0, M, (min(args.batch_size, M),), generator=g)
+        keep = [r for r in ss.read_jsonl(out / "metrics.jsonl") if r.get("step", 0) <= done] \
+            if (out / "metrics.jsonl").exists() else []
+        ss.write_bytes_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in keep).encode())
+        print(f"[imitation] {out}: resuming after step {done} ({last.name})")
+        if done >= args.steps:  # cut between its last checkpoint and the final copy of it
+            pp.torch_save_atomic(ck, out / "ckpt_final.pt")
+    for step in range(done + 1, args.steps + 1):
         idx = torch.randint(0, M, (min(args.batch_size, M),), generator=g)
         optimizer.zero_grad(set_to_none=True)
         loss = 0.0
@@ -326,6 +357,34 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     if wb is not None:
         wb.finish()
     return out
+
+
+# Flags a resumed run may change: where it runs and where it logs, never what it learns.
+RESUME_FREE_FLAGS = ("resume", "device", "env_workers", "track", "wandb_project", "wandb_entity", "wandb_group",
+                     "log_every")
+
+
+def resume_point(out: Path, args: Args) -> Path | None:
+    """The newest ckpt_<step>.pt of the interrupted run in `out` (None: it finished), after checking that its demos
+    are there and that the flags are the ones it was started with."""
+    import ppoflow_pi0 as pp
+
+    if (out / "ckpt_final.pt").exists():
+        return None
+    steps = sorted((int(p.stem.split("_")[1]), p) for p in out.glob("ckpt_*.pt") if p.stem.split("_")[1].isdigit())
+    collected = not (args.demos or args.dataset)  # else the demos come from where they came from the first time
+    if not steps or not (out / "args.json").exists() or (collected and not (out / "demos.pt").exists()):
+        raise SystemExit(f"train_imitation.py: --resume: {out} holds no interrupted run (it needs args.json, a "
+                         f"ckpt_<step>.pt{' and demos.pt' if collected else ''}; fix: drop --resume to start one)")
+    old = ss.read_json(out / "args.json").get("args") or {}
+    own_demos = args.demos and Path(args.demos).resolve() == (out / "demos.pt").resolve()  # what the run collected
+    diff = {k: v for k, v in pp.resume_flag_changes(old, ss.to_dict(args)).items()
+            if k.split(".")[0] not in RESUME_FREE_FLAGS and not (k == "demos" and v is None and own_demos)}
+    if diff:
+        raise SystemExit(f"train_imitation.py: --resume: {out} was started with other flags ("
+                         + "; ".join(f"--{k.replace('_', '-')} {v!r}" for k, v in diff.items())
+                         + f"); re-run with its flags ({out / 'args.json'}) or drop --resume")
+    return steps[-1][1]
 
 
 def _make_vec_env(*a, **kw):

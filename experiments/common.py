@@ -166,6 +166,20 @@ def run_step(name: str, cmd: list[str], done: Path | None, log_dir: Path, steps_
     return wall
 
 
+def interrupted(run: Path) -> Path | None:
+    """The newest ckpt_<step>.pt of a stage cut short (no ckpt_final.pt in `run`), if any: what ppoflow_pi0.py
+    --resume <it> and train_imitation.py --resume continue from, exactly."""
+    if (run / "ckpt_final.pt").exists():
+        return None
+    its = sorted((int(p.stem.split("_")[1]), p) for p in run.glob("ckpt_*.pt") if p.stem.split("_")[1].isdigit())
+    return its[-1][1] if its else None
+
+
+def resume_imitation(run: Path) -> list[str]:
+    """train_imitation.py's --resume when its stage in `run` was cut short (its demos and newest checkpoint)."""
+    return ["--resume"] if interrupted(run) else []
+
+
 def perception_summary(summary: Path, steps: int) -> str:
     """What a pretrain_perception.py run (its summary.json) trained on and reached, for a report's sentence."""
     m = json.loads(Path(summary).read_text())

@@ -39,7 +39,7 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PIXEL_LABEL, STATE_PROXY_LABEL as LABEL, STATE_PROXY_RECIPE as RECIPE  # noqa: E402
 from common import (choose_start, fmt_wall, machine_info, perception_summary, plot_curves, pooled,  # noqa: E402, F401
-                    read_curve, results_per_scene, run_step, stage, t_interval)
+                    read_curve, results_per_scene, resume_imitation, run_step, stage, t_interval)
 from common import evaluate_cmd as common_evaluate_cmd  # noqa: E402
 from evaluate import newcombe_diff  # noqa: E402
 
@@ -194,8 +194,8 @@ def main(args: Args) -> Path:
         *shlex.split(args.env_extra), "--num-envs", str(args.env_workers),
         "--episodes", str(args.il_episodes), "--steps", str(args.il_steps), "--save-every", str(args.il_save_every),
         "--seed", str(args.il_seed), "--device", "cpu", "--num-inference-steps", "1", *il_init,
-        *(["--demos", str(il / "demos.pt")] if (il / "demos.pt").exists() else [])], il / "ckpt_final.pt", logs, steps,
-        args.dry_run)
+        *(["--demos", str(il / "demos.pt")] if (il / "demos.pt").exists() else []), *resume_imitation(il)],
+        il / "ckpt_final.pt", logs, steps, args.dry_run)
     # 1b. the early stop: the start is chosen among the imitation checkpoints on development seeds
     cand = [il / f"ckpt_{s}.pt" for s in sorted({*range(args.il_save_every, args.il_steps + 1, args.il_save_every),
                                                  args.il_steps})]

@@ -74,8 +74,9 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (ROOT, STATE_PROXY_LABEL, STATE_PROXY_RECIPE, choose_start, env_flags, evaluate_cmd,  # noqa: E402
-                    fmt_load, fmt_wall, machine_info, make_scenes, plot_curves, pooled, read_curve, recipe_budget,
-                    results_per_scene, run_step, scene_cover_flags, stage, t_interval, total_wall)
+                    fmt_load, fmt_wall, interrupted, machine_info, make_scenes, plot_curves, pooled, read_curve,
+                    recipe_budget, results_per_scene, resume_imitation, run_step, scene_cover_flags, stage, t_interval,
+                    total_wall)
 from evaluate import newcombe_diff, wilson_interval  # noqa: E402
 
 # train_imitation.py on a GPU: ppoflow_pi0.py's precision there, not fp32 without micro-batches (pi0-3b: ~88 GB); from
@@ -369,8 +370,8 @@ def main(args: Args) -> Path:
         "--num-envs", str(args.env_workers), "--episodes", str(args.il_episodes), "--steps", str(args.il_steps),
         "--save-every", str(args.il_steps), "--seed", str(args.seed), "--device", args.device, *k, *envf,
         *(["--init", args.il_init] if args.il_init else []), *il_extra,
-        *(["--demos", str(start.parent / "demos.pt")] if (start.parent / "demos.pt").exists() else [])],
-        start, logs, steps, args.dry_run)
+        *(["--demos", str(start.parent / "demos.pt")] if (start.parent / "demos.pt").exists() else []),
+        *resume_imitation(start.parent)], start, logs, steps, args.dry_run)
     if args.stop_after == "il_start":
         return out
     ckpts, labels, groups = [start], ["N=0 IL start"], {}
@@ -387,7 +388,7 @@ def main(args: Args) -> Path:
                 "--num-iterations", str(args.ppo_iterations), "--learning-rate", str(args.ppo_lr),
                 "--critic-learning-rate", str(args.ppo_critic_lr), "--device", args.device, *shlex.split(args.ppo_extra),
                 "--demos", str(start.parent / "demos.pt"),  # the BC anchor's demos (used when --demo-bc-coef > 0)
-                *(["--resume", str(last)] if (last := _last_ckpt(run)) and not (run / "ckpt_final.pt").exists() else [])],
+                *(["--resume", str(last)] if (last := interrupted(run)) else [])],
                 run / "ckpt_final.pt", logs, steps, args.dry_run)
             ckpts.append(run / "ckpt_final.pt")
             labels.append(f"PPOFlow N={n} s{s}")
@@ -401,7 +402,7 @@ def main(args: Args) -> Path:
             "--num-envs", str(args.env_workers), "--episodes", str(10 ** 6),
             "--max-collect-decisions", str(args.baseline_decisions_per_env),
             "--stats", "init", "--steps", str(args.ppo_grad_steps), "--save-every", str(args.ppo_grad_steps),
-            "--seed", str(args.seed + 7), "--device", args.device, *k, *envf],
+            "--seed", str(args.seed + 7), "--device", args.device, *k, *envf, *resume_imitation(base)],
             base / "ckpt_final.pt", logs, steps, args.dry_run)
         ckpts.append(base / "ckpt_final.pt")
         labels.append(f"more IL N={args.multi_seed_n}")
@@ -415,12 +416,6 @@ def main(args: Args) -> Path:
     if args.dry_run:
         return out
     return write_report(out, args, h0, composed, groups, time.time() - t0)
-
-
-def _last_ckpt(run: Path) -> Path | None:
-    """The newest ckpt_<iter>.pt of an interrupted PPOFlow run (resumed exactly), if any."""
-    its = sorted((int(p.stem.split("_")[1]), p) for p in run.glob("ckpt_*.pt") if p.stem.split("_")[1].isdigit())
-    return its[-1][1] if its else None
 
 
 def write_report(out: Path, args: Args, h0: list[str], w: list[str], groups: dict, wall: float) -> Path:
@@ -569,7 +564,7 @@ def baseline_cmd(args: Args, w: Path, scenes: list[str], start: Path, run: Path,
         "--batch-size", str(budget["minibatch_size"]), "--save-every", str(budget["max_grad_steps"]),
         "--seed", str(1 + s), "--device", args.device, "--num-inference-steps", "1", "--env.obs-mode", "state",
         "--env.image-size", "64", "--env.max-decisions", str(args.max_decisions),
-        *scene_cover_flags(len(scenes), args.env_workers)]
+        *scene_cover_flags(len(scenes), args.env_workers), *resume_imitation(run)]
 
 
 def seed_cell(xs: list[tuple[int, int]]) -> dict:
@@ -776,7 +771,8 @@ def main_state(args: Args) -> Path:
         "--env.image-size", "64", "--env.max-decisions", str(md), "--num-envs", str(wk),
         "--episodes", str(args.il_episodes), "--steps", str(args.il_steps), "--save-every", str(args.il_save_every),
         "--seed", str(args.seed), "--device", args.device, "--num-inference-steps", "1",
-        *scene_cover_flags(len(il_ids), wk), *(["--demos", str(demos)] if demos.exists() else [])],
+        *scene_cover_flags(len(il_ids), wk), *(["--demos", str(demos)] if demos.exists() else []),
+        *resume_imitation(il_dir)],
         il_dir / "ckpt_final.pt", logs, steps, args.dry_run)
     cand = {k: il_dir / f"ckpt_{k}.pt" for k in sorted({*range(args.il_save_every, args.il_steps + 1,
                                                                 args.il_save_every), args.il_steps})}
@@ -802,7 +798,7 @@ def main_state(args: Args) -> Path:
     for n in ns:
         for s in seeds:
             run = runs / f"ppo_N{n}_s{s}"
-            resume = _last_ckpt(run) if not (run / "ckpt_final.pt").exists() else None
+            resume = interrupted(run)
             run_step(run.name, ppo_cmd(args, w, splits, start, demos, run, n, s) + (["--resume", str(resume)] if resume else []),
                      run / "ckpt_final.pt", logs, steps, args.dry_run)
             trained.append((PPO, n, s, f"PPOFlow N={n} s{s}", run / "ckpt_final.pt"))

@@ -366,3 +366,16 @@ def test_state_study_runs_end_to_end_at_a_tiny_budget_and_resumes(tmp_path):
         assert (study / f).stat().st_size > 0, f
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)  # every stage done: all skipped
     assert r.returncode == 0 and "[run ]" not in r.stdout and r.stdout.count("[skip]") == 19
+
+
+def test_a_stage_cut_short_is_resumed_from_its_newest_checkpoint(tmp_path):
+    """common.interrupted / resume_imitation: the drivers pass --resume to a stage whose folder holds numbered
+    checkpoints and no ckpt_final.pt (train_imitation.py and ppoflow_pi0.py then continue exactly), never otherwise."""
+    run = tmp_path / "il"
+    assert sc.interrupted(run) is None and sc.resume_imitation(run) == []  # not started
+    run.mkdir()
+    for step in (2, 10, 4):
+        (run / f"ckpt_{step}.pt").write_bytes(b"")
+    assert sc.interrupted(run) == run / "ckpt_10.pt" and sc.resume_imitation(run) == ["--resume"]
+    (run / "ckpt_final.pt").write_bytes(b"")
+    assert sc.interrupted(run) is None and sc.resume_imitation(run) == []  # finished: the stage is skipped anyway

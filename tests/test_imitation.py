@@ -212,3 +212,34 @@ def test_cli_records_replayable_expert_trajectories_from_its_env_workers(tmp_pat
     rows = compare(h5, replayed)
     assert len(rows) == len(meta["episodes"]) and all(x["diff"] < 1e-4 for x in rows), rows
     assert all(x["success"] == x["replayed_success"] for x in rows), rows
+
+
+def test_resume_after_an_interruption_gives_the_uninterrupted_run(tmp_path):
+    """--resume: the collected demos are reused (no env is built), training continues after the newest checkpoint
+    with its optimizer, schedule, RNG and batch order, and the final weights are the uninterrupted run's."""
+    def args(out, **kw):
+        return TI.Args(**{**dict(out=str(out), scene_ids=["simpler:PutCarrotOnPlateInScene-v1"], episodes=2, steps=6,
+                                 save_every=2, batch_size=2, num_envs=3, log_every=1, learning_rate=1e-3,
+                                 env=EnvConfig(max_decisions=3), device="cpu"), **kw})
+    env = lambda scenes, n, cfg, seed, workers: ExpertFakeEnv(["x"], n, cfg)  # noqa: E731
+    TI.main(args(tmp_path / "full"), env_fn=env)
+    part = tmp_path / "part"
+    TI.main(args(part), env_fn=env)
+    for f in ("ckpt_4.pt", "ckpt_6.pt", "ckpt_final.pt"):  # as if killed during steps 5-6
+        (part / f).unlink()
+    rows = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
+    TI.main(args(part, resume=True), env_fn=lambda *a: pytest.fail("an env was built: the demos were collected again"))
+    full = torch.load(tmp_path / "full/ckpt_final.pt", weights_only=True)["model"]
+    again = torch.load(part / "ckpt_final.pt", weights_only=True)["model"]
+    assert all(torch.equal(full[k], again[k]) for k in full)
+    resumed = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6] and resumed[:2] == rows[:2]
+    assert TI.main(args(part, resume=True)) == part  # finished: nothing to do
+    (part / "ckpt_final.pt").unlink()  # the drivers pass the run's own demos.pt back: the same run
+    TI.main(args(part, resume=True, demos=str(part / "demos.pt")), env_fn=lambda *a: pytest.fail("an env was built"))
+    assert all(torch.equal(full[k], v) for k, v in torch.load(part / "ckpt_final.pt", weights_only=True)["model"].items())
+    with pytest.raises(SystemExit, match="started with other flags .*--learning-rate 0.001"):
+        (part / "ckpt_final.pt").unlink()
+        TI.main(args(part, resume=True, learning_rate=1e-4))
+    with pytest.raises(SystemExit, match="holds no interrupted run"):
+        TI.main(args(tmp_path / "none", resume=True))
