@@ -8,7 +8,8 @@ It stands in for the BridgeV2-pretrained pi0 that cannot be downloaded here (and
 embodiment): the scripted expert (`ChunkVecEnv.expert_actions`, privileged state) runs in parallel env workers,
 successful episodes become (image, instruction, state) -> action-chunk pairs, normalisation statistics are computed
 from them, and the same `PI0Policy` class that `ppoflow_pi0.py` fine-tunes is trained with the rectified-flow loss.
-The result, `<out>/ckpt_final.pt`, is what `ppoflow_pi0.py --init` and `load_policy` read.
+The result, `<out>/ckpt_final.pt`, is what `ppoflow_pi0.py --init` and `load_policy` read. A run cut short continues
+with the same command plus `--resume` (its demos.pt and newest ckpt_<step>.pt; the result is the uninterrupted run's).
 """
 
 from __future__ import annotations
