@@ -1593,13 +1593,19 @@ def policy_checkpoint(policy: PI0Policy, base: dict | None = None, **extra) -> d
             "model": {k: v.detach().cpu() for k, v in sd.items()}, **extra}
 
 
+def numbered_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """The ckpt_<iteration or step>.pt of a run folder, oldest first (ckpt_final.pt is not one of them)."""
+    found = ((int(m.group(1)), f) for f in Path(folder).glob("ckpt_*.pt")
+             if (m := re.fullmatch(r"ckpt_(\d+)\.pt", f.name)))
+    return [f for _, f in sorted(found)]
+
+
 def rotate_checkpoints(folder: Path, keep: int) -> list[Path]:
     """Delete all but the newest `keep` ckpt_<iteration>.pt of a run folder (ckpt_final.pt is not one of them).
     Returns what was removed."""
     if keep <= 0:
         return []
-    numbered = sorted((int(m.group(1)), f) for f in Path(folder).glob("ckpt_*.pt") if (m := re.fullmatch(r"ckpt_(\d+)\.pt", f.name)))
-    old = [f for _, f in numbered[:-keep]]
+    old = numbered_checkpoints(folder)[:-keep]
     for f in old:
         f.unlink(missing_ok=True)
     return old

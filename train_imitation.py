@@ -372,7 +372,7 @@ def resume_point(out: Path, args: Args) -> Path | None:
 
     if (out / "ckpt_final.pt").exists():
         return None
-    steps = sorted((int(p.stem.split("_")[1]), p) for p in out.glob("ckpt_*.pt") if p.stem.split("_")[1].isdigit())
+    steps = pp.numbered_checkpoints(out)
     collected = not (args.demos or args.dataset)  # else the demos come from where they came from the first time
     if not steps or not (out / "args.json").exists() or (collected and not (out / "demos.pt").exists()):
         raise SystemExit(f"train_imitation.py: --resume: {out} holds no interrupted run (it needs args.json, a "
@@ -385,7 +385,7 @@ def resume_point(out: Path, args: Args) -> Path | None:
         raise SystemExit(f"train_imitation.py: --resume: {out} was started with other flags ("
                          + "; ".join(f"--{k.replace('_', '-')} {v!r}" for k, v in diff.items())
                          + f"); re-run with its flags ({out / 'args.json'}) or drop --resume")
-    return steps[-1][1]
+    return steps[-1]
 
 
 def _make_vec_env(*a, **kw):

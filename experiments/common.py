@@ -169,10 +169,10 @@ def run_step(name: str, cmd: list[str], done: Path | None, log_dir: Path, steps_
 def interrupted(run: Path) -> Path | None:
     """The newest ckpt_<step>.pt of a stage cut short (no ckpt_final.pt in `run`), if any: what ppoflow_pi0.py
     --resume <it> and train_imitation.py --resume continue from, exactly."""
-    if (run / "ckpt_final.pt").exists():
-        return None
-    its = sorted((int(p.stem.split("_")[1]), p) for p in run.glob("ckpt_*.pt") if p.stem.split("_")[1].isdigit())
-    return its[-1][1] if its else None
+    from ppoflow_pi0 import numbered_checkpoints
+
+    its = [] if (run / "ckpt_final.pt").exists() else numbered_checkpoints(run)
+    return its[-1] if its else None
 
 
 def resume_imitation(run: Path) -> list[str]:
