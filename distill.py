@@ -12,7 +12,8 @@ features of target and destination, no camera), typically PPOFlow's final checkp
      student (both deterministic, sigma = 0). Every env renders the camera (the student's input) and reports the
      object state (the teacher's) in the same step (`scene_env.EnvConfig.with_object_state`);
   2. label: the teacher's deterministic action chunk on every visited state, whoever acted;
-  3. aggregate: the round's frames join every earlier round's;
+  3. aggregate: the round's frames join every earlier round's (those where an object has left the workspace, knocked
+     off the table or flung away, are kept on disk but not trained on: `student_inputs`);
   4. train: `--steps-per-round` gradient steps of the flow-matching loss (Eq. 1, `PI0Policy.flow_matching_loss`, the
      loss of train_imitation.py) on the aggregate.
 With beta0 = 1, round 0 is behaviour cloning on the teacher's own rollouts.
@@ -402,11 +403,19 @@ def collect_round(envs, student, teacher, beta_k: float, frames: int, seed: int,
 
 
 def student_inputs(student, data: dict) -> dict:
-    """A round's frames as the student's model inputs (image resized to its size, tokens) and targets: the teacher's
-    label chunk in model space, and the 14 object features (the auxiliary probe's, standardised by it)."""
-    inp = student.obs_to_inputs({"rgb": data["rgb"], "state": data["state"], "instruction": data["instruction"]})
-    return {**{k: inp[k] for k in student.input_keys}, "target": student.normalizer.action(data["label"]),
-            "object_target": data["object_state"].float().cpu()}
+    """A round's trainable frames as the student's model inputs (image resized to its size, tokens) and targets: the
+    teacher's label chunk in model space, and the 14 object features (the auxiliary probe's, standardised by it).
+    Frames where an object has left the workspace (`scene_env.objects_in_workspace`: knocked off the table or flung
+    away) stay in the round's file and the dataset but are not trained on: the teacher never saw such a state, and one
+    bowl flung 1800 m away makes the probe's squared error ~1e6 times its usual size, which wrecks the vision tower."""
+    from scene_env import objects_in_workspace
+
+    keep = objects_in_workspace(data["object_state"].float())  # ALGO LOGIC
+    rows = keep.nonzero().flatten()
+    inp = student.obs_to_inputs({"rgb": data["rgb"][rows], "state": data["state"][rows],
+                                 "instruction": [data["instruction"][i] for i in rows.tolist()]})
+    return {**{k: inp[k] for k in student.input_keys}, "target": student.normalizer.action(data["label"][rows]),
+            "object_target": data["object_state"][rows].float().cpu()}
 
 
 def trainable(student, probe: nn.Module | None) -> list[nn.Parameter]:
@@ -566,6 +575,10 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
             batches.append(student_inputs(student, r))
             t_collect, t1 = time.time() - t0, time.time()
             agg = {key: torch.cat([x[key] for x in batches]) for key in batches[0]}
+            if not len(agg["target"]):
+                raise DistillError(f"distill.py: rounds 0-{k} have no frame with both objects in the workspace "
+                                   f"(scene_env.WORKSPACE_BOUNDS_M), so there is nothing to train on: check the scenes "
+                                   f"(objects placed off the table?) and the env settings")
 
             def log(s, m, k=k):
                 ss.append_jsonl(metrics, {"round": k, "step": step + s, **m})
@@ -587,6 +600,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
             if k == args.rounds - 1:  # the export is rewritten once per invocation: it costs ~8 ms CPU per frame
                 write_aggregate(out, data, args, teacher_sha)
             m = {"charts/beta": b, "charts/frames": len(r["label"]), "charts/aggregate_frames": len(agg["target"]),
+                 "charts/frames_off_workspace": len(r["label"]) - len(batches[-1]["target"]),
                  "charts/student_acted_fraction": float((~r["teacher_acted"]).float().mean()),
                  "charts/episodes_ended": r["episodes_ended"],
                  "charts/rollout_success_rate": r["episodes_succeeded"] / r["episodes_ended"] if r["episodes_ended"] else None,
@@ -597,7 +611,8 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
             if wb is not None:
                 wb.log({key: v for key, v in m.items() if v is not None}, step=step)
             sr = "n/a" if m["charts/rollout_success_rate"] is None else f"{m['charts/rollout_success_rate']:.2f}"
-            print(f"[distill] round {k}: beta {b:.3f}, {len(r['label'])} frames (aggregate {len(agg['target'])}), "
+            print(f"[distill] round {k}: beta {b:.3f}, {len(r['label'])} frames ({m['charts/frames_off_workspace']} off "
+                  f"the workspace; trainable aggregate {len(agg['target'])}), "
                   f"rollout success {sr} over {r['episodes_ended']} episodes, loss {np.mean(losses):.4f}; "
                   f"collect {t_collect:.1f}s, train {t_train:.1f}s, save{' + dataset' * (k == args.rounds - 1)} "
                   f"{m['time/save_s']:.1f}s")

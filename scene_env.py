@@ -961,6 +961,24 @@ def object_state(priv: dict) -> "torch.Tensor":
                       priv["dest_bottom"], priv["dest_size"]], dim=1).float()
 
 
+# Where the object-state features describe a scene the policies know: both objects' bottom centres inside this box
+# (robot base frame, metres; x, y, z) around Table A.2's region and above the table top. Outside it an object was
+# knocked off the table or flung away by a contact blow-up: a wild policy's arm can launch a bowl ~1800 m (seen in
+# DAgger rounds). No policy was trained on such a state, a label there means nothing, and features of that size swamp
+# any regression on them (`objects_in_workspace`).
+WORKSPACE_BOUNDS_M = ((-0.1, 0.7), (-0.45, 0.45), (-0.1, 0.5))
+
+
+def objects_in_workspace(obj: "torch.Tensor") -> "torch.Tensor":
+    """[N] bool: both the target's and the destination's bottom centres of `object_state` rows [N, OBJECT_STATE_DIM]
+    lie inside WORKSPACE_BOUNDS_M."""
+    import torch
+
+    pos = torch.stack([obj[:, 0:3], obj[:, 8:11]], 1)  # [N, 2, 3]: target, destination
+    lo, hi = (torch.tensor([b[i] for b in WORKSPACE_BOUNDS_M], dtype=pos.dtype) for i in (0, 1))
+    return ((pos >= lo) & (pos <= hi)).all(-1).all(-1)
+
+
 def obs_keys(cfg: EnvConfig) -> tuple[str, ...]:
     """The tensor entries of an observation under `cfg.obs_mode` and `cfg.with_object_state` (besides "instruction")."""
     keys = ("rgb", "state") if cfg.obs_mode == "rgb" else ("state",)

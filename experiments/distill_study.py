@@ -8,7 +8,15 @@ The teacher is an `--env.obs-mode state` policy (the OBJECT-STATE PROXY: no pret
 tested), typically PPOFlow's final checkpoint of experiments/state_proxy.py. The student and the baseline are the
 pixel `PI0Policy` (64 px camera + instruction + proprio): what a robot could run.
 
-Design v6 (the defaults; issue 32, session 14): v5 with its estimate made fit for the states a policy visits. v5's
+Design v7 (the defaults; issue 32, session 15): v6's perception and pixel policies, with the student starting from
+the pixel policy that works, not from the teacher (`--student-start imitation`): step 1 trains `start` by plain
+imitation of the scripted expert (as many frames and steps as the DAgger rounds; v6's baseline, 11%), DAgger then
+trains it on the teacher's labels of the states it visits, and the baseline gets the start's and the rounds' budget
+together (twice the frames and steps), so a gain is the teacher's labels, not more training. Also fixed in distill.py
+(session 15): frames where the student's arm knocked an object off the table or flung it away (a bowl seen 1800 m
+away) are no longer trained on; in v6 they made the auxiliary probe's loss ~1e6 from round 1 on and wrecked the
+vision tower (the estimate's error on the next round's frames 4.0 -> 7.3 cm). v6: `--student-start teacher`.
+Design v6 (`--student-start teacher`; session 14): v5 with its estimate made fit for the states a policy visits. v5's
 perception saw only reset frames (the arm at its start pose): along the rollouts its target estimate erred 5-7 cm
 (3 cm at reset), and DAgger's flow-matching loss, reaching the probe through the state token, pulled the estimate
 further off what the teacher's expert expects (4-5 cm). v6: perception also on frames along scripted-expert episodes
@@ -21,12 +29,12 @@ teacher reads, made from the camera by a linear probe on the image tokens, and w
 (PolicyConfig estimate_object_state, image_in_prefix=False): the teacher's architecture with its simulator features
 replaced by the camera's estimate. Both start from perception pretraining of that estimate (step 0, 20,000 frames,
 6000 steps); the student also takes the teacher's language model, action expert and heads (distill.py
---student-from-teacher), so it acts as the teacher wherever the estimate is right, and DAgger trains it where the
+--student-start teacher), so it acts as the teacher wherever the estimate is right, and DAgger trains it where the
 estimate misleads it; the baseline's action expert learns from the scripted expert's frames alone, as before. v4
 showed why: its perception localised the target to 1.3 cm on new layouts, yet neither pixel policy acted on it when
 the position had to travel from 64 image tokens through the VLM into the expert's attention (student 4.0%, baseline
 1.5%, teacher 54.5%).
-Design v4 (`--no-estimate-object-state --no-student-from-teacher --preset mini --perception-frames 10000
+Design v4 (`--no-estimate-object-state --student-start perception --preset mini --perception-frames 10000
 --perception-steps 4000 --perception-expert-frames 0`; session 13): v3 with both pixel policies starting from
 perception pretraining (step 0 below). Design v3 (`--perception-frames 0`): v2 with the student's auxiliary
 object-state probe (distill.py --aux-state-coef 1: its image tokens also regress the 14 object features the teacher
@@ -40,13 +48,16 @@ also resumes inside its rounds):
 0. perception (with --perception-frames): pretrain_perception.py on the training scenes: the vision tower and a probe
    regress the object state from fresh-reset frames (and frames along scripted-expert episodes); both pixel policies
    below start from its checkpoint;
-1. student: distill.py, --rounds x --frames-per-round labelled frames on the training scenes (beta 1 -> 0.5^k), the
+1. start (--student-start imitation): train_imitation.py on the training scenes from the scripted expert, rounds x
+   frames per round frames and rounds x steps per round steps; the student starts from it;
+2. student: distill.py, --rounds x --frames-per-round labelled frames on the training scenes (beta 1 -> 0.5^k), the
    flow-matching loss on the aggregate for --steps-per-round after each round;
-2. baseline: train_imitation.py on the same scenes from the scripted expert with the SAME number of frames (rounds x
-   frames per round, `--frames`) and the same gradient steps, batch, learning rate, preset and image size;
-3. evaluate.py: teacher, student and baseline, deterministic, on the training and the held-out scenes, the same fresh
+3. baseline: train_imitation.py on the same scenes from the scripted expert with the SAME number of scripted-expert
+   frames and gradient steps as the student in all (rounds x frames per round, `--frames`, plus the start's), batch,
+   learning rate, preset and image size;
+4. evaluate.py: teacher, (start,) student and baseline, deterministic, on the training and the held-out scenes, the same fresh
    seeds (--eval-seed..), videos of each policy's first episode in the first --video-scenes scenes;
-4. report.md / report.json: SR per policy (Wilson), student - baseline and student - teacher (Newcombe; the unit is the
+5. report.md / report.json: SR per policy (Wilson), student - baseline, - start and - teacher (Newcombe; the unit is the
    evaluation episode: one training seed per policy, said so), per-scene SR, cost per DAgger round, wall time of every
    step.
 """
@@ -122,9 +133,13 @@ class Args:
     estimate_detached: bool = True
     """The estimate is trained by object-state supervision alone (PolicyConfig.estimate_detached; perception and the
     student's --aux-state-coef), the flow-matching loss does not reach it (v6). False: end to end as well (v5)."""
-    student_from_teacher: bool = True
-    """The student starts as the teacher with the perception's image path (distill.py --student-from-teacher; needs
-    --estimate-object-state and the teacher's --preset). False: the student's action expert starts as the baseline's."""
+    student_start: Literal["imitation", "teacher", "perception"] = "imitation"
+    """Where the student starts. "imitation" (design v7): from a pixel policy trained by plain imitation on the
+    scripted expert (`runs/start`: as many frames and steps as the DAgger rounds), which DAgger then trains on the
+    teacher's labels; the baseline then gets the expert frames and steps of the start and the rounds together.
+    "teacher" (v5, v6): as the teacher with the perception's image path (distill.py --student-from-teacher; needs
+    --estimate-object-state and the teacher's --preset). "perception" (v1-v4): the perception checkpoint (or random
+    --preset weights), as the baseline does."""
     num_inference_steps: int = 1
     """K of the student's and the baseline's deterministic flow inference (the teacher's recipe uses 1)."""
     eval_episodes_per_scene: int = 50
@@ -146,10 +161,10 @@ def main(args: Args) -> Path:
     if args.estimate_object_state and not args.perception_frames:
         raise SystemExit("distill_study.py: --estimate-object-state needs the perception stage that trains the "
                          "estimate (fix: --perception-frames 10000)")
-    if args.student_from_teacher and not args.estimate_object_state:
-        raise SystemExit("distill_study.py: --student-from-teacher needs --estimate-object-state (the student then "
-                         "has the teacher's architecture; fix: drop --no-estimate-object-state, or add "
-                         "--no-student-from-teacher)")
+    if args.student_start == "teacher" and not args.estimate_object_state:
+        raise SystemExit("distill_study.py: --student-start teacher needs --estimate-object-state (the student then "
+                         "has the teacher's architecture; fix: drop --no-estimate-object-state, or another "
+                         "--student-start)")
     if not Path(args.teacher).is_file() and not args.dry_run:
         raise SystemExit(f"distill_study.py: --teacher {args.teacher} is not a file (fix: a ckpt_*.pt of an "
                          "--env.obs-mode state run, e.g. experiments/state_proxy.py's runs/ppo_s<seed>/ckpt_final.pt)")
@@ -163,7 +178,7 @@ def main(args: Args) -> Path:
               "--env.max-decisions", str(args.max_decisions),
               "--num-envs", str(args.num_envs), "--seed", str(args.seed), "--device", "cpu",
               "--num-inference-steps", str(args.num_inference_steps)]
-    student, baseline, perception = out / "runs/student", out / "runs/baseline", out / "runs/perception"
+    student, baseline, perception, start = (out / f"runs/{r}" for r in ("student", "baseline", "perception", "start"))
     init: dict[str, list[str]] = {"student": [], "baseline": []}
     if args.perception_frames:
         run_step("perception", stage("pretrain_perception.py") + [*scenes, *common, "--out", str(perception),
@@ -175,22 +190,30 @@ def main(args: Args) -> Path:
                  *(["--estimate-detached"] if args.estimate_detached and args.estimate_object_state else [])],
                  perception / "ckpt_final.pt", logs, steps, args.dry_run)
         init = {"student": ["--student-init", str(perception / "ckpt_final.pt")]
-                + (["--student-from-teacher"] if args.student_from_teacher else []),
+                + (["--student-from-teacher"] if args.student_start == "teacher" else []),
                 "baseline": ["--init", str(perception / "ckpt_final.pt")]}
+    # distill.py labels whole vector steps: ceil(frames / envs) of them per round, so this is the student's aggregate
+    frames = args.rounds * -(-args.frames_per_round // args.num_envs) * args.num_envs
+    grad_steps = args.rounds * args.steps_per_round
+
+    def imitation(name: str, folder: Path, n_frames: int, n_steps: int) -> None:
+        run_step(name, stage("train_imitation.py") + [*scenes, *common, *init["baseline"], "--out", str(folder),
+                 "--frames", str(n_frames), "--episodes", str(n_frames), "--steps", str(n_steps),
+                 "--save-every", str(n_steps), "--no-write-dataset"], folder / "ckpt_final.pt", logs, steps,
+                 args.dry_run)
+    if args.student_start == "imitation":  # the student's scripted-expert frames and steps come before its rounds
+        imitation("start", start, frames, grad_steps)
+        init["student"] = ["--student-init", str(start / "ckpt_final.pt")]
     run_step("student", stage("distill.py") + ["--teacher", str(Path(args.teacher).resolve()), *scenes, *common,
              *init["student"], "--out", str(student), "--rounds", str(args.rounds), "--frames-per-round", str(args.frames_per_round),
              "--steps-per-round", str(args.steps_per_round), "--aux-state-coef", str(args.aux_state_coef)],
              student / "ckpt_final.pt", logs, steps, args.dry_run)
-    # distill.py labels whole vector steps: ceil(frames / envs) of them per round, so this is the student's aggregate
-    frames = args.rounds * -(-args.frames_per_round // args.num_envs) * args.num_envs
-    grad_steps = args.rounds * args.steps_per_round
-    run_step("baseline", stage("train_imitation.py") + [*scenes, *common, *init["baseline"], "--out", str(baseline),
-             "--frames", str(frames), "--episodes", str(frames), "--steps", str(grad_steps),
-             "--save-every", str(grad_steps), "--no-write-dataset"], baseline / "ckpt_final.pt", logs, steps,
-             args.dry_run)
+    matched = 2 if args.student_start == "imitation" else 1  # the baseline: the start's budget plus the rounds'
+    imitation("baseline", baseline, matched * frames, matched * grad_steps)
     ev = out / "eval"
-    cmd = evaluate_cmd([Path(args.teacher).resolve(), student / "ckpt_final.pt", baseline / "ckpt_final.pt"],
-                       ["teacher", "student", "baseline"], args.scenes_dir, args.train_scenes + args.heldout_scenes,
+    policies = {"teacher": Path(args.teacher).resolve(), "student": student / "ckpt_final.pt",
+                "baseline": baseline / "ckpt_final.pt", **({"start": start / "ckpt_final.pt"} if matched == 2 else {})}
+    cmd = evaluate_cmd(list(policies.values()), list(policies), args.scenes_dir, args.train_scenes + args.heldout_scenes,
                        args.eval_episodes_per_scene, args.eval_seed, ev, args.num_envs, args.max_decisions)
     run_step("evaluate", cmd + ["--video-scenes", str(args.video_scenes)], ev / "results.json", logs, steps,
              args.dry_run)
@@ -217,7 +240,8 @@ def write_report(out: Path, args: Args, per: dict[str, dict], wall: float) -> st
     tr, ho = args.train_scenes, args.heldout_scenes
     sr = {p: pooled(per[p], tr) for p in per}
     hsr = {p: pooled(per[p], ho) for p in per} if ho else {}
-    vs = {ref: newcombe_diff(*sr["student"], *sr[ref]) for ref in ("baseline", "teacher")}
+    order = [p for p in ("teacher", "start", "student", "baseline") if p in per]  # "start": --student-start imitation
+    vs = {ref: newcombe_diff(*sr["student"], *sr[ref]) for ref in ("baseline", "start", "teacher") if ref in per}
     d, lo, hi = vs["baseline"]
     shown = ("above the plain-imitation pixel policy" if lo > 0 else "below the plain-imitation pixel policy"
              if hi < 0 else "not distinguishable from the plain-imitation pixel policy")
@@ -228,27 +252,33 @@ def write_report(out: Path, args: Args, per: dict[str, dict], wall: float) -> st
                f"one training seed each); the teacher makes {rate['teacher']:.1%}.")
     costs = round_costs(out / "runs/student/metrics.jsonl")
     baseline_frames = len(torch.load(out / "runs/baseline/demos.pt", weights_only=True)["action"])
+    matched = 2 if "start" in per else 1
+    start_frames = len(torch.load(out / "runs/start/demos.pt", weights_only=True)["action"]) if matched == 2 else 0
     lines = [f"# DAgger: object-state teacher -> pixel student ({PIXEL})\n", verdict + "\n",
              f"Teacher `{args.teacher}` ({STATE_PROXY_LABEL}). Student: distill.py, {args.rounds} rounds x "
              f"{args.frames_per_round} frames, {args.steps_per_round} steps per round ({costs[-1]['charts/aggregate_frames']} "
-             f"frames in all), auxiliary object-state loss weight {args.aux_state_coef:g}. Baseline: train_imitation.py "
+             f"frames trained on), auxiliary object-state loss weight {args.aux_state_coef:g}. Baseline: train_imitation.py "
              f"on {baseline_frames} scripted-expert frames, "
-             f"{args.rounds * args.steps_per_round} steps. Both pixel policies: preset `{args.preset}`"
+             f"{matched * args.rounds * args.steps_per_round} steps"
+             + (" (the start's and the rounds' frames and steps together)" if matched == 2 else "")
+             + f". Both pixel policies: preset `{args.preset}`"
              + (f", vision tower `{args.vision_preset}`" if args.vision_preset != args.preset else "")
              + (", the object features the teacher reads estimated from the camera into the state token, an "
                 "instruction-only prefix" if args.estimate_object_state else "")
              + (" (the estimate trained by object-state supervision alone)" if args.estimate_detached
                 and args.estimate_object_state else "")
-             + (", the student starting as the teacher with the perception's image path" if args.student_from_teacher
-                else "") + ", env flags "
+             + {"teacher": ", the student starting as the teacher with the perception's image path",
+                "imitation": ", the student starting from `start`: plain imitation on the scripted expert's "
+                             f"{start_frames} frames, {args.rounds * args.steps_per_round} steps",
+                "perception": ""}[args.student_start] + ", env flags "
              f"`{args.env_extra or '(none: full Table A.2 randomisation)'}`, evaluated in the env they trained in. "
              + perception_line(out / "runs/perception/summary.json", args) +
              f"Evaluation: deterministic, seeds {args.eval_seed}..{args.eval_seed + args.eval_episodes_per_scene - 1} "
              "in every scene.\n",
              "| policy | observes | training scenes SR [Wilson 95%] | held-out SR [Wilson 95%] |", "|---|---|---:|---:|"]
     cam = f"64 px camera ({args.preset}{'; object state estimated from it' if args.estimate_object_state else ''})"
-    sees = {"teacher": "object state (proxy)", "student": cam, "baseline": cam}
-    for p in ("teacher", "student", "baseline"):
+    sees = {"teacher": "object state (proxy)", "student": cam, "baseline": cam, "start": cam}
+    for p in order:
         cells = []
         for k, n in [sr[p]] + ([hsr[p]] if ho else []):
             w0, w1 = wilson_interval(k, n)
@@ -256,19 +286,19 @@ def write_report(out: Path, args: Args, per: dict[str, dict], wall: float) -> st
         lines.append(f"| {p} | {sees[p]} | " + " | ".join(cells + ([] if ho else ["-"])) + " |")
     lines += ["", "| difference (training scenes) | SR difference | 95% Newcombe |", "|---|---:|---:|"]
     lines += [f"| student - {ref} | {v[0]:+.1%} | [{v[1]:+.1%}, {v[2]:+.1%}] |" for ref, v in vs.items()]
-    lines += ["", "## Per scene (SR)\n", "| scene | split | teacher | student | baseline |", "|---|---|---:|---:|---:|"]
+    lines += ["", "## Per scene (SR)\n", f"| scene | split | {' | '.join(order)} |", "|---|---|" + "---:|" * len(order)]
     for s in tr + ho:
         lines.append(f"| {s} | {'train' if s in tr else 'held-out'} | " + " | ".join(
-            f"{per[p][s]['success_rate']:.0%}" if s in per[p] else "-" for p in ("teacher", "student", "baseline")) + " |")
+            f"{per[p][s]['success_rate']:.0%}" if s in per[p] else "-" for p in order) + " |")
     videos = sorted((out / "eval").glob("render/*/*/video.mp4"))
     lines += ["", "## Videos\n"] + ([f"- [{v.parent.parent.name}: {v.parent.name}]({v.relative_to(out).as_posix()})"
                                     for v in videos] or ["_none recorded (--video-scenes 0)_"])
-    lines += ["", "## Cost of the DAgger rounds\n", "| round | beta | frames (aggregate) | rollout SR | collect s | train s |",
-              "|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "## Cost of the DAgger rounds\n", "| round | beta | frames (trainable aggregate) | objects off the workspace | rollout SR | collect s | "
+              "train s |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for c in costs:
         rsr = c.get("charts/rollout_success_rate")
         lines.append(f"| {c['round']} | {c['charts/beta']:.3f} | {c['charts/frames']} ({c['charts/aggregate_frames']}) | "
-                     f"{'-' if rsr is None else f'{rsr:.2f}'} | {c['time/collect_s']:.0f} | {c['time/train_s']:.0f} |")
+                     f"{c.get('charts/frames_off_workspace', '-')} | {'-' if rsr is None else f'{rsr:.2f}'} | {c['time/collect_s']:.0f} | {c['time/train_s']:.0f} |")
     st = json.loads((out / "steps.json").read_text())
     lines += ["", "## Budget\n", "| step | wall s | command |", "|---|---:|---|"]
     lines += [f"| {k} | {fmt_wall(v)} | `{v['cmd'][:200]}` |" for k, v in st.items()]

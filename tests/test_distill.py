@@ -271,8 +271,37 @@ def _frames(n: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {"rgb": torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8, generator=g),
             "state": torch.randn(n, scene_env.PROPRIO_DIM, generator=g) * 0.1,
-            "object_state": torch.randn(n, scene_env.OBJECT_STATE_DIM, generator=g) * 0.1,
+            "object_state": _on_the_table(torch.randn(n, scene_env.OBJECT_STATE_DIM, generator=g) * 0.1),
             "label": torch.randn(n, 4, 7, generator=g).clamp(-1, 1) * 0.01, "instruction": ["put the block"] * n}
+
+
+def _on_the_table(obj: torch.Tensor) -> torch.Tensor:
+    """Object features with both objects over the table region (x ~0.3 m, z >= 0): inside the workspace."""
+    obj = obj.clone()
+    obj[:, [0, 8]] += 0.3
+    obj[:, [2, 10]] = obj[:, [2, 10]].abs()
+    return obj
+
+
+def test_frames_with_an_object_off_the_workspace_are_not_trained_on(setup):
+    """A DAgger round where the student's arm flung the bowl away (seen: 1800 m) or knocked the target off the table:
+    those frames leave the training batch (inputs, labels and probe targets alike), the others keep their order."""
+    student = pp.load_policy(setup["student"], lora_rank=0)
+    data = _frames(6)
+    data["instruction"] = [f"put block {i}" for i in range(6)]
+    data["object_state"][1, 8:11] = torch.tensor([3.45, -0.70, -3.19])  # the destination flung away
+    data["object_state"][4, 2] = -0.85  # the target on the floor
+    assert scene_env.objects_in_workspace(data["object_state"]).tolist() == [True, False, True, True, False, True]
+    batch = distill.student_inputs(student, data)
+    keep = [0, 2, 3, 5]
+    assert torch.equal(batch["object_target"], data["object_state"][keep])
+    assert torch.allclose(batch["target"], student.normalizer.action(data["label"][keep]))
+    sub = {"rgb": data["rgb"][keep], "state": data["state"][keep], "instruction": [data["instruction"][i] for i in keep]}
+    want = student.obs_to_inputs(sub)
+    assert all(torch.equal(batch[k], want[k]) for k in student.input_keys)
+    edge = torch.tensor([[0.7, 0.45, -0.1] + [0.0] * 5 + [-0.1, -0.45, 0.5] + [0.1] * 3])  # the bounds are inclusive
+    assert scene_env.objects_in_workspace(edge).tolist() == [True]
+    assert not scene_env.objects_in_workspace(edge + torch.tensor([0.0] * 8 + [-0.01] + [0.0] * 5)).any()
 
 
 def test_aux_state_probe_targets_and_gradient_reach_the_vision_tower(setup):
@@ -336,8 +365,9 @@ def test_beta_schedule_and_label_seeds():
 
 @pytest.mark.timeout(900)
 def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baselines_frames(setup, tmp_path):
-    """Issue 32's study driver: student (distill.py), plain-imitation baseline on the student's frame and step budget,
-    teacher, student and baseline evaluated on the same seeds, a report that leads with the verdict."""
+    """Issue 32's study driver (design v7): the imitation start, the student (distill.py from the start), the plain-
+    imitation baseline on the start's and the rounds' frame and step budget together, teacher, start, student and
+    baseline evaluated on the same seeds, a report that leads with the verdict."""
     root = setup["root"]
     env = dataclasses.asdict(scene_env.EnvConfig(obs_mode="state", image_size=64, max_decisions=20))
     teacher = tiny_ckpt(tmp_path / "teacher.pt", "state", {"scenes_dir": str(root / "scenes"), "scene_ids": ["s0"],
@@ -354,12 +384,17 @@ def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baseline
     report = (out / "report.md").read_text()
     assert report.splitlines()[2].startswith("**Verdict (pixel policy") and "object-state proxy" in report.splitlines()[2]
     rep = json.loads((out / "report.json").read_text())
-    assert set(rep["train"]) == {"teacher", "student", "baseline"} and rep["train"]["student"][1] == 1
+    assert set(rep["train"]) == {"teacher", "start", "student", "baseline"} and rep["train"]["student"][1] == 1
+    assert set(rep["student_vs"]) == {"baseline", "start", "teacher"}
     assert rep["heldout"]["baseline"][1] == 1 and len(rep["rounds"]) == 2
+    start_demos = torch.load(out / "runs/start/demos.pt", weights_only=True)
+    assert len(start_demos["action"]) == 8 == sum(r["charts/frames"] for r in rep["rounds"])  # the rounds': 2 x 2 x 2
     demos = torch.load(out / "runs/baseline/demos.pt", weights_only=True)
-    assert len(demos["action"]) == 8 == rep["rounds"][-1]["charts/aggregate_frames"]  # the student's frames: 2 x 2 x 2
+    assert len(demos["action"]) == 16  # the start's frames and the rounds' together
+    assert rep["rounds"][-1]["charts/aggregate_frames"] == 8 - sum(r["charts/frames_off_workspace"] for r in rep["rounds"])
     base = json.loads((out / "runs/baseline/args.json").read_text())["args"]
-    assert base["steps"] == 4 and base["env"]["obs_mode"] == "rgb" and base["env"]["image_size"] == 64
+    assert base["steps"] == 8 and base["env"]["obs_mode"] == "rgb" and base["env"]["image_size"] == 64
+    assert json.loads((out / "runs/start/args.json").read_text())["args"]["steps"] == 4
     stud = json.loads((out / "runs/student/args.json").read_text())["args"]
     for a in (base, stud):  # the defaults reach both pixel policies: tiny (v5), camera and lighting fixed, poses drawn
         assert a["preset"] == "tiny" and not a["env"]["dr_camera"] and not a["env"]["dr_lighting"]
@@ -368,17 +403,18 @@ def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baseline
     assert stud["aux_state_coef"] == 1.0 and "aux_state_coef" not in base  # v3: the probe is the student's alone
     assert "auxiliary object-state loss weight 1" in report
     assert "perception pretraining (pretrain_perception.py: 4 fresh-reset frames and 3 along" in report
-    ckpt = str(out / "runs/perception/ckpt_final.pt")  # v4: both pixel policies start from step 0's checkpoint
-    assert stud["student_init"] == ckpt and base["init"] == ckpt
-    # v5: both read the estimated object state from an instruction-only prefix; the student starts as the teacher
-    assert stud["student_from_teacher"] and "student_from_teacher" not in base
-    for name in ("student", "baseline"):
+    ckpt = str(out / "runs/perception/ckpt_final.pt")  # v4: the pixel policies start from step 0's checkpoint
+    assert base["init"] == ckpt and json.loads((out / "runs/start/args.json").read_text())["args"]["init"] == ckpt
+    # v7: the student starts from the imitation start; v5: all read the estimate from an instruction-only prefix
+    assert stud["student_init"] == str(out / "runs/start/ckpt_final.pt") and not stud["student_from_teacher"]
+    assert "the student starting from `start`: plain imitation on the scripted expert's 8 frames" in report
+    for name in ("start", "student", "baseline"):
         c = pp.load_policy(out / f"runs/{name}/ckpt_final.pt").config
         assert c.estimate_object_state and not c.image_in_prefix and c.obs_mode == "rgb", name
         assert c.estimate_detached and c.pi0["vlm_config"]["vision_config"]["patch_size"] == 8, name  # v6: mini vision
     assert "estimated from the camera into the state token" in report
     r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)  # resumes: every step skipped
-    assert r2.returncode == 0 and r2.stdout.count("[skip]") == 4, r2.stdout[-2000:]
+    assert r2.returncode == 0 and r2.stdout.count("[skip]") == 5, r2.stdout[-2000:]
 
 
 def test_evaluate_records_the_render_video_of_an_object_state_policy(setup, tmp_path):
@@ -407,17 +443,27 @@ def test_distill_study_perception_step_starts_both_pixel_policies_from_its_check
     import pretrain_perception as perc
     import train_imitation as ti
 
-    ds.main(ds.Args(teacher=str(tmp_path / "t.pt"), scenes_dir=str(tmp_path), train_scenes=["a"],
-                    out_dir=str(tmp_path / "o"), perception_frames=30, perception_steps=7, dry_run=True))
-    cmds = {Path(c[1]).name: c for c in (shlex.split(x.split(": ", 1)[1]) for x in capsys.readouterr().out.splitlines()
-                                          if x.startswith("[run ]"))}
-    assert list(cmds)[:3] == ["pretrain_perception.py", "distill.py", "train_imitation.py"]
-    pa = tyro.cli(perc.Args, args=cmds["pretrain_perception.py"][2:])
+    def commands(**kw) -> dict[str, list[str]]:
+        ds.main(ds.Args(teacher=str(tmp_path / "t.pt"), scenes_dir=str(tmp_path), train_scenes=["a"],
+                        out_dir=str(tmp_path / "o"), perception_frames=30, perception_steps=7, dry_run=True, **kw))
+        runs = [x.split(": ", 1) for x in capsys.readouterr().out.splitlines() if x.startswith("[run ]")]
+        return {name.removeprefix("[run ] "): shlex.split(cmd) for name, cmd in runs}
+    cmds = commands()
+    assert list(cmds) == ["perception", "start", "student", "baseline", "evaluate"]
+    assert [Path(c[1]).name for c in cmds.values()][:4] == ["pretrain_perception.py", "train_imitation.py",
+                                                          "distill.py", "train_imitation.py"]
+    pa = tyro.cli(perc.Args, args=cmds["perception"][2:])
     ckpt = str(tmp_path / "o/runs/perception/ckpt_final.pt")
     assert pa.frames == 30 and pa.steps == 7 and pa.preset == "tiny" and pa.stats_from == str(tmp_path / "t.pt")
     assert not pa.env.dr_camera and not pa.env.dr_lighting and pa.env.image_size == 64
     assert pa.estimate_object_state and not pa.image_in_prefix  # design v5
     assert pa.expert_frames == 20000 and pa.vision_preset == "mini" and pa.estimate_detached  # design v6
-    da = tyro.cli(distill.Args, args=cmds["distill.py"][2:])
+    st, ba = (tyro.cli(ti.Args, args=cmds[k][2:]) for k in ("start", "baseline"))
+    assert st.init == ba.init == ckpt and (ba.frames, ba.steps) == (2 * st.frames, 2 * st.steps) == (20000, 15000)
+    da = tyro.cli(distill.Args, args=cmds["student"][2:])
+    assert da.student_init == str(tmp_path / "o/runs/start/ckpt_final.pt") and not da.student_from_teacher  # v7
+    v6 = commands(student_start="teacher")  # the student starts as the teacher; the baseline gets the rounds' budget
+    assert list(v6) == ["perception", "student", "baseline", "evaluate"]
+    da = tyro.cli(distill.Args, args=v6["student"][2:])
     assert da.student_init == ckpt and da.student_from_teacher
-    assert tyro.cli(ti.Args, args=cmds["train_imitation.py"][2:]).init == ckpt
+    assert tyro.cli(ti.Args, args=v6["baseline"][2:]).frames == 10000
