@@ -33,7 +33,6 @@ the same command continues after the last complete round; a larger --rounds adds
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -48,7 +47,7 @@ import torch.nn.functional as F
 import tyro
 
 import scene_schema as ss
-from scene_env import OBJECT_STATE_DIM, PROPRIO_DIM, EnvConfig
+from scene_env import OBJECT_STATE_DIM, PROPRIO_DIM, EnvConfig, proxy_observation
 
 
 @dataclass
@@ -160,21 +159,6 @@ def label_seed(seed: int, k: int, decision: int) -> int:
     return int(np.random.SeedSequence([seed, k, decision, 7]).generate_state(1)[0]) % 2**31
 
 
-def teacher_obs(obs: dict) -> dict:
-    """The teacher's view of a `with_object_state` observation: the object-state proxy's state, proprio then object
-    features (what `ChunkRunner._obs` gives under obs_mode "state"), and the instruction."""
-    return {"state": torch.cat([torch.as_tensor(obs["state"]).float(), torch.as_tensor(obs["object_state"]).float()], -1),
-            "instruction": list(obs["instruction"])}
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def completed_rounds(out: Path) -> int:
     """Rounds 0..n-1 are complete: their data and checkpoint files exist (a round's checkpoint is written last)."""
     n = 0
@@ -263,7 +247,7 @@ def load_teacher(args: Args, device):
                            f"{args.env.chunk} (fix: --env.chunk {cfg.get('chunk')})")
     teacher = pp.load_policy(args.teacher, device=str(device)).eval()
     teacher.requires_grad_(False)
-    return teacher, ck.get("args") or {}, file_sha256(args.teacher)
+    return teacher, ck.get("args") or {}, ss.file_sha256(args.teacher)
 
 
 def build_student(args: Args, teacher, device):
@@ -378,7 +362,7 @@ def collect_round(envs, student, teacher, beta_k: float, frames: int, seed: int,
         for d in range(-(-frames // N)):
             s = label_seed(seed, k, d)
             torch.manual_seed(s)
-            label = teacher.act(teacher_obs(obs), deterministic=True)  # [N, C, 7] the label of every state  # ALGO LOGIC
+            label = teacher.act(proxy_observation(obs), deterministic=True)  # [N, C, 7] the label of every state  # ALGO LOGIC
             by_teacher = torch.rand(N, generator=gen) < beta_k  # [N] the beta-mix, per env and decision  # ALGO LOGIC
             action = label.clone()
             if not by_teacher.all():

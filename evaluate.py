@@ -20,7 +20,6 @@ Interrupted runs resume: every finished episode is appended to <out>/episodes.js
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import math
 import os
@@ -337,17 +336,7 @@ def read_checkpoint_meta(path: str) -> dict:
         raise ss.SchemaError(path, "kind", "not a pi0 policy checkpoint (expected kind 'pi0_policy' with a "
                              "model_config); evaluate checkpoints written by ppoflow_pi0.py or train_imitation.py")
     return {"model_config": ck["model_config"], "args": ck.get("args") or {}, "iteration": ck.get("iteration"),
-            "size": p.stat().st_size, "sha256": file_sha256(p)}
-
-
-def file_sha256(path: Path, block: int = 1 << 22) -> str:
-    """Content hash of a file (a re-trained checkpoint at the same path, of the same size and iteration, is
-    another policy: the resume key must say so)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
+            "size": p.stat().st_size, "sha256": ss.file_sha256(p)}  # a re-trained ckpt at the same path: another policy
 
 
 def resolve_policies(args: Args) -> list[PolicySpec]:
@@ -638,7 +627,7 @@ def asset_files_hash(manifest_path: str) -> str:
         d = ss.resolve_asset_dir(manifest_path, o)
         for rel in [o.visual, *o.collision]:
             f = d / rel
-            files[str(f)] = file_sha256(f) if f.is_file() else "missing"
+            files[str(f)] = ss.file_sha256(f) if f.is_file() else "missing"
     return ss.content_hash(files)
 
 

@@ -25,7 +25,8 @@ What it does:
      the same frame flags); `metrics.jsonl`; `summary.json`.
 Frames are taken at reset, the arm at its start pose: the views of the first decisions, where the target must be found;
 `--expert-frames` adds frames along scripted-expert episodes (the arm in view, the target grasped and carried: what a
-policy sees at its later decisions). `--estimate-object-state` makes the probe the policy's own: its estimate feeds
+policy sees at its later decisions), `--rollout-frames` frames along a learned `--rollout-policy`'s episodes (its
+hesitations, pushes and failures: the states a learned policy visits). `--estimate-object-state` makes the probe the policy's own: its estimate feeds
 the state token (PolicyConfig.estimate_object_state; `--no-image-in-prefix`: the image reaches the policy only that
 way), and `--vision-preset` gives a random policy another preset's vision tower.
 With `--stats-from` a DAgger teacher's (or any policy's) action and proprio statistics go into the checkpoint, so
@@ -34,7 +35,6 @@ With `--stats-from` a DAgger teacher's (or any policy's) action and proprio stat
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -88,8 +88,17 @@ class Args:
     expert_frames: int = 0
     """Further labelled frames along scripted-expert episodes (one per decision: the arm approaching, grasping,
     carrying, placing, in view and occluding; a new layout each episode), plus a tenth as many from episodes of other
-    reset seeds held out (their error reported apart, "val_expert/"). A policy acts on mid-episode frames, which reset frames
-    never show."""
+    reset seeds held out (their error reported apart, "val_expert/"). A policy acts on mid-episode frames, which reset
+    frames never show."""
+    rollout_policy: str | None = None
+    """A policy whose deterministic rollouts give the `--rollout-frames`: an object-state policy (e.g. a DAgger teacher,
+    reading the simulator's features) or a pixel policy (e.g. an imitation start). Its episodes show the states a
+    learned policy visits, hesitations, pushes and failures included, which neither resets nor the scripted expert
+    show: there a perception trained on those two erred twice as much (RESULTS.md, DAgger v7)."""
+    rollout_frames: int = 0
+    """Further labelled frames along `--rollout-policy`'s episodes (one per decision; frames with an object knocked
+    off the table or flung away are skipped: `scene_env.objects_in_workspace`), plus a tenth as many from episodes of
+    other reset seeds held out (their error reported apart, "val_rollout/")."""
     steps: int = 4000
     """Gradient steps."""
     batch_size: int = 64
@@ -127,7 +136,8 @@ def check_args(args: Args) -> None:
     bad = [f"--{n.replace('_', '-')} {getattr(args, n)} (must be >= 1)" for n in
            ("frames", "val_frames", "steps", "batch_size", "num_envs", "log_every", "num_inference_steps")
            if getattr(args, n) < 1]
-    bad += [f"--expert-frames {args.expert_frames} (must be >= 0)"] if args.expert_frames < 0 else []
+    bad += [f"--{n.replace('_', '-')} {getattr(args, n)} (must be >= 0)" for n in ("expert_frames", "rollout_frames")
+            if getattr(args, n) < 0]
     if bad:
         raise PerceptionError(f"pretrain_perception.py: {'; '.join(bad)}")
     if not args.image_in_prefix and not args.estimate_object_state:
@@ -136,6 +146,10 @@ def check_args(args: Args) -> None:
     if args.estimate_detached and not args.estimate_object_state:
         raise PerceptionError("pretrain_perception.py: --estimate-detached is about the estimate of "
                               "--estimate-object-state, which is not set (fix: add --estimate-object-state)")
+    if bool(args.rollout_frames) != bool(args.rollout_policy):
+        raise PerceptionError(f"pretrain_perception.py: --rollout-frames {args.rollout_frames} and --rollout-policy "
+                              f"{args.rollout_policy} go together: the frames are taken along that policy's episodes "
+                              "(fix: give both, or neither)")
     if args.env.obs_mode != "rgb":
         raise PerceptionError(f"pretrain_perception.py: --env.obs-mode {args.env.obs_mode}: perception is learned from "
                               "the camera (fix: drop --env.obs-mode; the object state comes along as the label)")
@@ -145,7 +159,20 @@ def frame_flags(args: Args) -> dict:
     """What the frames depend on: a re-run reuses frames.pt only when these are the same."""
     return {"scenes_dir": str(Path(args.scenes_dir).resolve()), "scene_ids": args.scene_ids, "seed": args.seed,
             "num_envs": args.num_envs, "frames": args.frames, "val_frames": args.val_frames,
-            "expert_frames": args.expert_frames, "env": ss.to_dict(args.env)}
+            "expert_frames": args.expert_frames, "env": ss.to_dict(args.env), "rollout_frames": args.rollout_frames,
+            **({"rollout_policy_sha256": ss.file_sha256(args.rollout_policy)} if args.rollout_frames else {})}
+
+
+def load_rollout_policy(args: Args, device):
+    """--rollout-policy in eval mode, checked against the env's chunk."""
+    import ppoflow_pi0 as pp
+
+    actor = pp.load_policy(args.rollout_policy, device=str(device)).eval()
+    if actor.config.chunk != args.env.chunk:
+        raise PerceptionError(f"pretrain_perception.py: --rollout-policy {args.rollout_policy} predicts chunks of "
+                              f"{actor.config.chunk} but --env.chunk is {args.env.chunk} (fix: --env.chunk "
+                              f"{actor.config.chunk})")
+    return actor
 
 
 def build_policy(args: Args, device):
@@ -208,6 +235,30 @@ def collect_expert_frames(envs, policy, n: int, seed: int) -> dict:
     return {"rgb": torch.cat(rgb)[:n], "object_state": torch.cat(obj)[:n], "scene_id": scenes[:n]}
 
 
+@torch.no_grad()
+def collect_rollout_frames(envs, policy, actor, n: int, seed: int) -> dict:
+    """`n` frames along `actor`'s deterministic episodes, one per decision (every env's, in step order; an ended
+    episode resets with a new layout), from a reset with seed `seed`, skipping frames where an object has left the
+    workspace. An object-state actor reads the simulator's features (`scene_env.proxy_observation`), a pixel actor
+    the camera. Same layout as `collect_frames`."""
+    from scene_env import objects_in_workspace, proxy_observation
+
+    N, rgb, obj, scenes, have = envs.num_envs, [], [], [], 0
+    obs, info = envs.reset(seed=seed)
+    scene_ids = list(info["scene_id"])
+    while have < n:
+        state = torch.as_tensor(obs["object_state"]).float().cpu()
+        keep = objects_in_workspace(state)
+        rgb.append(policy.obs_to_inputs(obs)["rgb"].cpu()[keep])
+        obj.append(state[keep])
+        scenes += [s for s, k in zip(scene_ids, keep.tolist()) if k]
+        have += int(keep.sum())
+        act_obs = proxy_observation(obs) if actor.config.obs_mode == "state" else obs
+        obs, _, _, _, info = envs.step(actor.act(act_obs, deterministic=True))  # ALGO LOGIC
+        scene_ids = list(info["scene_id"])
+    return {"rgb": torch.cat(rgb)[:n], "object_state": torch.cat(obj)[:n], "scene_id": scenes[:n]}
+
+
 def localisation_error_cm(pred: torch.Tensor, target: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> dict:
     """Mean absolute error in cm of the target's and the destination's positions (features 0-2 and 8-10) from
     standardised predictions, and the same for always predicting the mean (the number to beat)."""
@@ -228,6 +279,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     pp.seed_everything(args.seed)
     policy = build_policy(args, device)
+    actor = load_rollout_policy(args, device) if args.rollout_frames else None
     scenes = pp.resolve_scenes(pp.Args(scenes_dir=args.scenes_dir, scene_ids=args.scene_ids))
     ss.write_json_atomic(out / "args.json", {"schema_version": ss.SCHEMA_VERSION, "args": ss.to_dict(args),
                                              "scenes": scenes})
@@ -249,16 +301,23 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                 ex = collect_expert_frames(envs, policy, args.expert_frames, seed)
                 val_ex = collect_expert_frames(envs, policy, max(1, args.expert_frames // 10), seed + 10**6)
                 train = {k: torch.cat([train[k], ex[k]]) if k != "scene_id" else train[k] + ex[k] for k in train}
+            if args.rollout_frames:  # the rollout policy's episodes: other reset seeds again
+                ro = collect_rollout_frames(envs, policy, actor, args.rollout_frames, seed + 2 * 10**6)
+                val_ro = collect_rollout_frames(envs, policy, actor, max(1, args.rollout_frames // 10), seed + 3 * 10**6)
+                train = {k: torch.cat([train[k], ro[k]]) if k != "scene_id" else train[k] + ro[k] for k in train}
         finally:
             envs.close()
         data = {"flags": flags, **{k: train[k] for k in ("rgb", "object_state", "scene_id")},
                 **{f"val_{k}": val[k] for k in ("rgb", "object_state", "scene_id")}, "collect_s": time.time() - t0}
         if args.expert_frames:
             data.update({f"val_expert_{k}": val_ex[k] for k in ("rgb", "object_state", "scene_id")})
+        if args.rollout_frames:
+            data.update({f"val_rollout_{k}": val_ro[k] for k in ("rgb", "object_state", "scene_id")})
         pp.torch_save_atomic(data, frames_path)
-        n = len(data["rgb"]) + len(data["val_rgb"]) + len(data.get("val_expert_rgb", []))
+        n = sum(len(data.get(f"{k}rgb", [])) for k in ("", "val_", "val_expert_", "val_rollout_"))
         print(f"[perception] {n} frames ({args.frames} + {args.val_frames} at resets, {args.expert_frames} + "
-              f"{len(data.get('val_expert_rgb', []))} along expert episodes) in {data['collect_s']:.0f}s "
+              f"{len(data.get('val_expert_rgb', []))} along expert episodes, {args.rollout_frames} + "
+              f"{len(data.get('val_rollout_rgb', []))} along --rollout-policy's) in {data['collect_s']:.0f}s "
               f"({n / data['collect_s']:.1f} frames/s)")
     mean = data["object_state"].mean(0)
     std = data["object_state"].std(0).clamp_min(1e-3)  # constant features (a fixed extent) stay finite
@@ -280,8 +339,9 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
         return probe(policy.image_tokens({"rgb": rgb.to(device)}))
 
     held = {"val": (data["val_rgb"], y_val)}
-    if "val_expert_rgb" in data:
-        held["val_expert"] = (data["val_expert_rgb"], (data["val_expert_object_state"] - mean) / std)
+    for name in ("val_expert", "val_rollout"):
+        if f"{name}_rgb" in data:
+            held[name] = (data[f"{name}_rgb"], (data[f"{name}_object_state"] - mean) / std)
 
     @torch.no_grad()
     def held_out() -> dict:
@@ -319,11 +379,11 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     final = held_out()
     perception = {"probe": {k: v.cpu() for k, v in probe.state_dict().items()}, "feature_mean": mean,
                   "feature_std": std, "frames": len(y), "val_frames": len(y_val), "expert_frames": args.expert_frames,
-                  "held_out": final}
+                  "rollout_frames": args.rollout_frames, "held_out": final}
     pp.torch_save_atomic(pp.policy_checkpoint(policy.eval(), iteration=0, args=ss.to_dict(args),
                                               perception=perception), out / "ckpt_final.pt")
     summary = {"frames": len(y), "val_frames": len(y_val), "expert_frames": args.expert_frames,
-               "collect_s": data.get("collect_s"),
+               "rollout_frames": args.rollout_frames, "collect_s": data.get("collect_s"),
                "train_s": time.time() - t0, **final}
     ss.write_json_atomic(out / "summary.json", summary)
     print(f"[perception] held-out localisation: target {final['val/target_xyz_mae_cm']:.2f} cm, destination "
@@ -331,6 +391,9 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
           f"{final['val/target_xyz_mae_cm_predict_mean']:.2f} / {final['val/destination_xyz_mae_cm_predict_mean']:.2f})"
           + (f"; along expert episodes: target {final['val_expert/target_xyz_mae_cm']:.2f} cm (mean: "
              f"{final['val_expert/target_xyz_mae_cm_predict_mean']:.2f})" if "val_expert/target_xyz_mae_cm" in final
+             else "")
+          + (f"; along --rollout-policy's episodes: target {final['val_rollout/target_xyz_mae_cm']:.2f} cm (mean: "
+             f"{final['val_rollout/target_xyz_mae_cm_predict_mean']:.2f})" if "val_rollout/target_xyz_mae_cm" in final
              else "") + f" -> {out / 'ckpt_final.pt'}")
     return out
 

@@ -979,6 +979,15 @@ def objects_in_workspace(obj: "torch.Tensor") -> "torch.Tensor":
     return ((pos >= lo) & (pos <= hi)).all(-1).all(-1)
 
 
+def proxy_observation(obs: dict) -> dict:
+    """An object-state policy's view of a `with_object_state` observation: the proxy's state, proprio then object
+    features (what obs_mode "state" gives), and the instruction."""
+    import torch
+
+    return {"state": torch.cat([torch.as_tensor(obs["state"]).float(), torch.as_tensor(obs["object_state"]).float()], -1),
+            "instruction": list(obs["instruction"])}
+
+
 def obs_keys(cfg: EnvConfig) -> tuple[str, ...]:
     """The tensor entries of an observation under `cfg.obs_mode` and `cfg.with_object_state` (besides "instruction")."""
     keys = ("rgb", "state") if cfg.obs_mode == "rgb" else ("state",)

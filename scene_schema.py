@@ -176,6 +176,15 @@ def content_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex digest of a file's bytes (read in 4 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------
 # Secrets: nothing a stage writes or prints may carry an API key or URL credentials
 # ---------------------------------------------------------------------------------------------

@@ -183,11 +183,15 @@ def resume_imitation(run: Path) -> list[str]:
 def perception_summary(summary: Path, steps: int) -> str:
     """What a pretrain_perception.py run (its summary.json) trained on and reached, for a report's sentence."""
     m = json.loads(Path(summary).read_text())
-    ex = m.get("expert_frames") or 0
-    along = (f"; along held-out expert episodes {m['val_expert/target_xyz_mae_cm']:.1f} cm (mean "
-             f"{m['val_expert/target_xyz_mae_cm_predict_mean']:.1f} cm)" if "val_expert/target_xyz_mae_cm" in m else "")
-    return (f"pretrain_perception.py: {m['frames'] - ex} fresh-reset frames"
-            f"{f' and {ex} along scripted-expert episodes' if ex else ''}, {steps} steps; held-out target position "
+    ex, ro = m.get("expert_frames") or 0, m.get("rollout_frames") or 0
+    along = "".join(f"; along held-out {what} episodes {m[f'{key}/target_xyz_mae_cm']:.1f} cm (mean "
+                    f"{m[f'{key}/target_xyz_mae_cm_predict_mean']:.1f} cm)"
+                    for key, what in (("val_expert", "expert"), ("val_rollout", "rollout-policy"))
+                    if f"{key}/target_xyz_mae_cm" in m)
+    kinds = [f"{m['frames'] - ex - ro} fresh-reset frames"] + [f"{n} along {what} episodes" for n, what in
+                                                              ((ex, "scripted-expert"), (ro, "a learned policy's")) if n]
+    frames = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " and " + kinds[-1]
+    return (f"pretrain_perception.py: {frames}, {steps} steps; held-out target position "
             f"error at reset {m['val/target_xyz_mae_cm']:.1f} cm, predicting the mean "
             f"{m['val/target_xyz_mae_cm_predict_mean']:.1f} cm{along}")
 

@@ -127,6 +127,10 @@ class Args:
     perception_expert_frames: int = 20000
     """Step 0 also labels this many frames along scripted-expert episodes (pretrain_perception.py --expert-frames):
     the arm in view, the target grasped and carried, as a policy sees them after its first decision (design v6)."""
+    perception_rollout_frames: int = 0
+    """Step 0 also labels this many frames along the teacher's own deterministic episodes (pretrain_perception.py
+    --rollout-policy <teacher> --rollout-frames): the hesitations, pushes and failures of a learned policy, where v7's
+    estimate erred 3-5 cm against 2 cm at reset. 0: none (designs v1-v7)."""
     vision_preset: Literal["tiny", "mini"] = "mini"
     """The pixel policies' vision tower (pretrain_perception.py --vision-preset) under --preset's language model and
     action expert; with --estimate-object-state the image tokens feed only the estimate (v6: mini, 8x8 px patches)."""
@@ -186,6 +190,8 @@ def main(args: Args) -> Path:
                  "--val-frames", str(max(1, args.perception_frames // 10)),
                  "--steps", str(args.perception_steps),
                  "--expert-frames", str(args.perception_expert_frames), "--vision-preset", args.vision_preset,
+                 *(["--rollout-policy", str(Path(args.teacher).resolve()), "--rollout-frames",
+                    str(args.perception_rollout_frames)] if args.perception_rollout_frames else []),
                  *(["--estimate-object-state", "--no-image-in-prefix"] if args.estimate_object_state else []),
                  *(["--estimate-detached"] if args.estimate_detached and args.estimate_object_state else [])],
                  perception / "ckpt_final.pt", logs, steps, args.dry_run)

@@ -78,7 +78,7 @@ def assert_teacher_labels(teacher, r: dict) -> None:
         obs = {"state": r["state"][rows], "object_state": r["object_state"][rows],
                "instruction": [r["instruction"][i] for i in rows.tolist()]}
         torch.manual_seed(s)
-        again = teacher.act(distill.teacher_obs(obs), deterministic=True)
+        again = teacher.act(scene_env.proxy_observation(obs), deterministic=True)
         assert torch.allclose(again, r["label"][rows], atol=1e-5), s
 
 
@@ -100,7 +100,7 @@ def test_rgb_env_also_reports_the_object_state(setup):
         assert obs["rgb"].shape == (1, 32, 32, 3) and obs["state"].shape == (1, scene_env.PROPRIO_DIM)
         assert obs["object_state"].shape == (1, scene_env.OBJECT_STATE_DIM)
         assert torch.allclose(obs["object_state"], scene_env.object_state(env.privileged_state()))
-        assert distill.teacher_obs(obs)["state"].shape == (1, scene_env.PROPRIO_DIM + scene_env.OBJECT_STATE_DIM)
+        assert scene_env.proxy_observation(obs)["state"].shape == (1, scene_env.PROPRIO_DIM + scene_env.OBJECT_STATE_DIM)
         for _ in range(2):  # the episode ends at max_decisions: the final observation carries it too
             obs, _, term, trunc, info = venv.step(torch.zeros(1, 4, 7))
         assert trunc[0] and info["final_observation"]["object_state"].shape == (1, scene_env.OBJECT_STATE_DIM)
@@ -458,6 +458,9 @@ def test_distill_study_perception_step_starts_both_pixel_policies_from_its_check
     assert not pa.env.dr_camera and not pa.env.dr_lighting and pa.env.image_size == 64
     assert pa.estimate_object_state and not pa.image_in_prefix  # design v5
     assert pa.expert_frames == 20000 and pa.vision_preset == "mini" and pa.estimate_detached  # design v6
+    assert pa.rollout_frames == 0 and pa.rollout_policy is None
+    along = tyro.cli(perc.Args, args=commands(perception_rollout_frames=5)["perception"][2:])
+    assert along.rollout_frames == 5 and along.rollout_policy == str((tmp_path / "t.pt").resolve())
     st, ba = (tyro.cli(ti.Args, args=cmds[k][2:]) for k in ("start", "baseline"))
     assert st.init == ba.init == ckpt and (ba.frames, ba.steps) == (2 * st.frames, 2 * st.steps) == (20000, 15000)
     da = tyro.cli(distill.Args, args=cmds["student"][2:])

@@ -231,7 +231,7 @@ def test_the_student_from_the_teacher_acts_as_the_teacher_where_the_estimate_is_
     torch.manual_seed(7)
     a = student.act(o)
     torch.manual_seed(7)
-    b = teacher.act(distill.teacher_obs({**o, "object_state": features}))
+    b = teacher.act(scene_env.proxy_observation({**o, "object_state": features}))
     assert torch.allclose(a, b, atol=1e-5)
     torch.manual_seed(7)  # and the camera matters: another estimate, another chunk
     probe.set_statistics(features[0] + 0.2, torch.ones(O))

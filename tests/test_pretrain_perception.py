@@ -106,3 +106,87 @@ def test_cli_bad_input_is_one_line(scenes, tmp_path):
                         "--out", str(tmp_path / "o"), "--steps", "0"], capture_output=True, text=True, cwd=REPO,
                        timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.startswith("pretrain_perception.py: --steps 0")
+
+
+class _Actor:
+    """A rollout policy that records what it was given and holds still."""
+
+    def __init__(self, obs_mode: str):
+        self.config, self.seen = type("C", (), {"obs_mode": obs_mode})(), []
+
+    def act(self, obs, deterministic=False):
+        assert deterministic
+        self.seen.append(obs)
+        return torch.zeros(len(obs["instruction"]), 4, 7)
+
+
+class _Envs:
+    """Two envs whose second one has its bowl flung away at the second decision."""
+    num_envs = 2
+
+    def __init__(self):
+        self.t = 0
+
+    def obs(self):
+        obj = torch.full((2, scene_env.OBJECT_STATE_DIM), 0.05)
+        obj[:, 0] = 0.3 + 0.01 * self.t
+        if self.t == 1:
+            obj[1, 8:11] = torch.tensor([3.45, -0.70, -3.19])
+        return {"rgb": torch.full((2, 64, 64, 3), self.t, dtype=torch.uint8), "state": torch.zeros(2, 7),
+                "object_state": obj, "instruction": ["put a", "put b"]}
+
+    def reset(self, seed=None):
+        self.t = 0
+        return self.obs(), {"scene_id": ["s0", "s1"]}
+
+    def step(self, action):
+        assert action.shape == (2, 4, 7)
+        self.t += 1
+        return self.obs(), None, None, None, {"scene_id": ["s0", "s1"]}
+
+
+def test_rollout_frames_follow_the_policy_and_skip_objects_off_the_workspace(scenes, tmp_path):
+    policy = perc.build_policy(_args(scenes, tmp_path / "o"), "cpu")
+    state_actor = _Actor("state")
+    data = perc.collect_rollout_frames(_Envs(), policy, state_actor, 5, seed=0)
+    # decisions 0, 1 (env 1's frame skipped: its bowl is 3 m away), 2: five frames in step order
+    assert data["scene_id"] == ["s0", "s1", "s0", "s0", "s1"]
+    assert data["object_state"][:, 0].tolist() == pytest.approx([0.30, 0.30, 0.31, 0.32, 0.32])
+    assert data["rgb"].shape == (5, 3, 64, 64) and data["rgb"][2].float().mean() == 1  # decision 1's image
+    # an object-state actor reads [proprio, simulator features]; a pixel actor gets the camera observation itself
+    assert state_actor.seen[0]["state"].shape == (2, scene_env.PROPRIO_DIM + scene_env.OBJECT_STATE_DIM)
+    pixel_actor = _Actor("rgb")
+    perc.collect_rollout_frames(_Envs(), policy, pixel_actor, 2, seed=0)
+    assert "rgb" in pixel_actor.seen[0] and pixel_actor.seen[0]["state"].shape == (2, scene_env.PROPRIO_DIM)
+
+
+@pytest.mark.timeout(300)
+def test_rollout_frames_of_a_state_policy_in_the_real_env(scenes, tmp_path, capsys):
+    env = dataclasses.asdict(scene_env.EnvConfig(obs_mode="state"))
+    teacher = tiny_ckpt(tmp_path / "t.pt", "state", {"env": env})
+    out = tmp_path / "p"
+    perc.main(_args(scenes, out, rollout_policy=str(teacher), rollout_frames=4))
+    data = torch.load(out / "frames.pt", weights_only=True)
+    assert len(data["rgb"]) == 6 + 4 and len(data["val_rollout_rgb"]) == 1
+    assert scene_env.objects_in_workspace(data["object_state"][6:]).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rollout_frames"] == 4 and summary["val_rollout/target_xyz_mae_cm_predict_mean"] >= 0
+    assert "along --rollout-policy's episodes: target" in capsys.readouterr().out
+    # the frames belong to that policy: the same file is reused, another policy's frames are collected again
+    perc.main(_args(scenes, out, rollout_policy=str(teacher), rollout_frames=4, steps=1),
+              env_fn=lambda *a, **k: pytest.fail("an env was built"))
+    other = tiny_ckpt(tmp_path / "t2.pt", "state", {"env": env}, seed=1)
+
+    class Built(Exception):
+        pass
+
+    def env_fn(*a, **k):
+        raise Built
+    with pytest.raises(Built):
+        perc.main(_args(scenes, out, rollout_policy=str(other), rollout_frames=4, steps=1), env_fn=env_fn)
+    for kw, match in ((dict(rollout_frames=3), "go together"), (dict(rollout_policy=str(teacher)), "go together"),
+                      (dict(rollout_frames=-1, rollout_policy=str(teacher)), "--rollout-frames -1"),
+                      (dict(rollout_frames=2, rollout_policy=str(teacher), env=scene_env.EnvConfig(chunk=2)),
+                       "predicts chunks of 4")):
+        with pytest.raises(perc.PerceptionError, match=match):
+            perc.main(_args(scenes, tmp_path / "bad", **kw), env_fn=lambda *a, **k: pytest.fail("an env was built"))
