@@ -26,9 +26,9 @@ What it does:
 Frames are taken at reset, the arm at its start pose: the views of the first decisions, where the target must be found;
 `--expert-frames` adds frames along scripted-expert episodes (the arm in view, the target grasped and carried: what a
 policy sees at its later decisions), `--rollout-frames` frames along a learned `--rollout-policy`'s episodes (its
-hesitations, pushes and failures: the states a learned policy visits). `--estimate-object-state` makes the probe the policy's own: its estimate feeds
-the state token (PolicyConfig.estimate_object_state; `--no-image-in-prefix`: the image reaches the policy only that
-way), and `--vision-preset` gives a random policy another preset's vision tower.
+hesitations, pushes and failures: the states a learned policy visits). `--estimate-object-state` makes the probe the
+policy's own: its estimate feeds the state token (PolicyConfig.estimate_object_state; `--no-image-in-prefix`: the
+image reaches the policy only that way), and `--vision-preset` gives a random policy another preset's vision tower.
 With `--stats-from` a DAgger teacher's (or any policy's) action and proprio statistics go into the checkpoint, so
 `distill.py --student-init` keeps the normalisation a random student would take from the teacher.
 """
@@ -303,7 +303,8 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                 train = {k: torch.cat([train[k], ex[k]]) if k != "scene_id" else train[k] + ex[k] for k in train}
             if args.rollout_frames:  # the rollout policy's episodes: other reset seeds again
                 ro = collect_rollout_frames(envs, policy, actor, args.rollout_frames, seed + 2 * 10**6)
-                val_ro = collect_rollout_frames(envs, policy, actor, max(1, args.rollout_frames // 10), seed + 3 * 10**6)
+                val_ro = collect_rollout_frames(envs, policy, actor, max(1, args.rollout_frames // 10),
+                                                seed + 3 * 10**6)
                 train = {k: torch.cat([train[k], ro[k]]) if k != "scene_id" else train[k] + ro[k] for k in train}
         finally:
             envs.close()
