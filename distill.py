@@ -47,7 +47,7 @@ import torch.nn.functional as F
 import tyro
 
 import scene_schema as ss
-from scene_env import OBJECT_STATE_DIM, PROPRIO_DIM, EnvConfig, proxy_observation
+from scene_env import OBJECT_STATE_DIM, PROPRIO_DIM, EnvConfig, objects_in_workspace, proxy_observation
 
 
 @dataclass
@@ -392,8 +392,6 @@ def student_inputs(student, data: dict) -> dict:
     Frames where an object has left the workspace (`scene_env.objects_in_workspace`: knocked off the table or flung
     away) stay in the round's file and the dataset but are not trained on: the teacher never saw such a state, and one
     bowl flung 1800 m away makes the probe's squared error ~1e6 times its usual size, which wrecks the vision tower."""
-    from scene_env import objects_in_workspace
-
     keep = objects_in_workspace(data["object_state"].float())  # ALGO LOGIC
     rows = keep.nonzero().flatten()
     inp = student.obs_to_inputs({"rgb": data["rgb"][rows], "state": data["state"][rows],
