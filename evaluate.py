@@ -151,12 +151,13 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def newcombe_diff(k1: int, n1: int, k0: int, n0: int) -> tuple[float, float, float]:
+def newcombe_diff(k1: int, n1: int, k0: int, n0: int, z: float = 1.959964) -> tuple[float, float, float]:
     """p1 - p0 and its 95% interval by Newcombe's hybrid score method (method 10, Newcombe 1998), built on
-    wilson_interval: keeps its coverage near 0 and 1 where the Wald interval does not."""
+    wilson_interval: keeps its coverage near 0 and 1 where the Wald interval does not. Another `z` gives another
+    level (e.g. NormalDist().inv_cdf(1 - 0.05 / (2 * m)) for m comparisons, Bonferroni)."""
     p1, p0 = k1 / n1, k0 / n0
-    l1, u1 = wilson_interval(k1, n1)
-    l0, u0 = wilson_interval(k0, n0)
+    l1, u1 = wilson_interval(k1, n1, z)
+    l0, u0 = wilson_interval(k0, n0, z)
     d = p1 - p0
     return d, d - math.sqrt((p1 - l1) ** 2 + (u0 - p0) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p0 - l0) ** 2)
 

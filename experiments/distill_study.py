@@ -8,7 +8,15 @@ The teacher is an `--env.obs-mode state` policy (the OBJECT-STATE PROXY: no pret
 tested), typically PPOFlow's final checkpoint of experiments/state_proxy.py. The student and the baseline are the
 pixel `PI0Policy` (64 px camera + instruction + proprio): what a robot could run.
 
-Design v7 (the defaults; issue 32, session 15): v6's perception and pixel policies, with the student starting from
+Design v8 (the defaults; issue 32, session 16): v7 with perception also trained along the teacher's own episodes
+(`--perception-rollout-frames 20000`: v7's estimate erred 3-5 cm on the states a learned policy visits against 2 cm
+at reset) and two students side by side from the same perception, each against the one baseline: one from the
+imitation start (v7) and one starting as the teacher (v6; `--student-start imitation teacher`), the two comparisons
+Bonferroni-corrected (97.5% intervals each). With an estimate good where a learned policy acts, the teacher-start
+student is the teacher's expert reading it, which v6 could not test (its estimate was 3-5 cm off there and its
+flung-object frames wrecked the vision tower).
+Design v7 (issue 32, session 15; `--student-start imitation --perception-rollout-frames 0`): v6's perception and
+pixel policies, with the student starting from
 the pixel policy that works, not from the teacher (`--student-start imitation`): step 1 trains `start` by plain
 imitation of the scripted expert (as many frames and steps as the DAgger rounds; v6's baseline, 11%), DAgger then
 trains it on the teacher's labels of the states it visits, and the baseline gets the start's and the rounds' budget
@@ -49,17 +57,18 @@ also resumes inside its rounds):
    regress the object state from fresh-reset frames (and frames along scripted-expert episodes); both pixel policies
    below start from its checkpoint;
 1. start (--student-start imitation): train_imitation.py on the training scenes from the scripted expert, rounds x
-   frames per round frames and rounds x steps per round steps; the student starts from it;
-2. student: distill.py, --rounds x --frames-per-round labelled frames on the training scenes (beta 1 -> 0.5^k), the
-   flow-matching loss on the aggregate for --steps-per-round after each round;
+   frames per round frames and rounds x steps per round steps; that student starts from it;
+2. student (one per --student-start: runs/student, or runs/student_<start> when there are several): distill.py,
+   --rounds x --frames-per-round labelled frames on the training scenes (beta 1 -> 0.5^k), the flow-matching loss on
+   the aggregate for --steps-per-round after each round;
 3. baseline: train_imitation.py on the same scenes from the scripted expert with the SAME number of scripted-expert
    frames and gradient steps as the student in all (rounds x frames per round, `--frames`, plus the start's), batch,
    learning rate, preset and image size;
-4. evaluate.py: teacher, (start,) student and baseline, deterministic, on the training and the held-out scenes, the same fresh
+4. evaluate.py: teacher, (start,) the students and the baseline, deterministic, on the training and the held-out scenes, the same fresh
    seeds (--eval-seed..), videos of each policy's first episode in the first --video-scenes scenes;
-5. report.md / report.json: SR per policy (Wilson), student - baseline, - start and - teacher (Newcombe; the unit is the
-   evaluation episode: one training seed per policy, said so), per-scene SR, cost per DAgger round, wall time of every
-   step.
+5. report.md / report.json: SR per policy (Wilson), each student - baseline, - start and - teacher (Newcombe, at
+   1 - 0.05 / #students: Bonferroni; the unit is the evaluation episode: one training seed per policy, said so),
+   per-scene SR, cost per DAgger round, wall time of every step.
 """
 
 from __future__ import annotations
@@ -70,6 +79,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Literal
 
 import torch
@@ -127,23 +137,25 @@ class Args:
     perception_expert_frames: int = 20000
     """Step 0 also labels this many frames along scripted-expert episodes (pretrain_perception.py --expert-frames):
     the arm in view, the target grasped and carried, as a policy sees them after its first decision (design v6)."""
-    perception_rollout_frames: int = 0
+    perception_rollout_frames: int = 20000
     """Step 0 also labels this many frames along the teacher's own deterministic episodes (pretrain_perception.py
     --rollout-policy <teacher> --rollout-frames): the hesitations, pushes and failures of a learned policy, where v7's
-    estimate erred 3-5 cm against 2 cm at reset. 0: none (designs v1-v7)."""
+    estimate erred 3-5 cm against 2 cm at reset (design v8). 0: none (designs v1-v7)."""
     vision_preset: Literal["tiny", "mini"] = "mini"
     """The pixel policies' vision tower (pretrain_perception.py --vision-preset) under --preset's language model and
     action expert; with --estimate-object-state the image tokens feed only the estimate (v6: mini, 8x8 px patches)."""
     estimate_detached: bool = True
     """The estimate is trained by object-state supervision alone (PolicyConfig.estimate_detached; perception and the
     student's --aux-state-coef), the flow-matching loss does not reach it (v6). False: end to end as well (v5)."""
-    student_start: Literal["imitation", "teacher", "perception"] = "imitation"
-    """Where the student starts. "imitation" (design v7): from a pixel policy trained by plain imitation on the
-    scripted expert (`runs/start`: as many frames and steps as the DAgger rounds), which DAgger then trains on the
-    teacher's labels; the baseline then gets the expert frames and steps of the start and the rounds together.
-    "teacher" (v5, v6): as the teacher with the perception's image path (distill.py --student-from-teacher; needs
-    --estimate-object-state and the teacher's --preset). "perception" (v1-v4): the perception checkpoint (or random
-    --preset weights), as the baseline does."""
+    student_start: list[Literal["imitation", "teacher", "perception"]] = field(
+        default_factory=lambda: ["imitation", "teacher"])
+    """Where each DAgger student starts: one student per entry, the same rounds and budget each, all evaluated against
+    the one baseline (several: Bonferroni-corrected intervals; design v8 runs two). "imitation" (v7): from a pixel
+    policy trained by plain imitation on the scripted expert (`runs/start`: as many frames and steps as the DAgger
+    rounds), which DAgger then trains on the teacher's labels; the baseline then gets the expert frames and steps of
+    the start and the rounds together. "teacher" (v5, v6): as the teacher with the perception's image path (distill.py
+    --student-from-teacher; needs --estimate-object-state and the teacher's --preset). "perception" (v1-v4): the
+    perception checkpoint (or random --preset weights), as the baseline does."""
     num_inference_steps: int = 1
     """K of the student's and the baseline's deterministic flow inference (the teacher's recipe uses 1)."""
     eval_episodes_per_scene: int = 50
@@ -165,7 +177,13 @@ def main(args: Args) -> Path:
     if args.estimate_object_state and not args.perception_frames:
         raise SystemExit("distill_study.py: --estimate-object-state needs the perception stage that trains the "
                          "estimate (fix: --perception-frames 10000)")
-    if args.student_start == "teacher" and not args.estimate_object_state:
+    if not args.student_start:
+        raise SystemExit("distill_study.py: --student-start is empty (fix: one or more of imitation, teacher, "
+                         "perception)")
+    if len(set(args.student_start)) != len(args.student_start):
+        raise SystemExit(f"distill_study.py: --student-start {' '.join(args.student_start)} names a start twice (fix: "
+                         "each at most once; a second seed is a second --out-dir)")
+    if "teacher" in args.student_start and not args.estimate_object_state:
         raise SystemExit("distill_study.py: --student-start teacher needs --estimate-object-state (the student then "
                          "has the teacher's architecture; fix: drop --no-estimate-object-state, or another "
                          "--student-start)")
@@ -182,8 +200,10 @@ def main(args: Args) -> Path:
               "--env.max-decisions", str(args.max_decisions),
               "--num-envs", str(args.num_envs), "--seed", str(args.seed), "--device", "cpu",
               "--num-inference-steps", str(args.num_inference_steps)]
-    student, baseline, perception, start = (out / f"runs/{r}" for r in ("student", "baseline", "perception", "start"))
-    init: dict[str, list[str]] = {"student": [], "baseline": []}
+    baseline, perception, start = (out / f"runs/{r}" for r in ("baseline", "perception", "start"))
+    students = student_labels(args)  # --student-start -> policy label = folder under runs/
+    # where each policy starts: a student by its --student-start, "baseline" for the imitation policies (start, baseline)
+    init: dict[str, list[str]] = {"perception": [], "teacher": [], "baseline": []}
     if args.perception_frames:
         run_step("perception", stage("pretrain_perception.py") + [*scenes, *common, "--out", str(perception),
                  "--stats-from", str(Path(args.teacher).resolve()), "--frames", str(args.perception_frames),
@@ -195,8 +215,8 @@ def main(args: Args) -> Path:
                  *(["--estimate-object-state", "--no-image-in-prefix"] if args.estimate_object_state else []),
                  *(["--estimate-detached"] if args.estimate_detached and args.estimate_object_state else [])],
                  perception / "ckpt_final.pt", logs, steps, args.dry_run)
-        init = {"student": ["--student-init", str(perception / "ckpt_final.pt")]
-                + (["--student-from-teacher"] if args.student_start == "teacher" else []),
+        init = {"perception": ["--student-init", str(perception / "ckpt_final.pt")],
+                "teacher": ["--student-init", str(perception / "ckpt_final.pt"), "--student-from-teacher"],
                 "baseline": ["--init", str(perception / "ckpt_final.pt")]}
     # distill.py labels whole vector steps: ceil(frames / envs) of them per round, so this is the student's aggregate
     frames = args.rounds * -(-args.frames_per_round // args.num_envs) * args.num_envs
@@ -207,18 +227,21 @@ def main(args: Args) -> Path:
                  "--frames", str(n_frames), "--episodes", str(n_frames), "--steps", str(n_steps),
                  "--save-every", str(n_steps), "--no-write-dataset"], folder / "ckpt_final.pt", logs, steps,
                  args.dry_run)
-    if args.student_start == "imitation":  # the student's scripted-expert frames and steps come before its rounds
+    if "imitation" in students:  # that student's scripted-expert frames and steps come before its rounds
         imitation("start", start, frames, grad_steps)
-        init["student"] = ["--student-init", str(start / "ckpt_final.pt")]
-    run_step("student", stage("distill.py") + ["--teacher", str(Path(args.teacher).resolve()), *scenes, *common,
-             *init["student"], "--out", str(student), "--rounds", str(args.rounds), "--frames-per-round", str(args.frames_per_round),
-             "--steps-per-round", str(args.steps_per_round), "--aux-state-coef", str(args.aux_state_coef)],
-             student / "ckpt_final.pt", logs, steps, args.dry_run)
-    matched = 2 if args.student_start == "imitation" else 1  # the baseline: the start's budget plus the rounds'
+        init["imitation"] = ["--student-init", str(start / "ckpt_final.pt")]
+    for start_from, name in students.items():
+        student = out / "runs" / name
+        run_step(name, stage("distill.py") + ["--teacher", str(Path(args.teacher).resolve()), *scenes, *common,
+                 *init[start_from], "--out", str(student), "--rounds", str(args.rounds), "--frames-per-round",
+                 str(args.frames_per_round), "--steps-per-round", str(args.steps_per_round), "--aux-state-coef",
+                 str(args.aux_state_coef)], student / "ckpt_final.pt", logs, steps, args.dry_run)
+    matched = 2 if "imitation" in students else 1  # the baseline: the start's budget plus the rounds'
     imitation("baseline", baseline, matched * frames, matched * grad_steps)
     ev = out / "eval"
-    policies = {"teacher": Path(args.teacher).resolve(), "student": student / "ckpt_final.pt",
-                "baseline": baseline / "ckpt_final.pt", **({"start": start / "ckpt_final.pt"} if matched == 2 else {})}
+    policies = {"teacher": Path(args.teacher).resolve(), **({"start": start / "ckpt_final.pt"} if matched == 2 else {}),
+                **{name: out / "runs" / name / "ckpt_final.pt" for name in students.values()},
+                "baseline": baseline / "ckpt_final.pt"}
     cmd = evaluate_cmd(list(policies.values()), list(policies), args.scenes_dir, args.train_scenes + args.heldout_scenes,
                        args.eval_episodes_per_scene, args.eval_seed, ev, args.num_envs, args.max_decisions)
     run_step("evaluate", cmd + ["--video-scenes", str(args.video_scenes)], ev / "results.json", logs, steps,
@@ -242,56 +265,79 @@ def round_costs(metrics: Path) -> list[dict]:
     return [r for r in rows if r.get("summary")]
 
 
+STARTS_AS = {"teacher": "starting as the teacher with the perception's image path",
+             "imitation": "starting from `start`, plain imitation of the scripted expert",
+             "perception": "starting from the perception checkpoint, as the baseline does"}
+
+
+def student_labels(args: Args) -> dict[str, str]:
+    """--student-start -> the student's policy label, which is also its folder under runs/: `student` when there is
+    one (designs v1-v7), `student_<start>` when there are several."""
+    return {s: "student" if len(args.student_start) == 1 else f"student_{s}" for s in args.student_start}
+
+
 def write_report(out: Path, args: Args, per: dict[str, dict], wall: float) -> str:
     tr, ho = args.train_scenes, args.heldout_scenes
     sr = {p: pooled(per[p], tr) for p in per}
     hsr = {p: pooled(per[p], ho) for p in per} if ho else {}
-    order = [p for p in ("teacher", "start", "student", "baseline") if p in per]  # "start": --student-start imitation
-    vs = {ref: newcombe_diff(*sr["student"], *sr[ref]) for ref in ("baseline", "start", "teacher") if ref in per}
-    d, lo, hi = vs["baseline"]
-    shown = ("above the plain-imitation pixel policy" if lo > 0 else "below the plain-imitation pixel policy"
-             if hi < 0 else "not distinguishable from the plain-imitation pixel policy")
+    students = student_labels(args)
+    m = len(students)
+    z, level = NormalDist().inv_cdf(1 - 0.025 / m), f"{100 - 5 / m:g}%"  # Bonferroni over the students
+    order = [p for p in ("teacher", "start", *students.values(), "baseline") if p in per]
+    vs = {name: {ref: newcombe_diff(*sr[name], *sr[ref], z=z) for ref in ("baseline", "start", "teacher") if ref in per}
+          for name in students.values()}
     rate = {p: k / n for p, (k, n) in sr.items()}
-    verdict = (f"**Verdict ({PIXEL}; teacher: {STATE_PROXY_LABEL}):** on the {len(tr)} training scenes the DAgger "
-               f"student is {shown}: {rate['student']:.1%} vs {rate['baseline']:.1%}, "
-               f"difference {d:+.1%}, 95% Newcombe interval [{lo:+.1%}, {hi:+.1%}] (unit: the evaluation episode, "
-               f"one training seed each); the teacher makes {rate['teacher']:.1%}.")
-    costs = round_costs(out / "runs/student/metrics.jsonl")
+    said = []
+    for start_from, name in students.items():
+        d, lo, hi = vs[name]["baseline"]
+        shown = ("above the plain-imitation pixel policy" if lo > 0 else "below the plain-imitation pixel policy"
+                 if hi < 0 else "not distinguishable from the plain-imitation pixel policy")
+        said.append(f"the DAgger student `{name}`, {STARTS_AS[start_from]}, is {shown}: {rate[name]:.1%} vs "
+                    f"{rate['baseline']:.1%}, difference {d:+.1%}, {level} Newcombe interval [{lo:+.1%}, {hi:+.1%}]")
+    met = any(v["baseline"][1] > 0 for v in vs.values())
+    verdict = (f"**Verdict ({PIXEL}; teacher: {STATE_PROXY_LABEL}):** on the {len(tr)} training scene{'s' * (len(tr) > 1)} "
+               + "; ".join(said) + " (unit: the evaluation episode, one training seed each"
+               + (f"; {level} = 95% Bonferroni-corrected over the {m} students" if m > 1 else "")
+               + f"); the teacher makes {rate['teacher']:.1%}. Issue 32's goal (a student above the baseline, its "
+               f"interval excluding 0): **{'met' if met else 'not met'}**.")
+    costs = {name: round_costs(out / "runs" / name / "metrics.jsonl") for name in students.values()}
     baseline_frames = len(torch.load(out / "runs/baseline/demos.pt", weights_only=True)["action"])
     matched = 2 if "start" in per else 1
     start_frames = len(torch.load(out / "runs/start/demos.pt", weights_only=True)["action"]) if matched == 2 else 0
+    trained_on = ", ".join(f"{c[-1]['charts/aggregate_frames']}" for c in costs.values())
     lines = [f"# DAgger: object-state teacher -> pixel student ({PIXEL})\n", verdict + "\n",
-             f"Teacher `{args.teacher}` ({STATE_PROXY_LABEL}). Student: distill.py, {args.rounds} rounds x "
-             f"{args.frames_per_round} frames, {args.steps_per_round} steps per round ({costs[-1]['charts/aggregate_frames']} "
+             f"Teacher `{args.teacher}` ({STATE_PROXY_LABEL}). "
+             + ("Student" if m == 1 else f"{m} students, ") + f"distill.py, {args.rounds} rounds x "
+             f"{args.frames_per_round} frames, {args.steps_per_round} steps per round ({trained_on} "
              f"frames trained on), auxiliary object-state loss weight {args.aux_state_coef:g}. Baseline: train_imitation.py "
              f"on {baseline_frames} scripted-expert frames, "
              f"{matched * args.rounds * args.steps_per_round} steps"
              + (" (the start's and the rounds' frames and steps together)" if matched == 2 else "")
-             + f". Both pixel policies: preset `{args.preset}`"
+             + f". Pixel policies: preset `{args.preset}`"
              + (f", vision tower `{args.vision_preset}`" if args.vision_preset != args.preset else "")
              + (", the object features the teacher reads estimated from the camera into the state token, an "
                 "instruction-only prefix" if args.estimate_object_state else "")
              + (" (the estimate trained by object-state supervision alone)" if args.estimate_detached
                 and args.estimate_object_state else "")
-             + {"teacher": ", the student starting as the teacher with the perception's image path",
-                "imitation": ", the student starting from `start`: plain imitation on the scripted expert's "
-                             f"{start_frames} frames, {args.rounds * args.steps_per_round} steps",
-                "perception": ""}[args.student_start] + ", env flags "
+             + "".join(f"; `{name}` {STARTS_AS[s]}" for s, name in students.items())
+             + (f"; `start`: plain imitation on the scripted expert's {start_frames} frames, "
+                f"{args.rounds * args.steps_per_round} steps" if matched == 2 else "") + "; env flags "
              f"`{args.env_extra or '(none: full Table A.2 randomisation)'}`, evaluated in the env they trained in. "
              + perception_line(out / "runs/perception/summary.json", args) +
              f"Evaluation: deterministic, seeds {args.eval_seed}..{args.eval_seed + args.eval_episodes_per_scene - 1} "
              "in every scene.\n",
              "| policy | observes | training scenes SR [Wilson 95%] | held-out SR [Wilson 95%] |", "|---|---|---:|---:|"]
     cam = f"64 px camera ({args.preset}{'; object state estimated from it' if args.estimate_object_state else ''})"
-    sees = {"teacher": "object state (proxy)", "student": cam, "baseline": cam, "start": cam}
     for p in order:
         cells = []
         for k, n in [sr[p]] + ([hsr[p]] if ho else []):
             w0, w1 = wilson_interval(k, n)
             cells.append(f"{k}/{n} = {k / n:.1%} [{w0:.1%}, {w1:.1%}]")
-        lines.append(f"| {p} | {sees[p]} | " + " | ".join(cells + ([] if ho else ["-"])) + " |")
-    lines += ["", "| difference (training scenes) | SR difference | 95% Newcombe |", "|---|---:|---:|"]
-    lines += [f"| student - {ref} | {v[0]:+.1%} | [{v[1]:+.1%}, {v[2]:+.1%}] |" for ref, v in vs.items()]
+        sees = "object state (proxy)" if p == "teacher" else cam
+        lines.append(f"| {p} | {sees} | " + " | ".join(cells + ([] if ho else ["-"])) + " |")
+    lines += ["", f"| difference (training scenes) | SR difference | {level} Newcombe |", "|---|---:|---:|"]
+    lines += [f"| {name} - {ref} | {v[0]:+.1%} | [{v[1]:+.1%}, {v[2]:+.1%}] |"
+              for name, refs in vs.items() for ref, v in refs.items()]
     lines += ["", "## Per scene (SR)\n", f"| scene | split | {' | '.join(order)} |", "|---|---|" + "---:|" * len(order)]
     for s in tr + ho:
         lines.append(f"| {s} | {'train' if s in tr else 'held-out'} | " + " | ".join(
@@ -299,12 +345,14 @@ def write_report(out: Path, args: Args, per: dict[str, dict], wall: float) -> st
     videos = sorted((out / "eval").glob("render/*/*/video.mp4"))
     lines += ["", "## Videos\n"] + ([f"- [{v.parent.parent.name}: {v.parent.name}]({v.relative_to(out).as_posix()})"
                                     for v in videos] or ["_none recorded (--video-scenes 0)_"])
-    lines += ["", "## Cost of the DAgger rounds\n", "| round | beta | frames (trainable aggregate) | objects off the workspace | rollout SR | collect s | "
-              "train s |", "|---:|---:|---:|---:|---:|---:|---:|"]
-    for c in costs:
-        rsr = c.get("charts/rollout_success_rate")
-        lines.append(f"| {c['round']} | {c['charts/beta']:.3f} | {c['charts/frames']} ({c['charts/aggregate_frames']}) | "
-                     f"{c.get('charts/frames_off_workspace', '-')} | {'-' if rsr is None else f'{rsr:.2f}'} | {c['time/collect_s']:.0f} | {c['time/train_s']:.0f} |")
+    for name, rows in costs.items():
+        lines += ["", f"## Cost of the DAgger rounds ({name})\n", "| round | beta | frames (trainable aggregate) | "
+                  "objects off the workspace | rollout SR | collect s | train s |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        for c in rows:
+            rsr = c.get("charts/rollout_success_rate")
+            lines.append(f"| {c['round']} | {c['charts/beta']:.3f} | {c['charts/frames']} ({c['charts/aggregate_frames']}) | "
+                         f"{c.get('charts/frames_off_workspace', '-')} | {'-' if rsr is None else f'{rsr:.2f}'} | "
+                         f"{c['time/collect_s']:.0f} | {c['time/train_s']:.0f} |")
     st = json.loads((out / "steps.json").read_text())
     lines += ["", "## Budget\n", "| step | wall s | command |", "|---|---:|---|"]
     lines += [f"| {k} | {fmt_wall(v)} | `{v['cmd'][:200]}` |" for k, v in st.items()]
@@ -313,7 +361,8 @@ def write_report(out: Path, args: Args, per: dict[str, dict], wall: float) -> st
     (out / "report.md").write_text(text)
     (out / "report.json").write_text(json.dumps({
         "label": PIXEL, "teacher_label": STATE_PROXY_LABEL, "train": {p: list(v) for p, v in sr.items()},
-        "heldout": {p: list(v) for p, v in hsr.items()}, "student_vs": {r: list(v) for r, v in vs.items()},
+        "heldout": {p: list(v) for p, v in hsr.items()}, "interval_level": level, "goal_met": met,
+        "student_vs": {name: {r: list(v) for r, v in refs.items()} for name, refs in vs.items()},
         "verdict": verdict, "rounds": costs, "args": asdict(args)}, indent=2))
     return text
 

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 import distill  # noqa: E402
 import ppoflow_pi0 as pp  # noqa: E402
 import scene_env  # noqa: E402
+from evaluate import newcombe_diff  # noqa: E402
 from test_scene_env import make_scene, write_manifest  # noqa: E402
 
 LAYOUT = {"red_block": (0.26, 0.06), "blue_plate": (0.33, -0.07)}
@@ -365,9 +367,10 @@ def test_beta_schedule_and_label_seeds():
 
 @pytest.mark.timeout(900)
 def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baselines_frames(setup, tmp_path):
-    """Issue 32's study driver (design v7): the imitation start, the student (distill.py from the start), the plain-
-    imitation baseline on the start's and the rounds' frame and step budget together, teacher, start, student and
-    baseline evaluated on the same seeds, a report that leads with the verdict."""
+    """Issue 32's study driver (design v8): perception also along the teacher's episodes, the imitation start, two
+    students (distill.py from the start, and starting as the teacher), the plain-imitation baseline on the start's and
+    the rounds' frame and step budget together, all evaluated on the same seeds, a report that leads with the verdict
+    (Bonferroni-corrected over the two students)."""
     root = setup["root"]
     env = dataclasses.asdict(scene_env.EnvConfig(obs_mode="state", image_size=64, max_decisions=20))
     teacher = tiny_ckpt(tmp_path / "teacher.pt", "state", {"scenes_dir": str(root / "scenes"), "scene_ids": ["s0"],
@@ -376,7 +379,7 @@ def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baseline
            str(root / "scenes"), "--train-scenes", "s0", "--heldout-scenes", "s1", "--out-dir", str(tmp_path / "o"),
            "--rounds", "2", "--frames-per-round", "3", "--steps-per-round", "2", "--num-envs", "2",
            "--eval-episodes-per-scene", "1", "--video-scenes", "0", "--max-decisions", "20", "--perception-frames", "4",
-           "--perception-steps", "2", "--perception-expert-frames", "3"]
+           "--perception-steps", "2", "--perception-expert-frames", "3", "--perception-rollout-frames", "3"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=840,
                        env={**os.environ, "OMP_NUM_THREADS": "1", "LP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -384,37 +387,51 @@ def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baseline
     report = (out / "report.md").read_text()
     assert report.splitlines()[2].startswith("**Verdict (pixel policy") and "object-state proxy" in report.splitlines()[2]
     rep = json.loads((out / "report.json").read_text())
-    assert set(rep["train"]) == {"teacher", "start", "student", "baseline"} and rep["train"]["student"][1] == 1
-    assert set(rep["student_vs"]) == {"baseline", "start", "teacher"}
-    assert rep["heldout"]["baseline"][1] == 1 and len(rep["rounds"]) == 2
+    students = ("student_imitation", "student_teacher")
+    assert set(rep["train"]) == {"teacher", "start", *students, "baseline"} and rep["train"]["student_teacher"][1] == 1
+    assert set(rep["student_vs"]) == set(students) and rep["interval_level"] == "97.5%"
+    assert all(set(v) == {"baseline", "start", "teacher"} for v in rep["student_vs"].values())
+    assert "97.5% = 95% Bonferroni-corrected over the 2 students" in report.splitlines()[2]
+    assert rep["goal_met"] == any(v["baseline"][1] > 0 for v in rep["student_vs"].values())
+    k, n = rep["train"]["student_teacher"]
+    assert rep["student_vs"]["student_teacher"]["baseline"] == pytest.approx(  # the wider, corrected interval
+        list(newcombe_diff(k, n, *rep["train"]["baseline"], z=NormalDist().inv_cdf(1 - 0.0125))))
+    assert rep["heldout"]["baseline"][1] == 1 and all(len(rep["rounds"][s]) == 2 for s in students)
     start_demos = torch.load(out / "runs/start/demos.pt", weights_only=True)
-    assert len(start_demos["action"]) == 8 == sum(r["charts/frames"] for r in rep["rounds"])  # the rounds': 2 x 2 x 2
+    for s in students:  # the rounds' frames: 2 x 2 x 2, as many as the start's expert frames
+        assert len(start_demos["action"]) == 8 == sum(r["charts/frames"] for r in rep["rounds"][s])
+        assert rep["rounds"][s][-1]["charts/aggregate_frames"] == 8 - sum(r["charts/frames_off_workspace"]
+                                                                          for r in rep["rounds"][s])
     demos = torch.load(out / "runs/baseline/demos.pt", weights_only=True)
     assert len(demos["action"]) == 16  # the start's frames and the rounds' together
-    assert rep["rounds"][-1]["charts/aggregate_frames"] == 8 - sum(r["charts/frames_off_workspace"] for r in rep["rounds"])
     base = json.loads((out / "runs/baseline/args.json").read_text())["args"]
     assert base["steps"] == 8 and base["env"]["obs_mode"] == "rgb" and base["env"]["image_size"] == 64
     assert json.loads((out / "runs/start/args.json").read_text())["args"]["steps"] == 4
-    stud = json.loads((out / "runs/student/args.json").read_text())["args"]
-    for a in (base, stud):  # the defaults reach both pixel policies: tiny (v5), camera and lighting fixed, poses drawn
+    stud, stud_t = (json.loads((out / f"runs/{s}/args.json").read_text())["args"] for s in students)
+    for a in (base, stud, stud_t):  # the defaults reach the pixel policies: tiny (v5), camera and lighting fixed
         assert a["preset"] == "tiny" and not a["env"]["dr_camera"] and not a["env"]["dr_lighting"]
         assert a["env"]["dr_object_pose"]
     assert "preset `tiny`" in report and "--env.no-dr-camera --env.no-dr-lighting" in report
     assert stud["aux_state_coef"] == 1.0 and "aux_state_coef" not in base  # v3: the probe is the student's alone
     assert "auxiliary object-state loss weight 1" in report
-    assert "perception pretraining (pretrain_perception.py: 4 fresh-reset frames and 3 along" in report
+    assert ("perception pretraining (pretrain_perception.py: 4 fresh-reset frames, 3 along scripted-expert episodes and "
+            "3 along a learned policy's episodes") in report
+    perc_args = json.loads((out / "runs/perception/args.json").read_text())["args"]  # v8: along the teacher's episodes
+    assert perc_args["rollout_frames"] == 3 and perc_args["rollout_policy"] == str(teacher.resolve())
     ckpt = str(out / "runs/perception/ckpt_final.pt")  # v4: the pixel policies start from step 0's checkpoint
     assert base["init"] == ckpt and json.loads((out / "runs/start/args.json").read_text())["args"]["init"] == ckpt
     # v7: the student starts from the imitation start; v5: all read the estimate from an instruction-only prefix
     assert stud["student_init"] == str(out / "runs/start/ckpt_final.pt") and not stud["student_from_teacher"]
-    assert "the student starting from `start`: plain imitation on the scripted expert's 8 frames" in report
-    for name in ("start", "student", "baseline"):
+    assert stud_t["student_init"] == ckpt and stud_t["student_from_teacher"]  # v6's start, v8's perception
+    assert "`start`: plain imitation on the scripted expert's 8 frames" in report
+    assert "## Cost of the DAgger rounds (student_teacher)" in report
+    for name in ("start", *students, "baseline"):
         c = pp.load_policy(out / f"runs/{name}/ckpt_final.pt").config
         assert c.estimate_object_state and not c.image_in_prefix and c.obs_mode == "rgb", name
         assert c.estimate_detached and c.pi0["vlm_config"]["vision_config"]["patch_size"] == 8, name  # v6: mini vision
     assert "estimated from the camera into the state token" in report
     r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)  # resumes: every step skipped
-    assert r2.returncode == 0 and r2.stdout.count("[skip]") == 5, r2.stdout[-2000:]
+    assert r2.returncode == 0 and r2.stdout.count("[skip]") == 6, r2.stdout[-2000:]
 
 
 def test_evaluate_records_the_render_video_of_an_object_state_policy(setup, tmp_path):
@@ -448,25 +465,35 @@ def test_distill_study_perception_step_starts_both_pixel_policies_from_its_check
                         out_dir=str(tmp_path / "o"), perception_frames=30, perception_steps=7, dry_run=True, **kw))
         runs = [x.split(": ", 1) for x in capsys.readouterr().out.splitlines() if x.startswith("[run ]")]
         return {name.removeprefix("[run ] "): shlex.split(cmd) for name, cmd in runs}
-    cmds = commands()
-    assert list(cmds) == ["perception", "start", "student", "baseline", "evaluate"]
-    assert [Path(c[1]).name for c in cmds.values()][:4] == ["pretrain_perception.py", "train_imitation.py",
-                                                          "distill.py", "train_imitation.py"]
+    cmds = commands()  # design v8: two students, from the imitation start and as the teacher
+    assert list(cmds) == ["perception", "start", "student_imitation", "student_teacher", "baseline", "evaluate"]
+    assert [Path(c[1]).name for c in cmds.values()][:5] == ["pretrain_perception.py", "train_imitation.py",
+                                                          "distill.py", "distill.py", "train_imitation.py"]
     pa = tyro.cli(perc.Args, args=cmds["perception"][2:])
     ckpt = str(tmp_path / "o/runs/perception/ckpt_final.pt")
     assert pa.frames == 30 and pa.steps == 7 and pa.preset == "tiny" and pa.stats_from == str(tmp_path / "t.pt")
     assert not pa.env.dr_camera and not pa.env.dr_lighting and pa.env.image_size == 64
     assert pa.estimate_object_state and not pa.image_in_prefix  # design v5
     assert pa.expert_frames == 20000 and pa.vision_preset == "mini" and pa.estimate_detached  # design v6
-    assert pa.rollout_frames == 0 and pa.rollout_policy is None
-    along = tyro.cli(perc.Args, args=commands(perception_rollout_frames=5)["perception"][2:])
-    assert along.rollout_frames == 5 and along.rollout_policy == str((tmp_path / "t.pt").resolve())
+    assert pa.rollout_frames == 20000 and pa.rollout_policy == str((tmp_path / "t.pt").resolve())  # design v8
+    v7 = commands(perception_rollout_frames=0, student_start=["imitation"])
+    assert list(v7) == ["perception", "start", "student", "baseline", "evaluate"]  # one student: runs/student
+    pa7 = tyro.cli(perc.Args, args=v7["perception"][2:])
+    assert pa7.rollout_frames == 0 and pa7.rollout_policy is None
     st, ba = (tyro.cli(ti.Args, args=cmds[k][2:]) for k in ("start", "baseline"))
     assert st.init == ba.init == ckpt and (ba.frames, ba.steps) == (2 * st.frames, 2 * st.steps) == (20000, 15000)
-    da = tyro.cli(distill.Args, args=cmds["student"][2:])
+    da, dt = (tyro.cli(distill.Args, args=cmds[k][2:]) for k in ("student_imitation", "student_teacher"))
     assert da.student_init == str(tmp_path / "o/runs/start/ckpt_final.pt") and not da.student_from_teacher  # v7
-    v6 = commands(student_start="teacher")  # the student starts as the teacher; the baseline gets the rounds' budget
+    assert dt.student_init == ckpt and dt.student_from_teacher and dt.out == str(tmp_path / "o/runs/student_teacher")
+    assert (da.rounds, da.frames_per_round, da.steps_per_round) == (dt.rounds, dt.frames_per_round, dt.steps_per_round)
+    assert tyro.cli(distill.Args, args=v7["student"][2:]).out == str(tmp_path / "o/runs/student")
+    v6 = commands(student_start=["teacher"])  # the student starts as the teacher; the baseline gets the rounds' budget
     assert list(v6) == ["perception", "student", "baseline", "evaluate"]
     da = tyro.cli(distill.Args, args=v6["student"][2:])
     assert da.student_init == ckpt and da.student_from_teacher
     assert tyro.cli(ti.Args, args=v6["baseline"][2:]).frames == 10000
+    for bad, match in (([], "--student-start is empty"), (["teacher", "teacher"], "names a start twice")):
+        with pytest.raises(SystemExit, match=match):
+            commands(student_start=bad)
+    with pytest.raises(SystemExit, match="--student-start teacher needs --estimate-object-state"):
+        commands(student_start=["imitation", "teacher"], estimate_object_state=False)
