@@ -14,14 +14,21 @@ features of target and destination, no camera), typically PPOFlow's final checkp
   2. label: the teacher's deterministic action chunk on every visited state, whoever acted;
   3. aggregate: the round's frames join every earlier round's (those where an object has left the workspace, knocked
      off the table or flung away, are kept on disk but not trained on: `student_inputs`);
-  4. train: `--steps-per-round` gradient steps of the flow-matching loss (Eq. 1, `PI0Policy.flow_matching_loss`, the
-     loss of train_imitation.py) on the aggregate.
+  4. train: `--steps-per-round` gradient steps on the aggregate, of the flow-matching loss (`--loss flow_matching`:
+     Eq. 1, `PI0Policy.flow_matching_loss`, the loss of train_imitation.py) or of the chunk loss (`--loss chunk`:
+     the student's deterministic chunk from the label's own noise draw A^0, regressed on the teacher's chunk A^K
+     before its action clip and gripper threshold, `PI0Policy.chunk_regression_loss`). A PPOFlow teacher's
+     behaviour is its deterministic map A^0 -> A^K, which RL tuned and Eq. 1 does not keep: Eq. 1 on its own labels
+     and inputs took one from 57% to 26% (benchmarks/RESULTS.md, issue 32), while the chunk loss is exactly zero for
+     a student that already is the teacher.
 With beta0 = 1, round 0 is behaviour cloning on the teacher's own rollouts.
 
 Output folder (--out):
     args.json                 the flags (a re-run must repeat them, except --rounds and where it runs)
     rounds/round_<k>.pt       round k's frames: env image, proprio, object state, instruction, scene, the teacher's
-                              label chunk (env space), who acted, episode ids, the label's noise seed
+                              label chunk (env space, as executed) and the same chunk before the clip and the
+                              gripper threshold, who acted, episode ids, the label's noise A^0 and its seed
+    ckpt_start.pt             the student as it starts, before round 0 (the "before" of DAgger)
     ckpt_round_<k>.pt         the student after round k: a normal pixel checkpoint (evaluate.py --ckpt, deploy_widowx.py)
     ckpt_final.pt             the same as the last round's
     metrics.jsonl             loss rows every --log-every steps, one summary row per round
@@ -106,7 +113,12 @@ class Args:
     """Probability that the teacher acts at a decision in round 0 (1: round 0 is the teacher's own rollouts)."""
     beta_decay: float = 0.5
     """beta_k = beta0 * beta_decay^k: the teacher's share of the acting in round k (0: the student alone after round 0)."""
-    # ---- flow-matching SFT on the aggregate ----
+    # ---- training on the aggregate ----
+    loss: Literal["flow_matching", "chunk"] = "flow_matching"
+    """What the student trains on the aggregate: "flow_matching" (Eq. 1 on the teacher's label chunks, issue 32's
+    recipe) or "chunk" (its deterministic K-step chunk from the label's own noise A^0, regressed on the teacher's
+    chunk before the clip and the gripper threshold: keeps a PPOFlow teacher's tuned map where Eq. 1 refits the whole
+    velocity field; design v9)."""
     steps_per_round: int = 500
     """Gradient steps after each round's collection, on every round's frames so far."""
     batch_size: int = 32
@@ -154,9 +166,14 @@ def beta(args: Args, k: int) -> float:
 
 
 def label_seed(seed: int, k: int, decision: int) -> int:
-    """Seed of the flow noise A^0 behind the teacher's label at decision `decision` of round k: a deterministic chunk
-    (sigma = 0) still starts from a noise draw, so this seed (stored per frame) makes every label reproducible."""
+    """Seed of the flow noise A^0 behind the teacher's labels at decision `decision` of round k: a deterministic chunk
+    (sigma = 0) still starts from a noise draw; `label_noise` draws it from this seed (the draw is stored per frame)."""
     return int(np.random.SeedSequence([seed, k, decision, 7]).generate_state(1)[0]) % 2**31
+
+
+def label_noise(s: int, n: int, chunk: int, action_dim: int) -> torch.Tensor:
+    """The teacher's A^0 for the n envs of one decision [n, chunk, action_dim]: N(0, I) from seed `s` (label_seed)."""
+    return torch.randn(n, chunk, action_dim, generator=torch.Generator().manual_seed(s))
 
 
 def completed_rounds(out: Path) -> int:
@@ -346,12 +363,14 @@ def build_probe(args: Args, student, teacher) -> nn.Module | None:
 def collect_round(envs, student, teacher, beta_k: float, frames: int, seed: int, k: int) -> dict:
     """Run the beta_k-mix of teacher and student until >= `frames` decisions are labelled. Returns the frames in
     decision-major order (decision d of env i is row d * N + i): rgb u8 [M, H, W, 3] (the env's), state [M, 7],
-    object_state [M, 14], label [M, C, 7] (the teacher's env-space chunk), teacher_acted [M], episode [M] (round-local
-    ids), label_seed [M], instruction and scene_id [M] lists, and the round's rollout statistics."""
+    object_state [M, 14], label [M, C, 7] (the teacher's env-space chunk, as it would execute it), label_raw [M, C, 7]
+    (the same before the action clip and the gripper threshold: `Normalizer.env_action_unclipped`), teacher_acted
+    [M], episode [M] (round-local ids), label_noise [M, C, 7] (the teacher's A^0, model space), label_seed [M],
+    instruction and scene_id [M] lists, and the round's rollout statistics."""
     N = envs.num_envs
     student.eval()
-    rows: dict[str, list] = {key: [] for key in ("rgb", "state", "object_state", "label", "teacher_acted", "episode",
-                                                 "label_seed", "instruction", "scene_id")}
+    rows: dict[str, list] = {key: [] for key in ("rgb", "state", "object_state", "label", "label_raw", "teacher_acted",
+                                                 "episode", "label_noise", "label_seed", "instruction", "scene_id")}
     dev = teacher.pi0.action_out_proj.weight.device
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):  # the training RNG stream is untouched
         gen = torch.Generator().manual_seed(seed)
@@ -361,15 +380,17 @@ def collect_round(envs, student, teacher, beta_k: float, frames: int, seed: int,
         ended = succeeded = 0
         for d in range(-(-frames // N)):
             s = label_seed(seed, k, d)
-            torch.manual_seed(s)
-            label = teacher.act(proxy_observation(obs), deterministic=True)  # [N, C, 7] the label of every state  # ALGO LOGIC
+            noise = label_noise(s, N, teacher.config.chunk, teacher.config.action_dim)
+            a_k = teacher.chunk(proxy_observation(obs), deterministic=True, noise=noise)  # [N, C, 7] every state's A^K  # ALGO LOGIC
+            label = teacher.normalizer.env_action(a_k, teacher.config.action_clip).cpu()  # as the teacher would act
             by_teacher = torch.rand(N, generator=gen) < beta_k  # [N] the beta-mix, per env and decision  # ALGO LOGIC
             action = label.clone()
             if not by_teacher.all():
-                action[~by_teacher] = student.act(obs, deterministic=True)[~by_teacher]
+                action[~by_teacher] = student.act(obs, deterministic=True, noise=noise)[~by_teacher]  # the label's A^0
             for key, v in (("rgb", obs["rgb"]), ("state", obs["state"]), ("object_state", obs["object_state"]),
-                           ("label", label), ("teacher_acted", by_teacher), ("episode", episode.clone()),
-                           ("label_seed", torch.full((N,), s))):
+                           ("label", label), ("label_raw", teacher.normalizer.env_action_unclipped(a_k)),
+                           ("teacher_acted", by_teacher), ("episode", episode.clone()),
+                           ("label_noise", noise), ("label_seed", torch.full((N,), s))):
                 rows[key].append(torch.as_tensor(v).cpu())
             rows["instruction"] += list(obs["instruction"])
             rows["scene_id"] += scene_ids
@@ -381,14 +402,17 @@ def collect_round(envs, student, teacher, beta_k: float, frames: int, seed: int,
                 episode[i], next_episode = next_episode, next_episode + 1
             scene_ids = list(info["scene_id"])
     out = {key: (v if key in ("instruction", "scene_id") else torch.cat(v)) for key, v in rows.items()}
-    out["state"], out["object_state"], out["label"] = out["state"].float(), out["object_state"].float(), out["label"].float()
+    for key in ("state", "object_state", "label", "label_raw", "label_noise"):
+        out[key] = out[key].float()
     out.update(round=k, beta=beta_k, seed=seed, episodes_ended=ended, episodes_succeeded=succeeded)
     return out
 
 
 def student_inputs(student, data: dict) -> dict:
     """A round's trainable frames as the student's model inputs (image resized to its size, tokens) and targets: the
-    teacher's label chunk in model space, and the 14 object features (the auxiliary probe's, standardised by it).
+    teacher's label chunk in model space (Eq. 1's), its chunk before the clip and threshold in the student's model
+    space and the label's noise A^0 (the chunk loss's; rounds collected since design v9), and the 14 object features
+    (the auxiliary probe's, standardised by it).
     Frames where an object has left the workspace (`scene_env.objects_in_workspace`: knocked off the table or flung
     away) stay in the round's file and the dataset but are not trained on: the teacher never saw such a state, and one
     bowl flung 1800 m away makes the probe's squared error ~1e6 times its usual size, which wrecks the vision tower."""
@@ -397,7 +421,10 @@ def student_inputs(student, data: dict) -> dict:
     inp = student.obs_to_inputs({"rgb": data["rgb"][rows], "state": data["state"][rows],
                                  "instruction": [data["instruction"][i] for i in rows.tolist()]})
     return {**{k: inp[k] for k in student.input_keys}, "target": student.normalizer.action(data["label"][rows]),
-            "object_target": data["object_state"][rows].float().cpu()}
+            "object_target": data["object_state"][rows].float().cpu(),
+            **({"noise": data["label_noise"][rows].float(),
+                "chunk_target": student.normalizer.action(data["label_raw"][rows], clamp=False)}
+               if "label_noise" in data and "label_raw" in data else {})}
 
 
 def trainable(student, probe: nn.Module | None) -> list[nn.Parameter]:
@@ -408,30 +435,34 @@ def trainable(student, probe: nn.Module | None) -> list[nn.Parameter]:
 
 def train_round(student, optimizer, sched, batch: dict, steps: int, args: Args, gen: torch.Generator, device,
                 on_log: Callable[[int, dict], None], probe: nn.Module | None = None) -> list[float]:
-    """`steps` gradient steps of Eq. 1 (+ --aux-state-coef x the probe's object-state regression when `probe` is
-    given) on frames drawn uniformly from the aggregate `batch`. Returns the flow-matching losses."""
+    """`steps` gradient steps of the --loss (Eq. 1, or the deterministic chunk's regression) + --aux-state-coef x the
+    probe's object-state regression when `probe` is given, on frames drawn uniformly from the aggregate `batch`.
+    Returns the --loss values."""
     student.train()
     params = trainable(student, probe)
     M, losses, aux_losses = len(batch["target"]), [], []
     for step in range(1, steps + 1):
         idx = torch.randint(0, M, (min(args.batch_size, M),), generator=gen)
         inp, target = {k: batch[k][idx].to(device) for k in student.input_keys}, batch["target"][idx].to(device)
-        if probe is None:
-            fm = loss = student.flow_matching_loss(inp, target)  # Eq. 1  # ALGO LOGIC
-        else:  # the image tokens once, for the prefix and for the probe
-            img = student.image_tokens(inp)
-            fm = student.flow_matching_loss(inp, target, img=img)  # Eq. 1  # ALGO LOGIC
+        img = student.image_tokens(inp) if probe is not None else None  # the image tokens once: prefix and probe
+        if args.loss == "chunk":
+            act_loss = student.chunk_regression_loss(inp, batch["noise"][idx], batch["chunk_target"][idx].to(device),
+                                                     img=img)  # ALGO LOGIC
+        else:
+            act_loss = student.flow_matching_loss(inp, target, img=img)  # Eq. 1  # ALGO LOGIC
+        loss = act_loss
+        if probe is not None:
             aux = F.mse_loss(probe(img), probe.standardise(batch["object_target"][idx].to(device)))  # ALGO LOGIC
-            loss = fm + args.aux_state_coef * aux
+            loss = act_loss + args.aux_state_coef * aux
             aux_losses.append(float(aux.detach()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gn = nn.utils.clip_grad_norm_(params, args.max_grad_norm)
         optimizer.step()
         sched.step()
-        losses.append(float(fm.detach()))
+        losses.append(float(act_loss.detach()))
         if step % args.log_every == 0 or step == steps:
-            on_log(step, {"losses/flow_matching": float(np.mean(losses[-args.log_every:])), "losses/grad_norm": float(gn),
+            on_log(step, {f"losses/{args.loss}": float(np.mean(losses[-args.log_every:])), "losses/grad_norm": float(gn),
                           "charts/learning_rate": sched.get_last_lr()[0],
                           **({"losses/aux_state": float(np.mean(aux_losses[-args.log_every:]))} if probe else {})})
     student.eval()
@@ -516,6 +547,9 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps)))
     step = 0
+    if not (out / "ckpt_start.pt").exists():  # the student before any DAgger round, for evaluation beside it
+        pp.torch_save_atomic(pp.policy_checkpoint(student, args=ss.to_dict(args), round=-1, teacher_sha256=teacher_sha),
+                             out / "ckpt_start.pt")
     if done:  # continue after the last complete round: student, optimizer, schedule and RNG as it left them
         student.load_weights(last["model"])
         student.normalizer = pp.Normalizer(**last["normalizer"])
@@ -532,6 +566,10 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
         keep = [r for r in ss.read_jsonl(metrics) if r.get("round", 0) < done]
         ss.write_bytes_atomic(metrics, "".join(json.dumps(r) + "\n" for r in keep).encode())
     data = [torch.load(out / f"rounds/round_{k:03d}.pt", weights_only=True) for k in range(done)]
+    if args.loss == "chunk" and (old := [k for k, r in enumerate(data) if not {"label_noise", "label_raw"} <= set(r)]):
+        raise DistillError(f"distill.py: --loss chunk regresses the student's chunk from each label's own noise A^0 on "
+                           f"the teacher's unclipped chunk, but rounds {old} in {out}/rounds were collected by a "
+                           "distill.py that did not store them (fix: another --out, or --loss flow_matching)")
     batches = [student_inputs(student, r) for r in data]
     if data and dataset_rounds(out) != done:
         write_aggregate(out, data, args, teacher_sha)
@@ -586,7 +624,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                  "charts/student_acted_fraction": float((~r["teacher_acted"]).float().mean()),
                  "charts/episodes_ended": r["episodes_ended"],
                  "charts/rollout_success_rate": r["episodes_succeeded"] / r["episodes_ended"] if r["episodes_ended"] else None,
-                 "losses/flow_matching_round": float(np.mean(losses)), "losses/flow_matching_last": losses[-1],
+                 f"losses/{args.loss}_round": float(np.mean(losses)), f"losses/{args.loss}_last": losses[-1],
                  "time/collect_s": t_collect, "time/train_s": t_train, "time/save_s": time.time() - t2,
                  "perf/frames_per_s": len(r["label"]) / max(t_collect, 1e-9)}
             ss.append_jsonl(metrics, {"round": k, "step": step, "summary": True, **m})

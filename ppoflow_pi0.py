@@ -512,10 +512,11 @@ class Normalizer:
         return Normalizer(self.kind, list(self.state_lo[:n]) + lo.tolist(), list(self.state_hi[:n]) + hi.tolist(),
                           list(self.action_lo), list(self.action_hi))
 
-    def _fwd(self, x, lo, hi):
+    def _fwd(self, x, lo, hi, clamp: bool = True):
         lo, hi = x.new_tensor(lo), x.new_tensor(hi)
         if self.kind == "bound":
-            return (2 * (x - lo) / (hi - lo).clamp_min(1e-6) - 1).clamp(-1, 1)
+            y = 2 * (x - lo) / (hi - lo).clamp_min(1e-6) - 1
+            return y.clamp(-1, 1) if clamp else y
         return (x - lo) / hi.clamp_min(1e-6)
 
     def _inv(self, x, lo, hi):
@@ -529,13 +530,21 @@ class Normalizer:
         s = s.float()
         return torch.cat([self._fwd(s[..., :n], self.state_lo, self.state_hi), s[..., n:]], -1)
 
-    def action(self, a: torch.Tensor) -> torch.Tensor:  # env [.., 7] -> model [.., 7] (flow-matching targets)
-        return torch.cat([self._fwd(a[..., :6].float(), self.action_lo, self.action_hi), (a[..., 6:] + 1) / 2], -1)
+    def action(self, a: torch.Tensor, clamp: bool = True) -> torch.Tensor:  # env [.., 7] -> model [.., 7] (targets)
+        """clamp=False: arm dims beyond the bounds map beyond [-1, 1] (the inverse of `env_action_unclipped`)."""
+        arm = self._fwd(a[..., :6].float(), self.action_lo, self.action_hi, clamp)
+        return torch.cat([arm, (a[..., 6:] + 1) / 2], -1)
 
     def env_action(self, a: torch.Tensor, clip: float = 1.0) -> torch.Tensor:  # model [.., 7] -> env [.., 7]
         a = a.float().clamp(-clip, clip)
         grip = torch.where(a[..., 6:] > 0.5, 1.0, -1.0)
         return torch.cat([self._inv(a[..., :6], self.action_lo, self.action_hi), grip], -1)
+
+    def env_action_unclipped(self, a: torch.Tensor) -> torch.Tensor:  # model [.., 7] -> env units, nothing decided
+        """The model's chunk in env units before the action clip and the gripper's threshold (gripper 2g - 1, not
+        +-1): what `env_action` executes is a function of it, and `action(., clamp=False)` maps it back exactly."""
+        a = a.float()
+        return torch.cat([self._inv(a[..., :6], self.action_lo, self.action_hi), 2 * a[..., 6:] - 1], -1)
 
 
 def _gemma(hidden, layers, inter, heads, head_dim, **kw):
@@ -909,13 +918,19 @@ class PI0Policy(nn.Module):
             raw = self.noise_head(x).view(a.shape).float()
         return bounded_log_std(raw, self.config.log_sigma_min, self.config.log_sigma_max)
 
-    def chain(self, prefix: Prefix, chain: torch.Tensor | None = None, deterministic: bool = False):
+    def chain(self, prefix: Prefix, chain: torch.Tensor | None = None, deterministic: bool = False,
+              noise: torch.Tensor | None = None):
         """The K-step Gaussian chain (Eq. 3-4) and its joint log-probability (Eq. 5).
-        chain None: sample A^0 ~ N(0, I) and A^{k+1} ~ N(A^k + v(A^k) dtau, sigma^2) (sigma = 0 if deterministic);
-        else score the given chain [B, K+1, C, A]. Returns chain, logp [B], log_std [B, K, C, A]."""
+        chain None: sample A^0 ~ N(0, I) (or take `noise` [B, C, A] as A^0) and A^{k+1} ~ N(A^k + v(A^k) dtau,
+        sigma^2) (sigma = 0 if deterministic); else score the given chain [B, K+1, C, A]. Returns chain, logp [B],
+        log_std [B, K, C, A]."""
         K, B = self.config.num_steps, prefix.z.shape[0]
         C, A, dt = self.config.chunk, self.config.action_dim, 1.0 / self.config.num_steps
-        a = (chain[:, 0] if chain is not None else torch.randn(B, C, A, device=prefix.z.device)).float()
+        if chain is not None:
+            a = chain[:, 0]
+        else:
+            a = noise.to(prefix.z.device) if noise is not None else torch.randn(B, C, A, device=prefix.z.device)
+        a = a.float()
         logp = gaussian_log_prob(a, torch.zeros_like(a), torch.zeros_like(a)).sum((1, 2))  # log N(A^0; 0, I)
         samples, log_stds = [a], []
         for k in range(K):
@@ -953,11 +968,29 @@ class PI0Policy(nn.Module):
         a_tau = tau[:, None, None] * actions + (1 - tau[:, None, None]) * eps
         return F.mse_loss(self.velocity(prefix, a_tau, tau), actions - eps)
 
+    def chunk_regression_loss(self, inp: dict, noise: torch.Tensor, actions: torch.Tensor,
+                              img: torch.Tensor | None = None) -> torch.Tensor:
+        """|| A^K(A^0 = noise) - A ||^2 on normalised chunks [B, C, A]: the deterministic K-step chain from the given
+        A^0 (Eq. 3 with sigma = 0, differentiated through every step) regressed on a target chunk. Where Eq. 1 refits
+        the velocity field at every tau, this trains only the map A^0 -> A^K the policy acts with: a target that is
+        the policy's own deterministic chunk from the same A^0 gives zero loss, so distilling a PPOFlow policy's
+        labels into a copy of it keeps the map RL tuned (distill.py --loss chunk)."""
+        prefix = self.encode(inp, img)
+        a, dt = noise.to(actions.device).float(), 1.0 / self.config.num_steps
+        for k in range(self.config.num_steps):
+            a = a + self.velocity(prefix, a, torch.full((a.shape[0],), k * dt, device=a.device)).float() * dt  # Eq. 3
+        return F.mse_loss(a, actions.float())
+
     @torch.no_grad()
-    def act(self, obs: dict, deterministic: bool = True) -> torch.Tensor:
-        """env obs -> env action chunk [N, C, 7] (ee delta xyz, delta rpy, gripper +1 open / -1 close)."""
-        chain, _, _ = self.chain(self.encode(self.obs_to_inputs(obs)), deterministic=deterministic)
-        return self.normalizer.env_action(chain[:, -1], self.config.action_clip).cpu()
+    def chunk(self, obs: dict, deterministic: bool = True, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """env obs -> the chain's last sample A^K [N, C, 7] in model space, before the action clip and the gripper's
+        threshold; `noise` [N, C, 7]: the chain's A^0 (default: a fresh N(0, I) draw)."""
+        return self.chain(self.encode(self.obs_to_inputs(obs)), deterministic=deterministic, noise=noise)[0][:, -1]
+
+    def act(self, obs: dict, deterministic: bool = True, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """env obs -> env action chunk [N, C, 7] (ee delta xyz, delta rpy, gripper +1 open / -1 close); `noise`
+        [N, C, 7]: the chain's A^0 (default: a fresh N(0, I) draw)."""
+        return self.normalizer.env_action(self.chunk(obs, deterministic, noise), self.config.action_clip).cpu()
 
 
 # =============================================================================================

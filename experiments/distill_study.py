@@ -8,7 +8,16 @@ The teacher is an `--env.obs-mode state` policy (the OBJECT-STATE PROXY: no pret
 tested), typically PPOFlow's final checkpoint of experiments/state_proxy.py. The student and the baseline are the
 pixel `PI0Policy` (64 px camera + instruction + proprio): what a robot could run.
 
-Design v8 (the defaults; issue 32, session 16): v7 with perception also trained along the teacher's own episodes
+Design v9 (the defaults; issue 32, session 17): v8 with DAgger's loss on the deterministic chunk itself
+(`--student-loss chunk`: distill.py --loss chunk): each student's K-step chunk from the label's own noise draw A^0,
+regressed on the teacher's chunk before its clip and gripper threshold, where v1-v8 trained Eq. 1; at a tenth of v8's
+step size (`--student-learning-rate 1e-5`) and with the perception left as step 0 made it (`--aux-state-coef 0`).
+v8's development diagnostics showed Eq. 1 fine-tuning undoing the PPOFlow teacher's behaviour, even on its own labels
+and inputs (57% -> 26%), and taking the teacher-start student from 22.5% before DAgger to 2.5% after one round; on the
+same development seeds one round of v9's training leaves it at 16.0% (benchmarks/RESULTS.md). The teacher-start
+student before DAgger is evaluated beside it (`pre_student_teacher`: the teacher reading the estimate), so the table
+says what DAgger itself adds.
+Design v8 (issue 32, session 16; `--student-loss flow_matching`): v7 with perception also trained along the teacher's own episodes
 (`--perception-rollout-frames 20000`: v7's estimate erred 3-5 cm on the states a learned policy visits against 2 cm
 at reset) and two students side by side from the same perception, each against the one baseline: one from the
 imitation start (v7) and one starting as the teacher (v6; `--student-start imitation teacher`), the two comparisons
@@ -121,9 +130,11 @@ class Args:
     env_extra: str = "--env.no-dr-camera --env.no-dr-lighting"
     """scene_env.EnvConfig flags of the student's and the baseline's envs (training and, through their recorded env,
     evaluation). Default: camera and lighting randomisation off, object poses randomised; "" = full Table A.2."""
-    aux_state_coef: float = 1.0
-    """The student's auxiliary object-state loss weight (distill.py --aux-state-coef; 0: plain DAgger, designs v1/v2).
-    The baseline has no privileged state to regress: it is plain imitation."""
+    aux_state_coef: float = 0.0
+    """The student's auxiliary object-state loss weight (distill.py --aux-state-coef; designs v3-v8: 1). 0 (v1, v2,
+    v9): plain DAgger; with --estimate-detached the perception then stays as step 0 made it (v8: the probe's loss on
+    the rounds' small aggregate made the estimate ~1 cm worse everywhere). The baseline has no privileged state to
+    regress: it is plain imitation."""
     perception_frames: int = 20000
     """Step 0, perception pretraining (pretrain_perception.py) on the training scenes with the pixel policies' env and
     preset: this many fresh-reset frames labelled with the object state (and a tenth as many held out); the student
@@ -156,6 +167,12 @@ class Args:
     the start and the rounds together. "teacher" (v5, v6): as the teacher with the perception's image path (distill.py
     --student-from-teacher; needs --estimate-object-state and the teacher's --preset). "perception" (v1-v4): the
     perception checkpoint (or random --preset weights), as the baseline does."""
+    student_loss: Literal["flow_matching", "chunk"] = "chunk"
+    """DAgger's loss (distill.py --loss): "chunk", the student's deterministic chunk from the label's own noise A^0
+    regressed on the teacher's unclipped chunk (design v9), or "flow_matching", Eq. 1 on the labels (designs v1-v8)."""
+    student_learning_rate: float = 1e-5
+    """The students' DAgger learning rate (distill.py --learning-rate; designs v1-v8: 1e-4). The teacher-start
+    student's action expert is the RL teacher's, which PPOFlow trained at 5e-6."""
     num_inference_steps: int = 1
     """K of the student's and the baseline's deterministic flow inference (the teacher's recipe uses 1)."""
     eval_episodes_per_scene: int = 50
@@ -235,11 +252,14 @@ def main(args: Args) -> Path:
         run_step(name, stage("distill.py") + ["--teacher", str(Path(args.teacher).resolve()), *scenes, *common,
                  *init[start_from], "--out", str(student), "--rounds", str(args.rounds), "--frames-per-round",
                  str(args.frames_per_round), "--steps-per-round", str(args.steps_per_round), "--aux-state-coef",
-                 str(args.aux_state_coef)], student / "ckpt_final.pt", logs, steps, args.dry_run)
+                 str(args.aux_state_coef), "--loss", args.student_loss, "--learning-rate",
+                 str(args.student_learning_rate)], student / "ckpt_final.pt", logs, steps,
+                 args.dry_run)
     matched = 2 if "imitation" in students else 1  # the baseline: the start's budget plus the rounds'
     imitation("baseline", baseline, matched * frames, matched * grad_steps)
     ev = out / "eval"
     policies = {"teacher": Path(args.teacher).resolve(), **({"start": start / "ckpt_final.pt"} if matched == 2 else {}),
+                **{before(name): out / "runs" / name / "ckpt_start.pt" for s, name in students.items() if s == "teacher"},
                 **{name: out / "runs" / name / "ckpt_final.pt" for name in students.values()},
                 "baseline": baseline / "ckpt_final.pt"}
     cmd = evaluate_cmd(list(policies.values()), list(policies), args.scenes_dir, args.train_scenes + args.heldout_scenes,
@@ -270,6 +290,15 @@ STARTS_AS = {"teacher": "starting as the teacher with the perception's image pat
              "perception": "starting from the perception checkpoint, as the baseline does"}
 
 
+LOSS_AS = {"chunk": "on the deterministic chunk (the student's K-step chunk from the label's own noise, regressed on "
+                    "the label)", "flow_matching": "Eq. 1 (flow matching on the labels)"}
+
+
+def before(name: str) -> str:
+    """The policy label of a student before its first DAgger round (distill.py's ckpt_start.pt)."""
+    return f"pre_{name}"
+
+
 def student_labels(args: Args) -> dict[str, str]:
     """--student-start -> the student's policy label, which is also its folder under runs/: `student` when there is
     one (designs v1-v7), `student_<start>` when there are several."""
@@ -283,9 +312,10 @@ def write_report(out: Path, args: Args, per: dict[str, dict], wall: float) -> st
     students = student_labels(args)
     m = len(students)
     z, level = NormalDist().inv_cdf(1 - 0.025 / m), f"{100 - 5 / m:g}%"  # Bonferroni over the students
-    order = [p for p in ("teacher", "start", *students.values(), "baseline") if p in per]
-    vs = {name: {ref: newcombe_diff(*sr[name], *sr[ref], z=z) for ref in ("baseline", "start", "teacher") if ref in per}
-          for name in students.values()}
+    order = [p for p in ("teacher", "start", *[x for n in students.values() for x in (before(n), n)], "baseline")
+             if p in per]
+    vs = {name: {ref: newcombe_diff(*sr[name], *sr[ref], z=z) for ref in ("baseline", "start", before(name), "teacher")
+                 if ref in per} for name in students.values()}
     rate = {p: k / n for p, (k, n) in sr.items()}
     said = []
     for start_from, name in students.items():
@@ -309,7 +339,9 @@ def write_report(out: Path, args: Args, per: dict[str, dict], wall: float) -> st
              f"Teacher `{args.teacher}` ({STATE_PROXY_LABEL}). "
              + ("Student" if m == 1 else f"{m} students, ") + f"distill.py, {args.rounds} rounds x "
              f"{args.frames_per_round} frames, {args.steps_per_round} steps per round ({trained_on} "
-             f"frames trained on), auxiliary object-state loss weight {args.aux_state_coef:g}. Baseline: train_imitation.py "
+             f"frames trained on), DAgger loss {LOSS_AS[args.student_loss]} at learning rate "
+             f"{args.student_learning_rate:g}, auxiliary object-state loss weight {args.aux_state_coef:g}. Baseline: "
+             "train_imitation.py "
              f"on {baseline_frames} scripted-expert frames, "
              f"{matched * args.rounds * args.steps_per_round} steps"
              + (" (the start's and the rounds' frames and steps together)" if matched == 2 else "")
@@ -319,7 +351,9 @@ def write_report(out: Path, args: Args, per: dict[str, dict], wall: float) -> st
                 "instruction-only prefix" if args.estimate_object_state else "")
              + (" (the estimate trained by object-state supervision alone)" if args.estimate_detached
                 and args.estimate_object_state else "")
-             + "".join(f"; `{name}` {STARTS_AS[s]}" for s, name in students.items())
+             + "".join(f"; `{name}` {STARTS_AS[s]}" + (f" (`{before(name)}`: it before its first round)"
+                                                         if before(name) in per else "")
+                       for s, name in students.items())
              + (f"; `start`: plain imitation on the scripted expert's {start_frames} frames, "
                 f"{args.rounds * args.steps_per_round} steps" if matched == 2 else "") + "; env flags "
              f"`{args.env_extra or '(none: full Table A.2 randomisation)'}`, evaluated in the env they trained in. "

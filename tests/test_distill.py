@@ -73,15 +73,18 @@ def sha(path: Path) -> str:
 
 
 def assert_teacher_labels(teacher, r: dict) -> None:
-    """Every stored label is the teacher's deterministic chunk on the stored state (proprio + object state), re-run
-    with the frame's label seed on the same batch of envs."""
+    """Every stored label is the teacher's deterministic chunk on the stored state (proprio + object state) from the
+    stored noise A^0, which is the draw of the frame's label seed for its batch of envs."""
     for s in torch.unique(r["label_seed"]).tolist():
         rows = (r["label_seed"] == s).nonzero().flatten()
+        noise = r["label_noise"][rows]
+        assert torch.equal(noise, distill.label_noise(s, len(rows), 4, 7)), s
         obs = {"state": r["state"][rows], "object_state": r["object_state"][rows],
                "instruction": [r["instruction"][i] for i in rows.tolist()]}
-        torch.manual_seed(s)
-        again = teacher.act(scene_env.proxy_observation(obs), deterministic=True)
-        assert torch.allclose(again, r["label"][rows], atol=1e-5), s
+        torch.manual_seed(s + 1)  # any global RNG state: the label depends on the stored noise alone
+        a_k = teacher.chunk(scene_env.proxy_observation(obs), deterministic=True, noise=noise)
+        assert torch.allclose(teacher.normalizer.env_action(a_k), r["label"][rows], atol=1e-5), s
+        assert torch.allclose(teacher.normalizer.env_action_unclipped(a_k), r["label_raw"][rows], atol=1e-5), s
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,6 +144,9 @@ def test_one_dagger_round_relabels_trains_writes_the_dataset_and_resumes(setup, 
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if not r.get("summary")] == [1, 2, 3]
     assert all(np.isfinite(r["losses/flow_matching"]) for r in rows if not r.get("summary"))
+    # the student before round 0 is kept (the "before" of DAgger): --student-init's weights
+    start = torch.load(out / "ckpt_start.pt", weights_only=True)
+    assert start["round"] == -1 and all(torch.equal(v, init[k]) for k, v in start["model"].items())
     # a normal pixel checkpoint: what evaluate.py and deploy_widowx.py --backend sim load
     import deploy_widowx
     import evaluate
@@ -223,6 +229,75 @@ def test_dagger_with_the_aux_state_probe_logs_it_stores_it_and_resumes_with_it(s
     assert not torch.equal(w0, w1) and (w1 - w0).abs().max() < 5e-3
     r2 = run_distill(setup, out, "--rounds", "3")  # the probe's weight is a training flag: it cannot change
     assert r2.returncode == 1 and "--aux-state-coef: the run's 0.5, now 0.0" in r2.stderr, r2.stderr[-2000:]
+
+
+@pytest.mark.timeout(240)
+def test_dagger_with_the_chunk_loss_trains_on_the_labels_noise_and_refuses_rounds_without_it(setup, tmp_path):
+    out = tmp_path / "chunk"
+    r0 = run_distill(setup, out, "--rounds", "1", "--loss", "chunk")
+    assert r0.returncode == 0, r0.stdout[-3000:] + r0.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["losses/chunk"]) and "losses/flow_matching" not in r for r in rows if not r.get("summary"))
+    data0 = torch.load(out / "rounds/round_000.pt", weights_only=True)
+    assert data0["label_noise"].shape == data0["label_raw"].shape == (4, 4, 7)
+    teacher = pp.load_policy(setup["teacher"])
+    assert_teacher_labels(teacher, data0)
+    student = pp.load_policy(setup["student"])
+    batch = distill.student_inputs(student, data0)
+    assert torch.equal(batch["noise"], data0["label_noise"])  # the noise travels with its frame
+    # the chunk target is the teacher's unclipped chunk in the student's model space: executed, it is the label
+    assert torch.allclose(student.normalizer.env_action(batch["chunk_target"]), data0["label"], atol=1e-5)
+    # a round collected before the noise was stored (an older distill.py) cannot train the chunk loss: one clear error
+    del data0["label_raw"]
+    torch.save(data0, out / "rounds/round_000.pt")
+    run_args = json.loads((out / "args.json").read_text())
+    del run_args["args"]["loss"]
+    (out / "args.json").write_text(json.dumps(run_args))
+    import tyro
+
+    a = tyro.cli(distill.Args, args=["--teacher", str(setup["teacher"]), "--student-init", str(setup["student"]),
+                                     "--out", str(out), *TINY, "--rounds", "2", "--loss", "chunk"])
+    with pytest.raises(distill.DistillError, match=r"rounds \[0\] .* did not store them"):
+        distill.main(a, env_fn=lambda *a: pytest.fail("an env was built"))
+
+
+def test_chunk_loss_keeps_the_policys_own_map_where_eq1_moves_it(setup):
+    """The reason for --loss chunk: a policy trained on its own deterministic chunks (its labels, its A^0) is a fixed
+    point of the chunk loss (loss and gradient zero), while Eq. 1 on the same labels changes the chunks it acts with."""
+    pol = pp.load_policy(setup["teacher"]).eval()
+    torch.manual_seed(0)
+    state = torch.randn(8, scene_env.PROPRIO_DIM + scene_env.OBJECT_STATE_DIM) * 0.3
+    obs = {"state": state, "instruction": ["put the red block on the blue plate"] * 8}
+    inp = {k: v for k, v in pol.obs_to_inputs(obs).items() if k in pol.input_keys}
+    noise = torch.randn(8, 4, 7)
+    with torch.no_grad():
+        own = pol.chain(pol.encode(inp), deterministic=True, noise=noise)[0][:, -1]
+        assert torch.allclose(pol.normalizer.env_action(own), pol.act(obs, noise=noise))  # act takes the same A^0
+    params = [p for p in pol.parameters() if p.requires_grad]
+    loss = pol.chunk_regression_loss(inp, noise, own)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    assert float(loss.detach()) < 1e-10 and all(g is None or g.abs().max() < 1e-6 for g in grads)
+    other = pol.chunk_regression_loss(inp, noise, own + 0.1)  # any other target: a loss that reaches the expert
+    g = torch.autograd.grad(other, pol.pi0.action_out_proj.weight)[0]
+    assert abs(float(other.detach()) - 0.01) < 1e-4 and g.abs().max() > 0
+
+    def chunks_after(loss_fn) -> torch.Tensor:
+        p2 = pp.load_policy(setup["teacher"]).train()
+        opt = torch.optim.SGD([p for p in p2.parameters() if p.requires_grad], lr=1e-2)
+        for _ in range(3):
+            opt.zero_grad()
+            loss_fn(p2).backward()
+            opt.step()
+        with torch.no_grad():
+            return p2.eval().chain(p2.encode(inp), deterministic=True, noise=noise)[0][:, -1]
+    # what distill.py stores and trains on: the unclipped chunk in env units, read back into the same model space
+    n = pol.normalizer
+    assert torch.allclose(n.action(n.env_action_unclipped(own), clamp=False), own, atol=1e-5)
+    assert torch.allclose(n.env_action(own), n.env_action(n.action(n.env_action_unclipped(own), clamp=False)), atol=1e-5)
+    kept = chunks_after(lambda p: p.chunk_regression_loss(inp, noise, own))
+    moved = chunks_after(lambda p: p.flow_matching_loss(inp, own))
+    assert torch.allclose(kept, own, atol=1e-6)
+    assert (moved - own).abs().max() > 1e-3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,10 +442,10 @@ def test_beta_schedule_and_label_seeds():
 
 @pytest.mark.timeout(900)
 def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baselines_frames(setup, tmp_path):
-    """Issue 32's study driver (design v8): perception also along the teacher's episodes, the imitation start, two
-    students (distill.py from the start, and starting as the teacher), the plain-imitation baseline on the start's and
-    the rounds' frame and step budget together, all evaluated on the same seeds, a report that leads with the verdict
-    (Bonferroni-corrected over the two students)."""
+    """Issue 32's study driver (design v9): perception also along the teacher's episodes, the imitation start, two
+    students trained by the chunk loss (distill.py from the start, and starting as the teacher, evaluated also before
+    its first round), the plain-imitation baseline on the start's and the rounds' frame and step budget together, all
+    evaluated on the same seeds, a report that leads with the verdict (Bonferroni-corrected over the two students)."""
     root = setup["root"]
     env = dataclasses.asdict(scene_env.EnvConfig(obs_mode="state", image_size=64, max_decisions=20))
     teacher = tiny_ckpt(tmp_path / "teacher.pt", "state", {"scenes_dir": str(root / "scenes"), "scene_ids": ["s0"],
@@ -388,9 +463,12 @@ def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baseline
     assert report.splitlines()[2].startswith("**Verdict (pixel policy") and "object-state proxy" in report.splitlines()[2]
     rep = json.loads((out / "report.json").read_text())
     students = ("student_imitation", "student_teacher")
-    assert set(rep["train"]) == {"teacher", "start", *students, "baseline"} and rep["train"]["student_teacher"][1] == 1
+    assert set(rep["train"]) == {"teacher", "start", "pre_student_teacher", *students, "baseline"}
+    assert rep["train"]["student_teacher"][1] == rep["train"]["pre_student_teacher"][1] == 1
     assert set(rep["student_vs"]) == set(students) and rep["interval_level"] == "97.5%"
-    assert all(set(v) == {"baseline", "start", "teacher"} for v in rep["student_vs"].values())
+    assert set(rep["student_vs"]["student_imitation"]) == {"baseline", "start", "teacher"}
+    assert set(rep["student_vs"]["student_teacher"]) == {"baseline", "start", "pre_student_teacher", "teacher"}
+    assert "| pre_student_teacher |" in report and "(`pre_student_teacher`: it before its first round)" in report
     assert "97.5% = 95% Bonferroni-corrected over the 2 students" in report.splitlines()[2]
     assert rep["goal_met"] == any(v["baseline"][1] > 0 for v in rep["student_vs"].values())
     k, n = rep["train"]["student_teacher"]
@@ -412,8 +490,9 @@ def test_distill_study_runs_end_to_end_at_a_tiny_budget_and_matches_the_baseline
         assert a["preset"] == "tiny" and not a["env"]["dr_camera"] and not a["env"]["dr_lighting"]
         assert a["env"]["dr_object_pose"]
     assert "preset `tiny`" in report and "--env.no-dr-camera --env.no-dr-lighting" in report
-    assert stud["aux_state_coef"] == 1.0 and "aux_state_coef" not in base  # v3: the probe is the student's alone
-    assert "auxiliary object-state loss weight 1" in report
+    assert stud["aux_state_coef"] == 0.0 and "aux_state_coef" not in base  # v9: the perception as step 0 made it
+    assert stud["loss"] == stud_t["loss"] == "chunk" and "DAgger loss on the deterministic chunk" in report  # v9
+    assert "auxiliary object-state loss weight 0" in report and "at learning rate 1e-05" in report
     assert ("perception pretraining (pretrain_perception.py: 4 fresh-reset frames, 3 along scripted-expert episodes and "
             "3 along a learned policy's episodes") in report
     perc_args = json.loads((out / "runs/perception/args.json").read_text())["args"]  # v8: along the teacher's episodes
@@ -465,7 +544,7 @@ def test_distill_study_perception_step_starts_both_pixel_policies_from_its_check
                         out_dir=str(tmp_path / "o"), perception_frames=30, perception_steps=7, dry_run=True, **kw))
         runs = [x.split(": ", 1) for x in capsys.readouterr().out.splitlines() if x.startswith("[run ]")]
         return {name.removeprefix("[run ] "): shlex.split(cmd) for name, cmd in runs}
-    cmds = commands()  # design v8: two students, from the imitation start and as the teacher
+    cmds = commands()  # design v9: v8's two students, from the imitation start and as the teacher, by the chunk loss
     assert list(cmds) == ["perception", "start", "student_imitation", "student_teacher", "baseline", "evaluate"]
     assert [Path(c[1]).name for c in cmds.values()][:5] == ["pretrain_perception.py", "train_imitation.py",
                                                           "distill.py", "distill.py", "train_imitation.py"]
@@ -486,6 +565,17 @@ def test_distill_study_perception_step_starts_both_pixel_policies_from_its_check
     assert da.student_init == str(tmp_path / "o/runs/start/ckpt_final.pt") and not da.student_from_teacher  # v7
     assert dt.student_init == ckpt and dt.student_from_teacher and dt.out == str(tmp_path / "o/runs/student_teacher")
     assert (da.rounds, da.frames_per_round, da.steps_per_round) == (dt.rounds, dt.frames_per_round, dt.steps_per_round)
+    assert da.loss == dt.loss == "chunk" and da.learning_rate == dt.learning_rate == 1e-5  # design v9
+    assert da.aux_state_coef == dt.aux_state_coef == 0.0
+    ev = cmds["evaluate"]  # the teacher-start student is also evaluated before its first round
+    labels = ev[ev.index("--labels") + 1:][:6]
+    assert labels == ["teacher", "start", "pre_student_teacher", "student_imitation", "student_teacher", "baseline"]
+    assert str(tmp_path / "o/runs/student_teacher/ckpt_start.pt") in ev
+    v8 = commands(student_loss="flow_matching", student_learning_rate=1e-4, aux_state_coef=1.0)  # design v8: Eq. 1
+    for k in ("student_imitation", "student_teacher"):
+        a8 = tyro.cli(distill.Args, args=v8[k][2:])
+        assert (a8.loss, a8.learning_rate, a8.aux_state_coef) == ("flow_matching", 1e-4, 1.0)
+    assert all(v8[k] == cmds[k] for k in ("perception", "start", "baseline"))  # v9 reuses v8's other steps as they are
     assert tyro.cli(distill.Args, args=v7["student"][2:]).out == str(tmp_path / "o/runs/student")
     v6 = commands(student_start=["teacher"])  # the student starts as the teacher; the baseline gets the rounds' budget
     assert list(v6) == ["perception", "student", "baseline", "evaluate"]
