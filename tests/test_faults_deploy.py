@@ -388,8 +388,8 @@ def test_nonfinite_raw_model_output_holds_and_keeps_the_gripper(fake_bridge, mon
     assert torch.equal(checked.act(obs), a)  # finite output: exactly the model's own actions
     chain = pol.chain
 
-    def nan_chain(prefix, deterministic=False):
-        c, *rest = chain(prefix, deterministic=deterministic)
+    def nan_chain(prefix, deterministic=False, **kw):
+        c, *rest = chain(prefix, deterministic=deterministic, **kw)
         return (torch.full_like(c, float("nan")), *rest)
 
     monkeypatch.setattr(pol, "chain", nan_chain)
