@@ -20,7 +20,10 @@ features of target and destination, no camera), typically PPOFlow's final checkp
      before its action clip and gripper threshold, `PI0Policy.chunk_regression_loss`). A PPOFlow teacher's
      behaviour is its deterministic map A^0 -> A^K, which RL tuned and Eq. 1 does not keep: Eq. 1 on its own labels
      and inputs took one from 57% to 26% (benchmarks/RESULTS.md, issue 32), while the chunk loss is exactly zero for
-     a student that already is the teacher.
+     a student that already is the teacher. `--train-part perception` trains the student's image path alone (its
+     estimate of the object features, by the auxiliary object-state loss on the visited states, `--replay-frames`
+     mixing in the perception stage's own frames) and keeps the rest as it starts: a student built by
+     `--student-from-teacher` then acts with the teacher's own map from a camera estimate trained where it acts.
 With beta0 = 1, round 0 is behaviour cloning on the teacher's own rollouts.
 
 Output folder (--out):
@@ -138,6 +141,18 @@ class Args:
     with estimate_object_state trains its own probe (the one that feeds its state token); otherwise the probe is
     training-only, stored beside the policy in the round checkpoints (for a resume), never read when the student
     acts. 0: plain DAgger (Eq. 1 alone)."""
+    train_part: Literal["all", "perception"] = "all"
+    """What the rounds train. "all": every trainable weight of the student, by --loss (+ the auxiliary loss).
+    "perception": only the student's image path (vision tower, projector and object-state probe: VISION_KEYS), by the
+    auxiliary object-state loss on the states the student visits (and by --loss where the estimate is not detached);
+    the language model, action expert and heads stay as they start (with --student-from-teacher: the teacher's map,
+    which any fine-tuning lowered: benchmarks/RESULTS.md, issue 32). Needs --aux-state-coef > 0 and a student whose
+    state token carries the estimate (pretrain_perception.py --estimate-object-state)."""
+    replay_frames: str | None = None
+    """A pretrain_perception.py frames.pt: each gradient step's auxiliary loss also regresses the object state of as
+    many of its frames (drawn uniformly; the two halves weighted equally), so a small aggregate does not pull the
+    estimate off the layouts perception learned (v8: one round without it made the estimate ~1 cm worse everywhere).
+    Needs --aux-state-coef > 0."""
     num_inference_steps: int = 10
     """K of the student's deterministic flow inference (stored in its checkpoint)."""
     log_every: int = 50
@@ -201,6 +216,11 @@ def check_args(args: Args) -> None:
     bad += [f"--{n.replace('_', '-')} {getattr(args, n)} (must be in [0, 1])" for n in ("beta0", "beta_decay")
             if not 0.0 <= getattr(args, n) <= 1.0]
     bad += [f"--aux-state-coef {args.aux_state_coef} (must be >= 0)"] if not args.aux_state_coef >= 0 else []
+    bad += [f"--{f} needs the auxiliary object-state loss, but --aux-state-coef is {args.aux_state_coef} (fix: "
+            "--aux-state-coef 1)" for f, on in (("train-part perception", args.train_part == "perception"),
+                                                ("replay-frames", args.replay_frames)) if on and args.aux_state_coef <= 0]
+    bad += [f"--replay-frames {args.replay_frames} is not a file (fix: a pretrain_perception.py run's frames.pt)"
+            ] if args.replay_frames and not Path(args.replay_frames).is_file() else []
     if bad:
         raise DistillError(f"distill.py: {'; '.join(bad)}")
     if args.env.obs_mode != "rgb":
@@ -354,6 +374,38 @@ def build_probe(args: Args, student, teacher) -> nn.Module | None:
     return probe.to(student.pi0.action_out_proj.weight.device)
 
 
+def restrict_to_perception(args: Args, student) -> None:
+    """--train-part perception: only the image path (VISION_KEYS) keeps requires_grad; refuses a student without an
+    estimate in its state token (its image path would then be the policy's whole view, not a separable estimate)."""
+    if args.train_part != "perception":
+        return
+    if not student.config.estimate_object_state:
+        raise DistillError("distill.py: --train-part perception trains the estimate of the object features in the "
+                           "student's state token, but this student has none (fix: --student-init a "
+                           "pretrain_perception.py --estimate-object-state checkpoint, or --train-part all)")
+    for name, p in student.named_parameters():
+        p.requires_grad_(name.startswith(VISION_KEYS))
+
+
+def action_loss_trains(args: Args, student) -> bool:
+    """Whether the --loss reaches a trainable weight: always under --train-part all; under perception only through an
+    estimate that is not detached."""
+    return args.train_part == "all" or not student.config.estimate_detached
+
+
+def load_replay(args: Args, student) -> dict | None:
+    """--replay-frames: the perception stage's labelled training frames (rgb at the student's image size, object
+    state), or None."""
+    if not args.replay_frames:
+        return None
+    frames = torch.load(args.replay_frames, weights_only=True)
+    if not {"rgb", "object_state"} <= set(frames) or frames["rgb"].shape[-1] != student.config.image_size:
+        raise DistillError(f"distill.py: --replay-frames {args.replay_frames} is not a pretrain_perception.py frames.pt "
+                           f"of {student.config.image_size} px images (keys {sorted(frames)[:6]}; fix: the frames.pt "
+                           "of the perception run the student starts from)")
+    return {"rgb": frames["rgb"], "object_target": frames["object_state"].float()}
+
+
 # ---------------------------------------------------------------------------------------------
 # One round: act, label, train
 # ---------------------------------------------------------------------------------------------
@@ -434,36 +486,45 @@ def trainable(student, probe: nn.Module | None) -> list[nn.Parameter]:
 
 
 def train_round(student, optimizer, sched, batch: dict, steps: int, args: Args, gen: torch.Generator, device,
-                on_log: Callable[[int, dict], None], probe: nn.Module | None = None) -> list[float]:
+                on_log: Callable[[int, dict], None], probe: nn.Module | None = None,
+                replay: dict | None = None) -> list[float]:
     """`steps` gradient steps of the --loss (Eq. 1, or the deterministic chunk's regression) + --aux-state-coef x the
-    probe's object-state regression when `probe` is given, on frames drawn uniformly from the aggregate `batch`.
-    Returns the --loss values."""
+    probe's object-state regression when `probe` is given, on frames drawn uniformly from the aggregate `batch` (and,
+    for the probe, as many from `replay`, --replay-frames). Under --train-part perception with a detached estimate
+    the --loss cannot reach a trainable weight, so it is not computed. Returns the --loss values (the auxiliary loss's
+    when the --loss is not computed)."""
     student.train()
     params = trainable(student, probe)
+    act = action_loss_trains(args, student)
     M, losses, aux_losses = len(batch["target"]), [], []
     for step in range(1, steps + 1):
         idx = torch.randint(0, M, (min(args.batch_size, M),), generator=gen)
         inp, target = {k: batch[k][idx].to(device) for k in student.input_keys}, batch["target"][idx].to(device)
         img = student.image_tokens(inp) if probe is not None else None  # the image tokens once: prefix and probe
-        if args.loss == "chunk":
-            act_loss = student.chunk_regression_loss(inp, batch["noise"][idx], batch["chunk_target"][idx].to(device),
-                                                     img=img)  # ALGO LOGIC
-        else:
-            act_loss = student.flow_matching_loss(inp, target, img=img)  # Eq. 1  # ALGO LOGIC
-        loss = act_loss
+        loss = torch.zeros((), device=device)
+        if act and args.loss == "chunk":
+            loss = student.chunk_regression_loss(inp, batch["noise"][idx], batch["chunk_target"][idx].to(device),
+                                                 img=img)  # ALGO LOGIC
+        elif act:
+            loss = student.flow_matching_loss(inp, target, img=img)  # Eq. 1  # ALGO LOGIC
+        act_loss = loss
         if probe is not None:
             aux = F.mse_loss(probe(img), probe.standardise(batch["object_target"][idx].to(device)))  # ALGO LOGIC
-            loss = act_loss + args.aux_state_coef * aux
+            if replay is not None:  # as many of perception's own frames: the estimate keeps what it learned there
+                j = torch.randint(0, len(replay["rgb"]), (len(idx),), generator=gen)
+                rimg = student.image_tokens({"rgb": replay["rgb"][j].to(device)})
+                aux = 0.5 * (aux + F.mse_loss(probe(rimg), probe.standardise(replay["object_target"][j].to(device))))
+            loss = loss + args.aux_state_coef * aux
             aux_losses.append(float(aux.detach()))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gn = nn.utils.clip_grad_norm_(params, args.max_grad_norm)
         optimizer.step()
         sched.step()
-        losses.append(float(act_loss.detach()))
+        losses.append(float((act_loss if act else aux).detach()))
         if step % args.log_every == 0 or step == steps:
-            on_log(step, {f"losses/{args.loss}": float(np.mean(losses[-args.log_every:])), "losses/grad_norm": float(gn),
-                          "charts/learning_rate": sched.get_last_lr()[0],
+            on_log(step, {**({f"losses/{args.loss}": float(np.mean(losses[-args.log_every:]))} if act else {}),
+                          "losses/grad_norm": float(gn), "charts/learning_rate": sched.get_last_lr()[0],
                           **({"losses/aux_state": float(np.mean(aux_losses[-args.log_every:]))} if probe else {})})
     student.eval()
     return losses
@@ -536,11 +597,14 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
             raise DistillError(f"distill.py: --teacher {args.teacher} is not the file rounds 0-{done - 1} were labelled "
                                "by (its content changed); continue with that teacher, or pass another --out")
     pp.seed_everything(args.seed)
-    student = build_student(args, teacher, device)  # the last check of the inputs: nothing is written before it
+    student = build_student(args, teacher, device)  # the checks of the inputs: nothing is written before them
+    restrict_to_perception(args, student)
+    replay = load_replay(args, student)
     ss.write_json_atomic(out / "args.json", {"schema_version": ss.SCHEMA_VERSION, "args": ss.to_dict(args),
                                              "scenes": scenes, "teacher_sha256": teacher_sha})
     for folder in (out, out / "rounds"):
         pp.remove_stale_tmp(folder)  # temp files of saves a kill interrupted
+    loss_name = args.loss if action_loss_trains(args, student) else "aux_state"  # what train_round returns
     probe = build_probe(args, student, teacher)
     separate_probe = probe is not None and not student.config.estimate_object_state  # stored beside the policy
     params = trainable(student, probe)
@@ -605,7 +669,8 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                 if wb is not None:
                     wb.log(m, step=step + s)
             g = torch.Generator().manual_seed(args.seed * 1000 + k)
-            losses = train_round(student, optimizer, sched, agg, args.steps_per_round, args, g, device, log, probe)
+            losses = train_round(student, optimizer, sched, agg, args.steps_per_round, args, g, device, log, probe,
+                                 replay)
             step += args.steps_per_round
             t_train, t2 = time.time() - t1, time.time()
             ck = pp.policy_checkpoint(student, optimizer=optimizer.state_dict(), scheduler=sched.state_dict(),
@@ -624,7 +689,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                  "charts/student_acted_fraction": float((~r["teacher_acted"]).float().mean()),
                  "charts/episodes_ended": r["episodes_ended"],
                  "charts/rollout_success_rate": r["episodes_succeeded"] / r["episodes_ended"] if r["episodes_ended"] else None,
-                 f"losses/{args.loss}_round": float(np.mean(losses)), f"losses/{args.loss}_last": losses[-1],
+                 f"losses/{loss_name}_round": float(np.mean(losses)), f"losses/{loss_name}_last": losses[-1],
                  "time/collect_s": t_collect, "time/train_s": t_train, "time/save_s": time.time() - t2,
                  "perf/frames_per_s": len(r["label"]) / max(t_collect, 1e-9)}
             ss.append_jsonl(metrics, {"round": k, "step": step, "summary": True, **m})

@@ -173,6 +173,13 @@ class Args:
     student_learning_rate: float = 1e-5
     """The students' DAgger learning rate (distill.py --learning-rate; designs v1-v8: 1e-4). The teacher-start
     student's action expert is the RL teacher's, which PPOFlow trained at 5e-6."""
+    student_train_part: Literal["all", "perception"] = "all"
+    """What the students' rounds train (distill.py --train-part): "all" (designs v1-v9) or "perception", the image path
+    alone by the auxiliary object-state loss on the states the student visits, the rest kept as it starts (needs
+    --aux-state-coef > 0)."""
+    student_replay: bool = False
+    """The students' auxiliary loss also replays the perception stage's own frames (distill.py --replay-frames
+    runs/perception/frames.pt; needs --perception-frames and --aux-state-coef > 0)."""
     num_inference_steps: int = 1
     """K of the student's and the baseline's deterministic flow inference (the teacher's recipe uses 1)."""
     eval_episodes_per_scene: int = 50
@@ -204,6 +211,13 @@ def main(args: Args) -> Path:
         raise SystemExit("distill_study.py: --student-start teacher needs --estimate-object-state (the student then "
                          "has the teacher's architecture; fix: drop --no-estimate-object-state, or another "
                          "--student-start)")
+    if args.student_replay and not args.perception_frames:
+        raise SystemExit("distill_study.py: --student-replay replays the perception stage's frames, but "
+                         "--perception-frames is 0 (fix: --perception-frames 20000, or --no-student-replay)")
+    if (args.student_replay or args.student_train_part == "perception") and args.aux_state_coef <= 0:
+        raise SystemExit(f"distill_study.py: --student-train-part {args.student_train_part}"
+                         f"{' --student-replay' * args.student_replay} trains the students by the auxiliary "
+                         f"object-state loss, but --aux-state-coef is {args.aux_state_coef} (fix: --aux-state-coef 1)")
     if not Path(args.teacher).is_file() and not args.dry_run:
         raise SystemExit(f"distill_study.py: --teacher {args.teacher} is not a file (fix: a ckpt_*.pt of an "
                          "--env.obs-mode state run, e.g. experiments/state_proxy.py's runs/ppo_s<seed>/ckpt_final.pt)")
@@ -253,7 +267,9 @@ def main(args: Args) -> Path:
                  *init[start_from], "--out", str(student), "--rounds", str(args.rounds), "--frames-per-round",
                  str(args.frames_per_round), "--steps-per-round", str(args.steps_per_round), "--aux-state-coef",
                  str(args.aux_state_coef), "--loss", args.student_loss, "--learning-rate",
-                 str(args.student_learning_rate)], student / "ckpt_final.pt", logs, steps,
+                 str(args.student_learning_rate), "--train-part", args.student_train_part,
+                 *(["--replay-frames", str(perception / "frames.pt")] if args.student_replay else [])],
+                 student / "ckpt_final.pt", logs, steps,
                  args.dry_run)
     matched = 2 if "imitation" in students else 1  # the baseline: the start's budget plus the rounds'
     imitation("baseline", baseline, matched * frames, matched * grad_steps)

@@ -576,6 +576,19 @@ def test_distill_study_perception_step_starts_both_pixel_policies_from_its_check
         a8 = tyro.cli(distill.Args, args=v8[k][2:])
         assert (a8.loss, a8.learning_rate, a8.aux_state_coef) == ("flow_matching", 1e-4, 1.0)
     assert all(v8[k] == cmds[k] for k in ("perception", "start", "baseline"))  # v9 reuses v8's other steps as they are
+    assert (da.train_part, da.replay_frames) == ("all", None)
+    pv = commands(student_train_part="perception", student_replay=True, aux_state_coef=1.0)  # the image path alone
+    for k in ("student_imitation", "student_teacher"):
+        a = tyro.cli(distill.Args, args=pv[k][2:])
+        assert a.train_part == "perception" and a.replay_frames == str(tmp_path / "o/runs/perception/frames.pt")
+    assert all(pv[k] == cmds[k] for k in ("perception", "start", "baseline"))
+    for kw, match in ((dict(student_train_part="perception"), "--student-train-part perception trains .* "
+                       "--aux-state-coef 1"), (dict(student_replay=True, aux_state_coef=1.0, perception_frames=0, estimate_object_state=False,
+                             student_start=["imitation"]),
+                                               "--student-replay replays .* --perception-frames is 0")):
+        with pytest.raises(SystemExit, match=match):
+            ds.main(ds.Args(**{**dict(teacher=str(tmp_path / "t.pt"), scenes_dir=str(tmp_path), train_scenes=["a"],
+                                      out_dir=str(tmp_path / "o"), dry_run=True), **kw}))
     assert tyro.cli(distill.Args, args=v7["student"][2:]).out == str(tmp_path / "o/runs/student")
     v6 = commands(student_start=["teacher"])  # the student starts as the teacher; the baseline gets the rounds' budget
     assert list(v6) == ["perception", "student", "baseline", "evaluate"]

@@ -288,6 +288,90 @@ def test_a_dagger_round_from_the_teacher_trains_the_students_own_probe(setup, tm
     assert student.config.estimate_object_state and student.observed_state_dim == P  # evaluate.py runs it on pixels
 
 
+def detached_estimating_checkpoint(path: Path, seed: int = 5) -> Path:
+    """What pretrain_perception.py --estimate-object-state --no-image-in-prefix --estimate-detached writes (tiny)."""
+    torch.manual_seed(seed)
+    cfg = pp.preset_config("tiny", 4, num_steps=1, **pp.obs_overrides(ENV, True, False, True))
+    pol = pp.PI0Policy(cfg, pp.Normalizer.from_stats_file(pp.DEFAULT_STATS), {"kind": "bytes"})
+    pp.torch_save_atomic(pp.policy_checkpoint(pol, iteration=0), path)
+    return path
+
+
+def replay_file(path: Path, n: int = 12, size: int = 64) -> Path:
+    """A frames.pt as pretrain_perception.py stores it: model-size images u8 [n, 3, S, S] and their object state."""
+    g = torch.Generator().manual_seed(3)
+    torch.save({"rgb": torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+                "object_state": torch.rand(n, O, generator=g) * 0.3, "scene_id": ["s0"] * n}, path)
+    return path
+
+
+def test_a_perception_only_dagger_round_keeps_the_teachers_map_and_replays_perceptions_frames(setup, tmp_path):
+    """--train-part perception (design v10): a round from the teacher trains the image path alone, by the auxiliary
+    object-state loss on the visited states and perception's replayed frames; every other weight stays the teacher's,
+    bit for bit, and the detached estimate means no action loss is computed."""
+    init = detached_estimating_checkpoint(tmp_path / "vision.pt")
+    out = tmp_path / "d"
+    r = run_distill(setup, out, "--rounds", "1", "--aux-state-coef", "1", "--student-from-teacher", "--student-init",
+                    str(init), "--loss", "chunk", "--train-part", "perception", "--replay-frames",
+                    str(replay_file(tmp_path / "frames.pt")))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    start = torch.load(out / "ckpt_start.pt", weights_only=True)["model"]
+    final = torch.load(out / "ckpt_final.pt", weights_only=True)["model"]
+    frozen = [k for k in final if not k.startswith(distill.VISION_KEYS)]
+    assert frozen and all(torch.equal(final[k], start[k]) for k in frozen)
+    assert not torch.equal(final["object_state_probe.linear.weight"], start["object_state_probe.linear.weight"])
+    assert any(not torch.equal(final[k], start[k]) for k in final if k.startswith("pi0.model.vlm.vision_tower."))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if not r.get("summary")]
+    assert steps and all(r["losses/aux_state"] > 0 and "losses/chunk" not in r for r in steps)
+    assert "losses/aux_state_round" in rows[-1] and "losses/chunk_round" not in rows[-1]
+
+
+def test_replayed_frames_enter_the_auxiliary_loss(setup, tmp_path):
+    """The same step with and without --replay-frames moves the probe differently (half of its loss is perception's
+    frames); under --train-part perception only the image path has requires_grad."""
+    teacher = pp.load_policy(setup["teacher"]).eval()
+    data = {"rgb": torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8), "state": torch.zeros(4, P),
+            "object_state": torch.full((4, O), 0.2), "label": torch.zeros(4, 4, 7), "label_raw": torch.zeros(4, 4, 7),
+            "label_noise": torch.randn(4, 4, 7), "instruction": ["put the red block on the blue plate"] * 4}
+    data["object_state"][:, [2, 10]] = 0.05
+    replay_path = replay_file(tmp_path / "frames.pt")
+
+    def probe_after_one_step(replay: str | None) -> torch.Tensor:
+        args = distill.Args(teacher=str(setup["teacher"]), student_init=str(init), student_from_teacher=True,
+                            aux_state_coef=1.0, train_part="perception", replay_frames=replay, batch_size=4,
+                            log_every=1, loss="chunk")
+        st = distill.build_student(args, teacher, "cpu")
+        distill.restrict_to_perception(args, st)
+        assert all(p.requires_grad == n.startswith(distill.VISION_KEYS) for n, p in st.named_parameters())
+        pr = distill.build_probe(args, st, teacher)
+        opt = torch.optim.SGD(distill.trainable(st, pr), lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        distill.train_round(st, opt, sched, distill.student_inputs(st, data), 1, args,
+                            torch.Generator().manual_seed(0), "cpu", lambda s, m: None, pr,
+                            distill.load_replay(args, st))
+        return st.object_state_probe.linear.weight.detach().clone()
+    init = detached_estimating_checkpoint(tmp_path / "vision.pt")
+    assert not torch.allclose(probe_after_one_step(None), probe_after_one_step(str(replay_path)))
+
+
+def test_perception_only_dagger_refuses_what_it_cannot_train(setup, tmp_path):
+    base = dict(teacher=str(setup["teacher"]), out=str(tmp_path / "o"), env=ENV, device="cpu")
+    never = dict(env_fn=lambda *a: pytest.fail("an env was built"))
+    with pytest.raises(distill.DistillError, match="--train-part perception needs the auxiliary .* --aux-state-coef 1"):
+        distill.main(distill.Args(**base, train_part="perception"), **never)
+    with pytest.raises(distill.DistillError, match="--replay-frames .* is not a file"):
+        distill.main(distill.Args(**base, aux_state_coef=1.0, replay_frames=str(tmp_path / "none.pt")), **never)
+    with pytest.raises(distill.DistillError, match="this student has none"):  # a plain pixel student
+        distill.main(distill.Args(**base, aux_state_coef=1.0, train_part="perception",
+                                  student_init=str(setup["student"])), **never)
+    small = replay_file(tmp_path / "small.pt", size=32)
+    with pytest.raises(distill.DistillError, match="not a pretrain_perception.py frames.pt of 64 px images"):
+        distill.main(distill.Args(**base, aux_state_coef=1.0, replay_frames=str(small),
+                                  student_init=str(setup["student"])), **never)
+    assert not (tmp_path / "o").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Imitation keeps the estimate's statistics
 # ---------------------------------------------------------------------------------------------
