@@ -224,7 +224,8 @@ def main(args: Args) -> Path:
     out = Path(args.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     args.scenes_dir = str(Path(args.scenes_dir).resolve())
-    (out / "args.json").write_text(json.dumps({"schema_version": 1, "args": asdict(args)}, indent=2))
+    if not args.dry_run:  # a dry run prints the commands and leaves the folder as it is
+        (out / "args.json").write_text(json.dumps({"schema_version": 1, "args": asdict(args)}, indent=2))
     logs, steps, t0 = out / "logs", out / "steps.json", time.time()
     scenes = ["--scenes-dir", args.scenes_dir, "--scene-ids", *args.train_scenes]
     common = ["--preset", args.preset, "--env.image-size", "64", *shlex.split(args.env_extra),

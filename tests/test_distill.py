@@ -545,6 +545,7 @@ def test_distill_study_perception_step_starts_both_pixel_policies_from_its_check
         runs = [x.split(": ", 1) for x in capsys.readouterr().out.splitlines() if x.startswith("[run ]")]
         return {name.removeprefix("[run ] "): shlex.split(cmd) for name, cmd in runs}
     cmds = commands()  # design v9: v8's two students, from the imitation start and as the teacher, by the chunk loss
+    assert not (tmp_path / "o/args.json").exists()  # a dry run leaves a run's folder as it is
     assert list(cmds) == ["perception", "start", "student_imitation", "student_teacher", "baseline", "evaluate"]
     assert [Path(c[1]).name for c in cmds.values()][:5] == ["pretrain_perception.py", "train_imitation.py",
                                                           "distill.py", "distill.py", "train_imitation.py"]
