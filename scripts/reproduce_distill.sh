@@ -5,8 +5,9 @@
 #      (OBJECT-STATE PROXY: no pretrained VLM, visual generalisation not tested) -> $OUT/sp2_confirm;
 #   C. experiments/distill_study.py at its defaults (the design fixed last in benchmarks/RESULTS.md) with that teacher
 #      -> $OUT/distill (report.md first).
-# Every step skips work whose outputs exist, so a re-run continues where a stopped one ended. ~2.5 h on 2 cores
-# (scenes 1 min, teacher ~35 min, the study ~110 min: benchmarks/RESULTS.md "DAgger, design v9").
+# Every step skips work whose outputs exist, so a re-run continues where a stopped one ended. ~2 h on 2 cores
+# (measured in session 18: scenes 38 s, teacher ~29 min with its evaluation, the study 89 min: benchmarks/RESULTS.md
+# "v9's result"). EVAL_SEED 8800 is v9's: pass seeds never used for a new design's confirmatory run.
 #   bash scripts/reproduce_distill.sh
 #   OUT=/tmp/d EVAL_SEED=9300 bash scripts/reproduce_distill.sh -- --student-start teacher   # more distill_study flags
 set -euo pipefail
@@ -17,7 +18,7 @@ bash scripts/setup.sh
 source scripts/env.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # env workers own the cores (scripts/main_job.sh says why)
 OUT="$(mkdir -p "${OUT:-out}" && cd "${OUT:-out}" && pwd)"
-EVAL_SEED="${EVAL_SEED:-8800}"  # first evaluation seed of the study: change it for a run on never-used seeds
+EVAL_SEED="${EVAL_SEED:-8800}"  # first evaluation seed of the study
 [ "${1:-}" = "--" ] && shift
 S="$OUT/exp/scenes"
 TRAIN=(could_you_put_the_banana_into_the_bowl_p-v0-363c205a pick_up_the_apple_and_put_it_in_the_bask-v0-a5512f13
