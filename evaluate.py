@@ -75,6 +75,9 @@ class Args:
     """Table A.2 randomization as in training (off: every episode starts from the nominal layout)."""
     max_decisions: Optional[int] = None
     """Episode length in chunk decisions (default: the training run's, Table A.1: 25)."""
+    object_state_noise_m: Optional[tuple[float, float]] = None
+    """obs_mode "state" policies only: the Gaussian noise (m) on their target / destination positions
+    (EnvConfig.object_state_noise_m). Default: as each was trained; `0 0`: the exact features."""
     sim_freq: Optional[int] = None
     """Physics frequency (Hz) of generated scenes (default: the training run's; SimplerEnv keeps its 500 Hz)."""
     reuse_envs: bool = True
@@ -462,6 +465,8 @@ def env_config(args: Args, spec: PolicySpec):
         over["obs_mode"] = spec.model_config.get("obs_mode", "rgb")
     if args.max_decisions:
         over["max_decisions"] = args.max_decisions
+    if args.object_state_noise_m is not None and over.get("obs_mode") == "state":
+        over["object_state_noise_m"] = tuple(args.object_state_noise_m)
     if not args.domain_randomization:
         over.update({k: False for k in known if k.startswith("dr_")})
     return replace(cfg, **{k: v for k, v in over.items() if k in known})
@@ -470,8 +475,9 @@ def env_config(args: Args, spec: PolicySpec):
 def settings_key(spec: PolicySpec, cfg, args: Args) -> str:
     """Fingerprint of everything that changes an episode's outcome; a resumed run only reuses
     episodes with the same fingerprint. `with_object_state` only adds an observation entry: left out, so the
-    fingerprints of earlier evaluations stay valid."""
-    env = {k: v for k, v in asdict(cfg).items() if k != "with_object_state"}
+    fingerprints of earlier evaluations stay valid; so is a zero `object_state_noise_m` (the field is newer)."""
+    env = {k: v for k, v in asdict(cfg).items()
+           if k != "with_object_state" and not (k == "object_state_noise_m" and not any(v))}
     return ss.content_hash({"env": env, "deterministic": args.deterministic, "kind": spec.kind,
                             "checkpoint": spec.identity})
 

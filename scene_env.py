@@ -91,6 +91,12 @@ class EnvConfig:
     observation; every stage's default). "state": the OBJECT-STATE PROXY: no camera is rendered, and the state is
     the proprio followed by `OBJECT_STATE_DIM` simulator features of the target and destination (`object_state`).
     A research proxy for RL at CPU scale (no pretrained VLM, visual generalisation not tested); no robot has it."""
+    object_state_noise_m: tuple[float, float] = (0.0, 0.0)
+    """Standard deviations (m) of zero-mean Gaussian noise added to the target's and the destination's bottom-centre
+    xyz in obs_mode "state"'s features, i.i.d. per axis and per decision (seeded by each episode's reset seed): an
+    object detector's error. (0, 0): the exact features. Issue 32's teacher trained under the pixel estimate's
+    measured error (benchmarks/RESULTS.md "DAgger, design v11"). obs["object_state"] (`with_object_state`) stays
+    exact: a DAgger teacher labels from it."""
     with_object_state: bool = False
     """Also return obs["object_state"] [N, OBJECT_STATE_DIM] (`object_state`, the proxy's features) in every step,
     beside what obs_mode gives: a state teacher's input while a pixel student sees the camera of the same step
@@ -126,6 +132,16 @@ class EnvConfig:
     y [-0.15, 0.15] m, yaw [0, 2 pi); the manifest's `object_region`) intersected per object size with the camera
     view and the table, footprints disjoint (issue 26); "manifest" the composer's narrow per-object boxes around
     the nominal layout (x_range / y_range, half-width <= 4 cm: the pre-issue-26 behaviour, for comparison)."""
+
+    def __post_init__(self):
+        noise = self.object_state_noise_m = tuple(float(x) for x in self.object_state_noise_m)  # JSON gives lists
+        if len(noise) != 2 or not all(np.isfinite(noise)) or min(noise) < 0:
+            raise ValueError(f"--env.object-state-noise-m {noise}: two finite standard deviations >= 0 (metres) are "
+                             "needed, the target's and the destination's (e.g. --env.object-state-noise-m 0.036 0.0075)")
+        if any(noise) and self.obs_mode != "state":
+            raise ValueError(f"--env.object-state-noise-m {noise} with --env.obs-mode {self.obs_mode}: the noise is on "
+                             "the object-state proxy's features, which only obs_mode state observes (fix: "
+                             "--env.obs-mode state, or leave the noise at 0 0)")
 
     @property
     def control_dt(self) -> float:
@@ -1250,6 +1266,7 @@ class ChunkRunner:
         self.env = env.unwrapped
         self.expert = ScriptedExpert(num_envs)
         self.rng = np.random.default_rng(seed)
+        self.noise_rng = np.random.default_rng([int(seed), 1])  # EnvConfig.object_state_noise_m; reseeded by reset
         self._last_seed = int(seed)  # auto-resets derive their explicit seeds from it (reset)
         self.episodes = 0
         self.decisions = torch.zeros(num_envs, dtype=torch.long)
@@ -1283,9 +1300,21 @@ class ChunkRunner:
             obj = object_state(priv).cpu()  # [N, OBJECT_STATE_DIM]
         extra = {"object_state": obj} if self.cfg.with_object_state else {}
         if self.cfg.obs_mode == "state":  # [N, 7 + OBJECT_STATE_DIM]: proprio, then the object-state proxy
-            return {"state": torch.cat([ee_state(self.env).cpu(), obj], 1), **extra, "instruction": text}
+            return {"state": torch.cat([ee_state(self.env).cpu(), self._detector_noise(obj)], 1), **extra,
+                    "instruction": text}
         rgb = raw["sensor_data"][CAMERA_UID]["rgb"].cpu()  # [N, H, W, 3] uint8
         return {"rgb": rgb, "state": ee_state(self.env).cpu(), **extra, "instruction": text}
+
+    def _detector_noise(self, obj: "torch.Tensor") -> "torch.Tensor":
+        """`obj` with EnvConfig.object_state_noise_m's Gaussian noise on the target's and the destination's xyz."""
+        sd_target, sd_dest = self.cfg.object_state_noise_m
+        if not (sd_target or sd_dest):
+            return obj
+        noisy = obj.clone()
+        draw = self.noise_rng.standard_normal((len(obj), 2, 3))
+        noisy[:, 0:3] += torch.as_tensor(draw[:, 0] * sd_target, dtype=obj.dtype)
+        noisy[:, 8:11] += torch.as_tensor(draw[:, 1] * sd_dest, dtype=obj.dtype)
+        return noisy
 
     def _potential(self):
         """[N] phi(s) of the shaped reward (EnvConfig.reward): GenScene-v1's normalized dense reward, 1 on success."""
@@ -1312,6 +1341,7 @@ class ChunkRunner:
             seed = int(np.random.SeedSequence([self._last_seed, self.episodes]).generate_state(1)[0] % 2**31)
         if seed is not None:
             self._last_seed = int(np.asarray(seed).ravel()[0])
+            self.noise_rng = np.random.default_rng([*map(int, np.asarray(seed).ravel()), 1])
         raw, _ = self.gym_env.reset(seed=seed, options=options)
         idx = slice(None) if env_idx is None else torch.as_tensor(env_idx)
         self.decisions[idx], self.steps[idx], self.success_step[idx], self.partial[idx] = 0, 0, -1, False

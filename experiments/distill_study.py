@@ -74,7 +74,8 @@ also resumes inside its rounds):
    frames and gradient steps as the student in all (rounds x frames per round, `--frames`, plus the start's), batch,
    learning rate, preset and image size;
 4. evaluate.py: teacher, (start,) the students and the baseline, deterministic, on the training and the held-out scenes, the same fresh
-   seeds (--eval-seed..), videos of each policy's first episode in the first --video-scenes scenes;
+   seeds (--eval-seed..), videos of each policy's first episode in the first --video-scenes scenes; the teacher
+   reads the exact object features, as when it labels, whatever noise it trained under (--env.object-state-noise-m);
 5. report.md / report.json: SR per policy (Wilson), each student - baseline, - start and - teacher (Newcombe, at
    1 - 0.05 / #students: Bonferroni; the unit is the evaluation episode: one training seed per policy, said so),
    per-scene SR, cost per DAgger round, wall time of every step.
@@ -281,8 +282,9 @@ def main(args: Args) -> Path:
                 "baseline": baseline / "ckpt_final.pt"}
     cmd = evaluate_cmd(list(policies.values()), list(policies), args.scenes_dir, args.train_scenes + args.heldout_scenes,
                        args.eval_episodes_per_scene, args.eval_seed, ev, args.num_envs, args.max_decisions)
-    run_step("evaluate", cmd + ["--video-scenes", str(args.video_scenes)], ev / "results.json", logs, steps,
-             args.dry_run)
+    # the teacher reads the exact features, as when it labels (a teacher trained under noise too: design v11)
+    run_step("evaluate", cmd + ["--video-scenes", str(args.video_scenes), "--object-state-noise-m", "0", "0"],
+             ev / "results.json", logs, steps, args.dry_run)
     if args.dry_run:
         return out
     print(write_report(out, args, results_per_scene(ev / "results.json"), time.time() - t0))

@@ -435,6 +435,26 @@ def test_checkpoints_grouped_by_label_with_latency_and_sr_vs_n(fake_world):
     assert any(f.endswith("sr_vs_n.png") for f in res["figures"])
 
 
+def test_detector_noise_of_a_state_policy_is_as_trained_unless_overridden_and_old_fingerprints_hold():
+    from dataclasses import asdict
+
+    noisy = {"obs_mode": "state", "image_size": 64, "object_state_noise_m": [0.036, 0.0075]}  # a checkpoint's JSON
+    state = ev.PolicySpec(name="t", label="t", kind="checkpoint", model_config={"obs_mode": "state", "chunk": 4},
+                          train_args={"env": noisy})
+    pixel = ev.PolicySpec(name="p", label="p", kind="checkpoint", model_config={"obs_mode": "rgb", "chunk": 4},
+                          train_args={"env": {"image_size": 64}})
+    assert ev.env_config(ev.Args(), state).object_state_noise_m == (0.036, 0.0075)  # as trained
+    exact = ev.Args(object_state_noise_m=(0.0, 0.0))
+    assert ev.env_config(exact, state).object_state_noise_m == (0.0, 0.0)
+    assert ev.env_config(exact, pixel).object_state_noise_m == (0.0, 0.0)  # a pixel policy: nothing to override
+    keys = {ev.settings_key(state, ev.env_config(a, state), a) for a in (ev.Args(), exact)}
+    assert len(keys) == 2  # the noise changes outcomes: its results are never mixed with exact-feature ones
+    cfg = ev.env_config(exact, state)  # zero noise: the fingerprint evaluations had before the field existed
+    old = {k: v for k, v in asdict(cfg).items() if k not in ("with_object_state", "object_state_noise_m")}
+    assert ev.settings_key(state, cfg, exact) == ss.content_hash(
+        {"env": old, "deterministic": exact.deterministic, "kind": "checkpoint", "checkpoint": state.identity})
+
+
 def test_scene_major_loop_gives_each_policy_the_episodes_it_gets_alone(fake_world):
     both = ev.main(ev.Args(policy=("scripted", "random"), out_dir=str(fake_world["root"] / "both"), **fake_world["args"]))
     alone = {k: ev.main(ev.Args(policy=(k,), out_dir=str(fake_world["root"] / k), **fake_world["args"]))

@@ -64,6 +64,44 @@ def test_state_mode_observes_the_objects_and_renders_no_camera(state_env):
 
 
 @pytest.mark.timeout(300)
+def test_detector_noise_is_gaussian_on_the_positions_alone_seeded_and_leaves_the_exact_features(state_env):
+    """EnvConfig.object_state_noise_m (issue 32, design v11): i.i.d. Gaussian noise on the target's and the
+    destination's xyz of the state, per decision, reproducible from the reset seed; obs["object_state"] exact."""
+    _, man = state_env
+    sd = (0.03, 0.01)
+    cfg = scene_env.EnvConfig(image_size=64, max_decisions=25, obs_mode="state", object_state_noise_m=sd,
+                              with_object_state=True)
+    venv = scene_env.make_vec_env([man], 1, cfg, seed=0, workers=0)
+    try:
+        def episode(seed: int, decisions: int = 12) -> np.ndarray:  # [decisions + 1, 14]: state minus the exact
+            obs, _ = venv.reset(seed=seed)
+            rows = [obs["state"][0, scene_env.PROPRIO_DIM:] - obs["object_state"][0]]
+            for _ in range(decisions):
+                obs, *_ = venv.step(torch.zeros(1, venv.chunk, 7))
+                rows.append(obs["state"][0, scene_env.PROPRIO_DIM:] - obs["object_state"][0])
+            return torch.stack(rows).numpy()
+        a, again, other = episode(5), episode(5), episode(6)
+    finally:
+        venv.close()
+    assert np.array_equal(a, again) and not np.allclose(a, other)  # the reset seed fixes the noise, and only it
+    assert np.all(a[:, 3:8] == 0) and np.all(a[:, 11:14] == 0)  # yaw and extents exact
+    for cols, s in ((slice(0, 3), sd[0]), (slice(8, 11), sd[1])):
+        noise = np.concatenate([a[:, cols], other[:, cols]]).ravel()
+        assert 0.6 * s < noise.std() < 1.5 * s and abs(noise.mean()) < 0.5 * s, (cols, noise.std())
+    assert len({tuple(r) for r in a[:, 0:3].round(6)}) == len(a)  # a new draw every decision
+
+
+def test_detector_noise_flag_refuses_what_it_cannot_mean():
+    for bad in [(-0.01, 0.0), (float("nan"), 0.0), (0.01,)]:
+        with pytest.raises(ValueError, match="object-state-noise-m"):
+            scene_env.EnvConfig(obs_mode="state", object_state_noise_m=bad)
+    with pytest.raises(ValueError, match="only obs_mode state observes"):
+        scene_env.EnvConfig(obs_mode="rgb", object_state_noise_m=(0.01, 0.0))
+    cfg = scene_env.env_config_from_dict({"obs_mode": "state", "object_state_noise_m": [0.02, 0]})  # from JSON
+    assert cfg.object_state_noise_m == (0.02, 0.0)
+
+
+@pytest.mark.timeout(300)
 def test_shaped_reward_stages_on_a_scripted_episode(state_env):
     """The expert's episode passes the stages in order: phi (normalized dense) low at the start, >= grasp + lift
     while carrying, 1 at success; the decision rewards telescope to 1 + 1 - phi(s_0)."""
