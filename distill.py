@@ -204,7 +204,7 @@ def env_differences(env: EnvConfig, teacher_env: dict | None) -> list[str]:
     the student's camera needs: labels from another episode length, physics or randomisation are still labels, but
     not of the states the teacher was trained on."""
     skip = {"obs_mode", "image_size", "with_object_state", "sim_backend", "render_size",
-            "object_state_noise_m"}  # the teacher labels from the exact features, whatever noise it trained under
+            "object_state_noise_m", "object_state_noise_corr"}  # the teacher labels from the exact features
     now = json.loads(json.dumps(ss.to_dict(env)))
     return [f"{k}: teacher {v!r}, now {now[k]!r}" for k, v in (teacher_env or {}).items()
             if k in now and k not in skip and now[k] != v]

@@ -78,6 +78,9 @@ class Args:
     object_state_noise_m: Optional[tuple[float, float]] = None
     """obs_mode "state" policies only: the Gaussian noise (m) on their target / destination positions
     (EnvConfig.object_state_noise_m). Default: as each was trained; `0 0`: the exact features."""
+    object_state_noise_corr: Optional[float] = None
+    """obs_mode "state" policies only: that noise's correlation between decisions (EnvConfig.object_state_noise_corr).
+    Default: as each was trained (0 where the noise is overridden to 0 0)."""
     sim_freq: Optional[int] = None
     """Physics frequency (Hz) of generated scenes (default: the training run's; SimplerEnv keeps its 500 Hz)."""
     reuse_envs: bool = True
@@ -465,8 +468,13 @@ def env_config(args: Args, spec: PolicySpec):
         over["obs_mode"] = spec.model_config.get("obs_mode", "rgb")
     if args.max_decisions:
         over["max_decisions"] = args.max_decisions
-    if args.object_state_noise_m is not None and over.get("obs_mode") == "state":
-        over["object_state_noise_m"] = tuple(args.object_state_noise_m)
+    if over.get("obs_mode") == "state":
+        if args.object_state_noise_m is not None:
+            over["object_state_noise_m"] = tuple(args.object_state_noise_m)
+            if not any(args.object_state_noise_m):
+                over["object_state_noise_corr"] = 0.0  # exact features: no noise to correlate
+        if args.object_state_noise_corr is not None:
+            over["object_state_noise_corr"] = args.object_state_noise_corr
     if not args.domain_randomization:
         over.update({k: False for k in known if k.startswith("dr_")})
     return replace(cfg, **{k: v for k, v in over.items() if k in known})
@@ -475,9 +483,10 @@ def env_config(args: Args, spec: PolicySpec):
 def settings_key(spec: PolicySpec, cfg, args: Args) -> str:
     """Fingerprint of everything that changes an episode's outcome; a resumed run only reuses
     episodes with the same fingerprint. `with_object_state` only adds an observation entry: left out, so the
-    fingerprints of earlier evaluations stay valid; so is a zero `object_state_noise_m` (the field is newer)."""
+    fingerprints of earlier evaluations stay valid; so are a zero `object_state_noise_m` and `_corr` (newer fields)."""
     env = {k: v for k, v in asdict(cfg).items()
-           if k != "with_object_state" and not (k == "object_state_noise_m" and not any(v))}
+           if k != "with_object_state" and not (k == "object_state_noise_m" and not any(v))
+           and not (k == "object_state_noise_corr" and not v)}
     return ss.content_hash({"env": env, "deterministic": args.deterministic, "kind": spec.kind,
                             "checkpoint": spec.identity})
 

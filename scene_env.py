@@ -93,10 +93,14 @@ class EnvConfig:
     A research proxy for RL at CPU scale (no pretrained VLM, visual generalisation not tested); no robot has it."""
     object_state_noise_m: tuple[float, float] = (0.0, 0.0)
     """Standard deviations (m) of zero-mean Gaussian noise added to the target's and the destination's bottom-centre
-    xyz in obs_mode "state"'s features, i.i.d. per axis and per decision (seeded by each episode's reset seed): an
-    object detector's error. (0, 0): the exact features. Issue 32's teacher trained under the pixel estimate's
-    measured error (benchmarks/RESULTS.md "DAgger, design v11"). obs["object_state"] (`with_object_state`) stays
-    exact: a DAgger teacher labels from it."""
+    xyz in obs_mode "state"'s features, independent per axis (seeded by each episode's reset seed): an object
+    detector's error. (0, 0): the exact features. Issue 32's teacher trained under the pixel estimate's measured
+    error (benchmarks/RESULTS.md "DAgger, design v11"). obs["object_state"] (`with_object_state`) stays exact: a
+    DAgger teacher labels from it."""
+    object_state_noise_corr: float = 0.0
+    """Correlation in [0, 1) of consecutive decisions' noise (`object_state_noise_m`), an AR(1) process per episode:
+    n_t = rho n_(t-1) + sqrt(1 - rho^2) e_t, stationary from the reset on (the same sigma at every decision). 0: i.i.d.
+    per decision. A camera's estimate errs alike on alike frames (~0.8 between decisions, RESULTS.md "design v11")."""
     with_object_state: bool = False
     """Also return obs["object_state"] [N, OBJECT_STATE_DIM] (`object_state`, the proxy's features) in every step,
     beside what obs_mode gives: a state teacher's input while a pixel student sees the camera of the same step
@@ -138,6 +142,9 @@ class EnvConfig:
         if len(noise) != 2 or not all(np.isfinite(noise)) or min(noise) < 0:
             raise ValueError(f"--env.object-state-noise-m {noise}: two finite standard deviations >= 0 (metres) are "
                              "needed, the target's and the destination's (e.g. --env.object-state-noise-m 0.036 0.0075)")
+        if not 0 <= self.object_state_noise_corr < 1 or (self.object_state_noise_corr and not any(noise)):
+            raise ValueError(f"--env.object-state-noise-corr {self.object_state_noise_corr}: a correlation in [0, 1) "
+                             "of the noise that --env.object-state-noise-m sets (fix: 0 <= rho < 1, with a noise)")
         if any(noise) and self.obs_mode != "state":
             raise ValueError(f"--env.object-state-noise-m {noise} with --env.obs-mode {self.obs_mode}: the noise is on "
                              "the object-state proxy's features, which only obs_mode state observes (fix: "
@@ -1267,6 +1274,7 @@ class ChunkRunner:
         self.expert = ScriptedExpert(num_envs)
         self.rng = np.random.default_rng(seed)
         self.noise_rng = np.random.default_rng([int(seed), 1])  # EnvConfig.object_state_noise_m; reseeded by reset
+        self.noise_z = np.zeros((num_envs, 2, 3))  # its standard-normal AR(1) state: target, destination xyz
         self._last_seed = int(seed)  # auto-resets derive their explicit seeds from it (reset)
         self.episodes = 0
         self.decisions = torch.zeros(num_envs, dtype=torch.long)
@@ -1292,7 +1300,8 @@ class ChunkRunner:
             return self.manifests * self.num_envs
         return [self.env.manifest(i).scene_id for i in range(self.num_envs)]
 
-    def _obs(self, raw: dict) -> dict:
+    def _obs(self, raw: dict, reset=None) -> dict:
+        """The policy's observation; `reset` ([N] bool, or None after a step) says which envs start an episode."""
         text = list(self.env.get_language_instruction())
         obj = None
         if self.cfg.obs_mode == "state" or self.cfg.with_object_state:
@@ -1300,20 +1309,26 @@ class ChunkRunner:
             obj = object_state(priv).cpu()  # [N, OBJECT_STATE_DIM]
         extra = {"object_state": obj} if self.cfg.with_object_state else {}
         if self.cfg.obs_mode == "state":  # [N, 7 + OBJECT_STATE_DIM]: proprio, then the object-state proxy
-            return {"state": torch.cat([ee_state(self.env).cpu(), self._detector_noise(obj)], 1), **extra,
+            return {"state": torch.cat([ee_state(self.env).cpu(), self._detector_noise(obj, reset)], 1), **extra,
                     "instruction": text}
         rgb = raw["sensor_data"][CAMERA_UID]["rgb"].cpu()  # [N, H, W, 3] uint8
         return {"rgb": rgb, "state": ee_state(self.env).cpu(), **extra, "instruction": text}
 
-    def _detector_noise(self, obj: "torch.Tensor") -> "torch.Tensor":
-        """`obj` with EnvConfig.object_state_noise_m's Gaussian noise on the target's and the destination's xyz."""
+    def _detector_noise(self, obj: "torch.Tensor", reset=None) -> "torch.Tensor":
+        """`obj` with EnvConfig.object_state_noise_m's Gaussian noise on the target's and the destination's xyz:
+        a fresh draw where an episode starts (`reset`), one AR(1) step of it after a decision (`reset` None)."""
         sd_target, sd_dest = self.cfg.object_state_noise_m
         if not (sd_target or sd_dest):
             return obj
-        noisy = obj.clone()
         draw = self.noise_rng.standard_normal((len(obj), 2, 3))
-        noisy[:, 0:3] += torch.as_tensor(draw[:, 0] * sd_target, dtype=obj.dtype)
-        noisy[:, 8:11] += torch.as_tensor(draw[:, 1] * sd_dest, dtype=obj.dtype)
+        if reset is None:
+            rho = self.cfg.object_state_noise_corr
+            self.noise_z = rho * self.noise_z + math.sqrt(1 - rho ** 2) * draw
+        else:
+            self.noise_z[reset] = draw[reset]
+        noisy = obj.clone()
+        noisy[:, 0:3] += torch.as_tensor(self.noise_z[:, 0] * sd_target, dtype=obj.dtype)
+        noisy[:, 8:11] += torch.as_tensor(self.noise_z[:, 1] * sd_dest, dtype=obj.dtype)
         return noisy
 
     def _potential(self):
@@ -1350,7 +1365,9 @@ class ChunkRunner:
         if self.cfg.reward == "shaped":
             self.potential[idx] = self._potential()[idx]
         self.episodes += 1 if env_idx is None else len(env_idx)
-        return self._obs(raw)
+        starts = np.zeros(self.num_envs, bool)
+        starts[slice(None) if env_idx is None else torch.as_tensor(env_idx).cpu().numpy()] = True
+        return self._obs(raw, reset=starts)
 
     def step(self, actions) -> tuple[dict, Any, Any, Any, dict]:
         """actions [N, C, 7] -> obs, reward [N], terminated [N], truncated [N], info (see ChunkVecEnv.step)."""

@@ -450,9 +450,17 @@ def test_detector_noise_of_a_state_policy_is_as_trained_unless_overridden_and_ol
     keys = {ev.settings_key(state, ev.env_config(a, state), a) for a in (ev.Args(), exact)}
     assert len(keys) == 2  # the noise changes outcomes: its results are never mixed with exact-feature ones
     cfg = ev.env_config(exact, state)  # zero noise: the fingerprint evaluations had before the field existed
-    old = {k: v for k, v in asdict(cfg).items() if k not in ("with_object_state", "object_state_noise_m")}
+    old = {k: v for k, v in asdict(cfg).items()
+           if k not in ("with_object_state", "object_state_noise_m", "object_state_noise_corr")}
     assert ev.settings_key(state, cfg, exact) == ss.content_hash(
         {"env": old, "deterministic": exact.deterministic, "kind": "checkpoint", "checkpoint": state.identity})
+    # the noise's correlation between decisions: as trained, overridable, dropped with the noise
+    correlated = replace(state, train_args={"env": {**noisy, "object_state_noise_corr": 0.8}})
+    assert ev.env_config(ev.Args(), correlated).object_state_noise_corr == 0.8
+    assert ev.env_config(exact, correlated).object_state_noise_corr == 0.0
+    assert ev.env_config(ev.Args(object_state_noise_corr=0.5), state).object_state_noise_corr == 0.5
+    with pytest.raises(ValueError, match="object-state-noise-corr"):  # a correlation of no noise: said, not ignored
+        ev.env_config(ev.Args(object_state_noise_m=(0.0, 0.0), object_state_noise_corr=0.5), state)
 
 
 def test_scene_major_loop_gives_each_policy_the_episodes_it_gets_alone(fake_world):

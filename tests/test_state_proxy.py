@@ -91,10 +91,41 @@ def test_detector_noise_is_gaussian_on_the_positions_alone_seeded_and_leaves_the
     assert len({tuple(r) for r in a[:, 0:3].round(6)}) == len(a)  # a new draw every decision
 
 
+@pytest.mark.timeout(300)
+def test_detector_noise_correlated_between_decisions_is_stationary_and_fresh_at_each_reset(state_env):
+    """object_state_noise_corr: an AR(1) noise per episode (a camera errs alike on alike frames): consecutive
+    decisions' noise correlated at rho, the same sigma throughout, a new draw at every reset."""
+    _, man = state_env
+    rho, sd = 0.9, 0.02
+    cfg = scene_env.EnvConfig(image_size=64, max_decisions=25, obs_mode="state", object_state_noise_m=(sd, sd),
+                              object_state_noise_corr=rho, with_object_state=True)
+    venv = scene_env.make_vec_env([man], 1, cfg, seed=0, workers=0)
+    try:
+        runs = []
+        for seed in range(8):
+            obs, _ = venv.reset(seed=seed)
+            rows = [obs["state"][0, scene_env.PROPRIO_DIM:] - obs["object_state"][0]]
+            for _ in range(6):
+                obs, *_ = venv.step(torch.zeros(1, venv.chunk, 7))
+                rows.append(obs["state"][0, scene_env.PROPRIO_DIM:] - obs["object_state"][0])
+            runs.append(torch.stack(rows).numpy()[:, [0, 1, 2, 8, 9, 10]] / sd)  # [7, 6] standard-normal units
+    finally:
+        venv.close()
+    z = np.stack(runs)  # [episodes, decisions, 6]
+    lag1 = np.corrcoef(z[:, :-1].ravel(), z[:, 1:].ravel())[0, 1]
+    assert lag1 > 0.7, lag1  # i.i.d. noise would give ~0
+    steps = (z[:, 1:] - rho * z[:, :-1]) / np.sqrt(1 - rho ** 2)  # the innovations: standard normal if AR(1)
+    assert 0.7 < steps.std() < 1.3 and 0.6 < z[:, 0].std() < 1.5  # stationary: the reset's draw has sigma too
+    assert abs(np.corrcoef(z[:-1, 0].ravel(), z[1:, 0].ravel())[0, 1]) < 0.5  # episodes' first draws unrelated
+
+
 def test_detector_noise_flag_refuses_what_it_cannot_mean():
     for bad in [(-0.01, 0.0), (float("nan"), 0.0), (0.01,)]:
         with pytest.raises(ValueError, match="object-state-noise-m"):
             scene_env.EnvConfig(obs_mode="state", object_state_noise_m=bad)
+    for corr, noise in [(1.0, (0.01, 0.0)), (-0.1, (0.01, 0.0)), (0.5, (0.0, 0.0))]:
+        with pytest.raises(ValueError, match="object-state-noise-corr"):
+            scene_env.EnvConfig(obs_mode="state", object_state_noise_m=noise, object_state_noise_corr=corr)
     with pytest.raises(ValueError, match="only obs_mode state observes"):
         scene_env.EnvConfig(obs_mode="rgb", object_state_noise_m=(0.01, 0.0))
     cfg = scene_env.env_config_from_dict({"obs_mode": "state", "object_state_noise_m": [0.02, 0]})  # from JSON
