@@ -138,7 +138,10 @@ class EnvConfig:
     the nominal layout (x_range / y_range, half-width <= 4 cm: the pre-issue-26 behaviour, for comparison)."""
 
     def __post_init__(self):
-        noise = self.object_state_noise_m = tuple(float(x) for x in self.object_state_noise_m)  # JSON gives lists
+        try:
+            noise = self.object_state_noise_m = tuple(float(x) for x in self.object_state_noise_m)  # JSON: lists
+        except (TypeError, ValueError):
+            noise = (self.object_state_noise_m,)  # a scalar or text: refused below with the flag's own message
         if len(noise) != 2 or not all(np.isfinite(noise)) or min(noise) < 0:
             raise ValueError(f"--env.object-state-noise-m {noise}: two finite standard deviations >= 0 (metres) are "
                              "needed, the target's and the destination's (e.g. --env.object-state-noise-m 0.036 0.0075)")

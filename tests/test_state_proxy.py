@@ -120,7 +120,7 @@ def test_detector_noise_correlated_between_decisions_is_stationary_and_fresh_at_
 
 
 def test_detector_noise_flag_refuses_what_it_cannot_mean():
-    for bad in [(-0.01, 0.0), (float("nan"), 0.0), (0.01,)]:
+    for bad in [(-0.01, 0.0), (float("nan"), 0.0), (0.01,), 0.01, ("a", "b")]:
         with pytest.raises(ValueError, match="object-state-noise-m"):
             scene_env.EnvConfig(obs_mode="state", object_state_noise_m=bad)
     for corr, noise in [(1.0, (0.01, 0.0)), (-0.1, (0.01, 0.0)), (0.5, (0.0, 0.0))]:
