@@ -342,7 +342,7 @@ def student_from_teacher(args: Args, vision, teacher):
                            f"{vc.preset!r}) and the teacher (preset {tc.preset!r}) differ in more than the vision "
                            f"tower (fix: pretrain_perception.py --preset {tc.preset}, any --vision-preset)")
     cfg = pp.PolicyConfig(**{**asdict(tc), "obs_mode": "rgb", "estimate_object_state": True, "image_in_prefix": False,
-                             "estimate_detached": vc.estimate_detached,
+                             "estimate_detached": vc.estimate_detached, "estimator": vc.estimator,
                              "lora_rank": 0, "lora_expert": False, "num_steps": args.num_inference_steps,
                              "pi0": vc.pi0, "image_size": vc.image_size})
     student = pp.PI0Policy(cfg, teacher.normalizer, teacher.tokenizer_spec)
@@ -501,7 +501,8 @@ def train_round(student, optimizer, sched, batch: dict, steps: int, args: Args, 
     for step in range(1, steps + 1):
         idx = torch.randint(0, M, (min(args.batch_size, M),), generator=gen)
         inp, target = {k: batch[k][idx].to(device) for k in student.input_keys}, batch["target"][idx].to(device)
-        img = student.image_tokens(inp) if probe is not None else None  # the image tokens once: prefix and probe
+        # the image tokens once, for the prefix and a linear probe (a keypoint probe reads the image itself)
+        img = student.image_tokens(inp) if probe is not None and student.config.estimator == "linear" else None
         loss = torch.zeros((), device=device)
         if act and args.loss == "chunk":
             loss = student.chunk_regression_loss(inp, batch["noise"][idx], batch["chunk_target"][idx].to(device),
@@ -510,10 +511,11 @@ def train_round(student, optimizer, sched, batch: dict, steps: int, args: Args, 
             loss = student.flow_matching_loss(inp, target, img=img)  # Eq. 1  # ALGO LOGIC
         act_loss = loss
         if probe is not None:
-            aux = F.mse_loss(probe(img), probe.standardise(batch["object_target"][idx].to(device)))  # ALGO LOGIC
+            aux = F.mse_loss(probe(student.probe_input(inp, img)),
+                             probe.standardise(batch["object_target"][idx].to(device)))  # ALGO LOGIC
             if replay is not None:  # as many of perception's own frames: the estimate keeps what it learned there
                 j = torch.randint(0, len(replay["rgb"]), (len(idx),), generator=gen)
-                rimg = student.image_tokens({"rgb": replay["rgb"][j].to(device)})
+                rimg = student.probe_input({"rgb": replay["rgb"][j].to(device)})
                 aux = 0.5 * (aux + F.mse_loss(probe(rimg), probe.standardise(replay["object_target"][j].to(device))))
             loss = loss + args.aux_state_coef * aux
             aux_losses.append(float(aux.detach()))

@@ -18,7 +18,8 @@ What it does:
      `--val-frames` (other reset seeds) are held out;
   2. training: a fresh `PI0Policy` of `--preset` (or `--init`) and a linear probe on its flattened image tokens
      (`PI0Policy.image_tokens`: the tokens the policy's prefix reads) regress the standardised features (MSE) for
-     `--steps`; only the vision path receives gradients;
+     `--steps`; only the vision path receives gradients (`--estimator keypoints`: the policy's convolutional
+     keypoint detector on the image itself instead of the tower and the linear probe);
   3. output: `ckpt_final.pt`, a normal pixel checkpoint (its action expert untouched: random, or `--init`'s) for
      `train_imitation.py --init`, `distill.py --student-init` or `ppoflow_pi0.py --init`, with the probe, the feature
      statistics and the held-out localisation error (cm) under "perception"; `frames.pt` (reused by a re-run with
@@ -39,7 +40,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -119,6 +120,10 @@ class Args:
     """A random --preset policy whose state token carries the probe's estimate of the 14 object features
     (PolicyConfig.estimate_object_state): the probe trained here becomes part of the policy, and the feature
     statistics of the state normalisation come from the frames (or from a 21-D --stats-from, e.g. a state teacher)."""
+    estimator: Literal["linear", "keypoints"] = "linear"
+    """With --estimate-object-state, a random policy's estimator (PolicyConfig.estimator): "linear", a linear map of
+    the vision tower's image tokens (trained with the tower); "keypoints", a convolutional detector with a
+    spatial-softmax keypoint layer on the image itself (ppoflow_pi0.KeypointProbe; the tower is then not trained)."""
     estimate_detached: bool = False
     """With --estimate-object-state: the policy's later losses (imitation, DAgger's flow matching, PPOFlow) do not
     reach the estimate (PolicyConfig.estimate_detached); only object-state supervision trains it."""
@@ -146,6 +151,14 @@ def check_args(args: Args) -> None:
     if args.estimate_detached and not args.estimate_object_state:
         raise PerceptionError("pretrain_perception.py: --estimate-detached is about the estimate of "
                               "--estimate-object-state, which is not set (fix: add --estimate-object-state)")
+    if args.estimator != "linear" and not args.estimate_object_state:
+        raise PerceptionError(f"pretrain_perception.py: --estimator {args.estimator} makes the estimate of "
+                              "--estimate-object-state, which is not set (fix: add --estimate-object-state, or drop "
+                              "--estimator)")
+    if args.estimator != "linear" and args.init:
+        raise PerceptionError(f"pretrain_perception.py: --estimator {args.estimator} builds a random policy's "
+                              f"estimator, but --init {args.init} brings its own (fix: drop --estimator; the "
+                              "checkpoint's estimator is kept)")
     if bool(args.rollout_frames) != bool(args.rollout_policy):
         raise PerceptionError(f"pretrain_perception.py: --rollout-frames {args.rollout_frames} and --rollout-policy "
                               f"{args.rollout_policy} go together: the frames are taken along that policy's episodes "
@@ -155,11 +168,17 @@ def check_args(args: Args) -> None:
                               "the camera (fix: drop --env.obs-mode; the object state comes along as the label)")
 
 
+# EnvConfig fields that never change a camera frame or its label (the proxy's feature noise is refused on a pixel
+# env): left out of `frame_flags`, so frames collected before such a field existed stay reusable
+FRAME_BLIND_ENV_FIELDS = ("object_state_noise_m", "object_state_noise_corr")
+
+
 def frame_flags(args: Args) -> dict:
     """What the frames depend on: a re-run reuses frames.pt only when these are the same."""
+    env = {k: v for k, v in ss.to_dict(args.env).items() if k not in FRAME_BLIND_ENV_FIELDS}
     return {"scenes_dir": str(Path(args.scenes_dir).resolve()), "scene_ids": args.scene_ids, "seed": args.seed,
             "num_envs": args.num_envs, "frames": args.frames, "val_frames": args.val_frames,
-            "expert_frames": args.expert_frames, "env": ss.to_dict(args.env), "rollout_frames": args.rollout_frames,
+            "expert_frames": args.expert_frames, "env": env, "rollout_frames": args.rollout_frames,
             **({"rollout_policy_sha256": ss.file_sha256(args.rollout_policy)} if args.rollout_frames else {})}
 
 
@@ -193,7 +212,7 @@ def build_policy(args: Args, device):
     else:
         cfg = pp.preset_config(args.preset, args.env.chunk, args.vision_preset, num_steps=args.num_inference_steps,
                                **pp.obs_overrides(args.env, args.estimate_object_state, args.image_in_prefix,
-                                                  args.estimate_detached))
+                                                  args.estimate_detached, args.estimator))
         tok = {"kind": "hf", "path": args.tokenizer_path} if args.tokenizer_path else {"kind": "bytes"}
         policy = pp.PI0Policy(cfg, pp.Normalizer.from_stats_file(pp.DEFAULT_STATS), tok)
     if policy.config.obs_mode != "rgb":
@@ -337,7 +356,7 @@ def main(args: Args, env_fn: Callable | None = None) -> Path:
                                               * 0.5 * (1 + math.cos(math.pi * min(1.0, k / args.steps))))
 
     def predict(rgb: torch.Tensor) -> torch.Tensor:  # standardised features
-        return probe(policy.image_tokens({"rgb": rgb.to(device)}))
+        return probe(policy.probe_input({"rgb": rgb.to(device)}))
 
     held = {"val": (data["val_rgb"], y_val)}
     for name in ("val_expert", "val_rollout"):

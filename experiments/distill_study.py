@@ -143,6 +143,13 @@ class Args:
     teacher's statistics. 0: both start from random --preset weights (designs v1-v3)."""
     perception_steps: int = 6000
     """Gradient steps of the perception pretraining."""
+    perception_estimator: Literal["linear", "keypoints"] = "keypoints"
+    """What makes the estimate (pretrain_perception.py --estimator; with --estimate-object-state): "keypoints", a
+    convolutional detector with a spatial-softmax keypoint layer on the image itself (design v12); "linear", a linear
+    probe on the vision tower's image tokens (designs v5-v11)."""
+    perception_learning_rate: float = 1e-3
+    """The perception pretraining's learning rate (pretrain_perception.py --learning-rate; designs v1-v11: 3e-4, the
+    keypoint detector's diagnostic: 1e-3)."""
     estimate_object_state: bool = True
     """Both pixel policies' state token carries the perception probe's estimate of the object features, their prefix
     is the instruction alone (design v5; needs --perception-frames). False: pi0's image tokens in the prefix (v1-v4)."""
@@ -241,11 +248,12 @@ def main(args: Args) -> Path:
         run_step("perception", stage("pretrain_perception.py") + [*scenes, *common, "--out", str(perception),
                  "--stats-from", str(Path(args.teacher).resolve()), "--frames", str(args.perception_frames),
                  "--val-frames", str(max(1, args.perception_frames // 10)),
-                 "--steps", str(args.perception_steps),
+                 "--steps", str(args.perception_steps), "--learning-rate", str(args.perception_learning_rate),
                  "--expert-frames", str(args.perception_expert_frames), "--vision-preset", args.vision_preset,
                  *(["--rollout-policy", str(Path(args.teacher).resolve()), "--rollout-frames",
                     str(args.perception_rollout_frames)] if args.perception_rollout_frames else []),
-                 *(["--estimate-object-state", "--no-image-in-prefix"] if args.estimate_object_state else []),
+                 *(["--estimate-object-state", "--no-image-in-prefix", "--estimator", args.perception_estimator]
+                   if args.estimate_object_state else []),
                  *(["--estimate-detached"] if args.estimate_detached and args.estimate_object_state else [])],
                  perception / "ckpt_final.pt", logs, steps, args.dry_run)
         init = {"perception": ["--student-init", str(perception / "ckpt_final.pt")],
