@@ -556,6 +556,10 @@ def test_distill_study_perception_step_starts_both_pixel_policies_from_its_check
     assert pa.estimate_object_state and not pa.image_in_prefix  # design v5
     assert pa.expert_frames == 20000 and pa.vision_preset == "mini" and pa.estimate_detached  # design v6
     assert pa.rollout_frames == 20000 and pa.rollout_policy == str((tmp_path / "t.pt").resolve())  # design v8
+    assert pa.estimator == "keypoints" and pa.learning_rate == 1e-3  # design v12
+    pa9 = tyro.cli(perc.Args, args=commands(perception_estimator="linear", perception_learning_rate=3e-4)
+                   ["perception"][2:])
+    assert pa9.estimator == "linear" and pa9.learning_rate == 3e-4  # v9's perception
     v7 = commands(perception_rollout_frames=0, student_start=["imitation"])
     assert list(v7) == ["perception", "start", "student", "baseline", "evaluate"]  # one student: runs/student
     pa7 = tyro.cli(perc.Args, args=v7["perception"][2:])

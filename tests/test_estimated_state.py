@@ -30,9 +30,10 @@ ENV = scene_env.EnvConfig(image_size=64)
 
 
 def estimating_policy(image_in_prefix: bool = False, seed: int = 0, preset: str = "tiny",
-                      vision_preset: str | None = None) -> pp.PI0Policy:
+                      vision_preset: str | None = None, estimator: str = "linear") -> pp.PI0Policy:
     torch.manual_seed(seed)
-    cfg = pp.preset_config(preset, 4, vision_preset, num_steps=1, **pp.obs_overrides(ENV, True, image_in_prefix))
+    cfg = pp.preset_config(preset, 4, vision_preset, num_steps=1,
+                           **pp.obs_overrides(ENV, True, image_in_prefix, estimator=estimator))
     return pp.PI0Policy(cfg, pp.Normalizer.from_stats_file(pp.DEFAULT_STATS), {"kind": "bytes"})
 
 
@@ -85,13 +86,62 @@ def test_the_probe_is_standardised_and_the_image_can_also_enter_the_prefix():
 @pytest.mark.parametrize("over,match", [
     (dict(obs_mode="state", state_dim=P + O, estimate_object_state=True), "needs obs_mode 'rgb'"),
     (dict(image_in_prefix=False), "image_in_prefix=False .* need estimate_object_state"),
-    (dict(estimate_detached=True), "estimate_detached need estimate_object_state"),
+    (dict(estimate_detached=True), "estimate_detached and estimator 'keypoints' need estimate_object_state"),
+    (dict(estimator="keypoints"), "estimator 'keypoints' need estimate_object_state"),
+    (dict(estimator="cnn"), "estimator 'cnn' is not one of"),
     (dict(estimate_object_state=True), "needs state_dim 21"),
 ])
 def test_contradictory_configs_are_refused(over, match):
     with pytest.raises(ValueError, match=match):
         pp.PI0Policy(pp.preset_config("tiny", 4, **over), pp.Normalizer.from_stats_file(pp.DEFAULT_STATS),
                      {"kind": "bytes"})
+
+
+def test_a_keypoint_estimate_reads_the_image_itself_not_the_vision_tower(monkeypatch):
+    """PolicyConfig.estimator "keypoints" (design v12): the state token's estimate is the convolutional detector's on
+    the image; with an instruction-only prefix the vision tower never runs, and the policy acts."""
+    pol = estimating_policy(estimator="keypoints").eval()
+    assert isinstance(pol.object_state_probe, pp.KeypointProbe) and pol.config.estimator == "keypoints"
+    o = obs()
+    inp = pol.obs_to_inputs(o)
+    with torch.no_grad():
+        want = pol.normalizer.state(torch.cat([inp["state"], pol.object_state_probe.features(inp["rgb"])], -1))
+        monkeypatch.setattr(pol, "image_tokens", lambda *a, **k: pytest.fail("the vision tower ran"))
+        prefix = pol.encode(inp)
+        assert torch.allclose(prefix.state[:, : P + O].float(), want, atol=1e-6)
+        other = pol.encode(pol.obs_to_inputs({**o, "rgb": obs(seed=1)["rgb"]})).state.float()
+        assert not torch.allclose(other[:, P:P + O], prefix.state[:, P:P + O].float())  # another image, another estimate
+        assert pol.act(o, deterministic=True).shape == (2, 4, 7)
+    assert torch.equal(pol.probe_input(inp), inp["rgb"])
+    linear = estimating_policy()
+    assert linear.probe_input(linear.obs_to_inputs(o)).shape == (2, 16, 64)  # the tower's tokens
+
+
+def test_the_keypoint_detector_learns_where_a_small_object_is():
+    """KeypointProbe localises: on 48 px images with a 3 px square at a random place, 300 steps take its position
+    error far below predicting the mean (the sub-pixel spatial softmax the design rests on)."""
+    g = torch.Generator().manual_seed(0)
+
+    def images(n):
+        xy = torch.randint(2, 43, (n, 2), generator=g)
+        img = torch.full((n, 3, 48, 48), 40, dtype=torch.uint8)
+        for i, (r, c) in enumerate(xy.tolist()):
+            img[i, :, r:r + 3, c:c + 3] = 230
+        return img, (xy.float() - 22) / 12  # standardised row, col
+    torch.manual_seed(0)
+    probe = pp.KeypointProbe(width=16, keypoints=8, hidden=64, n_out=2)
+    opt = torch.optim.Adam(probe.parameters(), lr=3e-3)
+    for _ in range(300):
+        x, y = images(32)
+        loss = torch.nn.functional.mse_loss(probe(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x, y = images(200)
+    with torch.no_grad():
+        err = (probe(x) - y).abs().mean() * 12  # pixels
+    assert err < 2.0, err  # predicting the mean: ~10 px
+    assert (y - y.mean(0)).abs().mean() * 12 > 8
 
 
 def test_a_detached_estimate_takes_no_gradient_from_the_policys_loss():
@@ -110,12 +160,19 @@ def test_a_detached_estimate_takes_no_gradient_from_the_policys_loss():
         assert pol.pi0.action_out_proj.weight.grad.abs().sum() > 0
 
 
-def test_checkpoint_and_export_keep_the_probe(tmp_path):
-    pol = estimating_policy()
+@pytest.mark.parametrize("estimator", ["linear", "keypoints"])
+def test_checkpoint_and_export_keep_the_probe(tmp_path, estimator):
+    pol = estimating_policy(estimator=estimator)
     pol.object_state_probe.set_statistics(torch.ones(O), torch.full((O,), 3.0))
     pp.torch_save_atomic(pp.policy_checkpoint(pol, iteration=0), tmp_path / "c.pt")
     back = pp.load_policy(tmp_path / "c.pt")
     assert back.config.estimate_object_state and not back.config.image_in_prefix
+    assert back.config.estimator == estimator and type(back.object_state_probe) is type(pol.object_state_probe)
+    if estimator == "linear":  # a checkpoint written before PolicyConfig.estimator existed loads as the linear probe
+        ck = torch.load(tmp_path / "c.pt", weights_only=True)
+        del ck["model_config"]["estimator"]
+        pp.torch_save_atomic(ck, tmp_path / "old.pt")
+        assert pp.load_policy(tmp_path / "old.pt").config.estimator == "linear"
     sd, sd2 = pol.state_dict(), back.state_dict()
     assert all(torch.equal(sd[k], sd2[k]) for k in sd)
     assert torch.equal(back.object_state_probe.std, torch.full((O,), 3.0))
@@ -182,6 +239,24 @@ def test_perception_trains_the_estimate_that_feeds_the_state_token(scenes, tmp_p
     assert ck["perception"]["probe"]["linear.weight"].shape == (O, probe.linear.in_features)
 
 
+@pytest.mark.timeout(300)
+def test_perception_trains_a_keypoint_estimate_and_leaves_the_vision_tower_alone(scenes, tmp_path):
+    """--estimator keypoints (design v12): the detector is the policy's estimator and the regression trains it; the
+    vision tower, which an instruction-only prefix never reads, keeps its random weights."""
+    out = tmp_path / "p"
+    pp.seed_everything(0)
+    init = perc.build_policy(_perc_args(scenes, out, estimator="keypoints"), "cpu").state_dict()
+    perc.main(_perc_args(scenes, out, estimator="keypoints"))
+    pol = pp.load_policy(out / "ckpt_final.pt")
+    assert pol.config.estimator == "keypoints" and isinstance(pol.object_state_probe, pp.KeypointProbe)
+    sd = pol.state_dict()
+    assert not torch.equal(sd["object_state_probe.conv.0.weight"], init["object_state_probe.conv.0.weight"])
+    tower = [k for k in sd if k.startswith("pi0.model.vlm.vision_tower.")]
+    assert tower and all(torch.equal(sd[k], init[k]) for k in tower)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["val/target_xyz_mae_cm"] > 0
+
+
 def test_perception_flags_must_agree_with_an_init(scenes, tmp_path):
     plain = tiny_ckpt(tmp_path / "plain.pt", "rgb")
     with pytest.raises(perc.PerceptionError,
@@ -190,6 +265,12 @@ def test_perception_flags_must_agree_with_an_init(scenes, tmp_path):
     with pytest.raises(perc.PerceptionError, match="--estimate-detached is about the estimate"):
         perc.main(_perc_args(scenes, tmp_path / "o", estimate_object_state=False, image_in_prefix=True,
                              estimate_detached=True), env_fn=lambda *a, **k: pytest.fail("env"))
+    with pytest.raises(perc.PerceptionError, match="--estimator keypoints makes the estimate of"):
+        perc.main(_perc_args(scenes, tmp_path / "o", estimate_object_state=False, image_in_prefix=True,
+                             estimator="keypoints"), env_fn=lambda *a, **k: pytest.fail("env"))
+    with pytest.raises(perc.PerceptionError, match="--init .* brings its own"):
+        perc.main(_perc_args(scenes, tmp_path / "o", init=str(plain), estimator="keypoints"),
+                  env_fn=lambda *a, **k: pytest.fail("env"))
     with pytest.raises(perc.PerceptionError, match="--no-image-in-prefix leaves a policy that sees no image"):
         perc.main(_perc_args(scenes, tmp_path / "o", estimate_object_state=False),
                   env_fn=lambda *a, **k: pytest.fail("env"))
@@ -288,10 +369,10 @@ def test_a_dagger_round_from_the_teacher_trains_the_students_own_probe(setup, tm
     assert student.config.estimate_object_state and student.observed_state_dim == P  # evaluate.py runs it on pixels
 
 
-def detached_estimating_checkpoint(path: Path, seed: int = 5) -> Path:
+def detached_estimating_checkpoint(path: Path, seed: int = 5, estimator: str = "linear") -> Path:
     """What pretrain_perception.py --estimate-object-state --no-image-in-prefix --estimate-detached writes (tiny)."""
     torch.manual_seed(seed)
-    cfg = pp.preset_config("tiny", 4, num_steps=1, **pp.obs_overrides(ENV, True, False, True))
+    cfg = pp.preset_config("tiny", 4, num_steps=1, **pp.obs_overrides(ENV, True, False, True, estimator))
     pol = pp.PI0Policy(cfg, pp.Normalizer.from_stats_file(pp.DEFAULT_STATS), {"kind": "bytes"})
     pp.torch_save_atomic(pp.policy_checkpoint(pol, iteration=0), path)
     return path
@@ -305,11 +386,14 @@ def replay_file(path: Path, n: int = 12, size: int = 64) -> Path:
     return path
 
 
-def test_a_perception_only_dagger_round_keeps_the_teachers_map_and_replays_perceptions_frames(setup, tmp_path):
+@pytest.mark.parametrize("estimator", ["linear", "keypoints"])
+def test_a_perception_only_dagger_round_keeps_the_teachers_map_and_replays_perceptions_frames(setup, tmp_path,
+                                                                                               estimator):
     """--train-part perception (design v10): a round from the teacher trains the image path alone, by the auxiliary
     object-state loss on the visited states and perception's replayed frames; every other weight stays the teacher's,
-    bit for bit, and the detached estimate means no action loss is computed."""
-    init = detached_estimating_checkpoint(tmp_path / "vision.pt")
+    bit for bit, and the detached estimate means no action loss is computed. A keypoint student (design v12) trains
+    its detector, and its vision tower, which nothing reads, stays put."""
+    init = detached_estimating_checkpoint(tmp_path / "vision.pt", estimator=estimator)
     out = tmp_path / "d"
     r = run_distill(setup, out, "--rounds", "1", "--aux-state-coef", "1", "--student-from-teacher", "--student-init",
                     str(init), "--loss", "chunk", "--train-part", "perception", "--replay-frames",
@@ -319,8 +403,11 @@ def test_a_perception_only_dagger_round_keeps_the_teachers_map_and_replays_perce
     final = torch.load(out / "ckpt_final.pt", weights_only=True)["model"]
     frozen = [k for k in final if not k.startswith(distill.VISION_KEYS)]
     assert frozen and all(torch.equal(final[k], start[k]) for k in frozen)
-    assert not torch.equal(final["object_state_probe.linear.weight"], start["object_state_probe.linear.weight"])
-    assert any(not torch.equal(final[k], start[k]) for k in final if k.startswith("pi0.model.vlm.vision_tower."))
+    w = "object_state_probe.linear.weight" if estimator == "linear" else "object_state_probe.conv.0.weight"
+    assert not torch.equal(final[w], start[w])
+    tower_moved = any(not torch.equal(final[k], start[k]) for k in final if k.startswith("pi0.model.vlm.vision_tower."))
+    assert tower_moved == (estimator == "linear")
+    assert pp.load_policy(out / "ckpt_final.pt").config.estimator == estimator
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if not r.get("summary")]
     assert steps and all(r["losses/aux_state"] > 0 and "losses/chunk" not in r for r in steps)

@@ -71,6 +71,10 @@ def test_frames_from_fresh_resets_train_the_vision_path_into_a_pixel_checkpoint(
     capsys.readouterr()
     perc.main(_args(scenes, out, steps=2), env_fn=lambda *a, **k: pytest.fail("an env was built"))
     assert "6 frames reused" in capsys.readouterr().out
+    # frames collected before the proxy's feature-noise fields existed (which a pixel env refuses) stay reusable
+    data = torch.load(out / "frames.pt", weights_only=True)
+    assert not set(perc.FRAME_BLIND_ENV_FIELDS) & set(data["flags"]["env"])
+    assert set(perc.FRAME_BLIND_ENV_FIELDS) <= set(scene_env.EnvConfig.__dataclass_fields__)
     perc.main(_args(scenes, out, frames=3, steps=1))
     assert len(torch.load(out / "frames.pt", weights_only=True)["rgb"]) == 3
 
