@@ -238,8 +238,8 @@ class PolicyConfig:
     object features, no image tokens; scene_env.EnvConfig.obs_mode). A policy runs only in envs of its own mode."""
     estimate_object_state: bool = False
     """obs_mode "rgb" only: the state token carries the proprio AND an estimate of the object-state proxy's 14 features
-    (scene_env.object_state: what a state teacher reads from the simulator), made from the image tokens by the
-    policy's `ObjectStateProbe` (pretrain_perception.py, then end to end unless estimate_detached). It observes only the
+    (scene_env.object_state: what a state teacher reads from the simulator), made from the camera by the policy's
+    estimator (`estimator`; pretrain_perception.py, then end to end unless estimate_detached). It observes only the
     camera, the instruction and the proprio (the env gives 7 state dims; state_dim is 7 + 14)."""
     estimator: str = "linear"
     """With estimate_object_state, what makes the estimate: "linear", one linear map of the vision tower's flattened
@@ -759,7 +759,9 @@ ESTIMATORS = ("linear", "keypoints")
 
 def make_probe(config: PolicyConfig) -> _FeatureProbe:
     """The object-state estimator of PolicyConfig.estimator."""
-    return KeypointProbe() if config.estimator == "keypoints" else ObjectStateProbe(ObjectStateProbe.input_width(config))
+    if config.estimator == "keypoints":
+        return KeypointProbe()
+    return ObjectStateProbe(ObjectStateProbe.input_width(config))
 
 
 class PI0Policy(nn.Module):
@@ -796,10 +798,10 @@ class PI0Policy(nn.Module):
             if config.obs_mode != "rgb" or not config.estimate_object_state:
                 raise ValueError("ppoflow_pi0.py: PolicyConfig: estimate_object_state needs obs_mode 'rgb' (an "
                                  "object-state policy reads the features themselves); image_in_prefix=False (else the "
-                                 "policy is blind), estimate_detached and estimator 'keypoints' need estimate_object_state; got "
-                                 f"obs_mode {config.obs_mode!r}, estimate_object_state {config.estimate_object_state}, "
-                                 f"image_in_prefix {config.image_in_prefix}, estimate_detached "
-                                 f"{config.estimate_detached}, estimator {config.estimator!r}")
+                                 "policy is blind), estimate_detached and estimator 'keypoints' need "
+                                 f"estimate_object_state; got obs_mode {config.obs_mode!r}, estimate_object_state "
+                                 f"{config.estimate_object_state}, image_in_prefix {config.image_in_prefix}, "
+                                 f"estimate_detached {config.estimate_detached}, estimator {config.estimator!r}")
             if config.state_dim != scene_env.PROPRIO_DIM + scene_env.OBJECT_STATE_DIM:
                 raise ValueError(f"ppoflow_pi0.py: PolicyConfig: estimate_object_state needs state_dim "
                                  f"{scene_env.PROPRIO_DIM + scene_env.OBJECT_STATE_DIM} (proprio + estimate), got "

@@ -110,7 +110,7 @@ def test_a_keypoint_estimate_reads_the_image_itself_not_the_vision_tower(monkeyp
         prefix = pol.encode(inp)
         assert torch.allclose(prefix.state[:, : P + O].float(), want, atol=1e-6)
         other = pol.encode(pol.obs_to_inputs({**o, "rgb": obs(seed=1)["rgb"]})).state.float()
-        assert not torch.allclose(other[:, P:P + O], prefix.state[:, P:P + O].float())  # another image, another estimate
+        assert not torch.allclose(other[:, P:P + O], prefix.state[:, P:P + O].float())  # another image: estimate
         assert pol.act(o, deterministic=True).shape == (2, 4, 7)
     assert torch.equal(pol.probe_input(inp), inp["rgb"])
     linear = estimating_policy()
