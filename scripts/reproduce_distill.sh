@@ -5,9 +5,10 @@
 #      (OBJECT-STATE PROXY: no pretrained VLM, visual generalisation not tested) -> $OUT/sp2_confirm;
 #   C. experiments/distill_study.py at its defaults (the design fixed last in benchmarks/RESULTS.md) with that teacher
 #      -> $OUT/distill (report.md first).
-# Every step skips work whose outputs exist, so a re-run continues where a stopped one ended. ~2 h on 2 cores
-# (measured in session 18: scenes 38 s, teacher ~29 min with its evaluation, the study 89 min: benchmarks/RESULTS.md
-# "v9's result"). EVAL_SEED 8800 is v9's: pass seeds never used for a new design's confirmatory run.
+# Every step skips work whose outputs exist, so a re-run continues where a stopped one ended. ~2.5 h on 2 cores
+# (measured: scenes 38 s and the teacher ~29 min with its evaluation in session 18; the study at its design-v12
+# defaults ~118 min in session 20: benchmarks/RESULTS.md "v12's result"). EVAL_SEED 8800 is v9's, 9500 v12's: pass
+# seeds never used for a new design's confirmatory run.
 #   bash scripts/reproduce_distill.sh
 #   OUT=/tmp/d EVAL_SEED=9300 bash scripts/reproduce_distill.sh -- --student-start teacher   # more distill_study flags
 set -euo pipefail
